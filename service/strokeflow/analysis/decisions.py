@@ -1,0 +1,172 @@
+"""Treatment-selection rule sets (target mismatch and malignant profile) in one table.
+
+Every rule set is named and versioned, and its thresholds live in ``RULE_SETS`` only, so
+that the SR, the summary page and the JSON cite the same numbers. Volumes are in mL;
+the mismatch ratio is Tmax>6 s volume / core volume (infinite when the core is empty).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One comparison, e.g. ``core_ml < 70``."""
+
+    quantity: str
+    op: str
+    threshold: float
+
+    def holds(self, values: dict[str, float]) -> bool:
+        """True when the criterion is met by ``values``."""
+        return _OPS[self.op](values[self.quantity], self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.quantity} {self.op} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A named decision: true when ``all`` its criteria hold (or ``any``, when ``any_of``)."""
+
+    key: str
+    name: str
+    version: str
+    reference: str
+    criteria: tuple[Criterion, ...]
+    any_of: bool = False
+
+    def evaluate(self, values: dict[str, float]) -> bool:
+        """Apply the rule to the lesion metrics."""
+        results = [c.holds(values) for c in self.criteria]
+        return any(results) if self.any_of else all(results)
+
+    def describe(self) -> str:
+        """Human-readable rule, e.g. ``core_ml < 70 and mismatch_ml >= 15``."""
+        joiner = " or " if self.any_of else " and "
+        return joiner.join(str(c) for c in self.criteria)
+
+
+RULE_SETS: tuple[RuleSet, ...] = (
+    RuleSet(
+        key="defuse3",
+        name="DEFUSE 3 target mismatch",
+        version="2018",
+        reference="Albers et al., N Engl J Med 2018;378:708-718",
+        criteria=(
+            Criterion("core_ml", "<", 70.0),
+            Criterion("mismatch_ml", ">=", 15.0),
+            Criterion("mismatch_ratio", ">=", 1.8),
+        ),
+    ),
+    RuleSet(
+        key="defuse2",
+        name="DEFUSE 2 target mismatch",
+        version="2012",
+        reference="Lansberg et al., Lancet Neurol 2012;11:860-867",
+        criteria=(
+            Criterion("mismatch_ratio", ">=", 1.8),
+            Criterion("mismatch_ml", ">=", 15.0),
+            Criterion("core_ml", "<", 70.0),
+            Criterion("tmax10_ml", "<", 100.0),
+        ),
+    ),
+    RuleSet(
+        key="extend",
+        name="EXTEND perfusion mismatch",
+        version="2019",
+        reference="Ma et al., N Engl J Med 2019;380:1795-1803",
+        criteria=(
+            Criterion("core_ml", "<", 70.0),
+            Criterion("mismatch_ml", ">", 10.0),
+            Criterion("mismatch_ratio", ">", 1.2),
+        ),
+    ),
+    RuleSet(
+        key="malignant_profile",
+        name="DEFUSE 2 malignant profile",
+        version="2012",
+        reference="Lansberg et al., Lancet Neurol 2012;11:860-867",
+        criteria=(Criterion("core_ml", ">=", 100.0), Criterion("tmax10_ml", ">=", 100.0)),
+        any_of=True,
+    ),
+)
+
+#: Hypoperfusion intensity ratio above which collaterals are usually poor (Olivot 2014).
+HIR_POOR_COLLATERALS = 0.4
+
+
+@dataclass(frozen=True)
+class LesionMetrics:
+    """Volumes and ratios that the decisions are made on (mL, rounded to 0.1 mL).
+
+    Rounding happens first, so that the numbers a reader sees are the numbers decided on.
+    """
+
+    core_ml: float
+    tmax6_ml: float
+    tmax10_ml: float
+    mismatch_ml: float
+    mismatch_ratio: float | None
+    hypoperfusion_intensity_ratio: float | None
+    core_to_penumbra_ratio: float | None
+
+    def decision_inputs(self) -> dict[str, float]:
+        """Values for the rule sets; an empty core gives an infinite mismatch ratio."""
+        ratio = math.inf if self.mismatch_ratio is None else self.mismatch_ratio
+        return {
+            "core_ml": self.core_ml,
+            "tmax6_ml": self.tmax6_ml,
+            "tmax10_ml": self.tmax10_ml,
+            "mismatch_ml": self.mismatch_ml,
+            "mismatch_ratio": ratio,
+        }
+
+
+def lesion_metrics(core_ml: float, tmax6_ml: float, tmax10_ml: float) -> LesionMetrics:
+    """Derive mismatch volume and the ratios from the three lesion volumes.
+
+    Parameters
+    ----------
+    core_ml, tmax6_ml, tmax10_ml : float
+        Ischaemic core, Tmax > 6 s and Tmax > 10 s volumes in mL.
+
+    Returns
+    -------
+    LesionMetrics
+        Mismatch = Tmax>6 - core (not below 0); ratio = Tmax>6 / core (None when the
+        core is 0); HIR = Tmax>10 / Tmax>6 (None when Tmax>6 is 0); core-to-penumbra
+        ratio = core / mismatch (None when the mismatch is 0).
+    """
+    if min(core_ml, tmax6_ml, tmax10_ml) < 0:
+        raise ValueError("lesion volumes must not be negative")
+    core = round(float(core_ml), 1)
+    tmax6 = round(float(tmax6_ml), 1)
+    tmax10 = round(float(tmax10_ml), 1)
+    mismatch = round(max(tmax6 - core, 0.0), 1)
+    return LesionMetrics(
+        core_ml=core,
+        tmax6_ml=tmax6,
+        tmax10_ml=tmax10,
+        mismatch_ml=mismatch,
+        mismatch_ratio=round(tmax6 / core, 2) if core > 0 else None,
+        hypoperfusion_intensity_ratio=round(tmax10 / tmax6, 2) if tmax6 > 0 else None,
+        core_to_penumbra_ratio=round(core / mismatch, 2) if mismatch > 0 else None,
+    )
+
+
+def evaluate_decisions(metrics: LesionMetrics) -> dict[str, bool]:
+    """Apply every rule set in ``RULE_SETS``; keys are the rule sets' ``key``."""
+    values = metrics.decision_inputs()
+    return {rule.key: rule.evaluate(values) for rule in RULE_SETS}

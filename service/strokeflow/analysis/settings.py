@@ -1,0 +1,45 @@
+"""Every tunable of the analysis in one frozen object, with the published defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CtpSettings:
+    """Parameters of the CT perfusion analysis.
+
+    Attributes
+    ----------
+    core_rcbf_threshold : float
+        Ischaemic core: relative CBF below this fraction of normal contralateral tissue.
+    core_requires_tmax_s : float
+        Core voxels must also be hypoperfused (Tmax above this); 0 disables the check.
+    tmax_thresholds_s : tuple of float
+        Hypoperfusion thresholds reported as volumes (the first two are Tmax>6 s and
+        Tmax>10 s used by the decisions).
+    analysis_pixel_mm : float
+        Target in-plane pixel size after binning (noise reduction and speed).
+    smoothing_sigma_mm : float
+        Sigma of the mask-normalised spatial Gaussian smoothing.
+    temporal_step_s : float
+        Uniform time step the curves are resampled to before deconvolution.
+    oscillation_index : float
+        Oscillation-index target of the oSVD (Wu 2003): the least regularised solution
+        whose residue function oscillates less than this is kept, voxel by voxel.
+    min_cluster_ml : float
+        Connected lesion clusters smaller than this are discarded.
+    max_motion_mm : float
+        Frames needing more in-plane correction than this, or that stay misaligned after
+        correction, are excluded.
+    """
+
+    core_rcbf_threshold: float = 0.30
+    core_requires_tmax_s: float = 6.0
+    tmax_thresholds_s: tuple[float, ...] = (6.0, 10.0)
+    analysis_pixel_mm: float = 1.8
+    smoothing_sigma_mm: float = 2.0
+    temporal_step_s: float = 1.0
+    oscillation_index: float = 0.095
+    min_cluster_ml: float = 0.5
+    max_motion_mm: float = 15.0

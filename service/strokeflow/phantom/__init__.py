@@ -1,0 +1,1 @@
+"""Digital phantoms: synthetic CT/MR stroke studies with known truth, written as DICOM."""
