@@ -1,0 +1,127 @@
+"""Series recognition in a study, and the DICOM time parsing the ordering relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dicomfactory import (
+    ENHANCED_CT_IMAGE_STORAGE,
+    StudyTags,
+    ramp_signal,
+    uid,
+    write_ct_volume,
+    write_ctp_series,
+)
+from strokeflow.assemble import assemble_ctp, build_inventory, scan_paths
+from strokeflow.assemble.series import (
+    parse_da_s,
+    parse_dt_s,
+    parse_tm_s,
+    slice_normal,
+    unwrap_midnight,
+)
+
+
+def _mixed_study(root: Path, with_ctp: bool = True) -> StudyTags:
+    study = StudyTags()
+    vol = np.full((6, 16, 16), 30.0)
+    write_ct_volume(
+        root, vol, study=study, series_number=2, series_description="Head NCCT", kvp=120
+    )
+    write_ct_volume(
+        root,
+        vol,
+        study=study,
+        series_number=3,
+        series_description="Arch to vertex",
+        contrast_agent="Iohexol",
+        kvp=100,
+        slice_thickness_mm=1.0,
+    )
+    write_ct_volume(
+        root,
+        vol[:1],
+        study=study,
+        series_number=1,
+        series_description="Topogram",
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+    )
+    if with_ctp:
+        write_ctp_series(root, ramp_signal(8, 3), np.arange(8) * 2.0, study=study, series_number=4)
+    return study
+
+
+def test_mixed_study_series_are_recognised(tmp_path: Path) -> None:
+    _mixed_study(tmp_path)
+    headers, problems = scan_paths([tmp_path])
+    assert problems == []
+    (study,) = build_inventory(headers)
+    kinds = {s.series_number: s.kind for s in study.series}
+    assert kinds == {1: "localizer", 2: "ncct", 3: "cta", 4: "ctp"}
+    ctp = study.series[-1]
+    assert (ctp.n_instances, ctp.n_positions, ctp.n_timepoints) == (24, 3, 8)
+    assert "time resolved" in ctp.reason
+
+
+def test_cta_is_recognised_from_its_description(tmp_path: Path) -> None:
+    write_ct_volume(tmp_path, np.zeros((3, 4, 4)), series_description="CTA head/neck")
+    (study,) = build_inventory(scan_paths([tmp_path])[0])
+    assert study.series[0].kind == "cta"
+
+
+def test_folder_without_perfusion_says_what_was_found(tmp_path: Path) -> None:
+    _mixed_study(tmp_path, with_ctp=False)
+    (study,) = build_inventory(scan_paths([tmp_path])[0])
+    assert assemble_ctp(study) == []
+    assert sorted(s.kind for s in study.series) == ["cta", "localizer", "ncct"]
+    assert all(s.reason for s in study.series)
+
+
+def test_multiphase_cta_is_not_taken_for_perfusion(tmp_path: Path) -> None:
+    write_ctp_series(tmp_path, ramp_signal(3, 4), np.array([0.0, 8.0, 16.0]))
+    (study,) = build_inventory(scan_paths([tmp_path])[0])
+    (series,) = study.series
+    assert series.kind == "other"
+    assert "only 3 time points" in series.reason
+
+
+def test_enhanced_multiframe_ct_is_other_with_reason(tmp_path: Path) -> None:
+    write_ct_volume(tmp_path, np.zeros((2, 4, 4)), extra={"SOPClassUID": ENHANCED_CT_IMAGE_STORAGE})
+    (study,) = build_inventory(scan_paths([tmp_path])[0])
+    assert study.series[0].kind == "other"
+    assert study.series[0].reason == "multi-frame CT perfusion is not supported yet"
+
+
+def test_two_studies_are_kept_apart(tmp_path: Path) -> None:
+    write_ct_volume(tmp_path / "a", np.zeros((2, 4, 4)), study=StudyTags(study_uid=uid("A")))
+    write_ct_volume(tmp_path / "b", np.zeros((2, 4, 4)), study=StudyTags(study_uid=uid("B")))
+    studies = build_inventory(scan_paths([tmp_path])[0])
+    assert sorted(s.study_uid for s in studies) == sorted([uid("A"), uid("B")])
+
+
+def test_parse_dicom_times() -> None:
+    assert parse_tm_s("101530.25") == pytest.approx(10 * 3600 + 15 * 60 + 30.25)
+    assert parse_tm_s("10:15:30") == 10 * 3600 + 15 * 60 + 30
+    assert parse_tm_s("1015") == 10 * 3600 + 15 * 60
+    assert parse_tm_s("") is None and parse_tm_s("noon") is None
+    day = parse_da_s("20240102")
+    assert day is not None and parse_da_s("2024.01.02") == day
+    assert parse_dt_s("20240102101530.5+0100") == pytest.approx(day + 36930.5)
+    assert parse_da_s("20241340") is None
+
+
+def test_unwrap_midnight_adds_a_day_after_the_wrap() -> None:
+    times = np.array([86390.0, 86399.0, 4.0, 13.0])
+    np.testing.assert_allclose(unwrap_midnight(times), [86390.0, 86399.0, 86404.0, 86413.0])
+    same_day = np.array([100.0, 200.0])
+    np.testing.assert_array_equal(unwrap_midnight(same_day), same_day)
+
+
+def test_slice_normal_is_cross_of_row_and_column() -> None:
+    np.testing.assert_allclose(slice_normal((1, 0, 0, 0, 1, 0)), [0, 0, 1])
+    np.testing.assert_allclose(slice_normal((0, 1, 0, 0, 0, -1)), [-1, 0, 0])
+    with pytest.raises(ValueError, match="parallel"):
+        slice_normal((1, 0, 0, 1, 0, 0))
