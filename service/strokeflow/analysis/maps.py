@@ -1,0 +1,367 @@
+"""Perfusion maps (CBF, CBV, MTT, Tmax, TTP) from enhancement curves and an arterial input.
+
+Conventions (the same as ``strokeflow.phantom.physics``), with ``k = F * R`` the
+deconvolved, flow-scaled residue in 1/s and ``rho``/``k_H`` from ``constants``:
+
+* CBF [mL/100 g/min] = (k_H / rho) * 6000 * max k
+* CBV [mL/100 g]     = (k_H / rho) * 100 * integral C_t / integral C_a (area ratio)
+* MTT [s]            = 60 * CBV / CBF (central volume theorem)
+* Tmax [s]           = lag of the maximum of k, sub-frame by parabolic interpolation;
+  negative lags (tissue earlier than the arterial input) are clipped to 0.
+
+Regularisation bias correction (oSVD, on by default): truncating the SVD smooths k, which
+lowers its maximum (CBF underestimated, most for short transit times: -30 to -50 % at
+MTT 4 s) and moves it later (Tmax overestimated by 1-2 s). For this arterial input, every
+rung of the threshold ladder deconvolves noise-free exponential residues of known flow and
+MTT; the peak ratio and the lag it shows, looked up at the voxel's rung and measured MTT,
+are divided out of CBF and subtracted from Tmax. CBV (an area ratio) needs no correction.
+* TTP [s]            = time to peak of the temporally smoothed tissue curve, from the
+  start of the uniform grid
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from strokeflow.analysis.constants import BRAIN_DENSITY_G_PER_ML, HEMATOCRIT_FACTOR
+from strokeflow.analysis.deconvolution import (
+    SSVD_THRESHOLD,
+    Deconvolver,
+    aif_matrix,
+    osvd_deconvolver,
+    ssvd_deconvolver,
+)
+
+_FLOW_SCALE = HEMATOCRIT_FACTOR / BRAIN_DENSITY_G_PER_ML
+
+
+@dataclass(frozen=True)
+class PerfusionMaps:
+    """Perfusion maps, each shaped like one frame of the input (NaN outside the mask).
+
+    Attributes
+    ----------
+    cbf_ml_100g_min : numpy.ndarray
+        Cerebral blood flow, float32.
+    cbv_ml_100g : numpy.ndarray
+        Cerebral blood volume, float32.
+    mtt_s : numpy.ndarray
+        Mean transit time, float32 (NaN where CBF <= 0).
+    tmax_s : numpy.ndarray
+        Time to the maximum of the residue function, float32, >= 0.
+    ttp_s : numpy.ndarray
+        Time to peak of the tissue curve from the start of the grid, float32.
+    """
+
+    cbf_ml_100g_min: np.ndarray
+    cbv_ml_100g: np.ndarray
+    mtt_s: np.ndarray
+    tmax_s: np.ndarray
+    ttp_s: np.ndarray
+
+
+def compute_maps(
+    concentration: np.ndarray,
+    aif: np.ndarray,
+    step_s: float,
+    *,
+    method: Literal["osvd", "ssvd"] = "osvd",
+    oscillation_index: float = 0.095,
+    ssvd_threshold: float = SSVD_THRESHOLD,
+    mask: np.ndarray | None = None,
+    chunk_voxels: int = 65536,
+    ttp_smoothing_s: float = 1.0,
+    correct_tmax_lag: bool = True,
+    correct_cbf_bias: bool = False,
+    residue_window_s: tuple[float, float] | None = (12.0, 3.0),
+) -> PerfusionMaps:
+    """Deconvolve every voxel and derive the perfusion maps.
+
+    Parameters
+    ----------
+    concentration : numpy.ndarray
+        ``(n, z, y, x)`` (or ``(n, nvox)``) enhancement above baseline on the uniform
+        grid, in the units of ``aif`` (e.g. HU).
+    aif : numpy.ndarray
+        ``(n,)`` arterial enhancement on the same grid.
+    step_s : float
+        Grid step in seconds.
+    method : {"osvd", "ssvd"}
+        Block-circulant SVD with oscillation-index thresholds (delay-insensitive), or the
+        standard truncated SVD baseline.
+    oscillation_index : float
+        oSVD target oscillation index (Wu 2003).
+    ssvd_threshold : float
+        sSVD relative singular-value threshold.
+    mask : numpy.ndarray, optional
+        Boolean, shaped like one frame: voxels to analyse. Default: all voxels.
+    chunk_voxels : int
+        Voxels deconvolved per matrix product; bounds memory (about
+        ``40 * n * chunk_voxels`` bytes) without changing the results.
+    ttp_smoothing_s : float
+        Sigma of the temporal Gaussian applied to the tissue curves before their peak is
+        located (0 disables it).
+    correct_tmax_lag : bool
+        oSVD only: subtract the regularisation lag from Tmax (module docstring).
+    correct_cbf_bias : bool
+        oSVD only: divide CBF by the regularisation peak ratio. Off by default: it
+        restores high flows but amplifies the noise of low-flow voxels, which are
+        heavily regularised, so relative CBF (core) gets worse, not better.
+    residue_window_s : (float, float) or None
+        The maximum of the residue is searched only between ``before`` seconds before
+        and ``after`` seconds after the lag at which the tissue curve peaks relative to
+        the arterial curve: the residue of tissue reached by the bolus cannot peak
+        after the tissue curve does, and noise maxima elsewhere would otherwise inflate
+        the CBF of low-flow tissue and scatter its Tmax. None searches all lags.
+
+    Returns
+    -------
+    PerfusionMaps
+        float32 maps shaped like one frame; NaN outside the mask and where the curve is
+        not finite.
+
+    Raises
+    ------
+    ValueError
+        On inconsistent shapes, a non-positive step or chunk size, or an arterial input
+        without enhancement.
+    """
+    conc = np.asarray(concentration)
+    if conc.ndim not in (2, 4):
+        raise ValueError(f"concentration must be (t, z, y, x) or (t, nvox); got shape {conc.shape}")
+    n = conc.shape[0]
+    frame_shape = conc.shape[1:]
+    a = np.asarray(aif, dtype=np.float64)
+    if a.shape != (n,):
+        raise ValueError(f"aif must have one sample per frame, shape ({n},); got {a.shape}")
+    if chunk_voxels < 1:
+        raise ValueError(f"chunk_voxels must be at least 1; got {chunk_voxels}")
+    if not step_s > 0:
+        raise ValueError(f"step_s must be positive; got {step_s}")
+
+    flat = conc.reshape(n, -1)
+    if mask is None:
+        valid = np.ones(flat.shape[1], dtype=bool)
+    else:
+        m = np.asarray(mask)
+        if m.shape != frame_shape:
+            raise ValueError(f"mask must be shaped like one frame {frame_shape}; got {m.shape}")
+        valid = m.reshape(-1).astype(bool)
+    voxels = np.flatnonzero(valid)
+
+    aif_area = _trapezoid_area(a[:, None])[0]
+    if not aif_area > 0:
+        raise ValueError(
+            f"arterial input has no positive area ({aif_area:.3g}); check the arterial "
+            "voxel selection and the baseline subtraction"
+        )
+
+    if method == "osvd":
+        dec = osvd_deconvolver(a, step_s, oscillation_index=oscillation_index)
+    elif method == "ssvd":
+        dec = ssvd_deconvolver(a, step_s, threshold=ssvd_threshold)
+    else:
+        raise ValueError(f"method must be 'osvd' or 'ssvd'; got {method!r}")
+
+    peak_window = None
+    if residue_window_s is not None:
+        smooth_aif = a
+        if ttp_smoothing_s > 0:
+            smooth_aif = gaussian_filter1d(a, ttp_smoothing_s / step_s, mode="nearest")
+        aif_ttp_s = float(np.argmax(smooth_aif)) * step_s
+        peak_window = (aif_ttp_s, residue_window_s[0], residue_window_s[1])
+    calibration = (
+        _bias_calibration(dec, a, step_s)
+        if (method == "osvd" and (correct_tmax_lag or correct_cbf_bias))
+        else None
+    )
+    nvox_total = flat.shape[1]
+    outputs = {
+        name: np.full(nvox_total, np.nan, dtype=np.float32)
+        for name in ("cbf", "cbv", "mtt", "tmax", "ttp")
+    }
+    for start in range(0, voxels.size, chunk_voxels):
+        idx = voxels[start : start + chunk_voxels]
+        curves = flat[:, idx].astype(np.float32, copy=False)
+        finite = np.all(np.isfinite(curves), axis=0)
+        if not finite.all():
+            idx = idx[finite]
+            curves = curves[:, finite]
+        if idx.size == 0:
+            continue
+        chunk = _chunk_maps(
+            curves,
+            dec,
+            aif_area,
+            step_s,
+            ttp_smoothing_s,
+            calibration,
+            peak_window,
+            correct_tmax_lag,
+            correct_cbf_bias,
+        )
+        for name, values in chunk.items():
+            outputs[name][idx] = values
+
+    def shaped(name: str) -> np.ndarray:
+        return outputs[name].reshape(frame_shape)
+
+    return PerfusionMaps(
+        cbf_ml_100g_min=shaped("cbf"),
+        cbv_ml_100g=shaped("cbv"),
+        mtt_s=shaped("mtt"),
+        tmax_s=shaped("tmax"),
+        ttp_s=shaped("ttp"),
+    )
+
+
+def _chunk_maps(
+    curves: np.ndarray,
+    dec: Deconvolver,
+    aif_area: float,
+    step_s: float,
+    ttp_smoothing_s: float,
+    calibration: _BiasCalibration | None,
+    peak_window: tuple[float, float, float] | None,
+    correct_tmax_lag: bool,
+    correct_cbf_bias: bool,
+) -> dict[str, np.ndarray]:
+    """Maps of one ``(n, nvox)`` chunk of finite curves."""
+    k, rung = dec.residues(curves)
+    smooth = curves
+    if ttp_smoothing_s > 0:
+        smooth = gaussian_filter1d(curves, ttp_smoothing_s / step_s, axis=0, mode="nearest")
+    ttp_idx, ttp_offset = _peak_with_offset(smooth, wrap=False)
+    ttp = (ttp_idx + ttp_offset) * step_s
+    if peak_window is not None:
+        k = _restrict_to_window(k, ttp, peak_window, dec, step_s)
+    peak_idx, offset = _peak_with_offset(k, wrap=dec.circulant)
+    k_max = np.take_along_axis(k, peak_idx[None, :], axis=0)[0]
+    lag = peak_idx + offset
+    if dec.circulant:
+        # Samples N..2N-1 of a circulant residue are negative lags (wrap-around).
+        lag = np.where(peak_idx >= dec.n_frames, lag - dec.n_lags, lag)
+    tmax_raw = lag * step_s
+
+    cbf = _FLOW_SCALE * 6000.0 * np.clip(k_max, 0.0, None)
+    cbv = _FLOW_SCALE * 100.0 * _trapezoid_area(curves) / aif_area
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
+    if calibration is not None:
+        ratio, lag_s = calibration.lookup(rung, mtt)
+        if correct_cbf_bias:
+            cbf = cbf / ratio
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
+        if correct_tmax_lag:
+            tmax_raw = tmax_raw - lag_s
+    tmax = np.clip(tmax_raw, 0.0, None)
+    return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
+
+
+#: True transit times (s) at which the regularisation bias is calibrated.
+_CAL_MTT_S = np.array([1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 30.0])
+
+#: The peak ratio is not divided out below this: noise-only voxels must not be amplified.
+_MIN_PEAK_RATIO = 0.25
+
+
+@dataclass(frozen=True)
+class _BiasCalibration:
+    """Per rung: measured MTT, peak ratio and lag of noise-free exponential residues."""
+
+    measured_mtt_s: np.ndarray  # (rungs, mtts), increasing along mtts
+    peak_ratio: np.ndarray  # (rungs, mtts)
+    lag_s: np.ndarray  # (rungs, mtts)
+
+    def lookup(self, rung: np.ndarray, mtt_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Peak ratio and lag for voxels of the given rungs and measured MTTs."""
+        ratio = np.ones(rung.shape, dtype=np.float64)
+        lag = np.zeros(rung.shape, dtype=np.float64)
+        measured = np.nan_to_num(mtt_s, nan=float(self.measured_mtt_s.min()))
+        for r in np.unique(rung):
+            sel = rung == r
+            x = self.measured_mtt_s[r]
+            ratio[sel] = np.interp(measured[sel], x, self.peak_ratio[r])
+            lag[sel] = np.interp(measured[sel], x, self.lag_s[r])
+        return np.clip(ratio, _MIN_PEAK_RATIO, None), lag
+
+
+def _bias_calibration(dec: Deconvolver, aif: np.ndarray, step_s: float) -> _BiasCalibration:
+    """Deconvolve zero-delay exponential residues of unit flow at every rung."""
+    n = dec.n_frames
+    t = np.arange(dec.n_lags) * step_s
+    mtt = _CAL_MTT_S[None, :]
+    # Interval averages of exp(-t/MTT) over [j dt, (j+1) dt): the discrete residue the
+    # convolution matrix assumes; its true peak (flow) is 1.
+    r = mtt / step_s * (np.exp(-t[:, None] / mtt) - np.exp(-(t[:, None] + step_s) / mtt))
+    r[n:] = 0.0
+    curves = (aif_matrix(aif, step_s, circulant=dec.circulant) @ r)[:n].astype(np.float32)
+    w = (dec.u_t @ curves) * dec.inv_s[:, None]
+    shape = (len(dec.ranks), _CAL_MTT_S.size)
+    peak_ratio, lag_s, measured = np.empty(shape), np.empty(shape), np.empty(shape)
+    for i, rank in enumerate(dec.ranks):
+        k = dec.v[:, :rank] @ w[:rank]
+        idx, offset = _peak_with_offset(k, wrap=dec.circulant)
+        peak = np.take_along_axis(k, idx[None, :], axis=0)[0].astype(np.float64)
+        lag = (idx + offset).astype(np.float64)
+        if dec.circulant:
+            lag = np.where(idx >= n, lag - dec.n_lags, lag)
+        peak_ratio[i] = np.clip(peak, 1e-6, None)
+        lag_s[i] = np.clip(lag * step_s, 0.0, None)
+        # What the voxel would report as MTT: CBV / CBF = MTT / peak ratio.
+        measured[i] = np.maximum.accumulate(_CAL_MTT_S / peak_ratio[i])
+    return _BiasCalibration(measured, np.minimum(peak_ratio, 1.0), lag_s)
+
+
+def _restrict_to_window(
+    k: np.ndarray,
+    ttp_s: np.ndarray,
+    window: tuple[float, float, float],
+    dec: Deconvolver,
+    step_s: float,
+) -> np.ndarray:
+    """Residues with the samples outside each voxel's plausible peak window set to -inf."""
+    aif_ttp_s, before_s, after_s = window
+    n, length = dec.n_frames, dec.n_lags
+    j = np.arange(length)
+    lag_s = (np.where(j >= n, j - length, j) if dec.circulant else j) * step_s
+    expected = ttp_s - aif_ttp_s
+    inside = (lag_s[:, None] >= (expected - before_s)[None, :]) & (
+        lag_s[:, None] <= (expected + after_s)[None, :]
+    )
+    return np.where(inside, k, -np.inf)
+
+
+def _peak_with_offset(y: np.ndarray, *, wrap: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the maximum along axis 0 and its parabolic sub-sample offset in [-0.5, 0.5].
+
+    With ``wrap`` the neighbours of the ends are taken circularly; otherwise the ends get
+    no offset.
+    """
+    length, nvox = y.shape
+    idx = np.argmax(y, axis=0)
+    cols = np.arange(nvox)
+    if wrap:
+        before = y[(idx - 1) % length, cols]
+        after = y[(idx + 1) % length, cols]
+        interior = np.ones(nvox, dtype=bool)
+    else:
+        before = y[np.clip(idx - 1, 0, length - 1), cols]
+        after = y[np.clip(idx + 1, 0, length - 1), cols]
+        interior = (idx > 0) & (idx < length - 1)
+    centre = y[idx, cols]
+    curvature = before.astype(np.float64) - 2.0 * centre + after
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = np.where(interior & (curvature < 0), 0.5 * (before - after) / curvature, 0.0)
+    return idx, np.clip(offset, -0.5, 0.5)
+
+
+def _trapezoid_area(curves: np.ndarray) -> np.ndarray:
+    """Trapezoid-rule area of ``(n, nvox)`` curves in units of samples (step factored out)."""
+    c = np.asarray(curves, dtype=np.float64)
+    return np.asarray(c.sum(axis=0) - 0.5 * (c[0] + c[-1]))
