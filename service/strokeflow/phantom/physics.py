@@ -54,7 +54,9 @@ def arterial_input(
     first = gamma_variate(t_s, arrival_s, alpha, beta_s, peak)
     first_area = peak * beta_s * np.exp(alpha) * alpha ** (-alpha) * _gamma(alpha + 1.0)
     rec_alpha, rec_beta = 3.0, 3.0
-    rec_unit_area = rec_beta * np.exp(rec_alpha) * rec_alpha ** (-rec_alpha) * _gamma(rec_alpha + 1.0)
+    rec_unit_area = (
+        rec_beta * np.exp(rec_alpha) * rec_alpha ** (-rec_alpha) * _gamma(rec_alpha + 1.0)
+    )
     rec_peak = recirculation_fraction * first_area / rec_unit_area
     second = gamma_variate(t_s, arrival_s + recirculation_delay_s, rec_alpha, rec_beta, rec_peak)
     return np.asarray(first + second)
@@ -112,6 +114,51 @@ def tissue_enhancement(
     flow = (BRAIN_DENSITY_G_PER_ML / HEMATOCRIT_FACTOR) * cbf_ml_100g_min / 6000.0
     conv = np.convolve(ca, r)[: fine.size] * dt_fine_s
     return np.asarray(np.interp(t, fine, flow * conv))
+
+
+def venous_outflow(
+    t_s: np.ndarray,
+    arterial: np.ndarray,
+    delay_s: float = 5.5,
+    dispersion_s: float = 2.0,
+    dt_fine_s: float = 0.05,
+) -> np.ndarray:
+    """Venous enhancement: the arterial curve delayed and dispersed, its area conserved.
+
+    All the indicator that enters the brain leaves it through the veins, so the
+    integral of the venous curve equals the arterial one (indicator conservation); the
+    brain's transit delays the bolus by ``delay_s`` and spreads it with a unit-area
+    gamma kernel (shape 2, mean ``dispersion_s``).
+
+    Parameters
+    ----------
+    t_s : numpy.ndarray
+        ``(n,)`` increasing sample times in seconds; ``arterial`` is sampled on them.
+    arterial : numpy.ndarray
+        ``(n,)`` arterial enhancement at ``t_s``.
+    delay_s : float
+        Pure transit delay from the artery to the draining vein.
+    dispersion_s : float
+        Mean of the dispersion kernel (0 gives a pure delay).
+    dt_fine_s : float
+        Step of the fine grid the convolution is computed on.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` venous enhancement at ``t_s``, in the units of ``arterial``.
+    """
+    t = np.asarray(t_s, dtype=np.float64)
+    fine = np.arange(0.0, t[-1] + dt_fine_s, dt_fine_s)
+    ca = np.interp(fine - delay_s, t, arterial, left=0.0, right=float(arterial[-1]))
+    if dispersion_s <= 0:
+        return np.asarray(np.interp(t, fine, ca))
+    scale = dispersion_s / 2.0
+    kernel = (fine / scale) * np.exp(-fine / scale)
+    # Normalised on the discrete grid so that the discrete convolution conserves area exactly.
+    kernel /= kernel.sum()
+    conv = np.convolve(ca, kernel)[: fine.size]
+    return np.asarray(np.interp(t, fine, conv))
 
 
 def _gamma(x: float) -> float:
