@@ -64,3 +64,123 @@ def smooth_within_mask(
     num *= inv_w
     np.copyto(num, data, where=~m)
     return num
+
+
+def profile_bilateral(
+    concentration: np.ndarray,
+    mask: np.ndarray,
+    *,
+    sigma_px: float = 1.5,
+    radius_px: int = 3,
+    n_components: int = 12,
+    strength: float = 0.5,
+    iterations: int = 2,
+) -> np.ndarray:
+    """Edge-preserving smoothing of time curves: a time-profile bilateral filter.
+
+    Each tissue voxel becomes a weighted mean of its in-plane neighbours, weighted by
+    distance (Gaussian ``sigma_px``) *and* by how similar their time-attenuation
+    profiles are (the TIPS filter of Mendrik et al. 2011): neighbours across a lesion
+    border (core next to penumbra, penumbra next to normal tissue) carry different
+    curves and barely contribute, so borders stay sharp while noise within a region is
+    averaged away. Profiles are compared in the space of the ``n_components`` leading
+    principal components of the tissue curves, where noise is small and distances are
+    cheap; the profile distance is normalised by its median over neighbouring pairs
+    (mostly the same tissue: the noise level). Voxels outside ``mask`` are unchanged
+    and never contribute.
+
+    Parameters
+    ----------
+    concentration : numpy.ndarray
+        ``(t, z, y, x)`` enhancement curves.
+    mask : numpy.ndarray
+        ``(z, y, x)`` bool tissue voxels.
+    sigma_px : float
+        Spatial Gaussian sigma in pixels.
+    radius_px : int
+        Half-width of the square neighbourhood.
+    n_components : int
+        Principal components kept to compare (and reconstruct) the curves.
+    strength : float
+        Profile weight ``exp(-max(d / median(d) - 1, 0) / strength)``; smaller is more
+        edge-preserving.
+    iterations : int
+        Passes of the filter.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(t, z, y, x)``.
+    """
+    if concentration.ndim != 4 or mask.shape != concentration.shape[1:]:
+        raise ValueError(
+            f"concentration must be (t, z, y, x) with mask (z, y, x); got "
+            f"{concentration.shape} and {mask.shape}"
+        )
+    data = np.asarray(concentration, dtype=np.float32)
+    m = mask.astype(bool)
+    n_vox = int(np.count_nonzero(m))
+    nt = data.shape[0]
+    k = min(n_components, nt)
+    if n_vox < 2 * k:
+        return data.copy()
+    curves = data[:, m]  # (t, n)
+    mean = curves.mean(axis=1, keepdims=True)
+    step = max(1, n_vox // 20000)
+    sample = curves[:, ::step] - mean
+    cov = sample @ sample.T / sample.shape[1]
+    _, vecs = np.linalg.eigh(cov)
+    basis = vecs[:, ::-1][:, :k].astype(np.float32)  # (t, k)
+    coeff_flat = basis.T @ (curves - mean)  # (k, n)
+    coeffs = np.zeros((k, *m.shape), dtype=np.float32)
+    coeffs[:, m] = coeff_flat
+    offsets = [
+        (dy, dx)
+        for dy in range(-radius_px, radius_px + 1)
+        for dx in range(-radius_px, radius_px + 1)
+    ]
+    mf = m.astype(np.float32)
+    for _ in range(iterations):
+        coeffs = _bilateral_pass(coeffs, mf, offsets, sigma_px, strength)
+    out = data.copy()
+    out[:, m] = basis @ coeffs[:, m] + mean
+    return out
+
+
+def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``a`` moved so that ``out[..., y, x] = a[..., y + dy, x + dx]``, zero outside."""
+    out = np.zeros_like(a)
+    ny, nx = a.shape[-2:]
+    ys = slice(max(0, -dy), min(ny, ny - dy))
+    xs = slice(max(0, -dx), min(nx, nx - dx))
+    yd = slice(max(0, dy), min(ny, ny + dy))
+    xd = slice(max(0, dx), min(nx, nx + dx))
+    out[..., ys, xs] = a[..., yd, xd]
+    return out
+
+
+def _bilateral_pass(
+    coeffs: np.ndarray,
+    mf: np.ndarray,
+    offsets: list[tuple[int, int]],
+    sigma_px: float,
+    strength: float,
+) -> np.ndarray:
+    # Noise scale: median profile distance between horizontal neighbours in tissue.
+    right = _shift(coeffs, 0, 1)
+    both = (mf * _shift(mf, 0, 1)) > 0
+    d_ref = float(np.median(((coeffs - right) ** 2).sum(axis=0)[both])) if both.any() else 1.0
+    d_ref = max(d_ref, 1e-12)
+    num = np.zeros_like(coeffs)
+    den = np.zeros(mf.shape, dtype=np.float32)
+    for dy, dx in offsets:
+        spatial = np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2))
+        if spatial < 1e-3:
+            continue
+        shifted = _shift(coeffs, dy, dx)
+        d = ((coeffs - shifted) ** 2).sum(axis=0) / d_ref
+        w = spatial * np.exp(-np.clip(d - 1.0, 0.0, None) / strength) * _shift(mf, dy, dx) * mf
+        num += w * shifted
+        den += w
+    out = np.where(den > 0, num / np.maximum(den, 1e-12), coeffs)
+    return out.astype(np.float32)

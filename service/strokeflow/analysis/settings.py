@@ -21,9 +21,16 @@ class CtpSettings:
     analysis_pixel_mm : float
         Target in-plane pixel size after binning (noise reduction and speed).
     smoothing_sigma_mm : float
-        Sigma of the mask-normalised spatial Gaussian smoothing.
+        Spatial sigma of the time-profile bilateral filter (edge-preserving smoothing).
+    smoothing_iterations : int
+        Passes of that filter.
     temporal_step_s : float
         Uniform time step the curves are resampled to before deconvolution.
+    temporal_sigma_s : float
+        Sigma of the Gaussian applied along time to the tissue curves AND the arterial
+        input before deconvolution (0 disables it). Filtering both with one kernel keeps
+        the convolution model exact, C_t * g = (C_a * g) conv R, while the noise that makes
+        the oSVD choose heavy regularisation is damped.
     oscillation_index : float
         Oscillation-index target of the oSVD (Wu 2003): the least regularised solution
         whose residue function oscillates less than this is kept, voxel by voxel.
@@ -38,8 +45,10 @@ class CtpSettings:
     core_requires_tmax_s: float = 6.0
     tmax_thresholds_s: tuple[float, ...] = (6.0, 10.0)
     analysis_pixel_mm: float = 1.8
-    smoothing_sigma_mm: float = 2.0
+    smoothing_sigma_mm: float = 4.5
+    smoothing_iterations: int = 3
     temporal_step_s: float = 1.0
+    temporal_sigma_s: float = 1.0
     oscillation_index: float = 0.095
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0

@@ -1,0 +1,434 @@
+"""The CT perfusion pipeline: 4D HU in, maps, lesion volumes, decisions and quality out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from strokeflow.analysis.brainmask import BrainMasks, brain_masks
+from strokeflow.analysis.decisions import LesionMetrics, evaluate_decisions, lesion_metrics
+from strokeflow.analysis.denoise import profile_bilateral
+from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres, side_name
+from strokeflow.analysis.inputs import (
+    VascularCurve,
+    bolus_arrival_index,
+    partial_volume_scale,
+    select_aif,
+    select_vof,
+)
+from strokeflow.analysis.lesions import clean_mask, volume_ml
+from strokeflow.analysis.maps import PerfusionMaps, compute_maps
+from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
+from strokeflow.analysis.quality import QualityFlag, QualityLimits, quality_ok
+from strokeflow.analysis.resample import resample_uniform
+from strokeflow.analysis.settings import CtpSettings
+from strokeflow.analysis.volume import Geometry, PerfusionSeries
+
+#: Tissue with Tmax below this is "normally perfused" and serves as the rCBF reference.
+NORMAL_TMAX_S = 4.0
+
+
+class AnalysisError(Exception):
+    """The series cannot be analysed; the message says why in clinical terms."""
+
+
+@dataclass
+class CtpAnalysis:
+    """Everything the CTP pipeline produced for one acquisition.
+
+    Maps and masks are on the analysis grid ``geometry`` (after in-plane binning),
+    axis order ``(z, y, x)``.
+    """
+
+    geometry: Geometry
+    maps: PerfusionMaps
+    rcbf: np.ndarray
+    masks: BrainMasks
+    core: np.ndarray
+    tmax6: np.ndarray
+    tmax10: np.ndarray
+    baseline_hu: np.ndarray
+    metrics: LesionMetrics
+    decisions: dict[str, bool]
+    lesion_side: str | None
+    reference_cbf_ml_100g_min: float
+    reference_description: str
+    aif: VascularCurve
+    vof: VascularCurve | None
+    aif_scale: float
+    grid_s: np.ndarray
+    motion: MotionResult
+    flags: list[QualityFlag]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def quality_ok(self) -> bool:
+        """True when no flag is a warning or critical."""
+        return quality_ok(self.flags)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._last, 3)
+        self._last = now
+
+
+def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) -> CtpAnalysis:
+    """Run the whole CT perfusion analysis on one assembled acquisition.
+
+    Parameters
+    ----------
+    series : PerfusionSeries
+        ``(t, z, y, x)`` HU with per-slice acquisition times.
+    settings : CtpSettings, optional
+        Thresholds and method parameters; the published defaults when omitted.
+
+    Returns
+    -------
+    CtpAnalysis
+
+    Raises
+    ------
+    AnalysisError
+        When no brain, no arterial input or too few usable frames are found.
+    """
+    settings = settings or CtpSettings()
+    clock = _Clock()
+    limits = QualityLimits()
+    flags: list[QualityFlag] = []
+
+    _, dy, _ = series.geometry.voxel_size_mm
+    factor = max(1, round(settings.analysis_pixel_mm / dy))
+    signal = bin_inplane(series.signal, factor) if factor > 1 else series.signal.astype(np.float32)
+    geometry = series.geometry.downsampled(factor)
+    dz, pixel_mm, _ = geometry.voxel_size_mm
+    clock.lap("binning")
+
+    motion = correct_motion(
+        signal,
+        pixel_mm,
+        reference=0,
+        max_motion_mm=settings.max_motion_mm,
+        times_s=series.times_s.mean(axis=1),
+    )
+    keep = ~motion.excluded
+    if np.count_nonzero(keep) < 8:
+        raise AnalysisError(
+            f"only {np.count_nonzero(keep)} of {keep.size} frames are usable after motion "
+            "correction"
+        )
+    flags.extend(_motion_flags(motion, limits))
+    clock.lap("motion")
+
+    uniform, grid_s = resample_uniform(
+        motion.corrected[keep], series.times_s[keep], settings.temporal_step_s
+    )
+    step = settings.temporal_step_s
+    clock.lap("resample")
+
+    first = uniform[: min(2, uniform.shape[0])].mean(axis=0)
+    prelim = brain_masks(first, (uniform - first).max(axis=0), pixel_mm, dz)
+    if not prelim.brain.any():
+        raise AnalysisError("no brain found inside the skull: is this a head CT perfusion?")
+    arrival = bolus_arrival_index(uniform, prelim.brain)
+    if arrival < limits.min_baseline_frames:
+        flags.append(
+            QualityFlag(
+                "short_baseline",
+                "warning",
+                f"contrast arrives {grid_s[arrival] - grid_s[0]:.1f} s after the scan start: "
+                "too few pre-contrast frames for a reliable baseline",
+            )
+        )
+    baseline = uniform[:arrival].mean(axis=0)
+    concentration = uniform - baseline
+    masks = brain_masks(baseline, concentration.max(axis=0), pixel_mm, dz)
+    clock.lap("masks")
+
+    sigma_px = settings.smoothing_sigma_mm / pixel_mm
+    smoothed = profile_bilateral(
+        concentration,
+        masks.tissue,
+        sigma_px=sigma_px,
+        radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
+        iterations=settings.smoothing_iterations,
+    )
+    if settings.temporal_sigma_s > 0:
+        sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
+        smoothed = gaussian_filter1d(smoothed, sigma_t, axis=0, mode="nearest")
+    clock.lap("smoothing")
+
+    hemis = find_hemispheres(masks.brain, geometry)
+    affected = _preliminary_affected_side(smoothed, masks.tissue, hemis, step)
+    aif, vof, aif_scale, aif_side = _vascular_inputs(
+        concentration, masks, hemis, affected, geometry, step
+    )
+    flags.extend(_input_flags(aif, vof, aif_scale, aif_side, affected, limits))
+    clock.lap("aif_vof")
+
+    aif_input = aif.curve * aif_scale
+    if settings.temporal_sigma_s > 0:
+        sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
+        aif_input = gaussian_filter1d(aif_input, sigma_t, mode="nearest")
+    maps = compute_maps(
+        smoothed,
+        aif_input.astype(np.float32),
+        step,
+        method="osvd",
+        oscillation_index=settings.oscillation_index,
+        mask=masks.tissue,
+    )
+    clock.lap("deconvolution")
+
+    result = _lesions(maps, masks, hemis, geometry, settings)
+    core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
+    vv = geometry.voxel_volume_ml
+    metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
+    decisions = evaluate_decisions(metrics)
+    flags.extend(_acquisition_flags(series, masks, concentration, arrival, limits))
+    clock.lap("lesions")
+
+    return CtpAnalysis(
+        geometry=geometry,
+        maps=maps,
+        rcbf=rcbf,
+        masks=masks,
+        core=core,
+        tmax6=tmax6,
+        tmax10=tmax10,
+        baseline_hu=baseline,
+        metrics=metrics,
+        decisions=decisions,
+        lesion_side=lesion_side,
+        reference_cbf_ml_100g_min=ref_cbf,
+        reference_description=ref_text,
+        aif=aif,
+        vof=vof,
+        aif_scale=aif_scale,
+        grid_s=grid_s,
+        motion=motion,
+        flags=flags,
+        timings_s=clock.timings,
+    )
+
+
+def _preliminary_affected_side(
+    smoothed: np.ndarray, tissue: np.ndarray, hemis: Hemispheres, step_s: float
+) -> int:
+    """Side whose tissue peaks late (bolus delay), before any deconvolution; 0 if none.
+
+    The AIF must come from the unaffected side, so the side is guessed from time to
+    peak: the hemisphere with clearly more tissue peaking 4 s after the brain's median.
+    """
+    curves = smoothed[:, tissue]
+    if curves.shape[1] == 0:
+        return 0
+    ttp = curves.argmax(axis=0) * step_s
+    late = ttp > np.median(ttp) + 4.0
+    side = hemis.side[tissue]
+    n_left = int(np.count_nonzero(late & (side == LEFT)))
+    n_right = int(np.count_nonzero(late & (side == RIGHT)))
+    total = max(1, int(np.count_nonzero(side != 0)))
+    if max(n_left, n_right) < 0.02 * total or abs(n_left - n_right) < 0.5 * max(n_left, n_right):
+        return 0
+    return LEFT if n_left > n_right else RIGHT
+
+
+def _vascular_inputs(
+    concentration: np.ndarray,
+    masks: BrainMasks,
+    hemis: Hemispheres,
+    affected: int,
+    geometry: Geometry,
+    step_s: float,
+) -> tuple[VascularCurve, VascularCurve | None, float, int]:
+    vv = geometry.voxel_volume_ml
+    # Vessels reach a voxel beyond the brain mask (the sinus lies against the skull).
+    searchable = masks.brain | masks.vessels
+    aif = None
+    aif_side = 0
+    if affected != 0:
+        aif = select_aif(concentration, searchable & (hemis.side == -affected), step_s, vv)
+        aif_side = -affected
+    if aif is None:
+        aif = select_aif(concentration, searchable, step_s, vv)
+        aif_side = 0
+    if aif is None:
+        raise AnalysisError("no arterial input found: no early, strongly enhancing vessel")
+    # The superior sagittal sinus runs posterior, near the midline.
+    _, ny, nx = masks.brain.shape
+    yy = np.arange(ny)[:, None]
+    cy, _ = hemis.centre_yx
+    posterior = (yy - cy) * geometry.patient_posterior_sign_y() > 0
+    _, _, dx = geometry.voxel_size_mm
+    xx = np.arange(nx)[None, :]
+    near_midline = np.abs(xx - hemis.centre_yx[1]) * dx < 25.0
+    venous_region = searchable & (posterior & near_midline)[None]
+    vof = select_vof(concentration, venous_region, aif, step_s)
+    if vof is None:
+        vof = select_vof(concentration, searchable, aif, step_s)
+    scale = partial_volume_scale(aif, vof)
+    return aif, vof, scale, aif_side
+
+
+def _lesions(
+    maps: PerfusionMaps,
+    masks: BrainMasks,
+    hemis: Hemispheres,
+    geometry: Geometry,
+    settings: CtpSettings,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str | None]:
+    tissue = masks.tissue
+    vv = geometry.voxel_volume_ml
+    tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
+    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
+    tmax6 = clean_mask(tmax > t6, tissue, vv, settings.min_cluster_ml)
+    tmax10 = clean_mask(tmax > t10, tissue, vv, settings.min_cluster_ml) & tmax6
+    n_left = np.count_nonzero(tmax6 & (hemis.side == LEFT))
+    n_right = np.count_nonzero(tmax6 & (hemis.side == RIGHT))
+    lesion = 0
+    if max(n_left, n_right) * vv >= 5.0:
+        lesion = LEFT if n_left >= n_right else RIGHT
+    cbf = np.nan_to_num(maps.cbf_ml_100g_min, nan=0.0)
+    normal = tissue & (tmax < NORMAL_TMAX_S)
+    if lesion != 0:
+        contralateral = normal & (hemis.side == -lesion)
+        reference_text = (
+            f"mean CBF of {side_name(-lesion)} (contralateral) hemisphere tissue "
+            f"with Tmax < {NORMAL_TMAX_S:g} s"
+        )
+    else:
+        contralateral = normal
+        reference_text = f"mean CBF of all brain tissue with Tmax < {NORMAL_TMAX_S:g} s"
+    if np.count_nonzero(contralateral) < 50:
+        contralateral = tissue
+        reference_text = "mean CBF of all brain tissue (too little normal tissue)"
+    reference = float(cbf[contralateral].mean())
+    rcbf = np.where(tissue, cbf / max(reference, 1e-6), np.nan).astype(np.float32)
+    raw_core = np.nan_to_num(rcbf, nan=1.0) < settings.core_rcbf_threshold
+    if settings.core_requires_tmax_s > 0:
+        raw_core &= tmax > settings.core_requires_tmax_s
+    core = clean_mask(raw_core, tissue, vv, settings.min_cluster_ml)
+    # Core is part of the hypoperfused tissue by definition.
+    tmax6 |= core
+    return core, tmax6, tmax10, rcbf, reference, reference_text, side_name(lesion)
+
+
+def _motion_flags(motion: MotionResult, limits: QualityLimits) -> list[QualityFlag]:
+    flags: list[QualityFlag] = []
+    n_excluded = int(np.count_nonzero(motion.excluded))
+    if n_excluded:
+        flags.append(
+            QualityFlag(
+                "motion",
+                "warning",
+                f"{n_excluded} of {motion.excluded.size} frames excluded for uncorrectable "
+                "motion: " + "; ".join(motion.messages),
+            )
+        )
+    moved = float(np.max(motion.displacement_mm[~motion.excluded], initial=0.0))
+    if moved > limits.motion_note_mm:
+        flags.append(
+            QualityFlag(
+                "motion_corrected",
+                "info",
+                f"head motion up to {moved:.1f} mm was corrected by rigid registration",
+            )
+        )
+    return flags
+
+
+def _input_flags(
+    aif: VascularCurve,
+    vof: VascularCurve | None,
+    scale: float,
+    aif_side: int,
+    affected: int,
+    limits: QualityLimits,
+) -> list[QualityFlag]:
+    flags: list[QualityFlag] = []
+    problems = []
+    if aif.peak * scale < limits.min_aif_peak:
+        problems.append(f"arterial peak {aif.peak * scale:.0f} HU is low")
+    if aif.fwhm_s > limits.max_aif_fwhm_s:
+        problems.append(f"arterial bolus is wide (FWHM {aif.fwhm_s:.0f} s)")
+    if scale > limits.max_pv_scale:
+        problems.append(f"venous area is {scale:.1f} x the arterial area (partial volume)")
+    if affected != 0 and aif_side == 0:
+        problems.append("no artery found in the unaffected hemisphere")
+    if problems:
+        flags.append(QualityFlag("poor_aif", "warning", "; ".join(problems)))
+    truncated = aif.tail_fraction > limits.max_aif_tail_fraction
+    if vof is not None and vof.tail_fraction > limits.max_vof_tail_fraction:
+        truncated = True
+    if truncated:
+        tail = vof.tail_fraction if vof is not None else aif.tail_fraction
+        flags.append(
+            QualityFlag(
+                "bolus_truncated",
+                "critical",
+                f"scan too short: the venous curve is still at {100 * tail:.0f} % of its peak "
+                "at the last frame; CBV, MTT and Tmax are underestimated",
+            )
+        )
+    if vof is None:
+        flags.append(
+            QualityFlag("no_vof", "info", "no venous output found; AIF not volume-corrected")
+        )
+    return flags
+
+
+def _acquisition_flags(
+    series: PerfusionSeries,
+    masks: BrainMasks,
+    concentration: np.ndarray,
+    arrival: int,
+    limits: QualityLimits,
+) -> list[QualityFlag]:
+    flags: list[QualityFlag] = []
+    dz = series.geometry.voxel_size_mm[0]
+    covered_mm = dz * int(np.count_nonzero(masks.brain.any(axis=(1, 2))))
+    if covered_mm < limits.min_coverage_mm:
+        flags.append(
+            QualityFlag(
+                "incomplete_coverage",
+                "warning",
+                f"brain coverage is only {covered_mm:.0f} mm: volumes outside the slab are missed",
+            )
+        )
+    missing = series.missing.mean(axis=0)
+    worst = int(np.argmax(missing))
+    if missing[worst] > limits.max_missing_fraction:
+        flags.append(
+            QualityFlag(
+                "missing_frames",
+                "warning",
+                f"{int(series.missing[:, worst].sum())} of {series.missing.shape[0]} frames "
+                f"missing at slice {worst + 1}; they were interpolated in time",
+            )
+        )
+    tissue = masks.tissue
+    if arrival >= 2 and tissue.any():
+        # Per-voxel noise from the baseline frames; enhancement from the mean tissue
+        # curve, whose peak is not inflated by noise as a per-voxel maximum would be.
+        noise = float(np.median(concentration[:arrival, tissue].std(axis=0, ddof=1)))
+        enhancement = float(concentration[:, tissue].mean(axis=1).max())
+        snr = enhancement / max(noise, 1e-6)
+        if snr < limits.min_snr:
+            flags.append(
+                QualityFlag(
+                    "low_snr",
+                    "warning",
+                    f"low signal-to-noise: tissue enhancement {enhancement:.1f} HU against "
+                    f"{noise:.1f} HU noise",
+                )
+            )
+    return flags
