@@ -1,0 +1,150 @@
+"""The ``strokeflow`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from strokeflow import __version__
+
+app = typer.Typer(
+    help="StrokeFlow: CT/MR perfusion analysis for acute stroke (decision support, not a "
+    "cleared medical device).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+phantom_app = typer.Typer(help="Write synthetic studies with known truth.", no_args_is_help=True)
+app.add_typer(phantom_app, name="phantom")
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def analyze(
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM files or folders, any order.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    core_rcbf: Annotated[
+        float, typer.Option(help="Core threshold: relative CBF below this fraction.")
+    ] = 0.30,
+    no_maps: Annotated[bool, typer.Option("--no-maps", help="Skip the NIfTI maps.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Analyse CT perfusion studies and write OUT/results.json and NIfTI maps."""
+    from strokeflow.analysis.settings import CtpSettings
+    from strokeflow.analyze import NothingToAnalyseError, analyze_paths
+
+    _logging(verbose)
+    for path in inputs:
+        if not path.exists():
+            typer.echo(f"error: {path} does not exist", err=True)
+            raise typer.Exit(2)
+    try:
+        outcome = analyze_paths(
+            list(inputs), out, CtpSettings(core_rcbf_threshold=core_rcbf), write_maps=not no_maps
+        )
+    except NothingToAnalyseError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for study in outcome.results["studies"]:
+        for a in study["analyses"]:
+            quality = "ok" if a["quality"]["ok"] else "NOT OK - check the images"
+            typer.echo(
+                f"{study['study_instance_uid']}: core {a['core_ml']} mL, "
+                f"Tmax>6s {a['tmax6_ml']} mL,"
+                f" Tmax>10s {a['tmax10_ml']} mL, mismatch {a['mismatch_ml']} mL"
+                f" (ratio {a['mismatch_ratio']}), DEFUSE 3 "
+                f"{'YES' if a['decisions']['defuse3'] else 'no'}; quality {quality}"
+            )
+            for flag in a["quality"]["flags"]:
+                typer.echo(f"  [{flag['severity']}] {flag['message']}")
+    for p in outcome.results["problems"]:
+        typer.echo(f"skipped {p['path']}: {p['reason']}", err=True)
+    typer.echo(f"wrote {outcome.results_path}")
+
+
+@phantom_app.command("ctp")
+def phantom_ctp(
+    out: Annotated[Path, typer.Argument(help="Folder to write the study and truth.json into.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same study).")] = 0,
+    matrix: Annotated[int, typer.Option(help="In-plane pixels.")] = 128,
+    slices: Annotated[int, typer.Option(help="Number of 5 mm slices.")] = 8,
+    frames: Annotated[int, typer.Option(help="Number of time frames.")] = 40,
+    lesion: Annotated[str, typer.Option(help="none, standard, large or malignant.")] = "standard",
+    side: Annotated[str, typer.Option(help="Lesion side: left or right.")] = "left",
+    noise_hu: Annotated[
+        float | None, typer.Option(help="Noise sigma in HU (default: realistic low dose).")
+    ] = None,
+    motion: Annotated[str, typer.Option(help="none, moderate or severe.")] = "none",
+    timing: Annotated[str, typer.Option(help="regular or irregular.")] = "regular",
+    duration_s: Annotated[
+        float | None, typer.Option(help="Stop the scan early (truncated bolus).")
+    ] = None,
+    transfer_syntax: Annotated[
+        str, typer.Option(help="explicit, implicit, rle, jpegls or jpeg2000.")
+    ] = "explicit",
+    split_series: Annotated[int, typer.Option(help="Split the perfusion over N series.")] = 1,
+) -> None:
+    """Write a synthetic CT perfusion study with its truth."""
+    from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+    from strokeflow.phantom.ctp_dicom import write_ctp_study
+
+    choices: dict[str, tuple[str, ...]] = {
+        "lesion": ("none", "standard", "large", "malignant"),
+        "side": ("left", "right"),
+        "motion": ("none", "moderate", "severe"),
+        "timing": ("regular", "irregular"),
+        "transfer_syntax": ("explicit", "implicit", "rle", "jpegls", "jpeg2000"),
+    }
+    given = {
+        "lesion": lesion,
+        "side": side,
+        "motion": motion,
+        "timing": timing,
+        "transfer_syntax": transfer_syntax,
+    }
+    for name, value in given.items():
+        if value not in choices[name]:
+            typer.echo(
+                f"error: --{name.replace('_', '-')} must be one of {choices[name]}", err=True
+            )
+            raise typer.Exit(2)
+    options = CtpPhantomOptions(
+        seed=seed,
+        matrix=matrix,
+        slices=slices,
+        frames=frames,
+        lesion=lesion,  # type: ignore[arg-type]
+        lesion_side=side,  # type: ignore[arg-type]
+        noise_hu=noise_hu,
+        motion=motion,  # type: ignore[arg-type]
+        timing=timing,  # type: ignore[arg-type]
+        scan_duration_s=duration_s,
+    )
+    phantom = simulate_ctp(options)
+    ts: Literal["explicit", "implicit", "rle", "jpegls", "jpeg2000"] = transfer_syntax  # type: ignore[assignment]
+    paths = write_ctp_study(phantom, out, transfer_syntax=ts, split_series=split_series)
+    truth = phantom.truth
+    typer.echo(
+        f"wrote {len(paths)} files to {out}; truth: core {truth['core_ml']:.1f} mL, "
+        f"Tmax>6s {truth['tmax6_ml']:.1f} mL, decisions {json.dumps(truth['decisions'])}"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Result outputs: results.json, NIfTI maps for researchers, and (later) DICOM objects."""

@@ -1,0 +1,49 @@
+"""NIfTI export of the maps and masks, for researchers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from strokeflow.analysis.ctp import CtpAnalysis
+from strokeflow.analysis.volume import Geometry
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def nifti_affine(geometry: Geometry) -> np.ndarray:
+    """RAS affine for data stored in ``(x, y, z)`` order (NIfTI's convention)."""
+    return _LPS_TO_RAS @ geometry.affine_lps
+
+
+def save_volume(volume_zyx: np.ndarray, geometry: Geometry, path: Path) -> Path:
+    """Write a ``(z, y, x)`` array as a compressed NIfTI file; returns the path."""
+    data = np.ascontiguousarray(np.transpose(volume_zyx, (2, 1, 0)))
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    image = nib.Nifti1Image(data, nifti_affine(geometry))
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, str(path))
+    return path
+
+
+def write_ctp_maps(analysis: CtpAnalysis, out_dir: Path) -> list[Path]:
+    """Write CBF, CBV, MTT, Tmax, TTP, rCBF and the lesion masks into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = analysis.geometry
+    maps = analysis.maps
+    volumes = {
+        "cbf_ml_100g_min": maps.cbf_ml_100g_min,
+        "cbv_ml_100g": maps.cbv_ml_100g,
+        "mtt_s": maps.mtt_s,
+        "tmax_s": maps.tmax_s,
+        "ttp_s": maps.ttp_s,
+        "rcbf": analysis.rcbf,
+        "core_mask": analysis.core,
+        "tmax6_mask": analysis.tmax6,
+        "tmax10_mask": analysis.tmax10,
+        "tissue_mask": analysis.masks.tissue,
+    }
+    return [save_volume(v, g, out_dir / f"{name}.nii.gz") for name, v in volumes.items()]
