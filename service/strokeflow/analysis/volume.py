@@ -86,9 +86,7 @@ class PerfusionSeries:
             raise ValueError(f"signal must be (t, z, y, x); got shape {self.signal.shape}")
         nt, nz = self.signal.shape[:2]
         if self.times_s.shape != (nt, nz):
-            raise ValueError(
-                f"times_s must be (t, z) = {(nt, nz)}; got {self.times_s.shape}"
-            )
+            raise ValueError(f"times_s must be (t, z) = {(nt, nz)}; got {self.times_s.shape}")
         if self.missing.size == 0:
             object.__setattr__(self, "missing", np.zeros((nt, nz), dtype=bool))
         elif self.missing.shape != (nt, nz):

@@ -1,0 +1,499 @@
+"""All DICOM result objects of one analysis: SC pages, SEG and SR, written to disk.
+
+The objects are built from a modality-neutral :class:`ResultContent`; a CT perfusion
+analysis is turned into one by :func:`ctp_result_content`, and an MRI analysis will get
+its own adapter (ADC map instead of CBF, a different procedure and method code) while
+the pages, SEG, SR and file writing stay the same.
+
+Series numbers (relative to ``series_number_base``, 9000 by default): +1 summary, +2 lesion
+outlines, +3 maps, +4 segmentation, +5 structured report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+
+from strokeflow import __version__
+from strokeflow.analysis.ctp import CtpAnalysis
+from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
+from strokeflow.analysis.inputs import VascularCurve
+from strokeflow.analysis.settings import CtpSettings
+from strokeflow.analysis.volume import Geometry
+from strokeflow.assemble.series import parse_da_s, parse_dt_s, parse_tm_s
+from strokeflow.report.render import (
+    CORE_RGB,
+    TMAX6_RGB,
+    TMAX10_RGB,
+    Curve,
+    Decision,
+    MapSpec,
+    Outline,
+    SummaryContent,
+    render_lesion_pages,
+    render_map_pages,
+    render_summary_page,
+)
+from strokeflow.report.secondary_capture import build_secondary_captures
+from strokeflow.report.segmentation import Region, build_segmentation, sort_along_normal
+from strokeflow.report.structured_report import (
+    HYPOPERFUSION_INTENSITY_RATIO,
+    MISMATCH_RATIO,
+    RATIO_UNIT,
+    ReportFindings,
+    SrEncoding,
+    build_measurement_report,
+    build_structured_report,
+    coding_scheme_identification,
+    private_code,
+)
+
+CT_PERFUSION_HEAD = Code("39142-5", "LN", "CT perfusion head with contrast IV")
+CT_PERFUSION_METHOD = Code(
+    "126301", "DCM", "Perfusion analysis by IV Iodinated Contrast CT technique"
+)
+INFARCT = Code("55641003", "SCT", "Infarct")
+MISMATCH_RGB = (0, 200, 255)
+
+
+@dataclass(frozen=True)
+class ResultContent:
+    """Modality-neutral description of the result objects of one analysis.
+
+    Attributes
+    ----------
+    title : str
+        E.g. ``"CT perfusion"``; starts every SeriesDescription.
+    geometry : Geometry
+        Grid of ``anatomy_zyx``, the maps and the region masks.
+    anatomy_zyx : numpy.ndarray
+        Grey-scale anatomy for the lesion pages.
+    anatomy_window : (float, float)
+        Its display range.
+    regions : list of Region
+        SEG segments and SR measurement groups, in segment order.
+    outlined : list of str
+        Keys of the regions outlined on the lesion pages.
+    maps : list of MapSpec
+        One map page each.
+    summary : SummaryContent
+        Summary page (``header_lines`` are filled from the source images).
+    findings : ReportFindings
+        SR content.
+    """
+
+    title: str
+    geometry: Geometry
+    anatomy_zyx: np.ndarray
+    anatomy_window: tuple[float, float]
+    regions: list[Region]
+    outlined: list[str]
+    maps: list[MapSpec]
+    summary: SummaryContent
+    findings: ReportFindings
+
+
+@dataclass
+class ResultObjects:
+    """The DICOM objects of one analysis."""
+
+    summary: list[Dataset]
+    lesions: list[Dataset]
+    maps: list[Dataset]
+    seg: Dataset
+    sr: Dataset
+
+    def all(self) -> list[Dataset]:
+        """Every object, in the order they are written."""
+        return [*self.summary, *self.lesions, *self.maps, self.seg, self.sr]
+
+
+def _fmt_ml(value: float) -> str:
+    return f"{value:.1f} mL"
+
+
+def _location_text(curve: VascularCurve, geometry: Geometry) -> str:
+    x, y, z = curve.location_lps_mm(geometry)
+    side = "midline" if abs(x) < 5 else ("patient left" if x > 0 else "patient right")
+    slice_number = round(float(curve.voxels_zyx[:, 0].mean())) + 1
+    return f"slice {slice_number}, {side}: x {x:.0f}, y {y:.0f}, z {z:.0f} mm (LPS)"
+
+
+def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultContent:
+    """Describe the result objects of a CT perfusion analysis.
+
+    Parameters
+    ----------
+    analysis : CtpAnalysis
+        Maps, masks, metrics and decisions on the analysis grid.
+    settings : CtpSettings
+        The thresholds the analysis used.
+
+    Returns
+    -------
+    ResultContent
+    """
+    m = analysis.metrics
+    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
+    core_pct = f"{100 * settings.core_rcbf_threshold:g} %"
+    core_def = f"rCBF < {settings.core_rcbf_threshold:g}"
+    if settings.core_requires_tmax_s > 0:
+        core_def += f" and Tmax > {settings.core_requires_tmax_s:g} s"
+    cluster = f"; clusters under {settings.min_cluster_ml:g} mL removed"
+    mismatch_mask = analysis.tmax6 & ~analysis.core
+    regions = [
+        Region(
+            "core",
+            f"Ischemic core (rCBF < {core_pct})",
+            analysis.core,
+            m.core_ml,
+            INFARCT,
+            CORE_RGB,
+            core_def + cluster,
+        ),
+        Region(
+            "tmax6",
+            f"Tmax > {t6:g} s",
+            analysis.tmax6,
+            m.tmax6_ml,
+            private_code("TMAX_ABOVE_6S", f"Hypoperfused tissue, Tmax > {t6:g} s"),
+            TMAX6_RGB,
+            f"Tmax > {t6:g} s, including the core{cluster}",
+        ),
+        Region(
+            "tmax10",
+            f"Tmax > {t10:g} s",
+            analysis.tmax10,
+            m.tmax10_ml,
+            private_code("TMAX_ABOVE_10S", f"Severely hypoperfused tissue, Tmax > {t10:g} s"),
+            TMAX10_RGB,
+            f"Tmax > {t10:g} s{cluster}",
+        ),
+        Region(
+            "mismatch",
+            "Mismatch (Tmax > 6 s minus core)",
+            mismatch_mask,
+            m.mismatch_ml,
+            private_code("MISMATCH_REGION", "Perfusion-core mismatch region"),
+            MISMATCH_RGB,
+            f"Tmax > {t6:g} s region outside the core",
+        ),
+    ]
+    ratio_text = "no core (infinite)" if m.mismatch_ratio is None else f"{m.mismatch_ratio:.1f}"
+    hir_text = (
+        "-"
+        if m.hypoperfusion_intensity_ratio is None
+        else (f"{m.hypoperfusion_intensity_ratio:.2f}")
+    )
+    volume_rows = [
+        (f"Core (rCBF < {core_pct})", _fmt_ml(m.core_ml)),
+        (f"Tmax > {t6:g} s", _fmt_ml(m.tmax6_ml)),
+        (f"Tmax > {t10:g} s", _fmt_ml(m.tmax10_ml)),
+        ("Mismatch volume", _fmt_ml(m.mismatch_ml)),
+        ("Mismatch ratio", ratio_text),
+        ("Hypoperfusion intensity ratio", hir_text),
+        ("Lesion side", (analysis.lesion_side or "none detected").upper()),
+    ]
+    rules = {r.key: r for r in RULE_SETS}
+    order = ["defuse3", "extend", "defuse2"]
+    decisions = [
+        Decision(rules[k].name, analysis.decisions[k], rules[k].describe())
+        for k in order
+        if k in analysis.decisions
+    ]
+    alerts = []
+    if analysis.decisions.get("malignant_profile"):
+        alerts.append(f"WARNING: {rules['malignant_profile'].name}")
+    hir = m.hypoperfusion_intensity_ratio
+    if hir is not None and hir > HIR_POOR_COLLATERALS:
+        alerts.append(f"HIR {hir:.2f} > {HIR_POOR_COLLATERALS:g}: poor collaterals likely")
+    times = analysis.grid_s - analysis.grid_s[0]
+    curves = [
+        Curve(
+            "AIF",
+            times,
+            analysis.aif.curve,
+            _location_text(analysis.aif, analysis.geometry),
+            (255, 70, 70),
+        )
+    ]
+    if analysis.vof is not None:
+        curves.append(
+            Curve(
+                "VOF",
+                times,
+                analysis.vof.curve,
+                _location_text(analysis.vof, analysis.geometry),
+                (80, 160, 255),
+            )
+        )
+    method = (
+        f"oSVD deconvolution (oscillation index {settings.oscillation_index:g}), automatically "
+        "detected AIF and VOF"
+    )
+    summary = SummaryContent(
+        title="CT perfusion",
+        header_lines=[],
+        decisions=decisions,
+        alerts=alerts,
+        volume_rows=volume_rows,
+        quality_ok=analysis.quality_ok,
+        quality_lines=[f"{f.severity.upper()}: {f.message}" for f in analysis.flags],
+        curves=curves,
+        curve_unit="enhancement (HU)",
+        footer_lines=[
+            f"Method: {method}. Core: {core_def}. rCBF reference: "
+            f"{analysis.reference_description}.",
+            f"StrokeFlow {__version__}: research and decision-support software, NOT FOR "
+            "PRIMARY DIAGNOSIS. Check every result against the source images.",
+        ],
+    )
+    maps = [
+        MapSpec("CBF", analysis.maps.cbf_ml_100g_min, "mL/100 g/min", 0.0, 60.0),
+        MapSpec("CBV", analysis.maps.cbv_ml_100g, "mL/100 g", 0.0, 6.0),
+        MapSpec("MTT", analysis.maps.mtt_s, "s", 0.0, 15.0),
+        MapSpec("Tmax", analysis.maps.tmax_s, "s", 0.0, 12.0),
+    ]
+    region_measurements: dict[str, list[tuple[Code, float, Code]]] = {}
+    if m.mismatch_ratio is not None:
+        region_measurements["mismatch"] = [(MISMATCH_RATIO, m.mismatch_ratio, RATIO_UNIT)]
+    if hir is not None:
+        region_measurements["tmax10"] = [(HYPOPERFUSION_INTENSITY_RATIO, hir, RATIO_UNIT)]
+    findings = ReportFindings(
+        procedure=CT_PERFUSION_HEAD,
+        method=CT_PERFUSION_METHOD,
+        regions=regions,
+        region_measurements=region_measurements,
+        decisions=[
+            (
+                private_code(r.key.upper().replace("_PROFILE", ""), f"{r.name} ({r.version})"),
+                analysis.decisions[r.key],
+            )
+            for r in RULE_SETS
+            if r.key in analysis.decisions
+        ],
+        lesion_side=analysis.lesion_side,
+        algorithm_parameters=[
+            f"deconvolution: {method}",
+            f"core: {core_def}",
+            f"hypoperfusion: Tmax > {t6:g} s and Tmax > {t10:g} s",
+            f"minimum cluster volume: {settings.min_cluster_ml:g} mL",
+            f"rCBF reference: {analysis.reference_description}",
+        ],
+    )
+    return ResultContent(
+        title="CT perfusion",
+        geometry=analysis.geometry,
+        anatomy_zyx=analysis.baseline_hu,
+        anatomy_window=(0.0, 80.0),
+        regions=regions,
+        outlined=["core", "tmax6"],
+        maps=maps,
+        summary=summary,
+        findings=findings,
+    )
+
+
+def _header_lines(ds: Dataset) -> list[str]:
+    """Patient and study lines of the summary page, from the source image."""
+    name = str(ds.get("PatientName", "")).replace("^", " ").strip() or "(no name)"
+    sex = str(ds.get("PatientSex", "") or "")
+    birth = str(ds.get("PatientBirthDate", "") or "")
+    date = str(ds.get("StudyDate", "") or "")
+    time = str(ds.get("StudyTime", "") or "")[:6]
+    when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else date
+    if len(time) >= 4:
+        when += f" {time[:2]}:{time[2:4]}"
+    patient = f"Patient: {name}   ID: {ds.get('PatientID', '')}"
+    if birth:
+        patient += f"   Born: {birth}"
+    if sex:
+        patient += f"   Sex: {sex}"
+    study = f"Study: {when}   Accession: {ds.get('AccessionNumber', '') or '-'}"
+    study += f"   Series: {ds.get('SeriesNumber', '')} {ds.get('SeriesDescription', '')}"
+    return [patient, study]
+
+
+def build_result_objects(
+    content: ResultContent,
+    source_images: Sequence[Dataset],
+    *,
+    series_number_base: int = 9000,
+    sr_encoding: SrEncoding = "comprehensive3d",
+) -> ResultObjects:
+    """Render the pages and build the SC, SEG and SR objects of one analysis.
+
+    Parameters
+    ----------
+    content : ResultContent
+        From :func:`ctp_result_content` (or an MRI equivalent).
+    source_images : sequence of pydicom.Dataset
+        One header per slice position of the analysed series (see
+        :func:`load_source_references`); patient/study attributes come from them.
+    series_number_base : int
+        New series are numbered base + 1 ... base + 5.
+    sr_encoding : {"comprehensive3d", "comprehensive", "enhanced"}
+        SR class.
+
+    Returns
+    -------
+    ResultObjects
+    """
+    ordered = sort_along_normal(source_images)
+    version = __version__
+    title = content.title
+    summary_content = dataclasses.replace(content.summary, header_lines=_header_lines(ordered[0]))
+    summary_pages = [render_summary_page(summary_content)]
+    by_key = {r.key: r for r in content.regions}
+    outlines = [
+        Outline(by_key[k].label, by_key[k].mask_zyx, by_key[k].colour_rgb) for k in content.outlined
+    ]
+    lesion_pages = render_lesion_pages(
+        content.anatomy_zyx,
+        outlines,
+        content.geometry,
+        title=f"{title}: lesions",
+        window=content.anatomy_window,
+    )
+    map_pages = render_map_pages(content.maps, content.geometry, title=title)
+
+    def sc(pages: list[np.ndarray], offset: int, what: str) -> list[Dataset]:
+        return build_secondary_captures(
+            pages,
+            ordered,
+            series_description=f"StrokeFlow {title} {what}"[:64],
+            series_number=series_number_base + offset,
+            software_version=version,
+            derivation=f"{title} {what} rendered by StrokeFlow {version}",
+        )
+
+    seg = build_segmentation(
+        content.regions,
+        ordered,
+        content.geometry,
+        series_description=f"StrokeFlow {title} lesion segmentation"[:64],
+        series_number=series_number_base + 4,
+        software_version=version,
+    )
+    seg.CodingSchemeIdentificationSequence = coding_scheme_identification()
+    report = build_measurement_report(content.findings, seg, software_version=version)
+    sr = build_structured_report(
+        report,
+        [*ordered, seg],
+        procedure=content.findings.procedure,
+        series_description=f"StrokeFlow {title} measurements"[:64],
+        series_number=series_number_base + 5,
+        encoding=sr_encoding,
+    )
+    objects = ResultObjects(
+        summary=sc(summary_pages, 1, "summary"),
+        lesions=sc(lesion_pages, 2, "lesions"),
+        maps=sc(map_pages, 3, "maps"),
+        seg=seg,
+        sr=sr,
+    )
+    # Study-level attributes highdicom does not copy: every object of the study must
+    # agree with the source (dcentvfy compares them).
+    for keyword in ("StudyDescription", "StudyID"):
+        if keyword in ordered[0]:
+            for ds in objects.all():
+                setattr(ds, keyword, ordered[0].get(keyword))
+    return objects
+
+
+def build_ctp_result_objects(
+    analysis: CtpAnalysis, source_images: Sequence[Dataset], settings: CtpSettings
+) -> ResultObjects:
+    """:func:`build_result_objects` of :func:`ctp_result_content` (the CTP entry point)."""
+    return build_result_objects(ctp_result_content(analysis, settings), source_images)
+
+
+def write_result_objects(objects: ResultObjects, out_dir: Path) -> list[Path]:
+    """Write every object as a DICOM Part 10 file into ``out_dir``.
+
+    Parameters
+    ----------
+    objects : ResultObjects
+        From :func:`build_result_objects`.
+    out_dir : Path
+        Created if needed; files are named by kind, series number and instance number.
+
+    Returns
+    -------
+    list of Path
+        Written files.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    named = [
+        *((f"SC_summary_{k:03d}", ds) for k, ds in enumerate(objects.summary, 1)),
+        *((f"SC_lesions_{k:03d}", ds) for k, ds in enumerate(objects.lesions, 1)),
+        *((f"SC_maps_{k:03d}", ds) for k, ds in enumerate(objects.maps, 1)),
+        ("SEG_lesions", objects.seg),
+        ("SR_measurements", objects.sr),
+    ]
+    paths = []
+    for name, ds in named:
+        path = out_dir / f"{ds.SeriesNumber}_{name}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _time_key(ds: Dataset) -> tuple[float, int]:
+    """Acquisition time of an image (seconds), then InstanceNumber, for ordering."""
+    value: float | None = None
+    if ds.get("AcquisitionDateTime"):
+        value = parse_dt_s(str(ds.AcquisitionDateTime))
+    for tm, da in (("AcquisitionTime", "AcquisitionDate"), ("ContentTime", "ContentDate")):
+        if value is None and ds.get(tm):
+            clock = parse_tm_s(str(ds.get(tm)))
+            day = parse_da_s(str(ds.get(da, "") or "")) or 0.0
+            value = None if clock is None else clock + day
+    if value is None:
+        tpi = ds.get("TemporalPositionIdentifier")
+        value = float(tpi) if tpi is not None else math.inf
+    return value, int(ds.get("InstanceNumber", 0) or 0)
+
+
+def load_source_references(source_paths: Sequence[Path]) -> list[Dataset]:
+    """Headers of the earliest image at every slice position of the analysed series.
+
+    Parameters
+    ----------
+    source_paths : sequence of Path
+        Files of the perfusion acquisition (e.g. ``CtpAcquisition.source_paths``).
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        One header per slice (no pixel data), ordered along the slice normal.
+
+    Raises
+    ------
+    ValueError
+        If no file has a position and orientation.
+    """
+    best: dict[float, tuple[tuple[float, int], Dataset]] = {}
+    for path in source_paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            continue
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        position = round(float(np.dot(np.cross(iop[:3], iop[3:]), ds.ImagePositionPatient)), 2)
+        key = _time_key(ds)
+        if position not in best or key < best[position][0]:
+            best[position] = (key, ds)
+    if not best:
+        raise ValueError(
+            f"none of {len(source_paths)} source files has ImagePositionPatient and "
+            "ImageOrientationPatient"
+        )
+    return sort_along_normal([ds for _, ds in best.values()])

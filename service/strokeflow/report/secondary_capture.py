@@ -1,0 +1,95 @@
+"""Secondary Capture images of the rendered result pages (RGB, 8 bit, burned-in text)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import RLELossless, generate_uid
+
+
+def _source_image_sequence(images: Sequence[Dataset]) -> DicomSequence:
+    items = []
+    for image in images:
+        item = Dataset()
+        item.ReferencedSOPClassUID = image.SOPClassUID
+        item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        items.append(item)
+    return DicomSequence(items)
+
+
+def build_secondary_captures(
+    pages: Sequence[np.ndarray],
+    source_images: Sequence[Dataset],
+    *,
+    series_description: str,
+    series_number: int,
+    software_version: str,
+    derivation: str,
+) -> list[Dataset]:
+    """One SC instance per page, all in one new series of the source study.
+
+    Parameters
+    ----------
+    pages : sequence of numpy.ndarray
+        ``(rows, columns, 3)`` uint8 RGB pages.
+    source_images : sequence of pydicom.Dataset
+        Headers of the source images the pages were derived from; the first supplies
+        patient and study attributes, all are listed in SourceImageSequence.
+    series_description, series_number : str, int
+        Of the new series (SeriesNumber in the 9xxx range by convention).
+    software_version : str
+        Written to SoftwareVersions.
+    derivation : str
+        DerivationDescription, e.g. ``"CT perfusion summary (StrokeFlow 0.1.0)"``.
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        highdicom ``SCImage`` objects, RLE lossless (text stays sharp, pages compress
+        to a few hundred kB).
+
+    Raises
+    ------
+    ValueError
+        If a page is not ``(rows, columns, 3)`` uint8 or no source image is given.
+    """
+    if not source_images:
+        raise ValueError("secondary captures need at least one source image for patient/study")
+    reference = source_images[0]
+    series_uid = generate_uid()
+    out: list[Dataset] = []
+    for number, page in enumerate(pages, start=1):
+        if page.ndim != 3 or page.shape[2] != 3 or page.dtype != np.uint8:
+            raise ValueError(
+                f"page {number}: expected (rows, columns, 3) uint8, got {page.shape} {page.dtype}"
+            )
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=reference,
+            pixel_array=page,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            # Image panels are drawn with the patient's left to the right of the page and
+            # posterior down (radiological convention).
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            patient_orientation=("L", "P"),
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=generate_uid(),
+            instance_number=number,
+            manufacturer="StrokeFlow",
+            transfer_syntax_uid=RLELossless,
+            series_description=series_description,
+        )
+        sc.BurnedInAnnotation = "YES"
+        sc.BodyPartExamined = "HEAD"
+        sc.ImageType = ["DERIVED", "SECONDARY"]
+        sc.SoftwareVersions = software_version
+        sc.ManufacturerModelName = "StrokeFlow"
+        sc.DerivationDescription = derivation[:1024]
+        sc.SourceImageSequence = _source_image_sequence(source_images)
+        out.append(sc)
+    return out

@@ -1,0 +1,230 @@
+"""Binary DICOM Segmentation of the lesion regions on the source image grid.
+
+The regions overlap (the core lies inside Tmax > 6 s, Tmax > 10 s too), so they are
+stored as separate BINARY segments, not as a label map. The analysis runs on a binned
+grid; masks are brought back to the source geometry by nearest-neighbour lookup through
+both grids' affines, so every source pixel takes the value of the analysis voxel that
+contains its centre.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from strokeflow.analysis.volume import Geometry
+
+#: Private coding scheme for concepts DICOM has no code for (declared in every object).
+PRIVATE_SCHEME = "99STRKFLW"
+PRIVATE_SCHEME_NAME = "StrokeFlow private concepts"
+
+MORPHOLOGICALLY_ALTERED = Code("49755003", "SCT", "Morphologically Altered Structure")
+
+
+@dataclass(frozen=True)
+class Region:
+    """One lesion region: a segment of the SEG and a measurement group of the SR.
+
+    Attributes
+    ----------
+    key : str
+        Short identifier (``"core"``, ``"tmax6"``...), also the SR tracking identifier.
+    label : str
+        Human-readable label, e.g. ``"Ischemic core (rCBF < 30 %)"``.
+    mask_zyx : numpy.ndarray
+        Bool mask on the analysis grid.
+    volume_ml : float
+        Volume reported for the region (rounded as in results.json).
+    property_type : Code
+        Segmented property type / finding type.
+    colour_rgb : tuple of int
+        Display colour.
+    definition : str
+        How the region was obtained, e.g. ``"rCBF < 0.3 and Tmax > 6 s"``.
+    """
+
+    key: str
+    label: str
+    mask_zyx: np.ndarray
+    volume_ml: float
+    property_type: Code
+    colour_rgb: tuple[int, int, int]
+    definition: str
+
+
+def sort_along_normal(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Source images ordered along the slice normal (the analysis grid's z order).
+
+    Raises
+    ------
+    ValueError
+        If an image lacks position/orientation or two images share a position.
+    """
+    if not datasets:
+        raise ValueError("no source images given")
+    for ds in datasets:
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            raise ValueError(
+                f"source image {ds.get('SOPInstanceUID', '?')} has no "
+                "ImagePositionPatient/ImageOrientationPatient"
+            )
+    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    keyed = sorted(datasets, key=lambda d: float(np.dot(normal, d.ImagePositionPatient)))
+    positions = [round(float(np.dot(normal, d.ImagePositionPatient)), 3) for d in keyed]
+    if len(set(positions)) != len(positions):
+        raise ValueError("two source images share a slice position; give one per slice")
+    return keyed
+
+
+def source_geometry(datasets: Sequence[Dataset]) -> Geometry:
+    """Affine of the source grid from one image per slice.
+
+    Parameters
+    ----------
+    datasets : sequence of pydicom.Dataset
+        One image per slice position (any order).
+
+    Returns
+    -------
+    Geometry
+        ``(z, y, x)`` grid with z along the sorted slice positions.
+    """
+    ordered = sort_along_normal(datasets)
+    first = ordered[0]
+    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    affine = np.eye(4)
+    affine[:3, 0] = iop[:3] * col_mm  # along a row: next column
+    affine[:3, 1] = iop[3:] * row_mm  # along a column: next row
+    origin = np.asarray(first.ImagePositionPatient, dtype=float)
+    if len(ordered) > 1:
+        last = np.asarray(ordered[-1].ImagePositionPatient, dtype=float)
+        affine[:3, 2] = (last - origin) / (len(ordered) - 1)
+    else:
+        thickness = float(first.get("SliceThickness", 1.0) or 1.0)
+        affine[:3, 2] = np.cross(iop[:3], iop[3:]) * thickness
+    affine[:3, 3] = origin
+    return Geometry(affine)
+
+
+def mask_to_grid(
+    mask_zyx: np.ndarray, mask_geometry: Geometry, target: Geometry, target_shape: tuple[int, ...]
+) -> np.ndarray:
+    """Nearest-neighbour resampling of a mask onto another grid of the same patient.
+
+    Parameters
+    ----------
+    mask_zyx : numpy.ndarray
+        Bool ``(z, y, x)`` mask on ``mask_geometry``.
+    mask_geometry, target : Geometry
+        Source and target grids.
+    target_shape : tuple of int
+        ``(z, y, x)`` of the target grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool mask of ``target_shape``; False outside the mask's grid.
+    """
+    # index_mask(xyz) = inv(A_mask) @ A_target @ index_target(xyz). Rounded by hand, not
+    # with scipy's affine_transform: its "constant" mode drops target pixels whose centre
+    # maps less than half a voxel outside the edge centres, i.e. the outer fine pixels of
+    # each binned edge voxel.
+    m = np.linalg.inv(mask_geometry.affine_lps) @ target.affine_lps
+    nz, ny, nx = target_shape
+    sz, sy, sx = mask_zyx.shape
+    yy, xx = np.meshgrid(np.arange(ny, dtype=float), np.arange(nx, dtype=float), indexing="ij")
+    out = np.zeros(target_shape, dtype=bool)
+    for z in range(nz):
+        ix, iy, iz = (
+            np.floor(m[i, 0] * xx + m[i, 1] * yy + m[i, 2] * z + m[i, 3] + 0.5).astype(np.int64)
+            for i in range(3)
+        )
+        inside = (ix >= 0) & (ix < sx) & (iy >= 0) & (iy < sy) & (iz >= 0) & (iz < sz)
+        out[z][inside] = mask_zyx[iz[inside], iy[inside], ix[inside]]
+    return out
+
+
+def build_segmentation(
+    regions: Sequence[Region],
+    source_images: Sequence[Dataset],
+    analysis_geometry: Geometry,
+    *,
+    series_description: str,
+    series_number: int,
+    software_version: str,
+    algorithm_name: str = "StrokeFlow",
+) -> Dataset:
+    """BINARY Segmentation of every region on the grid of ``source_images``.
+
+    Parameters
+    ----------
+    regions : sequence of Region
+        Segments in order (segment number = position + 1).
+    source_images : sequence of pydicom.Dataset
+        One header per slice of the source series (pixels not needed).
+    analysis_geometry : Geometry
+        Grid of the regions' masks.
+    series_description, series_number : str, int
+        Of the new series.
+    software_version : str
+        Written to SoftwareVersions and the algorithm identification.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A highdicom Segmentation, same study and frame of reference as the source.
+    """
+    ordered = sort_along_normal(source_images)
+    target = source_geometry(ordered)
+    shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
+    pixels = np.zeros((*shape, len(regions)), dtype=bool)
+    for k, region in enumerate(regions):
+        pixels[..., k] = mask_to_grid(region.mask_zyx, analysis_geometry, target, shape)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name,
+        version=software_version,
+        family=Code("123109", "DCM", "Automatic"),
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=k + 1,
+            segment_label=region.label[:64],
+            segmented_property_category=MORPHOLOGICALLY_ALTERED,
+            segmented_property_type=region.property_type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=generate_uid(),
+            tracking_id=region.key,
+            anatomic_regions=[Code("12738006", "SCT", "Brain")],
+            display_color=hd.color.CIELabColor.from_rgb(*region.colour_rgb),
+        )
+        for k, region in enumerate(regions)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=ordered,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="StrokeFlow",
+        manufacturer_model_name="StrokeFlow",
+        software_versions=software_version,
+        device_serial_number="0",
+        content_description="Perfusion lesion regions",
+        content_label="LESIONS",
+        series_description=series_description,
+        omit_empty_frames=False,
+    )
+    seg.BodyPartExamined = "HEAD"
+    return seg

@@ -1,0 +1,239 @@
+"""DICOM result objects (SC pages, SEG, SR) built from a real phantom analysis.
+
+Phantom -> DICOM files -> assemble -> analyse_ctp -> result objects, once per module.
+The DICOM validators (dciodvfy, dsrdump, dcentvfy) run when installed; with CI=true a
+missing validator is a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from strokeflow.analysis.ctp import CtpAnalysis, analyse_ctp
+from strokeflow.analysis.decisions import RULE_SETS
+from strokeflow.analysis.settings import CtpSettings
+from strokeflow.assemble.ctp import CtpAcquisition, assemble_ctp
+from strokeflow.assemble.files import scan_paths
+from strokeflow.assemble.series import build_inventory
+from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+from strokeflow.phantom.ctp_dicom import write_ctp_study
+from strokeflow.report.dicom_outputs import (
+    ResultContent,
+    ResultObjects,
+    build_result_objects,
+    ctp_result_content,
+    load_source_references,
+    write_result_objects,
+)
+from strokeflow.report.render import SUMMARY_REGIONS, render_summary_page
+from strokeflow.report.results_json import ctp_analysis_json
+from strokeflow.report.structured_report import sr_in_encoding
+
+
+@dataclasses.dataclass
+class Built:
+    acquisition: CtpAcquisition
+    analysis: CtpAnalysis
+    content: ResultContent
+    sources: list[pydicom.Dataset]
+    objects: ResultObjects
+    paths: list[Path]
+    source_dir: Path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    root = tmp_path_factory.mktemp("report")
+    phantom = simulate_ctp(CtpPhantomOptions(seed=3, matrix=128, slices=8, frames=36))
+    write_ctp_study(phantom, root / "src", extra_series=False)
+    headers, _ = scan_paths([root / "src"])
+    acquisition = assemble_ctp(build_inventory(headers)[0])[0]
+    settings = CtpSettings()
+    analysis = analyse_ctp(acquisition.perfusion, settings)
+    sources = load_source_references(acquisition.source_paths)
+    content = ctp_result_content(analysis, settings)
+    objects = build_result_objects(content, sources)
+    paths = write_result_objects(objects, root / "out" / "dicom")
+    return Built(acquisition, analysis, content, sources, objects, paths, root / "src")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is not installed (install dicom3tools / DCMTK)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def _region_pixels(page: np.ndarray, region: str) -> np.ndarray:
+    left, top, right, bottom = SUMMARY_REGIONS[region]
+    h, w, _ = page.shape
+    return page[int(top * h) : int(bottom * h), int(left * w) : int(right * w)]
+
+
+def _colour_fraction(pixels: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> float:
+    close = np.all(np.abs(pixels.astype(int) - np.array(rgb)) <= tol, axis=-1)
+    return float(close.mean())
+
+
+def test_source_references_are_one_earliest_image_per_slice(built: Built) -> None:
+    assert len(built.sources) == built.analysis.core.shape[0]
+    series = {ds.SeriesInstanceUID for ds in built.sources}
+    assert series <= set(built.acquisition.series_uids)
+    # Earliest frame: no other file of the same slice has an earlier acquisition time.
+    z = [float(ds.ImagePositionPatient[2]) for ds in built.sources]
+    assert z == sorted(z)
+
+
+def test_dciodvfy_reports_no_errors(built: Built, tmp_path: Path) -> None:
+    tool = _tool("dciodvfy")
+    extra = []
+    for encoding in ("comprehensive", "enhanced"):
+        path = tmp_path / f"sr_{encoding}.dcm"
+        sr_in_encoding(built.objects.sr, encoding).save_as(path, enforce_file_format=True)
+        extra.append(path)
+    for path in [*built.paths, *extra]:
+        run = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if "Error" in line]
+        assert not errors, f"{path.name}: {errors}"
+
+
+def test_dsrdump_reads_the_content_tree(built: Built) -> None:
+    tool = _tool("dsrdump")
+    sr_path = next(p for p in built.paths if "SR_" in p.name)
+    run = subprocess.run([tool, "-Ee", str(sr_path)], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "Imaging Measurement Report" in run.stdout
+    assert "DEFUSE 3 target mismatch" in run.stdout
+    assert "error" not in run.stderr.lower()
+
+
+def test_dcentvfy_finds_patient_and_study_consistent(built: Built) -> None:
+    tool = _tool("dcentvfy")
+    sources = sorted(str(p) for p in built.acquisition.source_paths)[:20]
+    run = subprocess.run(
+        [tool, *sources, *(str(p) for p in built.paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if "Error" in line]
+    assert not errors, errors
+
+
+def test_sr_read_back_gives_the_volumes_of_results_json(built: Built) -> None:
+    result = ctp_analysis_json(built.analysis, built.acquisition.series_uids, CtpSettings(), {}, [])
+    ds = pydicom.dcmread(next(p for p in built.paths if "SR_" in p.name))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    report = sr.content
+    volumes = {}
+    for group in report.get_volumetric_roi_measurement_groups():
+        key = group.tracking_identifier
+        (volume,) = [m for m in group.get_measurements() if m.name.meaning == "Volume"]
+        assert volume.unit.value == "cm3"
+        volumes[key] = volume.value
+    assert volumes == {
+        "core": result["core_ml"],
+        "tmax6": result["tmax6_ml"],
+        "tmax10": result["tmax10_ml"],
+        "mismatch": result["mismatch_ml"],
+    }
+    assert result["core_ml"] > 0 and result["tmax6_ml"] > result["core_ml"]
+
+
+def test_sr_states_every_decision_as_yes_or_no(built: Built) -> None:
+    ds = built.objects.sr
+    report = hd.sr.Comprehensive3DSR.from_dataset(ds).content
+    (group,) = report.get_image_measurement_groups()
+    stated = {e.name.meaning: e.value.meaning for e in group.get_qualitative_evaluations()}
+    expected = {
+        f"{r.name} ({r.version})": "Yes" if built.analysis.decisions[r.key] else "No"
+        for r in RULE_SETS
+    }
+    assert stated == expected
+    declared = [item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence]
+    assert "99STRKFLW" in declared
+
+
+def test_segmentation_is_binary_on_the_source_grid(built: Built) -> None:
+    seg = built.objects.seg
+    src = built.sources[0]
+    assert seg.SegmentationType == "BINARY"
+    assert (seg.Rows, seg.Columns) == (src.Rows, src.Columns)
+    assert seg.SegmentSequence[0].SegmentLabel.startswith("Ischemic core")
+    assert seg.StudyInstanceUID == src.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
+    reread = hd.seg.segread(next(p for p in built.paths if "SEG_" in p.name))
+    volume = reread.get_volume(combine_segments=False)
+    voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+    # get_volume gives (z, y, x, segment) on the source grid.
+    core_ml = float(volume.array[..., 0].sum()) * voxel_ml
+    assert core_ml == pytest.approx(built.analysis.metrics.core_ml, rel=0.05, abs=0.3)
+    # Segments overlap: the core lies inside Tmax > 6 s.
+    core = volume.array[..., 0].astype(bool)
+    tmax6 = volume.array[..., 1].astype(bool)
+    assert core.any() and not (core & ~tmax6).any()
+
+
+def test_secondary_captures_are_burned_in_head_pages_of_the_source_study(built: Built) -> None:
+    src = built.sources[0]
+    numbers = set()
+    for ds in [*built.objects.summary, *built.objects.lesions, *built.objects.maps]:
+        assert ds.BurnedInAnnotation == "YES"
+        assert ds.BodyPartExamined == "HEAD"
+        assert ds.PhotometricInterpretation == "RGB" and ds.BitsAllocated == 8
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.PatientID == src.PatientID
+        assert ds.SeriesDescription.startswith("StrokeFlow CT perfusion")
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        numbers.add(int(ds.SeriesNumber))
+    assert numbers == {9001, 9002, 9003}
+    assert len(built.objects.maps) == 4  # CBF, CBV, MTT, Tmax
+
+
+def test_summary_page_shows_decision_volumes_and_green_quality(
+    built: Built, tmp_path: Path
+) -> None:
+    page = built.objects.summary[0].pixel_array
+    Image.fromarray(page).save(tmp_path / "summary.png")
+    page = np.asarray(Image.open(tmp_path / "summary.png"))
+    assert page.shape == (1200, 1600, 3)
+    assert built.analysis.quality_ok
+    assert _colour_fraction(_region_pixels(page, "quality"), (0, 140, 60)) > 0.6
+    for region in ("decisions", "volumes", "header", "footer"):
+        ink = (_region_pixels(page, region).max(axis=-1) > 150).mean()
+        assert ink > 0.01, f"{region} region is empty"
+    # The curve plot draws the red AIF and the blue VOF.
+    curves = _region_pixels(page, "curves")
+    assert _colour_fraction(curves, (255, 70, 70), tol=30) > 0.001
+    assert _colour_fraction(curves, (80, 160, 255), tol=30) > 0.001
+
+
+def test_summary_page_turns_red_when_quality_is_not_ok(built: Built) -> None:
+    bad = dataclasses.replace(
+        built.content.summary,
+        quality_ok=False,
+        quality_lines=["CRITICAL: scan too short: the venous curve is still at 60 % of its peak"],
+    )
+    page = render_summary_page(bad)
+    assert _colour_fraction(_region_pixels(page, "quality"), (220, 0, 0)) > 0.6
+    good = render_summary_page(built.content.summary)
+    assert _colour_fraction(_region_pixels(good, "quality"), (220, 0, 0)) < 0.01
+
+
+def test_lesion_page_outlines_core_in_magenta_and_tmax6_in_green(built: Built) -> None:
+    page = built.objects.lesions[0].pixel_array
+    body = page[80:-60]  # below the legend, above the footer
+    assert _colour_fraction(body, (255, 0, 255), tol=60) > 1e-4
+    assert _colour_fraction(body, (0, 255, 0), tol=60) > 1e-4
