@@ -1,0 +1,656 @@
+"""The MR stroke pipeline: DWI/ADC core, DSC Tmax, mismatch in one space, decisions.
+
+It gives the same answers as the CT pipeline (core, Tmax > 6 s and > 10 s volumes,
+mismatch, decisions, quality) and reuses its parts: the oSVD deconvolution and maps
+(:mod:`strokeflow.analysis.maps`), the arterial search (:mod:`.inputs`, behind a
+saturation filter), the lesion clean-up (:mod:`.lesions`), the hemispheres and the
+decision rule sets (:mod:`.decisions`).
+
+Common space: the DWI grid (the finest, and the one the core is measured on). The Tmax
+masks are computed on the perfusion grid and resampled onto it through the DICOM
+geometry, refined by a rigid registration when the patient moved between the series.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from strokeflow.analysis.coregister import RigidResult, register_rigid, resample, resample_mask
+from strokeflow.analysis.ctp import AnalysisError, _preliminary_affected_side
+from strokeflow.analysis.decisions import (
+    RULE_SETS,
+    LesionMetrics,
+    evaluate_decisions,
+    lesion_metrics,
+)
+from strokeflow.analysis.denoise import smooth_within_mask
+from strokeflow.analysis.diffusion import (
+    CORE_ADC_THRESHOLD_UM2_S,
+    CSF_ADC_UM2_S,
+    adc_core,
+    adc_from_dwi,
+    mr_brain_mask,
+    scanner_adc_um2_s,
+)
+from strokeflow.analysis.dsc import (
+    DeltaR2,
+    DscAif,
+    frame_displacement_mm,
+    select_dsc_aif,
+    to_delta_r2,
+)
+from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres, side_name
+from strokeflow.analysis.lesions import clean_mask, volume_ml
+from strokeflow.analysis.maps import PerfusionMaps, compute_maps
+from strokeflow.analysis.motion import bin_inplane
+from strokeflow.analysis.quality import QualityFlag, quality_ok
+from strokeflow.analysis.resample import resample_uniform
+from strokeflow.analysis.volume import Geometry, PerfusionSeries
+
+__all__ = [
+    "AnalysisError",
+    "DiffusionImages",
+    "MriAcquisition",
+    "MriAnalysis",
+    "MriSettings",
+    "ScannerAdc",
+    "analyse_mri",
+]
+
+#: Lowest and highest b-value for which the 620 x10^-6 mm²/s core threshold holds.
+B_VALUE_RANGE_S_MM2 = (800.0, 1500.0)
+#: Relative disagreement (median over tissue) between scanner and computed ADC flagged.
+MAX_ADC_DISAGREEMENT = 0.15
+
+
+@dataclass(frozen=True)
+class MriSettings:
+    """Parameters of the MR analysis.
+
+    Attributes
+    ----------
+    adc_core_threshold_um2_s : float
+        Core: ADC below this (x10^-6 mm²/s).
+    csf_adc_um2_s : float
+        Voxels with ADC above this are CSF, excluded from the tissue.
+    tmax_thresholds_s : tuple of float
+        Tmax>6 s and Tmax>10 s thresholds (the decisions use the first two).
+    min_cluster_ml : float
+        Connected lesion clusters smaller than this are discarded (as for CT).
+    analysis_pixel_mm : float
+        In-plane pixel size the DSC series is binned to.
+    smoothing_sigma_mm : float
+        Sigma of the in-mask spatial smoothing of the DSC curves.
+    temporal_step_s : float
+        Uniform time step of the deconvolution grid.
+    oscillation_index : float
+        oSVD oscillation-index target.
+    correct_tmax_bias : bool
+        Use the engine's regularisation-bias correction of Tmax and CBF
+        (``compute_maps(correct_tmax_lag=...)``). The MR phantom's wide arterial bolus
+        otherwise biases Tmax by about +2 s.
+    register : bool
+        Refine the DICOM-geometry alignment of DWI and DSC by rigid registration.
+    max_frame_motion_mm : float
+        DSC frames whose head outline moves more than this raise the motion flag.
+    min_dsc_snr : float
+        Tissue delta-R2* peak over its baseline noise below this raises low_snr.
+    min_baseline_frames : int
+        Fewer clean pre-bolus frames raise short_baseline.
+    """
+
+    adc_core_threshold_um2_s: float = CORE_ADC_THRESHOLD_UM2_S
+    csf_adc_um2_s: float = CSF_ADC_UM2_S
+    tmax_thresholds_s: tuple[float, ...] = (6.0, 10.0)
+    min_cluster_ml: float = 0.5
+    analysis_pixel_mm: float = 1.8
+    smoothing_sigma_mm: float = 2.0
+    temporal_step_s: float = 1.0
+    oscillation_index: float = 0.095
+    correct_tmax_bias: bool = True
+    register: bool = True
+    max_frame_motion_mm: float = 2.0
+    min_dsc_snr: float = 3.0
+    min_baseline_frames: int = 3
+
+
+@dataclass(frozen=True)
+class DiffusionImages:
+    """Trace-weighted DWI of one acquisition.
+
+    Attributes
+    ----------
+    by_b_value : dict of float to numpy.ndarray
+        b-value (s/mm²) -> ``(z, y, x)`` float32 trace-weighted image; needs a b0
+        (b <= 50) and a high b-value.
+    geometry : Geometry
+        Grid of the images.
+    """
+
+    by_b_value: dict[float, np.ndarray]
+    geometry: Geometry
+
+
+@dataclass(frozen=True)
+class ScannerAdc:
+    """An ADC map computed by the scanner, values as stored (after rescale)."""
+
+    values: np.ndarray
+    geometry: Geometry
+
+
+@dataclass(frozen=True)
+class MriAcquisition:
+    """The series of one MR stroke study that the analysis uses.
+
+    Attributes
+    ----------
+    dwi, adc, pwi
+        Trace-weighted DWI, scanner ADC map and DSC perfusion (``PerfusionSeries`` with
+        ``echo_time_s``); any may be None.
+    dwi_series_uids, adc_series_uid, pwi_series_uids
+        Where they came from.
+    warnings : tuple of str
+        Assembly problems a person should know about.
+    study_uid : str
+    """
+
+    dwi: DiffusionImages | None
+    adc: ScannerAdc | None
+    pwi: PerfusionSeries | None
+    dwi_series_uids: tuple[str, ...] = ()
+    adc_series_uid: str | None = None
+    pwi_series_uids: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    study_uid: str = ""
+
+
+@dataclass
+class MriAnalysis:
+    """Everything the MR pipeline produced.
+
+    Masks in the common space (the DWI grid ``geometry``, ``(z, y, x)``): ``brain``,
+    ``tissue``, ``core``, ``tmax6``, ``tmax10``. Perfusion maps are on ``pwi_geometry``.
+    Without perfusion, ``perfusion_available`` is False, the Tmax masks, maps and
+    ``metrics`` are None, and the mismatch decisions are None (unknown).
+    """
+
+    geometry: Geometry
+    adc_um2_s: np.ndarray
+    adc_source: str
+    adc_units: str
+    b_value_s_mm2: float | None
+    brain: np.ndarray
+    tissue: np.ndarray
+    core: np.ndarray
+    core_ml: float
+    perfusion_available: bool
+    tmax6: np.ndarray | None
+    tmax10: np.ndarray | None
+    metrics: LesionMetrics | None
+    decisions: dict[str, bool | None]
+    lesion_side: str | None
+    pwi_geometry: Geometry | None = None
+    maps: PerfusionMaps | None = None
+    pwi_tissue: np.ndarray | None = None
+    aif: DscAif | None = None
+    grid_s: np.ndarray | None = None
+    registration: RigidResult | None = None
+    frame_motion_mm: np.ndarray | None = None
+    flags: list[QualityFlag] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def quality_ok(self) -> bool:
+        """True when no flag is a warning or critical."""
+        return quality_ok(self.flags)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._last, 3)
+        self._last = now
+
+
+@dataclass(frozen=True)
+class _Diffusion:
+    geometry: Geometry
+    reference: np.ndarray  # image with bright CSF, for registration
+    adc: np.ndarray
+    source: str
+    units: str
+    b_value: float | None
+    brain: np.ndarray
+    tissue: np.ndarray
+    core: np.ndarray
+
+
+def analyse_mri(acq: MriAcquisition, settings: MriSettings | None = None) -> MriAnalysis:
+    """Run the MR stroke analysis on one study's DWI/ADC and DSC series.
+
+    Parameters
+    ----------
+    acq : MriAcquisition
+        Assembled series; DWI or a scanner ADC map is required, DSC is optional.
+    settings : MriSettings, optional
+        Thresholds and method parameters; the published defaults when omitted.
+
+    Returns
+    -------
+    MriAnalysis
+
+    Raises
+    ------
+    AnalysisError
+        Without any diffusion series (the core cannot be measured), without a brain,
+        or when the perfusion cannot be analysed at all (no echo time, no artery).
+    """
+    settings = settings or MriSettings()
+    clock = _Clock()
+    flags: list[QualityFlag] = []
+    if acq.dwi is None and acq.adc is None:
+        if acq.pwi is None:
+            raise AnalysisError(
+                "no diffusion (DWI or ADC) and no perfusion (DSC) series: nothing to analyse"
+            )
+        raise AnalysisError(
+            "DSC perfusion without a diffusion series (DWI or ADC): the ischaemic core "
+            "cannot be measured, so mismatch and decisions are impossible"
+        )
+    diffusion = _diffusion(acq, settings, flags)
+    clock.lap("diffusion")
+    vv = diffusion.geometry.voxel_volume_ml
+    core_ml = volume_ml(diffusion.core, vv)
+    hemis = find_hemispheres(diffusion.brain, diffusion.geometry)
+
+    if acq.pwi is None:
+        flags.append(
+            QualityFlag(
+                "no_perfusion",
+                "warning",
+                "no DSC perfusion series: core only; Tmax volumes, mismatch and the "
+                "mismatch decisions are not available",
+            )
+        )
+        core_values = {"core_ml": round(core_ml, 1)}
+        decisions: dict[str, bool | None] = {}
+        for rule in RULE_SETS:
+            # Only an "any of" rule met by the core alone can be decided without perfusion.
+            met = rule.any_of and any(
+                c.quantity in core_values and c.holds(core_values) for c in rule.criteria
+            )
+            decisions[rule.key] = True if met else None
+        return MriAnalysis(
+            geometry=diffusion.geometry,
+            adc_um2_s=diffusion.adc,
+            adc_source=diffusion.source,
+            adc_units=diffusion.units,
+            b_value_s_mm2=diffusion.b_value,
+            brain=diffusion.brain,
+            tissue=diffusion.tissue,
+            core=diffusion.core,
+            core_ml=round(core_ml, 1),
+            perfusion_available=False,
+            tmax6=None,
+            tmax10=None,
+            metrics=None,
+            decisions=decisions,
+            lesion_side=_side(diffusion.core, hemis, vv),
+            flags=flags,
+            timings_s=clock.timings,
+        )
+
+    perf = _perfusion(acq.pwi, diffusion, settings, flags, clock)
+    tmax6 = resample_mask(
+        perf.tmax6,
+        perf.geometry,
+        diffusion.geometry,
+        diffusion.core.shape,
+        rigid_lps=perf.registration.rigid_lps,
+    )
+    tmax10 = resample_mask(
+        perf.tmax10,
+        perf.geometry,
+        diffusion.geometry,
+        diffusion.core.shape,
+        rigid_lps=perf.registration.rigid_lps,
+    )
+    # Core is hypoperfused tissue by definition; Tmax>10 s is part of Tmax>6 s.
+    tmax6 = (tmax6 & diffusion.tissue) | diffusion.core
+    tmax10 &= tmax6
+    metrics = lesion_metrics(core_ml, volume_ml(tmax6, vv), volume_ml(tmax10, vv))
+    clock.lap("mismatch")
+    return MriAnalysis(
+        geometry=diffusion.geometry,
+        adc_um2_s=diffusion.adc,
+        adc_source=diffusion.source,
+        adc_units=diffusion.units,
+        b_value_s_mm2=diffusion.b_value,
+        brain=diffusion.brain,
+        tissue=diffusion.tissue,
+        core=diffusion.core,
+        core_ml=metrics.core_ml,
+        perfusion_available=True,
+        tmax6=tmax6,
+        tmax10=tmax10,
+        metrics=metrics,
+        decisions=dict(evaluate_decisions(metrics)),
+        lesion_side=_side(tmax6, hemis, vv),
+        pwi_geometry=perf.geometry,
+        maps=perf.maps,
+        pwi_tissue=perf.tissue,
+        aif=perf.aif,
+        grid_s=perf.grid_s,
+        registration=perf.registration,
+        frame_motion_mm=perf.frame_motion_mm,
+        flags=flags,
+        timings_s=clock.timings,
+    )
+
+
+def _side(mask: np.ndarray, hemis: Hemispheres, vv: float) -> str | None:
+    n_left = np.count_nonzero(mask & (hemis.side == LEFT))
+    n_right = np.count_nonzero(mask & (hemis.side == RIGHT))
+    if max(n_left, n_right) * vv < 1.0:
+        return None
+    return side_name(LEFT if n_left >= n_right else RIGHT)
+
+
+def _diffusion(acq: MriAcquisition, settings: MriSettings, flags: list[QualityFlag]) -> _Diffusion:
+    computed = None
+    b_high = None
+    if acq.dwi is not None:
+        bs = sorted(acq.dwi.by_b_value)
+        if bs[0] > 50.0 or bs[-1] < 300.0:
+            raise AnalysisError(
+                f"DWI b-values {', '.join(f'{b:g}' for b in bs)} s/mm²: a b0 (<= 50) and a "
+                "high b-value (~1000) are needed for the ADC"
+            )
+        b_high = bs[-1]
+        geometry = acq.dwi.geometry
+        b0 = acq.dwi.by_b_value[bs[0]]
+        reference = b0
+        brain = mr_brain_mask(b0, geometry.voxel_size_mm[1])
+        computed = adc_from_dwi(b0, acq.dwi.by_b_value[b_high], b_high - bs[0], brain)
+        low, high = B_VALUE_RANGE_S_MM2
+        if not low <= b_high <= high:
+            flags.append(
+                QualityFlag(
+                    "b_value",
+                    "warning",
+                    f"highest b-value is {b_high:g} s/mm²: the ADC < "
+                    f"{settings.adc_core_threshold_um2_s:g} core threshold is validated for "
+                    "b = 1000 s/mm²",
+                )
+            )
+    else:
+        assert acq.adc is not None
+        geometry = acq.adc.geometry
+        reference = np.asarray(acq.adc.values, dtype=np.float32)
+        brain = mr_brain_mask(reference, geometry.voxel_size_mm[1], threshold=0.0)
+    if not brain.any():
+        raise AnalysisError("no brain found in the diffusion images")
+
+    if acq.adc is not None:
+        values = acq.adc.values
+        if (
+            acq.adc.geometry.affine_lps.shape != (4, 4)
+            or not np.allclose(acq.adc.geometry.affine_lps, geometry.affine_lps, atol=1e-3)
+            or values.shape != brain.shape
+        ):
+            values = resample(values, acq.adc.geometry, geometry, brain.shape, order=1)
+        try:
+            adc, units = scanner_adc_um2_s(values, brain)
+        except ValueError as exc:
+            if computed is None:
+                raise AnalysisError(str(exc)) from exc
+            flags.append(QualityFlag("adc_map_rejected", "warning", f"{exc}; ADC computed"))
+            adc, units, source = computed, "x10^-6 mm²/s", "computed"
+        else:
+            source = "scanner"
+            if units != "x10^-6 mm²/s":
+                flags.append(QualityFlag("adc_units", "info", f"scanner ADC map stored in {units}"))
+            if computed is not None:
+                _compare_adc(adc, computed, brain, settings, flags)
+    else:
+        assert computed is not None
+        adc, units, source = computed, "x10^-6 mm²/s", "computed"
+
+    core, tissue = adc_core(
+        adc,
+        brain,
+        geometry.voxel_volume_ml,
+        threshold_um2_s=settings.adc_core_threshold_um2_s,
+        min_cluster_ml=settings.min_cluster_ml,
+        csf_adc_um2_s=settings.csf_adc_um2_s,
+    )
+    return _Diffusion(geometry, reference, adc, source, units, b_high, brain, tissue, core)
+
+
+def _compare_adc(
+    scanner: np.ndarray,
+    computed: np.ndarray,
+    brain: np.ndarray,
+    settings: MriSettings,
+    flags: list[QualityFlag],
+) -> None:
+    both = brain & (scanner > 0) & (scanner < settings.csf_adc_um2_s)
+    both &= np.isfinite(computed)
+    if np.count_nonzero(both) < 100:
+        return
+    rel = float(np.median(np.abs(scanner[both] - computed[both]) / np.maximum(computed[both], 1)))
+    if rel > MAX_ADC_DISAGREEMENT:
+        flags.append(
+            QualityFlag(
+                "adc_disagreement",
+                "warning",
+                f"scanner ADC map differs from the ADC computed from the b-values by "
+                f"{100 * rel:.0f} % (median over tissue): check the map's units and b-values",
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _Perfusion:
+    geometry: Geometry
+    maps: PerfusionMaps
+    tissue: np.ndarray
+    tmax6: np.ndarray
+    tmax10: np.ndarray
+    aif: DscAif
+    grid_s: np.ndarray
+    registration: RigidResult
+    frame_motion_mm: np.ndarray
+
+
+def _perfusion(
+    pwi: PerfusionSeries,
+    diffusion: _Diffusion,
+    settings: MriSettings,
+    flags: list[QualityFlag],
+    clock: _Clock,
+) -> _Perfusion:
+    if pwi.echo_time_s is None or not pwi.echo_time_s > 0:
+        raise AnalysisError("DSC series without EchoTime: delta-R2* cannot be computed")
+    _, dy, _ = pwi.geometry.voxel_size_mm
+    factor = max(1, round(settings.analysis_pixel_mm / dy))
+    signal = bin_inplane(pwi.signal, factor) if factor > 1 else pwi.signal.astype(np.float32)
+    geometry = pwi.geometry.downsampled(factor)
+    dz, pixel_mm, dx = geometry.voxel_size_mm
+    uniform, grid_s = resample_uniform(signal, pwi.times_s, settings.temporal_step_s)
+    step = settings.temporal_step_s
+    clock.lap("dsc_resample")
+
+    early = uniform[min(2, uniform.shape[0] - 1) : min(6, uniform.shape[0])].mean(axis=0)
+    brain = mr_brain_mask(early, pixel_mm)
+    if not brain.any():
+        raise AnalysisError("no brain found in the DSC perfusion images")
+    dr2 = to_delta_r2(uniform, brain, pwi.echo_time_s)
+    n_baseline = dr2.baseline.stop - dr2.baseline.start
+    if n_baseline < settings.min_baseline_frames:
+        flags.append(
+            QualityFlag(
+                "short_baseline",
+                "warning",
+                f"only {n_baseline} pre-contrast frames before the bolus: the baseline "
+                "signal is uncertain",
+            )
+        )
+    clock.lap("dsc_delta_r2")
+
+    registration = _register(diffusion, dr2.s0, geometry, settings)
+    if registration.applied:
+        tx, ty, tz = registration.translation_mm
+        flags.append(
+            QualityFlag(
+                "series_motion",
+                "info",
+                f"the head moved {registration.displacement_mm:.1f} mm between the diffusion "
+                f"and perfusion series (shift {tx:.1f}, {ty:.1f}, {tz:.1f} mm LPS); "
+                "corrected by rigid registration",
+            )
+        )
+    # Diffusion tissue (CSF excluded by its ADC) brought into the perfusion grid.
+    inverse = np.linalg.inv(registration.rigid_lps)
+    tissue_from_dwi = resample_mask(
+        diffusion.tissue, diffusion.geometry, geometry, brain.shape, rigid_lps=inverse
+    )
+    peak = dr2.delta_r2_s.max(axis=0)
+    candidate = tissue_from_dwi & brain
+    typical = float(np.median(peak[candidate])) if candidate.any() else 0.0
+    # Large vessels: enhancement far above tissue (their own curves are not tissue).
+    vessels = ndimage.binary_dilation(brain & (peak > 4.0 * max(typical, 1e-3)))
+    tissue = candidate & ~vessels
+    if np.count_nonzero(tissue) < 50:
+        raise AnalysisError(
+            "the perfusion slab does not overlap the brain tissue of the diffusion series"
+        )
+    clock.lap("coregistration")
+
+    sigma_px = settings.smoothing_sigma_mm / pixel_mm
+    smoothed = smooth_within_mask(dr2.delta_r2_s, tissue, (sigma_px, sigma_px))
+    hemis = find_hemispheres(brain, geometry)
+    affected = _preliminary_affected_side(smoothed, tissue, hemis, step)
+    vv = geometry.voxel_volume_ml
+    aif = None
+    aif_side = 0
+    if affected != 0:
+        aif = select_dsc_aif(dr2, dr2.delta_r2_s, brain & (hemis.side == -affected), step, vv)
+        aif_side = -affected
+    if aif is None:
+        aif = select_dsc_aif(dr2, dr2.delta_r2_s, brain, step, vv)
+        aif_side = 0
+    if aif is None:
+        raise AnalysisError(
+            "no arterial input found: no early, strongly enhancing, unsaturated vessel"
+        )
+    clock.lap("aif")
+
+    maps = compute_maps(
+        smoothed,
+        aif.curve.curve.astype(np.float32),
+        step,
+        method="osvd",
+        oscillation_index=settings.oscillation_index,
+        mask=tissue,
+        correct_tmax_lag=settings.correct_tmax_bias,
+    )
+    clock.lap("deconvolution")
+    tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
+    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
+    tmax6 = clean_mask(tmax > t6, tissue, vv, settings.min_cluster_ml)
+    tmax10 = clean_mask(tmax > t10, tissue, vv, settings.min_cluster_ml) & tmax6
+
+    head = brain
+    motion = frame_displacement_mm(uniform, head, (dz, pixel_mm, dx))
+    flags.extend(_dsc_flags(dr2, smoothed, tissue, aif, aif_side, affected, motion, settings))
+    clock.lap("tmax")
+    return _Perfusion(geometry, maps, tissue, tmax6, tmax10, aif, grid_s, registration, motion)
+
+
+def _register(
+    diffusion: _Diffusion, s0: np.ndarray, geometry: Geometry, settings: MriSettings
+) -> RigidResult:
+    if not settings.register:
+        return RigidResult(np.eye(4), False, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 0.0, 0.0, 0.0)
+    return register_rigid(diffusion.reference, diffusion.geometry, diffusion.brain, s0, geometry)
+
+
+def _dsc_flags(
+    dr2: DeltaR2,
+    smoothed: np.ndarray,
+    tissue: np.ndarray,
+    aif: DscAif,
+    aif_side: int,
+    affected: int,
+    motion_mm: np.ndarray,
+    settings: MriSettings,
+) -> list[QualityFlag]:
+    flags: list[QualityFlag] = []
+    worst = float(np.max(motion_mm))
+    if worst > settings.max_frame_motion_mm:
+        n_moved = int(np.count_nonzero(motion_mm > settings.max_frame_motion_mm))
+        flags.append(
+            QualityFlag(
+                "motion",
+                "warning",
+                f"head motion during the perfusion scan: {n_moved} of {motion_mm.size} frames "
+                f"displaced by up to {worst:.1f} mm (not corrected)",
+            )
+        )
+    tissue_curve = smoothed[:, tissue].mean(axis=1)
+    tissue_peak = float(tissue_curve.max())
+    problems = []
+    curve = aif.curve
+    if tissue_peak > 0 and curve.peak < 3.0 * tissue_peak:
+        problems.append(
+            f"arterial delta-R2* peak is only {curve.peak / tissue_peak:.1f} x the tissue peak"
+        )
+    if curve.fwhm_s > 14.0:
+        problems.append(f"arterial bolus is wide (FWHM {curve.fwhm_s:.0f} s)")
+    if affected != 0 and aif_side == 0:
+        problems.append("no artery found in the unaffected hemisphere")
+    if problems:
+        flags.append(QualityFlag("poor_aif", "warning", "; ".join(problems)))
+    if aif.n_saturated_rejected:
+        flags.append(
+            QualityFlag(
+                "aif_saturation",
+                "info",
+                f"{aif.n_saturated_rejected} arterial voxels with signal at the noise floor "
+                "(saturated) were not used for the arterial input",
+            )
+        )
+    tail = tissue_curve[-1] / tissue_peak if tissue_peak > 0 else 1.0
+    if curve.tail_fraction > 0.35 or tail > 0.5:
+        flags.append(
+            QualityFlag(
+                "bolus_truncated",
+                "critical",
+                f"scan too short: tissue delta-R2* still at {100 * tail:.0f} % of its peak at "
+                "the last frame; Tmax is underestimated",
+            )
+        )
+    base = dr2.baseline
+    if base.stop - base.start >= 2 and tissue.any():
+        noise = float(np.median(dr2.delta_r2_s[base][:, tissue].std(axis=0, ddof=1)))
+        snr = tissue_peak / max(noise, 1e-6)
+        if snr < settings.min_dsc_snr:
+            flags.append(
+                QualityFlag(
+                    "low_snr",
+                    "warning",
+                    f"low signal-to-noise: tissue delta-R2* peak {tissue_peak:.1f}/s against "
+                    f"{noise:.1f}/s noise",
+                )
+            )
+    return flags
