@@ -1,4 +1,4 @@
-"""Analyse DICOM files on disk: find the perfusion series, run the engine, write outputs.
+"""Analyse DICOM files on disk: find the stroke series, run the engines, write outputs.
 
 This is the one code path behind ``strokeflow analyze`` and, later, the service worker.
 """
@@ -14,12 +14,20 @@ from typing import Any
 
 from strokeflow import __version__
 from strokeflow.analysis.ctp import AnalysisError, analyse_ctp
+from strokeflow.analysis.mri import MriSettings, analyse_mri
 from strokeflow.analysis.settings import CtpSettings
-from strokeflow.assemble.ctp import AssemblyError, assemble_ctp
+from strokeflow.assemble.ctp import AssemblyError, CtpAcquisition, assemble_ctp
 from strokeflow.assemble.files import scan_paths
+from strokeflow.assemble.mri import assemble_mri
 from strokeflow.assemble.series import StudyInventory, build_inventory
+from strokeflow.report.dicom_outputs import (
+    build_ctp_result_objects,
+    load_source_references,
+    write_result_objects,
+)
 from strokeflow.report.nifti import write_ctp_maps
 from strokeflow.report.results_json import ctp_analysis_json
+from strokeflow.report.results_json_mri import mri_analysis_json, write_mri_maps
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +36,23 @@ class NothingToAnalyseError(Exception):
     """No study holds an analysable series; the message lists what was found."""
 
 
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """What to analyse with, and which outputs to write."""
+
+    ctp: CtpSettings = field(default_factory=CtpSettings)
+    mri: MriSettings = field(default_factory=MriSettings)
+    write_maps: bool = True
+    write_dicom: bool = True
+
+
 @dataclass
 class AnalyzeOutcome:
     """What ``analyze_paths`` produced."""
 
     results: dict[str, Any]
     results_path: Path
-    map_paths: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
 
     @property
     def n_analyses(self) -> int:
@@ -54,21 +72,127 @@ def _describe_inventory(studies: list[StudyInventory]) -> str:
     return "\n".join(lines) if lines else "no DICOM images"
 
 
+def _series_entries(study: StudyInventory) -> list[dict[str, Any]]:
+    return [
+        {
+            "series_instance_uid": s.series_uid,
+            "series_number": s.series_number,
+            "description": s.description,
+            "modality": s.modality,
+            "images": s.n_instances,
+            "kind": s.kind,
+            "reason": s.reason,
+        }
+        for s in study.series
+    ]
+
+
+def _analyse_ctp_acquisition(
+    study: StudyInventory,
+    acq: CtpAcquisition,
+    out_dir: Path,
+    options: AnalyzeOptions,
+    timings: dict[str, float],
+    written: list[Path],
+) -> dict[str, Any]:
+    analysis = analyse_ctp(acq.perfusion, options.ctp)
+    timings = {**timings, **analysis.timings_s}
+    result = ctp_analysis_json(analysis, acq.series_uids, options.ctp, timings, list(acq.warnings))
+    series_dir = Path(study.study_uid) / acq.series_uids[0]
+    if options.write_maps:
+        t0 = time.perf_counter()
+        written.extend(write_ctp_maps(analysis, out_dir / "maps" / series_dir))
+        result["maps_dir"] = str(Path("maps") / series_dir)
+        timings["nifti"] = round(time.perf_counter() - t0, 3)
+    if options.write_dicom:
+        t0 = time.perf_counter()
+        sources = load_source_references(acq.source_paths)
+        objects = build_ctp_result_objects(analysis, sources, options.ctp)
+        written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
+        result["dicom_dir"] = str(Path("dicom") / series_dir)
+        timings["dicom_objects"] = round(time.perf_counter() - t0, 3)
+    result["timings_s"] = timings
+    return result
+
+
+def _analyse_study(
+    study: StudyInventory,
+    out_dir: Path,
+    options: AnalyzeOptions,
+    read_s: float,
+    written: list[Path],
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "study_instance_uid": study.study_uid,
+        "analyses": [],
+        "errors": [],
+        "series": _series_entries(study),
+    }
+    t0 = time.perf_counter()
+    try:
+        acquisitions = assemble_ctp(study)
+    except AssemblyError as exc:
+        log.error("study %s: CT perfusion: %s", study.study_uid, exc)
+        entry["errors"].append(str(exc))
+        acquisitions = []
+    timings = {"read_and_index": round(read_s, 3), "assemble": 0.0}
+    timings["assemble"] = round(time.perf_counter() - t0, 3)
+    for acq in acquisitions:
+        try:
+            result = _analyse_ctp_acquisition(study, acq, out_dir, options, timings, written)
+        except AnalysisError as exc:
+            log.error("study %s series %s: %s", study.study_uid, acq.series_uids, exc)
+            entry["errors"].append(f"series {', '.join(acq.series_uids)}: {exc}")
+            continue
+        entry["analyses"].append(result)
+
+    t0 = time.perf_counter()
+    try:
+        mri = assemble_mri(study)
+    except AssemblyError as exc:
+        log.error("study %s: MRI: %s", study.study_uid, exc)
+        entry["errors"].append(f"MRI: {exc}")
+        mri = None
+    if mri is not None:
+        mri_timings = {"read_and_index": round(read_s, 3)}
+        mri_timings["assemble"] = round(time.perf_counter() - t0, 3)
+        try:
+            analysis = analyse_mri(mri, options.mri)
+        except AnalysisError as exc:
+            log.error("study %s: MRI: %s", study.study_uid, exc)
+            entry["errors"].append(f"MRI: {exc}")
+        else:
+            result = mri_analysis_json(analysis, mri, options.mri, mri_timings, list(mri.warnings))
+            if options.write_maps:
+                series_dir = Path(study.study_uid) / "mri"
+                written.extend(write_mri_maps(analysis, out_dir / "maps" / series_dir))
+                result["maps_dir"] = str(Path("maps") / series_dir)
+            entry["analyses"].append(result)
+    for result in entry["analyses"]:
+        log.info(
+            "study %s: %s core %s mL, Tmax>6 %s mL, quality %s",
+            study.study_uid,
+            result["kind"],
+            result["core_ml"],
+            result["tmax6_ml"],
+            "ok" if result["quality"]["ok"] else "NOT OK",
+        )
+    return entry
+
+
 def analyze_paths(
-    paths: list[Path], out_dir: Path, settings: CtpSettings | None = None, write_maps: bool = True
+    paths: list[Path], out_dir: Path, options: AnalyzeOptions | None = None
 ) -> AnalyzeOutcome:
-    """Analyse every CT perfusion acquisition found under ``paths``.
+    """Analyse every CT perfusion and MR stroke acquisition found under ``paths``.
 
     Parameters
     ----------
     paths : list of Path
         DICOM files or folders, in any order.
     out_dir : Path
-        Where ``results.json`` and ``maps/`` are written.
-    settings : CtpSettings, optional
-        Analysis parameters.
-    write_maps : bool
-        Write NIfTI maps and masks.
+        Where ``results.json``, ``maps/`` and ``dicom/`` are written.
+    options : AnalyzeOptions, optional
+        Analysis parameters and outputs.
 
     Returns
     -------
@@ -79,80 +203,29 @@ def analyze_paths(
     NothingToAnalyseError
         When no study yields an analysis; ``results.json`` is still written.
     """
-    settings = settings or CtpSettings()
+    options = options or AnalyzeOptions()
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     headers, problems = scan_paths(paths)
     for p in problems:
         log.warning("skipped %s: %s", p.path, p.reason)
     studies = build_inventory(headers)
-    t_scan = time.perf_counter() - t0
-    study_entries = []
-    map_paths: list[Path] = []
-    for study in studies:
-        entry: dict[str, Any] = {
-            "study_instance_uid": study.study_uid,
-            "analyses": [],
-            "errors": [],
-            "series": [
-                {
-                    "series_instance_uid": s.series_uid,
-                    "series_number": s.series_number,
-                    "description": s.description,
-                    "modality": s.modality,
-                    "images": s.n_instances,
-                    "kind": s.kind,
-                    "reason": s.reason,
-                }
-                for s in study.series
-            ],
-        }
-        t1 = time.perf_counter()
-        try:
-            acquisitions = assemble_ctp(study)
-        except AssemblyError as exc:
-            log.error("study %s: %s", study.study_uid, exc)
-            entry["errors"].append(str(exc))
-            acquisitions = []
-        t_assemble = time.perf_counter() - t1
-        for acq in acquisitions:
-            try:
-                analysis = analyse_ctp(acq.perfusion, settings)
-            except AnalysisError as exc:
-                log.error("study %s series %s: %s", study.study_uid, acq.series_uids, exc)
-                entry["errors"].append(f"series {', '.join(acq.series_uids)}: {exc}")
-                continue
-            timings = {"read_and_index": round(t_scan, 3), "assemble": round(t_assemble, 3)}
-            timings.update(analysis.timings_s)
-            result = ctp_analysis_json(
-                analysis, acq.series_uids, settings, timings, list(acq.warnings)
-            )
-            if write_maps:
-                maps_dir = out_dir / "maps" / study.study_uid / acq.series_uids[0]
-                map_paths.extend(write_ctp_maps(analysis, maps_dir))
-                result["maps_dir"] = str(maps_dir.relative_to(out_dir))
-            log.info(
-                "study %s: core %.1f mL, Tmax>6 %.1f mL, quality %s",
-                study.study_uid,
-                result["core_ml"],
-                result["tmax6_ml"],
-                "ok" if result["quality"]["ok"] else "NOT OK",
-            )
-            entry["analyses"].append(result)
-        study_entries.append(entry)
+    read_s = time.perf_counter() - t0
+    written: list[Path] = []
+    entries = [_analyse_study(study, out_dir, options, read_s, written) for study in studies]
     results = {
         "software": {"name": "StrokeFlow", "version": __version__},
-        "studies": study_entries,
+        "studies": entries,
         "problems": [{"path": p.path, "reason": p.reason} for p in problems],
         "total_time_s": round(time.perf_counter() - t0, 3),
     }
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2))
-    outcome = AnalyzeOutcome(results, results_path, map_paths)
+    outcome = AnalyzeOutcome(results, results_path, written)
     if outcome.n_analyses == 0:
-        errors = [e for s in study_entries for e in s["errors"]]
+        errors = [e for s in entries for e in s["errors"]]
         detail = _describe_inventory(studies)
         if errors:
             detail += "\nerrors:\n  " + "\n  ".join(errors)
-        raise NothingToAnalyseError(f"no analysable perfusion series found.\n{detail}")
+        raise NothingToAnalyseError(f"no analysable stroke series found.\n{detail}")
     return outcome

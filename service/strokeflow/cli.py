@@ -26,6 +26,8 @@ def _logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # highdicom narrates every attribute it copies; keep its warnings only.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -34,44 +36,62 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _fmt(value: object, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value}{unit}"
+
+
 @app.command()
 def analyze(
     inputs: Annotated[list[Path], typer.Argument(help="DICOM files or folders, any order.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     core_rcbf: Annotated[
-        float, typer.Option(help="Core threshold: relative CBF below this fraction.")
+        float, typer.Option(help="CT core threshold: relative CBF below this fraction.")
     ] = 0.30,
+    core_adc: Annotated[
+        float, typer.Option(help="MR core threshold: ADC below this, in 1e-6 mm2/s.")
+    ] = 620.0,
     no_maps: Annotated[bool, typer.Option("--no-maps", help="Skip the NIfTI maps.")] = False,
+    no_dicom: Annotated[
+        bool, typer.Option("--no-dicom", help="Skip the DICOM result objects (SC, SR, SEG).")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Analyse CT perfusion studies and write OUT/results.json and NIfTI maps."""
+    """Analyse CT perfusion and MR stroke studies; write OUT/results.json, maps and DICOM."""
+    from strokeflow.analysis.mri import MriSettings
     from strokeflow.analysis.settings import CtpSettings
-    from strokeflow.analyze import NothingToAnalyseError, analyze_paths
+    from strokeflow.analyze import AnalyzeOptions, NothingToAnalyseError, analyze_paths
 
     _logging(verbose)
     for path in inputs:
         if not path.exists():
             typer.echo(f"error: {path} does not exist", err=True)
             raise typer.Exit(2)
+    options = AnalyzeOptions(
+        ctp=CtpSettings(core_rcbf_threshold=core_rcbf),
+        mri=MriSettings(adc_core_threshold_um2_s=core_adc),
+        write_maps=not no_maps,
+        write_dicom=not no_dicom,
+    )
     try:
-        outcome = analyze_paths(
-            list(inputs), out, CtpSettings(core_rcbf_threshold=core_rcbf), write_maps=not no_maps
-        )
+        outcome = analyze_paths(list(inputs), out, options)
     except NothingToAnalyseError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     for study in outcome.results["studies"]:
         for a in study["analyses"]:
             quality = "ok" if a["quality"]["ok"] else "NOT OK - check the images"
+            defuse3 = a["decisions"]["defuse3"]
             typer.echo(
-                f"{study['study_instance_uid']}: core {a['core_ml']} mL, "
-                f"Tmax>6s {a['tmax6_ml']} mL,"
-                f" Tmax>10s {a['tmax10_ml']} mL, mismatch {a['mismatch_ml']} mL"
-                f" (ratio {a['mismatch_ratio']}), DEFUSE 3 "
-                f"{'YES' if a['decisions']['defuse3'] else 'no'}; quality {quality}"
+                f"{study['study_instance_uid']} [{a['kind']}]: core {_fmt(a['core_ml'], ' mL')}, "
+                f"Tmax>6s {_fmt(a['tmax6_ml'], ' mL')}, Tmax>10s {_fmt(a['tmax10_ml'], ' mL')}, "
+                f"mismatch {_fmt(a['mismatch_ml'], ' mL')} (ratio {_fmt(a['mismatch_ratio'])}), "
+                f"DEFUSE 3 {'n/a' if defuse3 is None else ('YES' if defuse3 else 'no')}; "
+                f"quality {quality}"
             )
             for flag in a["quality"]["flags"]:
                 typer.echo(f"  [{flag['severity']}] {flag['message']}")
+        for error in study["errors"]:
+            typer.echo(f"  error: {error}", err=True)
     for p in outcome.results["problems"]:
         typer.echo(f"skipped {p['path']}: {p['reason']}", err=True)
     typer.echo(f"wrote {outcome.results_path}")
@@ -143,6 +163,45 @@ def phantom_ctp(
         f"wrote {len(paths)} files to {out}; truth: core {truth['core_ml']:.1f} mL, "
         f"Tmax>6s {truth['tmax6_ml']:.1f} mL, decisions {json.dumps(truth['decisions'])}"
     )
+
+
+@phantom_app.command("mri")
+def phantom_mri(
+    out: Annotated[Path, typer.Argument(help="Folder to write the study and truth.json into.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same study).")] = 0,
+    lesion: Annotated[str, typer.Option(help="none, standard, large or malignant.")] = "standard",
+    side: Annotated[str, typer.Option(help="Lesion side: left or right.")] = "left",
+    adc_map: Annotated[bool, typer.Option(help="Include the scanner's ADC map.")] = True,
+    perfusion: Annotated[bool, typer.Option(help="Include the DSC perfusion series.")] = True,
+    dwi_matrix: Annotated[int, typer.Option(help="DWI in-plane pixels.")] = 256,
+    pwi_matrix: Annotated[int, typer.Option(help="DSC in-plane pixels.")] = 128,
+    slices: Annotated[int, typer.Option(help="Number of 5 mm slices.")] = 20,
+    frames: Annotated[int, typer.Option(help="DSC time points.")] = 60,
+    vendor: Annotated[
+        str, typer.Option(help="Where b-values go: standard, siemens, ge or philips.")
+    ] = "standard",
+) -> None:
+    """Write a synthetic MR stroke study (DWI, ADC, DSC) with its truth."""
+    from strokeflow.phantom.mri_dicom import write_mri_phantom_cli
+
+    try:
+        line = write_mri_phantom_cli(
+            out,
+            seed=seed,
+            lesion=lesion,
+            side=side,
+            adc_map=adc_map,
+            perfusion=perfusion,
+            dwi_matrix=dwi_matrix,
+            pwi_matrix=pwi_matrix,
+            slices=slices,
+            frames=frames,
+            vendor=vendor,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(line)
 
 
 def main() -> None:
