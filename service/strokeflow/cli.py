@@ -206,4 +206,7 @@ def phantom_mri(
 
 def main() -> None:
     """Console-script entry point."""
+    from strokeflow.service_cli import register as register_service
+
+    register_service(app)
     app()

@@ -133,6 +133,19 @@ def brain_masks(
     # blood volume, that is as false core, so erring towards CSF is the safe side.
     ring = ndimage.binary_dilation(seeds, structure=_inplane(np.ones((3, 3), bool)))
     csf = seeds | (ring & brain & (base < csf_max_hu + csf_edge_margin_hu))
+    # Thin sulci (one voxel wide) vanish in the smoothed image: a voxel well below the
+    # threshold with a low neighbour (a sulcus is a line, noise is speckle) is CSF too.
+    low = brain & (base < csf_max_hu)
+    low_neighbours = ndimage.convolve(
+        low.astype(np.uint8), _inplane(np.ones((3, 3), np.uint8)), mode="constant"
+    )
+    # "Well below": by the margin, or by three noise sigmas of the baseline when it is
+    # noisier (robust sigma from differences of horizontal neighbours in the brain).
+    pairs = brain[:, :, 1:] & brain[:, :, :-1]
+    diffs = (base[:, :, 1:] - base[:, :, :-1])[pairs]
+    noise_hu = 1.4826 * float(np.median(np.abs(diffs))) / np.sqrt(2.0) if diffs.size else 0.0
+    margin = max(csf_edge_margin_hu, 3.0 * noise_hu)
+    csf |= brain & (base < csf_max_hu - margin) & (low_neighbours >= 2)
 
     vessels = _vessels(enh, intracranial, brain, vessel_margin_hu)
     tissue = brain & ~csf & ~vessels

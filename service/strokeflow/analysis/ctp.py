@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 from scipy.ndimage import gaussian_filter1d
 
 from strokeflow.analysis.brainmask import BrainMasks, brain_masks
@@ -29,6 +30,11 @@ from strokeflow.analysis.volume import Geometry, PerfusionSeries
 
 #: Tissue with Tmax below this is "normally perfused" and serves as the rCBF reference.
 NORMAL_TMAX_S = 4.0
+
+#: Arterial and venous voxels must be blood-like before contrast (HU), and not touch
+#: bone (HU above BONE_HU), whose edge smears into its neighbours when motion is corrected.
+MAX_BLOOD_BASELINE_HU = 120.0
+BONE_HU = 300.0
 
 
 class AnalysisError(Exception):
@@ -160,6 +166,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
         sigma_px=sigma_px,
         radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
         iterations=settings.smoothing_iterations,
+        strength=settings.smoothing_strength,
     )
     if settings.temporal_sigma_s > 0:
         sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
@@ -169,7 +176,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     hemis = find_hemispheres(masks.brain, geometry)
     affected = _preliminary_affected_side(smoothed, masks.tissue, hemis, step)
     aif, vof, aif_scale, aif_side = _vascular_inputs(
-        concentration, masks, hemis, affected, geometry, step
+        concentration, masks, hemis, affected, geometry, step, baseline
     )
     flags.extend(_input_flags(aif, vof, aif_scale, aif_side, affected, limits))
     clock.lap("aif_vof")
@@ -185,6 +192,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
         method="osvd",
         oscillation_index=settings.oscillation_index,
         mask=masks.tissue,
+        correct_cbf_bias=settings.correct_cbf_bias,
     )
     clock.lap("deconvolution")
 
@@ -249,10 +257,17 @@ def _vascular_inputs(
     affected: int,
     geometry: Geometry,
     step_s: float,
+    baseline_hu: np.ndarray,
 ) -> tuple[VascularCurve, VascularCurve | None, float, int]:
     vv = geometry.voxel_volume_ml
     # Vessels reach a voxel beyond the brain mask (the sinus lies against the skull).
-    searchable = masks.brain | masks.vessels
+    # Unenhanced blood is ~40 HU: voxels far denser before contrast share bone, whose
+    # edge smears into them when motion is corrected.
+    blood_like = baseline_hu < MAX_BLOOD_BASELINE_HU
+    near_bone = ndimage.binary_dilation(
+        baseline_hu > BONE_HU, structure=np.ones((1, 3, 3), dtype=bool)
+    )
+    searchable = (masks.brain | masks.vessels) & blood_like & ~near_bone
     aif = None
     aif_side = 0
     if affected != 0:

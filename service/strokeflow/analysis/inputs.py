@@ -185,11 +185,17 @@ def select_vof(
     if idx.shape[0] < n_voxels:
         return None
     curves = concentration[:, search]
-    peak, ttp, _, _, _ = _features(curves, step_s)
+    peak, ttp, _, tail, _ = _features(curves, step_s)
     area = curves.sum(axis=0) * step_s
     later = (ttp > aif.ttp_s + step_s) & (peak > 0.5 * aif.peak)
     if np.count_nonzero(later) < n_voxels:
         later = (ttp > aif.ttp_s) & (peak > 0.25 * aif.peak)
+    # Prefer curves that wash out: a step that never returns is bone smeared into the
+    # voxel by motion correction, not blood. Only when none washes out (a scan too
+    # short for the bolus) are the others used, and the truncation is then flagged.
+    washing_out = later & (tail < 0.5)
+    if np.count_nonzero(washing_out) >= n_voxels:
+        later = washing_out
     if np.count_nonzero(later) < 2:
         return None
     cand = np.nonzero(later)[0]

@@ -24,6 +24,8 @@ class CtpSettings:
         Spatial sigma of the time-profile bilateral filter (edge-preserving smoothing).
     smoothing_iterations : int
         Passes of that filter.
+    smoothing_strength : float
+        Profile-similarity scale of that filter: smaller keeps lesion borders sharper.
     temporal_step_s : float
         Uniform time step the curves are resampled to before deconvolution.
     temporal_sigma_s : float
@@ -34,6 +36,8 @@ class CtpSettings:
     oscillation_index : float
         Oscillation-index target of the oSVD (Wu 2003): the least regularised solution
         whose residue function oscillates less than this is kept, voxel by voxel.
+    correct_cbf_bias : bool
+        Divide CBF by the oSVD regularisation peak ratio (see ``analysis.maps``).
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded.
     max_motion_mm : float
@@ -47,8 +51,10 @@ class CtpSettings:
     analysis_pixel_mm: float = 1.8
     smoothing_sigma_mm: float = 4.5
     smoothing_iterations: int = 3
+    smoothing_strength: float = 0.5
     temporal_step_s: float = 1.0
     temporal_sigma_s: float = 1.0
     oscillation_index: float = 0.095
+    correct_cbf_bias: bool = False
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy import ndimage
 
 from strokeflow.analysis.decisions import evaluate_decisions, lesion_metrics
 from strokeflow.phantom.physics import arterial_input, tissue_enhancement, venous_outflow
@@ -37,6 +36,11 @@ LABEL_NAMES = (
     "venous_sinus",
 )
 TISSUE_LABELS = (GREY, DEEP_GREY, WHITE)
+
+#: Noise of 5 mm CT perfusion source images at 0.45 mm pixels for an 80 kV clinical
+#: protocol: Krissak et al. (PLoS One 2011) measured a parenchymal SNR of ~5 at 80 kV and
+#: 200 mAs (~7 HU) and ~1.9 at 30 mAs (~18 HU); 12 HU sits between routine and low dose.
+CLINICAL_NOISE_HU_AT_045MM = 12.0
 ZONE_NAMES = ("normal", "oligaemia", "penumbra", "severe_penumbra", "core")
 
 #: Unenhanced attenuation per label (HU); the skull gets a table/diploe profile instead.
@@ -127,15 +131,17 @@ class CtpPhantomOptions:
     scan_duration_s : float or None
         Frames later than this are dropped (truncated bolus).
     noise_hu : float or None
-        Gaussian noise sigma per voxel and frame; None: 20 HU at 0.45 mm pixels,
-        scaled by 0.45 / pixel_mm.
+        Gaussian noise sigma per voxel and frame; None: a clinical 80 kV perfusion
+        protocol, 12 HU at 0.45 mm pixels and 5 mm slices, scaled by 0.45 / pixel_mm
+        (3 HU at the default 1.8 mm). An ultra-low-dose scan is ~20 HU at 0.45 mm.
     lesion : {"none", "standard", "large", "malignant"}
         Lesion size class (see docs/phantom.md for the volumes).
     lesion_side : {"left", "right"}
         Hemisphere of the MCA occlusion.
     motion : {"none", "moderate", "severe"}
         Moderate: smooth in-plane rigid motion (<= ~4 mm, ~3 degrees) from 45 % of the
-        scan on. Severe: moderate plus two frames shifted by half a slice through-plane.
+        scan on. Severe: moderate plus two frames with a jerk during the exposure (double
+        contours, half of the frame nodded by one slice and turned).
     aif_peak_hu : float
         Peak of the first pass of the true arterial enhancement.
     residue_kind : {"exponential", "box", "linear"}
@@ -165,10 +171,10 @@ class CtpPhantomOptions:
 
     @property
     def noise_sigma_hu(self) -> float:
-        """The noise sigma actually used (``noise_hu`` or the low-dose default)."""
+        """The noise sigma actually used (``noise_hu`` or the clinical default)."""
         if self.noise_hu is not None:
             return float(self.noise_hu)
-        return 20.0 * 0.45 / self.pixel_mm
+        return CLINICAL_NOISE_HU_AT_045MM * 0.45 / self.pixel_mm
 
 
 @dataclass(frozen=True)
@@ -314,9 +320,31 @@ def simulate_ctp(options: CtpPhantomOptions) -> CtpPhantom:
     sigma = options.noise_sigma_hu
     noise_rng = np.random.default_rng([options.seed, 2])
     hu = np.empty((times.size, *anatomy.labels.shape), dtype=np.float32)
+    # Moved frames are rendered from the anatomy in its new pose (exact, no resampling).
+    posed: dict[tuple[float, ...], tuple[_Anatomy, np.ndarray]] = {
+        (0.0, 0.0, 0.0, 0.0): (anatomy, classes)
+    }
+
+    def posed_render(key: tuple[float, float, float, float], t_s: float) -> np.ndarray:
+        if key not in posed:
+            z_seen = z_mm + key[3]
+            moved = _anatomy(options, z_seen, key[:3])
+            zones_seen = _zones(options, z_seen, moved.labels, key[:3])
+            posed[key] = (moved, _class_map(moved.labels, zones_seen))
+        return _render(*posed[key], curves, t_s)
+
     for f, t in enumerate(times):
-        frame = _render(anatomy, classes, curves, float(t))
-        frame = _move(frame, motion[f], options)
+        m = motion[f]
+        pose = (m["tx_mm"], m["ty_mm"], m["rotation_deg"], 0.0)
+        frame = posed_render(pose, float(t))
+        if m["through_plane_mm"]:
+            jerked = (
+                m["tx_mm"] + m["jerk_tx_mm"],
+                m["ty_mm"] + m["jerk_ty_mm"],
+                m["rotation_deg"] + m["jerk_rotation_deg"],
+                m["through_plane_mm"],
+            )
+            frame = 0.5 * frame + 0.5 * posed_render(jerked, float(t))
         frame += noise_rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(sigma)
         hu[f] = frame
 
@@ -394,10 +422,26 @@ def _slab_centre_mm(options: CtpPhantomOptions) -> float:
     return 42.5
 
 
-def _in_plane_mm(options: CtpPhantomOptions) -> tuple[np.ndarray, np.ndarray]:
+Pose = tuple[float, float, float]  # (tx_mm, ty_mm, rotation_deg) of the head
+
+
+def _in_plane_mm(
+    options: CtpPhantomOptions, pose: Pose | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Head-frame coordinates (mm) of every pixel centre, for a head in ``pose``.
+
+    The head moved as ``p_image = R p_head + t`` (rotation about the image centre), so
+    pixels see ``p_head = R^T (p_image - t)``: a moved frame is rendered exactly, with no
+    resampling blur, as a real scanner would image it.
+    """
     coords = (np.arange(options.matrix) - (options.matrix - 1) / 2.0) * options.pixel_mm
     Y, X = np.meshgrid(coords, coords, indexing="ij")
-    return X, Y
+    if pose is None or pose == (0.0, 0.0, 0.0):
+        return X, Y
+    tx, ty, rot = pose
+    c, s = np.cos(np.deg2rad(rot)), np.sin(np.deg2rad(rot))
+    Xs, Ys = X - tx, Y - ty
+    return c * Xs + s * Ys, -s * Xs + c * Ys
 
 
 def _slab_u(options: CtpPhantomOptions, z_mm: float) -> float:
@@ -420,8 +464,8 @@ def _segment_distance(
     return np.asarray(np.hypot(X - ax - s * dx, Y - ay - s * dy))
 
 
-def _anatomy(options: CtpPhantomOptions, z_mm: np.ndarray) -> _Anatomy:
-    X, Y = _in_plane_mm(options)
+def _anatomy(options: CtpPhantomOptions, z_mm: np.ndarray, pose: Pose | None = None) -> _Anatomy:
+    X, Y = _in_plane_mm(options, pose)
     shape = (z_mm.size, *X.shape)
     labels = np.zeros(shape, dtype=np.uint8)
     base = np.zeros(shape, dtype=np.float32)
@@ -545,12 +589,14 @@ def _lesion_scale(options: CtpPhantomOptions) -> float:
     return float(np.clip(np.sqrt(REFERENCE_SLAB_MM / slab), 0.7, 1.3))
 
 
-def _zones(options: CtpPhantomOptions, z_mm: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def _zones(
+    options: CtpPhantomOptions, z_mm: np.ndarray, labels: np.ndarray, pose: Pose | None = None
+) -> np.ndarray:
     zones = np.zeros(labels.shape, dtype=np.uint8)
     if options.lesion == "none":
         return zones
     side = 1.0 if options.lesion_side == "left" else -1.0
-    X, Y = _in_plane_mm(options)
+    X, Y = _in_plane_mm(options, pose)
     phi = np.arctan2(Y, side * X)
     rng = np.random.default_rng([options.seed, 3])
     # Slightly irregular outline: a few low angular harmonics, per zone, seeded.
@@ -650,7 +696,15 @@ def _render(anatomy: _Anatomy, classes: np.ndarray, curves: _Curves, t_s: float)
 def _motion(options: CtpPhantomOptions, n_frames: int) -> list[dict[str, float]]:
     """Per-frame rigid motion of the head relative to frame 0."""
     motion = [
-        {"tx_mm": 0.0, "ty_mm": 0.0, "rotation_deg": 0.0, "through_plane_mm": 0.0}
+        {
+            "tx_mm": 0.0,
+            "ty_mm": 0.0,
+            "rotation_deg": 0.0,
+            "through_plane_mm": 0.0,
+            "jerk_tx_mm": 0.0,
+            "jerk_ty_mm": 0.0,
+            "jerk_rotation_deg": 0.0,
+        }
         for _ in range(n_frames)
     ]
     if options.motion == "none" or n_frames < 4:
@@ -668,41 +722,13 @@ def _motion(options: CtpPhantomOptions, n_frames: int) -> list[dict[str, float]]
         motion[f]["rotation_deg"] = round(float(signs[2] * 3.0 * p), 4)
     if options.motion == "severe":
         for f in sorted({max(1, int(0.3 * n_frames)), int(0.7 * n_frames)}):
-            motion[f]["through_plane_mm"] = options.slice_mm / 2.0
+            # A jerk during the frame's exposure: half of it sees the head nodded by one
+            # slice and turned, which leaves double contours no rigid transform can undo.
+            motion[f]["through_plane_mm"] = options.slice_mm
+            motion[f]["jerk_tx_mm"] = round(float(signs[0] * 5.0), 4)
+            motion[f]["jerk_ty_mm"] = round(float(-signs[1] * 4.0), 4)
+            motion[f]["jerk_rotation_deg"] = round(float(signs[2] * 6.0), 4)
     return motion
-
-
-def _move(frame: np.ndarray, m: dict[str, float], options: CtpPhantomOptions) -> np.ndarray:
-    """Apply rigid in-plane motion about the image centre, then through-plane shift."""
-    out = frame
-    if m["tx_mm"] or m["ty_mm"] or m["rotation_deg"]:
-        theta = np.deg2rad(m["rotation_deg"])
-        c, s = np.cos(theta), np.sin(theta)
-        # Head moves: p_out = R (p_in - centre) + centre + t, in (x, y) image coordinates.
-        # affine_transform needs the inverse, in (y, x) order: p_in = R^T (p_out - ...).
-        inv = np.array([[c, -s], [s, c]])
-        centre = np.array([(frame.shape[1] - 1) / 2.0, (frame.shape[2] - 1) / 2.0])
-        shift = np.array([m["ty_mm"], m["tx_mm"]]) / options.pixel_mm
-        offset = centre - inv @ (centre + shift)
-        out = np.empty_like(frame)
-        for z in range(frame.shape[0]):
-            # Slice by slice: the 2-D transform is several times faster than a 3-D one.
-            ndimage.affine_transform(
-                frame[z],
-                inv,
-                offset=offset,
-                order=1,
-                mode="constant",
-                cval=BASE_HU[AIR],
-                output=out[z],
-            )
-    if m["through_plane_mm"]:
-        # Half a slice through-plane: each slice images the lower half of itself and the
-        # upper half of its neighbour, which no in-plane correction can undo.
-        frac = m["through_plane_mm"] / options.slice_mm
-        upper = np.concatenate([out[1:], out[-1:]], axis=0)
-        out = ((1.0 - frac) * out + frac * upper).astype(np.float32)
-    return np.asarray(out, dtype=np.float32)
 
 
 def _truth(
@@ -760,7 +786,7 @@ def _truth(
         "mean_normal_cbf_ml_100g_min": round(mean_cbf, 3),
         "tissue_parameters": params,
         "motion": motion,
-        "through_plane_frames": [i for i, m in enumerate(motion) if m["through_plane_mm"]],
+        "uncorrectable_frames": [i for i, m in enumerate(motion) if m["through_plane_mm"]],
         "moved_frames": [
             i for i, m in enumerate(motion) if m["tx_mm"] or m["ty_mm"] or m["rotation_deg"]
         ],
