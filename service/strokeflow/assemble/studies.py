@@ -1,0 +1,251 @@
+"""Study completion: the receiving → complete → queued state machine, persisted in SQL.
+
+A study is *complete* when
+
+* every association that sent to it has ended (released or aborted) and neither an
+  instance nor that end happened in the last ``quiet_period_s`` (``quiet_period``);
+* the sender announced the count (Number of Study Related Instances) and it is reached
+  (``expected_count``);
+* no instance arrived for the longer ``quiet_timeout_s``, associations or not
+  (``quiet_timeout``; covers senders that keep an association open);
+* an operator forces it (``forced``).
+
+A complete study is *queued*: a :class:`~strokeflow.store.models.Job` row with the next
+version is created. An instance that arrives after that (new, or a changed resend) puts
+the study back to *receiving*; when it completes again the next job has version n + 1.
+Nothing is dropped and identical resends change nothing.
+
+Because the state is in SQL, a restarted listener resumes half-received studies:
+:func:`release_orphaned` marks them released (their associations died with the old
+process) as of the restart, so the quiet period, counted from the restart, gives an
+interrupted sender time to reconnect before the study completes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from strokeflow.store.models import Job, JobState, Study, StudyState
+from strokeflow.store.repository import InstanceChange, InstanceRecord, lock_study, record_instance
+
+LOG = logging.getLogger(__name__)
+
+
+class StudyStateError(ValueError):
+    """A transition that the study's current state does not allow."""
+
+
+@dataclass(frozen=True)
+class CompletionRules:
+    """When a receiving study counts as complete (seconds)."""
+
+    quiet_period_s: float = 10.0
+    quiet_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.quiet_period_s <= 0 or self.quiet_timeout_s <= 0:
+            raise ValueError("quiet periods must be positive")
+
+
+def note_instance(session: Session, record: InstanceRecord, now: datetime) -> InstanceChange:
+    """Record a stored instance and move its study's state accordingly (caller commits).
+
+    A new or changed instance keeps (or puts back) the study in *receiving* and marks it
+    as having an association in progress; an identical resend changes nothing. A study
+    whose announced instance count is reached completes at once.
+
+    Parameters
+    ----------
+    session : Session
+    record : InstanceRecord
+    now : datetime
+        Aware UTC reception time.
+
+    Returns
+    -------
+    InstanceChange
+    """
+    study, change = record_instance(session, record, now)
+    if change is InstanceChange.DUPLICATE:
+        return change
+    if study.state is not StudyState.RECEIVING:
+        LOG.info(
+            "study %s: instance %s arrived after the study was %s; reopened, its next job "
+            "will be version %d",
+            study.study_uid,
+            record.sop_instance_uid,
+            study.state.value,
+            study.version + 1,
+        )
+        study.state = StudyState.RECEIVING
+        study.completed_at = None
+        study.completion_reason = None
+    study.released = False
+    if study.expected_instances and study.instance_count >= study.expected_instances:
+        _complete(study, now, "expected_count")
+    return change
+
+
+def mark_released(session: Session, study_uids: Iterable[str], now: datetime) -> int:
+    """Note that the association which sent these studies has ended (caller commits).
+
+    Returns
+    -------
+    int
+        How many receiving studies were marked.
+    """
+    uids = sorted(set(study_uids))
+    if not uids:
+        return 0
+    result = session.execute(
+        update(Study)
+        .where(Study.study_uid.in_(uids), Study.state == StudyState.RECEIVING)
+        .values(released=True, released_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release_orphaned(session: Session, now: datetime) -> int:
+    """At listener start: every receiving study's associations died with the old process,
+    and its quiet period starts afresh at ``now``.
+
+    Returns
+    -------
+    int
+        How many studies were marked released (caller commits).
+    """
+    result = session.execute(
+        update(Study)
+        .where(Study.state == StudyState.RECEIVING)
+        .values(released=True, released_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _complete(study: Study, now: datetime, reason: str) -> None:
+    study.state = StudyState.COMPLETE
+    study.completed_at = now
+    study.completion_reason = reason
+    LOG.info("study %s complete (%s): %d instances", study.study_uid, reason, study.instance_count)
+
+
+def complete_due(session: Session, rules: CompletionRules, now: datetime) -> list[Study]:
+    """Complete every receiving study whose quiet period or quiet timeout has passed.
+
+    Rows another sweeper holds are skipped (PostgreSQL ``SKIP LOCKED``) and seen next time.
+
+    Returns
+    -------
+    list of Study
+        The studies completed now (caller commits).
+    """
+    quiet = now - timedelta(seconds=rules.quiet_period_s)
+    timeout = now - timedelta(seconds=rules.quiet_timeout_s)
+    stmt = (
+        select(Study)
+        .where(
+            Study.state == StudyState.RECEIVING,
+            or_(
+                and_(
+                    Study.released.is_(True),
+                    Study.last_instance_at <= quiet,
+                    Study.released_at <= quiet,
+                ),
+                Study.last_instance_at <= timeout,
+            ),
+        )
+        .order_by(Study.last_instance_at)
+        .with_for_update(skip_locked=True)
+    )
+    done = []
+    for study in session.scalars(stmt):
+        assert study.last_instance_at is not None
+        quiet_ok = (
+            study.released
+            and study.last_instance_at <= quiet
+            and study.released_at is not None
+            and study.released_at <= quiet
+        )
+        reason = "quiet_period" if quiet_ok else "quiet_timeout"
+        _complete(study, now, reason)
+        done.append(study)
+    return done
+
+
+def force_complete(session: Session, study_uid: str, now: datetime) -> Study:
+    """Complete a receiving study now (operator's decision; caller commits).
+
+    Raises
+    ------
+    StudyStateError
+        The study is unknown, or already complete or queued (give the job version).
+    """
+    study = lock_study(session, study_uid)
+    if study is None:
+        raise StudyStateError(f"study {study_uid} has not been received")
+    if study.state is StudyState.QUEUED:
+        raise StudyStateError(
+            f"study {study_uid} is already queued as job version {study.version}; "
+            "send more instances to make a new version"
+        )
+    if study.state is StudyState.RECEIVING:
+        _complete(study, now, "forced")
+    return study
+
+
+def queue_complete(session: Session, now: datetime) -> list[Job]:
+    """Create the next job version for every complete study and mark it queued.
+
+    The job row is the truth (state ``queued``); a task queue only needs its id, after the
+    caller has committed.
+
+    Returns
+    -------
+    list of Job
+        The new jobs, with their ``study`` loaded.
+    """
+    stmt = (
+        select(Study)
+        .where(Study.state == StudyState.COMPLETE)
+        .order_by(Study.completed_at)
+        .with_for_update(skip_locked=True)
+    )
+    jobs = []
+    for study in session.scalars(stmt):
+        study.version += 1
+        study.state = StudyState.QUEUED
+        study.queued_at = now
+        job = Job(
+            study=study,
+            version=study.version,
+            state=JobState.QUEUED,
+            attempts=0,
+            instance_count=study.instance_count,
+            first_instance_at=study.first_instance_at,
+            last_instance_at=study.last_instance_at,
+            completed_at=study.completed_at,
+            queued_at=now,
+        )
+        session.add(job)
+        jobs.append(job)
+        LOG.info("study %s queued as job version %d", study.study_uid, study.version)
+    session.flush()
+    return jobs
+
+
+def sweep(session: Session, rules: CompletionRules, now: datetime) -> list[Job]:
+    """One pass of the completion loop: complete what is due, then queue what is complete.
+
+    Returns
+    -------
+    list of Job
+        Jobs created in this pass (caller commits).
+    """
+    complete_due(session, rules, now)
+    return queue_complete(session, now)

@@ -1,0 +1,286 @@
+"""The service's one settings object: environment variables ``STROKEFLOW_*`` and a TOML file.
+
+Precedence, highest first: environment variables, the TOML file, the defaults. Lists
+(destinations, allowed calling AE titles, allowed hosts) are comma-separated in the
+environment and either a comma-separated string or an array in TOML::
+
+    # strokeflow.toml
+    ae_title = "STROKEFLOW"
+    dicom_port = 11112
+    destinations = ["PACS@10.0.0.5:104", "VIEWER@10.0.0.9:11112"]
+    allowed_calling_aets = ["CT01", "CT02"]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+#: Environment variable naming the TOML file when no path is passed explicitly.
+CONFIG_FILE_ENV = "STROKEFLOW_CONFIG"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
+_DESTINATION = re.compile(
+    r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\s]+):(?P<port>\d+)$"
+)
+
+
+def validate_ae_title(value: str) -> str:
+    """Return ``value`` stripped if it is a valid DICOM AE title.
+
+    Raises
+    ------
+    ValueError
+        Empty, longer than 16 characters, or with control characters / backslash.
+    """
+    title = value.strip()
+    if not _AE_TITLE.match(title):
+        raise ValueError(
+            f"AE title {value!r} is invalid: 1 to 16 printable ASCII characters, no backslash"
+        )
+    return title
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer written ``AE@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """Parse ``AE@host:port`` (IPv6 hosts in brackets: ``AE@[::1]:104``).
+
+        Raises
+        ------
+        ValueError
+            The text is not of that form or the port is out of range.
+        """
+        match = _DESTINATION.match(text.strip())
+        if not match:
+            raise ValueError(f"destination {text!r} is not of the form AE@host:port")
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise ValueError(f"destination {text!r}: port {port} is out of range 1-65535")
+        return cls(validate_ae_title(match["ae"]), match["host"].strip("[]"), port)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Effective configuration of one StrokeFlow installation.
+
+    Build it with :func:`load_settings` (reads the TOML file), or directly for tests.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STROKEFLOW_", extra="forbid", frozen=True)
+
+    ae_title: str = "STROKEFLOW"
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)
+    #: Address the DICOM and HTTP listeners bind to ("" or "0.0.0.0": every interface).
+    bind_address: str = "0.0.0.0"
+    data_dir: Path = Path("./strokeflow-data")
+    #: SQLAlchemy URL; ``None`` means SQLite ``<data_dir>/strokeflow.sqlite``.
+    database_url: str | None = None
+    #: Task queue; ``None`` means the embedded SQLite huey queue ``<data_dir>/queue.sqlite``.
+    queue_url: str | None = None
+    destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
+    #: Calling AE titles accepted; empty accepts any.
+    allowed_calling_aets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Peer IP addresses accepted; empty accepts any.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: A released study with no new instance for this long is complete.
+    quiet_period_s: float = Field(10.0, gt=0)
+    #: A study with no new instance for this long is complete even if never released.
+    quiet_timeout_s: float = Field(300.0, gt=0)
+    worker_count: int = Field(2, ge=1)
+    #: Receiving processes sharing the DICOM port (SO_REUSEPORT); more when one is GIL-bound.
+    receiver_processes: int = Field(1, ge=1, le=64)
+    #: Simultaneous associations per receiving process.
+    max_associations: int = Field(16, ge=1)
+    #: Associations are refused while the data directory has less free space than this.
+    min_free_disk_mb: float = Field(1024.0, ge=0)
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
+    #: CA bundle to verify client certificates; ``None`` does not ask for one.
+    tls_ca: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Values passed in code win over the environment; no .env or secrets files.
+        return init_settings, env_settings
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _destinations(cls, value: Any) -> Any:
+        items = _split(value)
+        if isinstance(items, list):
+            return [Destination.parse(v) if isinstance(v, str) else v for v in items]
+        return items
+
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _calling_aets(cls, value: Any) -> Any:
+        items = _split(value)
+        if isinstance(items, list):
+            return [validate_ae_title(v) for v in items]
+        return items
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        return _split(value)
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'strokeflow.sqlite').resolve()}"
+
+    @property
+    def effective_queue_url(self) -> str:
+        """The queue URL, defaulting to the embedded SQLite huey queue in the data directory."""
+        if self.queue_url:
+            return self.queue_url
+        return f"sqlite:///{(self.data_dir / 'queue.sqlite').resolve()}"
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the DICOM listener speaks TLS."""
+        return self.tls_certificate is not None
+
+    def public_view(self) -> dict[str, Any]:
+        """The effective configuration as plain values, with passwords in URLs masked."""
+        return {
+            "ae_title": self.ae_title,
+            "dicom_port": self.dicom_port,
+            "http_port": self.http_port,
+            "bind_address": self.bind_address,
+            "data_dir": str(self.data_dir.resolve()),
+            "database_url": mask_url_password(self.effective_database_url),
+            "queue_url": mask_url_password(self.effective_queue_url),
+            "destinations": [str(d) for d in self.destinations],
+            "allowed_calling_aets": list(self.allowed_calling_aets),
+            "allowed_hosts": list(self.allowed_hosts),
+            "quiet_period_s": self.quiet_period_s,
+            "quiet_timeout_s": self.quiet_timeout_s,
+            "worker_count": self.worker_count,
+            "receiver_processes": self.receiver_processes,
+            "max_associations": self.max_associations,
+            "min_free_disk_mb": self.min_free_disk_mb,
+            "tls_certificate": str(self.tls_certificate) if self.tls_certificate else None,
+            "tls_key": str(self.tls_key) if self.tls_key else None,
+            "tls_ca": str(self.tls_ca) if self.tls_ca else None,
+        }
+
+
+def mask_url_password(url: str) -> str:
+    """Replace the password of a URL (``scheme://user:pw@host``) with ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{userinfo}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _FileValues(PydanticBaseSettingsSource):
+    """Values read from the TOML file, below the environment in precedence."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the configuration: defaults < TOML file < ``STROKEFLOW_*`` variables < overrides.
+
+    Parameters
+    ----------
+    config_file : Path, optional
+        TOML file; defaults to ``$STROKEFLOW_CONFIG`` when set, else no file.
+    **overrides
+        Values that win over everything (command-line options).
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ValueError
+        The file is missing or not valid TOML, or a value is invalid (pydantic's
+        ``ValidationError`` is a ``ValueError`` naming the field).
+    """
+    if config_file is None and os.environ.get(CONFIG_FILE_ENV):
+        config_file = Path(os.environ[CONFIG_FILE_ENV])
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            values = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ValueError(f"configuration file {config_file} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"configuration file {config_file} is not valid TOML: {exc}") from exc
+        unknown = sorted(set(values) - set(Settings.model_fields))
+        if unknown:
+            raise ValueError(f"configuration file {config_file}: unknown keys {', '.join(unknown)}")
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, _FileValues(settings_cls, values)
+
+    loaded = _FromFile(**overrides)
+    # Hand back the plain class (picklable, comparable); the values are already validated.
+    return Settings.model_construct(
+        **{name: getattr(loaded, name) for name in Settings.model_fields}
+    )

@@ -1,0 +1,1 @@
+"""Alembic migrations of the StrokeFlow database (run by :func:`strokeflow.store.migrate`)."""

@@ -1,0 +1,1 @@
+"""DICOM networking: the storage SCP (listener) and the SCU side (echo, send)."""

@@ -1,0 +1,139 @@
+"""Checks on a received C-STORE dataset before it is stored, and the C-STORE answers.
+
+A dataset is refused when it cannot be decoded, is truncated, has missing or invalid UIDs
+(checked before they become path components), UIDs that differ from the command's, or
+native pixel data whose length does not match Rows x Columns x samples x frames x bits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+
+from strokeflow.receive.storage import InvalidUidError, check_uid, instance_relpath
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+class InstanceRefusedError(ValueError):
+    """Data that cannot be stored as an instance; ``status`` is the C-STORE answer."""
+
+    def __init__(self, reason: str, status: int = DATASET_DOES_NOT_MATCH) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def text_value(ds: Dataset, keyword: str, limit: int) -> str | None:
+    """``ds.keyword`` as text cut to ``limit`` characters (the column size); ``None`` if empty."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value)[:limit]
+
+
+def int_value(ds: Dataset, keyword: str) -> int | None:
+    """``ds.keyword`` as an int; ``None`` if empty or not a number."""
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_pixel_length(ds: Dataset, transfer_syntax: UID) -> None:
+    raw = ds.get_item(_PIXEL_DATA)
+    if raw is None or transfer_syntax.is_compressed:
+        return
+    # Still raw (not decoded) when untouched: its length is free, its value not needed.
+    length = raw.length if isinstance(raw, RawDataElement) else len(raw.value or b"")
+    if length == _UNDEFINED_LENGTH:
+        raise InstanceRefusedError("native PixelData has undefined length")
+    rows, columns = int_value(ds, "Rows"), int_value(ds, "Columns")
+    bits = int_value(ds, "BitsAllocated")
+    if not rows or not columns or not bits:
+        raise InstanceRefusedError("PixelData present but Rows, Columns or BitsAllocated missing")
+    frames = int_value(ds, "NumberOfFrames") or 1
+    samples = int_value(ds, "SamplesPerPixel") or 1
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    # One padding byte keeps the value length even.
+    if length not in (expected, expected + 1):
+        raise InstanceRefusedError(
+            f"PixelData is {length} bytes but {rows}x{columns}x{samples}x{frames} frames at "
+            f"{bits} bits needs {expected}"
+        )
+
+
+def _check_truncation(ds: Dataset) -> None:
+    # pydicom quietly accepts a value shorter than its declared length (a cut-off
+    # transfer); the raw elements still carry the declared length.
+    for tag in list(ds.keys()):
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+            continue
+        arrived = len(raw.value or b"")
+        if arrived < raw.length:
+            raise InstanceRefusedError(
+                f"dataset is truncated: element {raw.tag} declares {raw.length} bytes, "
+                f"{arrived} arrived",
+                CANNOT_UNDERSTAND,
+            )
+
+
+def inspect_dataset(event: Event) -> tuple[Dataset, Path]:
+    """Decode the C-STORE dataset, check it, and give its storage path (relative).
+
+    Raises
+    ------
+    InstanceRefusedError
+        Undecodable data, invalid or mismatching UIDs, wrong pixel data length.
+    """
+    request = cast(C_STORE, event.request)
+    try:
+        ds = event.dataset
+    except Exception as exc:  # any decoder error means the same to the sender
+        raise InstanceRefusedError(f"dataset cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
+    _check_truncation(ds)
+    try:
+        # Decoding is lazy: convert every element now (pixel data excepted) so that a
+        # garbled value is found here, not by the analysis later.
+        for elem in ds.iterall():
+            if elem.tag != _PIXEL_DATA:
+                _ = elem.value
+    except Exception as exc:  # any decoder error means the same to the sender
+        raise InstanceRefusedError(f"dataset cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
+    try:
+        relpath = instance_relpath(
+            ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
+        )
+        sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
+    except InvalidUidError as exc:
+        raise InstanceRefusedError(str(exc)) from exc
+    if str(ds.SOPInstanceUID) != str(request.AffectedSOPInstanceUID):
+        raise InstanceRefusedError(
+            f"SOPInstanceUID {ds.SOPInstanceUID} differs from the command's "
+            f"{request.AffectedSOPInstanceUID}"
+        )
+    if sop_class != str(request.AffectedSOPClassUID):
+        raise InstanceRefusedError(
+            f"SOPClassUID {sop_class} differs from the command's {request.AffectedSOPClassUID}"
+        )
+    try:
+        _check_pixel_length(ds, UID(event.context.transfer_syntax))
+    except InstanceRefusedError:
+        raise
+    except Exception as exc:
+        reason = f"pixel data cannot be checked: {exc}"
+        raise InstanceRefusedError(reason, CANNOT_UNDERSTAND) from exc
+    return ds, relpath

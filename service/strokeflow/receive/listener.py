@@ -1,0 +1,170 @@
+"""Run the listener: migrate, resume, receive (one or several processes), complete studies.
+
+The parent process migrates the database, marks studies orphaned by a previous run as
+released, starts the receivers and runs the completion sweep once a second. With
+``receiver_processes > 1`` each receiver is its own process bound to the same port with
+``SO_REUSEPORT`` (the kernel spreads associations), so decoding and hashing are not held
+back by one interpreter's GIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from strokeflow.assemble.studies import CompletionRules, release_orphaned, sweep
+from strokeflow.config import Settings
+from strokeflow.receive.scp import Receiver, start_server
+from strokeflow.store.engine import make_engine, make_session_factory
+from strokeflow.store.migrate import upgrade_to_head
+
+LOG = logging.getLogger(__name__)
+
+#: Called with the ids of newly queued jobs after they are committed.
+OnQueued = Callable[[list[int]], None]
+
+
+@dataclass
+class Sweeper:
+    """The completion loop: receiving → complete → queued, once per ``interval_s``."""
+
+    sessions: sessionmaker[Session]
+    rules: CompletionRules
+    on_queued: OnQueued | None = None
+    interval_s: float = 1.0
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def run_once(self) -> list[int]:
+        """One sweep; returns the new job ids (already committed)."""
+        with self.sessions() as session, session.begin():
+            job_ids = [job.id for job in sweep(session, self.rules, self.clock())]
+        if job_ids and self.on_queued is not None:
+            self.on_queued(job_ids)
+        return job_ids
+
+    def run(self, stop: threading.Event) -> None:
+        """Sweep until ``stop`` is set; database errors are logged and retried."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except SQLAlchemyError as exc:
+                LOG.error("completion sweep failed, retrying: %s", exc)
+            except Exception:
+                # The loop must outlive a faulty on_queued hook: it is what completes studies.
+                LOG.exception("completion sweep failed, retrying")
+            stop.wait(self.interval_s)
+
+
+def prepare_database(settings: Settings) -> sessionmaker[Session]:
+    """Migrate the database to head; return a session factory on it."""
+    engine = make_engine(settings.effective_database_url)
+    upgrade_to_head(engine)
+    return make_session_factory(engine)
+
+
+def resume_orphaned(sessions: sessionmaker[Session]) -> int:
+    """Once the receivers listen: give studies left receiving by a previous run a fresh
+    quiet period, so that their interrupted senders can reconnect and go on."""
+    with sessions() as session, session.begin():
+        resumed = release_orphaned(session, datetime.now(UTC))
+    if resumed:
+        LOG.info("resuming %d half-received studies from a previous run", resumed)
+    return resumed
+
+
+def _receiver_process(settings_data: dict[str, Any], ready: Any, parent_pid: int) -> None:
+    settings = Settings.model_validate(settings_data)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # A plain threading.Event set by SIGTERM, not a multiprocessing one: a process killed
+    # while holding a shared lock would leave the others waiting on it for ever.
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    sessions = make_session_factory(make_engine(settings.effective_database_url))
+    server = start_server(Receiver(settings, sessions), reuse_port=True)
+    ready.release()
+    # Also stop when the parent is gone (killed): an orphan would keep the port.
+    while not stop.wait(1.0) and os.getppid() == parent_pid:
+        pass
+    server.shutdown()
+
+
+def run_listener(
+    settings: Settings, *, on_queued: OnQueued | None = None, stop: threading.Event | None = None
+) -> None:
+    """Receive and complete studies until SIGTERM/SIGINT (or ``stop`` is set).
+
+    Parameters
+    ----------
+    settings : Settings
+    on_queued : callable, optional
+        Told the ids of new jobs (e.g. to put them on the task queue).
+    stop : threading.Event, optional
+        Set it to stop (tests); otherwise signals stop the listener.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sessions = prepare_database(settings)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            LOG.info("signal %d: stopping the listener", signum)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    rules = CompletionRules(settings.quiet_period_s, settings.quiet_timeout_s)
+    sweeper = Sweeper(sessions, rules, on_queued)
+    if settings.receiver_processes == 1:
+        server = start_server(Receiver(settings, sessions))
+        resume_orphaned(sessions)
+        try:
+            sweeper.run(stop)
+        finally:
+            server.shutdown()
+        return
+    if settings.dicom_port == 0:
+        raise ValueError("several receiver processes need a fixed DICOM port, not 0")
+    context = multiprocessing.get_context("spawn")
+    ready = context.Semaphore(0)
+    children = [
+        context.Process(
+            target=_receiver_process,
+            args=(settings.model_dump(mode="json"), ready, os.getpid()),
+            name=f"strokeflow-receiver-{i}",
+        )
+        for i in range(settings.receiver_processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        for _ in children:
+            while not ready.acquire(timeout=1.0):
+                dead = [c.name for c in children if not c.is_alive()]
+                if dead:
+                    raise RuntimeError(f"receiver processes {', '.join(dead)} failed to start")
+                if stop.is_set():
+                    return
+        resume_orphaned(sessions)
+        sweeper.run(stop)
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()  # SIGTERM: the child finishes its associations' last reply
+        for child in children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()

@@ -1,0 +1,304 @@
+"""The DICOM storage SCP: C-ECHO and C-STORE, durable before success.
+
+For every C-STORE the dataset is checked (decodable, UIDs valid and matching the command,
+native pixel data of the announced size), written exactly as received (no transcoding)
+with write-fsync-rename, recorded in SQL, and only then answered 0x0000. Disk or database
+trouble answers 0xA700 (out of resources); refused data is quarantined with the reason
+and answered 0xA900 / 0xC000. No instance problem ends the association or the listener.
+
+Associations are refused, with the reason logged, for a calling AE title or peer host not
+on the allow-lists, a called AE title other than ours, or free disk below the watermark.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from strokeflow.assemble.studies import mark_released, note_instance
+from strokeflow.config import Settings
+from strokeflow.receive.checks import (
+    DATASET_DOES_NOT_MATCH,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    InstanceRefusedError,
+    inspect_dataset,
+    int_value,
+    text_value,
+)
+from strokeflow.receive.storage import (
+    free_disk_mb,
+    quarantine,
+    write_durably,
+)
+from strokeflow.store.repository import InstanceChange, InstanceRecord
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Receiver:
+    """Everything one receiving process needs; its ``handlers`` are bound to the server."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    #: Time source, replaceable in tests.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    _studies: dict[Any, set[str]] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def data_dir(self) -> Path:
+        """Root of the stored files."""
+        return self.settings.data_dir
+
+    @property
+    def handlers(self) -> list[EventHandlerType]:
+        """pynetdicom event handlers."""
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_RELEASED, self.on_association_end),
+            (evt.EVT_ABORTED, self.on_association_end),
+            (evt.EVT_CONN_CLOSE, self.on_association_end),
+        ]
+
+    @staticmethod
+    def _label(event: Event) -> str:
+        requestor = event.assoc.requestor
+        return f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
+
+    def refusal_reason(self, calling: str, called: str, host: str) -> tuple[str, tuple[int, ...]]:
+        """Why an association request must be refused, and the A-ASSOCIATE-RJ codes.
+
+        Returns ``("", ())`` when it may be accepted.
+        """
+        allowed = self.settings.allowed_calling_aets
+        if allowed and calling not in allowed:
+            return f"calling AE title {calling!r} is not allowed", (0x01, 0x01, 0x03)
+        if called != self.settings.ae_title:
+            return (
+                f"called AE title {called!r} is not ours ({self.settings.ae_title!r})",
+                (0x01, 0x01, 0x07),
+            )
+        if self.settings.allowed_hosts and host not in self.settings.allowed_hosts:
+            return f"host {host} is not allowed", (0x01, 0x01, 0x01)
+        free = free_disk_mb(self.data_dir)
+        if free < self.settings.min_free_disk_mb:
+            return (
+                f"only {free:.0f} MiB free in {self.data_dir}, below the "
+                f"{self.settings.min_free_disk_mb:.0f} MiB watermark",
+                (0x02, 0x03, 0x01),
+            )
+        return "", ()
+
+    def on_requested(self, event: Event) -> None:
+        """Refuse an association request that fails a check (the reason is logged)."""
+        primitive = event.assoc.requestor.primitive
+        assert primitive is not None  # EVT_REQUESTED comes with the A-ASSOCIATE-RQ
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        host = str(event.assoc.requestor.address)
+        try:
+            reason, codes = self.refusal_reason(calling, called, host)
+        except OSError as exc:
+            reason, codes = f"data directory unusable: {exc}", (0x02, 0x03, 0x01)
+        if reason:
+            LOG.warning("association %s@%s -> %s refused: %s", calling, host, called, reason)
+            event.assoc.acse.send_reject(*codes)
+            # As pynetdicom's own refusals do: let the DUL send the A-ASSOCIATE-RJ, then stop.
+            event.assoc.kill()
+
+    def on_echo(self, event: Event) -> int:
+        """Answer C-ECHO."""
+        LOG.debug("association %s: C-ECHO", self._label(event))
+        return SUCCESS
+
+    def on_store(self, event: Event) -> int:
+        """Store one instance durably, then answer; never raises."""
+        label = self._label(event)
+        try:
+            ds, relpath = inspect_dataset(event)
+        except InstanceRefusedError as exc:
+            return self._refuse(event, label, str(exc), exc.status)
+        study_uid = str(ds.StudyInstanceUID)
+        try:
+            payload = event.encoded_dataset(include_meta=True)
+            sha256 = write_durably(self.data_dir, relpath, payload)
+        except OSError as exc:
+            LOG.error(
+                "association %s: study %s instance %s not stored, disk error: %s",
+                label,
+                study_uid,
+                ds.SOPInstanceUID,
+                exc,
+            )
+            return OUT_OF_RESOURCES
+        record = InstanceRecord(
+            study_uid=study_uid,
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            path=relpath.as_posix(),
+            size_bytes=len(payload),
+            sha256=sha256,
+            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+            patient_id=text_value(ds, "PatientID", 64),
+            accession_number=text_value(ds, "AccessionNumber", 16),
+            study_date=text_value(ds, "StudyDate", 8),
+            study_description=text_value(ds, "StudyDescription", 64),
+            modality=text_value(ds, "Modality", 16),
+            series_number=int_value(ds, "SeriesNumber"),
+            series_description=text_value(ds, "SeriesDescription", 64),
+            expected_study_instances=int_value(ds, "NumberOfStudyRelatedInstances"),
+            expected_series_instances=int_value(ds, "NumberOfSeriesRelatedInstances"),
+        )
+        with self._lock:
+            self._studies.setdefault(event.assoc, set()).add(study_uid)
+        try:
+            with self.sessions() as session, session.begin():
+                change = note_instance(session, record, self.clock())
+        except ValueError as exc:
+            (self.data_dir / relpath).unlink(missing_ok=True)
+            return self._refuse(event, label, str(exc), DATASET_DOES_NOT_MATCH, payload)
+        except (SQLAlchemyError, OSError) as exc:
+            LOG.error(
+                "association %s: study %s instance %s stored but not recorded, database error: %s",
+                label,
+                study_uid,
+                record.sop_instance_uid,
+                exc,
+            )
+            return OUT_OF_RESOURCES
+        LOG.debug(
+            "association %s: study %s instance %s %s",
+            label,
+            study_uid,
+            record.sop_instance_uid,
+            change.value,
+        )
+        if change is InstanceChange.REPLACED:
+            LOG.info("study %s: instance %s replaced", study_uid, record.sop_instance_uid)
+        return SUCCESS
+
+    def _refuse(
+        self, event: Event, label: str, reason: str, status: int, payload: bytes | None = None
+    ) -> int:
+        try:
+            data = payload if payload is not None else event.encoded_dataset(include_meta=True)
+            where = quarantine(self.data_dir, data, f"association {label}: {reason}")
+        except Exception as exc:  # a refusal must still be answered
+            LOG.error(
+                "association %s: instance refused (%s), not quarantined: %s", label, reason, exc
+            )
+            return OUT_OF_RESOURCES if isinstance(exc, OSError) else status
+        LOG.warning(
+            "association %s: instance refused (%s), quarantined as %s", label, reason, where.name
+        )
+        return status
+
+    def on_association_end(self, event: Event) -> None:
+        """Mark the studies this association sent as released (the quiet period starts)."""
+        with self._lock:
+            uids = self._studies.pop(event.assoc, set())
+        if not uids:
+            return
+        try:
+            with self.sessions() as session, session.begin():
+                mark_released(session, uids, self.clock())
+        except SQLAlchemyError as exc:
+            # The quiet timeout still completes these studies.
+            LOG.error(
+                "association %s: could not mark studies released: %s", self._label(event), exc
+            )
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    """Lets several receiving processes listen on one port; the kernel spreads connections."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def make_ae(settings: Settings) -> AE:
+    """The application entity: every storage SOP class with every transfer syntax."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = 0  # unlimited
+    ae.maximum_associations = settings.max_associations
+    ae.require_called_aet = False  # checked in Receiver.on_requested, with a logged reason
+    ae.dimse_timeout = 120
+    ae.network_timeout = 120
+    for context in StoragePresentationContexts:
+        if context.abstract_syntax is not None:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for the listener when a certificate is configured (client certificates with a CA)."""
+    if settings.tls_certificate is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_certificate, settings.tls_key)
+    if settings.tls_ca is not None:
+        context.load_verify_locations(settings.tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAssociationServer:
+    """Start listening on ``settings.bind_address:dicom_port`` in a background thread.
+
+    Parameters
+    ----------
+    receiver : Receiver
+    reuse_port : bool
+        Share the port with other processes (``SO_REUSEPORT``).
+
+    Returns
+    -------
+    ThreadedAssociationServer
+        Call ``shutdown()`` to stop; ``server_address`` has the bound port (port 0 picks one).
+    """
+    settings = receiver.settings
+    ae = make_ae(settings)
+    server = ae.make_server(
+        (settings.bind_address, settings.dicom_port),
+        evt_handlers=receiver.handlers,
+        ssl_context=make_ssl_context(settings),
+        server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, name=f"dicom-listener:{settings.dicom_port}", daemon=True
+    )
+    thread.start()
+    ae._servers.append(server)  # so that ae.shutdown() also stops it
+    LOG.info(
+        "listening for DICOM as %s on %s:%d%s",
+        settings.ae_title,
+        settings.bind_address,
+        server.server_address[1],
+        " (TLS)" if settings.tls_enabled else "",
+    )
+    return server

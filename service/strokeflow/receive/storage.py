@@ -1,0 +1,120 @@
+"""Durable storage of received instances: validated paths, write-fsync-rename, quarantine.
+
+Layout under the data directory::
+
+    studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm   stored as received
+    quarantine/<UTC time>-<n>.dcm + .txt                  refused data and the reason
+    tmp/                                                  partial writes (same filesystem)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from itertools import count
+from pathlib import Path
+
+#: A DICOM UID: digit components separated by dots, at most 64 characters. Checked before
+#: a UID becomes a path component, so a hostile UID cannot escape the data directory.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_quarantine_counter = count()
+
+
+class InvalidUidError(ValueError):
+    """A UID that is not digits and dots (or too long) and must not become a path."""
+
+
+def check_uid(value: object, name: str) -> str:
+    """Return ``value`` as a validated UID string.
+
+    Raises
+    ------
+    InvalidUidError
+        Missing, longer than 64 characters, or not made of digits and dots.
+    """
+    text = str(value or "").strip().rstrip("\0")
+    if not text:
+        raise InvalidUidError(f"{name} is missing")
+    if len(text) > 64 or not _UID.match(text):
+        raise InvalidUidError(f"{name} {text[:80]!r} is not a valid UID (digits and dots, <= 64)")
+    return text
+
+
+def instance_relpath(study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    """``studies/<study>/<series>/<sop>.dcm`` after validating the three UIDs."""
+    return (
+        Path("studies")
+        / check_uid(study_uid, "StudyInstanceUID")
+        / check_uid(series_uid, "SeriesInstanceUID")
+        / f"{check_uid(sop_uid, 'SOPInstanceUID')}.dcm"
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(data_dir: Path, relpath: Path, payload: bytes) -> str:
+    """Write ``payload`` to ``data_dir / relpath`` so that it is on disk when this returns.
+
+    The bytes go to a temporary file in ``data_dir/tmp``, are fsynced, renamed over the
+    destination (atomic: a reader sees the old or the new file, never half of one) and the
+    directory is fsynced so the rename survives a power cut.
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest of ``payload``.
+
+    Raises
+    ------
+    OSError
+        Any disk problem; nothing is left at the destination in that case.
+    """
+    target = data_dir / relpath
+    tmp_dir = data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def quarantine(data_dir: Path, payload: bytes, reason: str) -> Path:
+    """Keep refused data with the reason next to it, for a person to look at.
+
+    Returns
+    -------
+    Path
+        The quarantined ``.dcm`` file (the reason is in the ``.txt`` beside it).
+    """
+    folder = data_dir / "quarantine"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    stem = f"{stamp}-{os.getpid()}-{next(_quarantine_counter)}"
+    write_durably(data_dir, Path("quarantine") / f"{stem}.dcm", payload)
+    (folder / f"{stem}.txt").write_text(reason + "\n", encoding="utf-8")
+    return folder / f"{stem}.dcm"
+
+
+def free_disk_mb(path: Path) -> float:
+    """Free space (MiB) on the filesystem holding ``path`` (created if missing)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(path).free / 2**20

@@ -1,0 +1,221 @@
+"""Service sub-commands: ``listener``, ``config``, ``complete``, ``echo``, ``send``, ``jobs``.
+
+Mount them on the main command line with :func:`register` (or run this module).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from strokeflow.config import Destination, Settings, load_settings
+
+app = typer.Typer(help="StrokeFlow service commands.", no_args_is_help=True, add_completion=False)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file (else $STROKEFLOW_CONFIG)."),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ValueError as exc:
+        typer.echo(f"error: configuration: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _destination(text: str, settings: Settings) -> Destination:
+    for known in settings.destinations:
+        if text == known.ae_title:
+            return known
+    try:
+        return Destination.parse(text)
+    except ValueError as exc:
+        typer.echo(f"error: {exc} (nor a configured destination's AE title)", err=True)
+        raise typer.Exit(2) from exc
+
+
+def listener(
+    config: ConfigOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Receive DICOM (C-STORE, C-ECHO) and complete studies until stopped."""
+    from strokeflow.receive.listener import run_listener
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run_listener(_settings(config))
+
+
+def show_config(config: ConfigOption = None) -> None:
+    """Print the effective configuration as JSON (passwords masked)."""
+    typer.echo(json.dumps(_settings(config).public_view(), indent=2))
+
+
+def complete(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
+    config: ConfigOption = None,
+) -> None:
+    """Force a receiving study to complete now and queue its analysis job."""
+    from strokeflow.assemble.studies import StudyStateError, force_complete, queue_complete
+    from strokeflow.store.engine import make_engine, make_session_factory
+    from strokeflow.store.migrate import upgrade_to_head
+
+    settings = _settings(config)
+    engine = make_engine(settings.effective_database_url)
+    upgrade_to_head(engine)
+    now = datetime.now(UTC)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            force_complete(session, study_uid, now)
+            jobs = [j for j in queue_complete(session, now) if j.study.study_uid == study_uid]
+            summary = [(j.id, j.version, j.instance_count) for j in jobs]
+    except StudyStateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    for job_id, version, count in summary:
+        typer.echo(f"study {study_uid}: job {job_id} version {version} queued ({count} instances)")
+
+
+def echo(
+    destination: Annotated[str, typer.Argument(help="AE@host:port or a configured AE title.")],
+    config: ConfigOption = None,
+) -> None:
+    """C-ECHO a DICOM peer."""
+    from strokeflow.receive.scu import DicomNetworkError
+    from strokeflow.receive.scu import echo as c_echo
+
+    settings = _settings(config)
+    dest = _destination(destination, settings)
+    try:
+        status = c_echo(dest, settings.ae_title)
+    except DicomNetworkError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if status != 0:
+        typer.echo(f"error: {dest} answered C-ECHO with status 0x{status:04X}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{dest}: C-ECHO ok")
+
+
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders.")],
+    to: Annotated[str, typer.Option("--to", help="AE@host:port or a configured AE title.")],
+    config: ConfigOption = None,
+) -> None:
+    """C-STORE DICOM files to a peer, as they are (no transcoding)."""
+    from strokeflow.receive.scu import DicomNetworkError, dicom_files
+    from strokeflow.receive.scu import send as c_store
+
+    settings = _settings(config)
+    dest = _destination(to, settings)
+    for path in paths:
+        if not path.exists():
+            typer.echo(f"error: {path} does not exist", err=True)
+            raise typer.Exit(2)
+    files = list(dicom_files(paths))
+    if not files:
+        typer.echo("error: no DICOM files found", err=True)
+        raise typer.Exit(2)
+    try:
+        report = c_store(files, dest, settings.ae_title)
+    except DicomNetworkError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for path, reason in report.failed:
+        typer.echo(f"failed {path}: {reason}", err=True)
+    typer.echo(f"sent {len(report.sent)} of {len(files)} files to {dest}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def jobs(
+    config: ConfigOption = None,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List analysis jobs, newest first."""
+    from strokeflow.store.engine import make_engine, make_session_factory
+    from strokeflow.store.migrate import upgrade_to_head
+    from strokeflow.store.models import JobState
+    from strokeflow.store.repository import list_jobs
+
+    settings = _settings(config)
+    try:
+        wanted = JobState(state) if state else None
+    except ValueError as exc:
+        choices = ", ".join(s.value for s in JobState)
+        typer.echo(f"error: unknown state {state!r}; one of {choices}", err=True)
+        raise typer.Exit(2) from exc
+    engine = make_engine(settings.effective_database_url)
+    upgrade_to_head(engine)
+    try:
+        with make_session_factory(engine)() as session:
+            rows = list_jobs(session, state=wanted, limit=limit)
+            lines = []
+            for job, study_uid in rows:
+                if as_json:
+                    lines.append(
+                        json.dumps(
+                            {
+                                "id": job.id,
+                                "study_uid": study_uid,
+                                "version": job.version,
+                                "state": job.state.value,
+                                "attempts": job.attempts,
+                                "instances": job.instance_count,
+                                "queued_at": job.queued_at.isoformat() if job.queued_at else None,
+                                "finished_at": job.finished_at.isoformat()
+                                if job.finished_at
+                                else None,
+                                "core_ml": job.core_ml,
+                                "tmax6_ml": job.tmax6_ml,
+                                "error": job.error,
+                            }
+                        )
+                    )
+                else:
+                    lines.append(
+                        f"{job.id:>6}  {study_uid}  v{job.version}  {job.state.value:<10}"
+                        f"  {job.instance_count:>5} inst  queued {_when(job.queued_at)}"
+                        f"  finished {_when(job.finished_at)}"
+                        + (f"  error: {job.error.splitlines()[0]}" if job.error else "")
+                    )
+    finally:
+        engine.dispose()
+    if not lines and not as_json:
+        typer.echo("no jobs")
+    for line in lines:
+        typer.echo(line)
+
+
+def register(target: typer.Typer) -> None:
+    """Add the service commands to another Typer app (the main ``strokeflow`` command)."""
+    target.command("listener")(listener)
+    target.command("config")(show_config)
+    target.command("complete")(complete)
+    target.command("echo")(echo)
+    target.command("send")(send)
+    target.command("jobs")(jobs)
+
+
+register(app)
+
+if __name__ == "__main__":
+    app()

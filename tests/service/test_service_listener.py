@@ -1,0 +1,113 @@
+"""The whole listener as a process: restart mid-study, several receiving processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servicekit import free_port, need_tool, storescu, wait_for, write_ct_files
+from sqlalchemy import select
+
+from strokeflow.store.engine import make_engine, make_session_factory
+from strokeflow.store.models import Instance, Job, Study
+
+
+class ListenerProcess:
+    """``strokeflow listener`` in its own process group, configured by environment."""
+
+    def __init__(self, data_dir: Path, port: int, receivers: int) -> None:
+        self.port = port
+        self.env = {
+            **os.environ,
+            "STROKEFLOW_DATA_DIR": str(data_dir),
+            "STROKEFLOW_DICOM_PORT": str(port),
+            "STROKEFLOW_BIND_ADDRESS": "127.0.0.1",
+            "STROKEFLOW_QUIET_PERIOD_S": "3",
+            "STROKEFLOW_MIN_FREE_DISK_MB": "0",
+            "STROKEFLOW_RECEIVER_PROCESSES": str(receivers),
+        }
+        self.log = data_dir.parent / "listener.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        echoscu = need_tool("echoscu")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "strokeflow.service_cli", "listener"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def answers() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            done = subprocess.run(
+                [echoscu, "-aec", "STROKEFLOW", "127.0.0.1", str(self.port)],
+                capture_output=True,
+                timeout=10,
+            )
+            return done.returncode == 0
+
+        wait_for(answers, 30, "the listener to answer C-ECHO")
+
+    def kill(self) -> None:
+        """Kill -9 the whole process group, as a crash or power cut would."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(30)
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def listener_process(tmp_path: Path) -> Iterator[ListenerProcess]:
+    process = ListenerProcess(tmp_path / "data", free_port(), receivers=2)
+    yield process
+    if process.proc is not None and process.proc.poll() is None:
+        os.killpg(process.proc.pid, signal.SIGKILL)
+        process.proc.wait(10)
+
+
+def test_restart_mid_study_loses_nothing_and_the_study_completes(
+    listener_process: ListenerProcess, tmp_path: Path
+) -> None:
+    files = write_ct_files(tmp_path / "sent", 6, study="restart")
+    listener_process.start()
+    assert storescu(listener_process.port, files[:3]).returncode == 0
+    listener_process.kill()  # before the 3 s quiet period is over
+
+    listener_process.start()
+    assert storescu(listener_process.port, files[3:]).returncode == 0
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'strokeflow.sqlite'}")
+    sessions = make_session_factory(engine)
+
+    def job() -> Job | None:
+        with sessions() as session:
+            return session.scalars(select(Job)).one_or_none()
+
+    queued = wait_for(job, 20, "the study to be queued")
+    assert isinstance(queued, Job)
+    assert (queued.version, queued.instance_count) == (1, 6)
+    with sessions() as session:
+        study = session.scalars(select(Study)).one()
+        assert study.completion_reason == "quiet_period"
+        paths = session.scalars(select(Instance.path)).all()
+    assert len(paths) == 6
+    assert all((tmp_path / "data" / p).is_file() for p in paths)
+    engine.dispose()
+    assert listener_process.stop() == 0
+    log = listener_process.log.read_text()
+    assert "resuming 1 half-received studies" in log
+    assert "Test^Phantom" not in log  # no patient names in the logs

@@ -1,0 +1,214 @@
+"""The storage SCP over real loopback sockets: storescu/echoscu (DCMTK) and pynetdicom."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+from servicekit import need_tool, pynetdicom_store, storescu, write_ct_files
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from dicomfactory import StudyTags, uid, write_ct_instance
+from strokeflow.receive import scp
+from strokeflow.store.models import Instance, Series, Study
+
+
+def _count(listener, model) -> int:  # type: ignore[no-untyped-def]
+    with listener.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_storescu_files_are_stored_as_received_and_recorded(listener, tmp_path: Path) -> None:
+    files = write_ct_files(tmp_path / "sent", 3)
+    rle = write_ct_instance(
+        tmp_path / "sent" / "rle.dcm",
+        pydicom.dcmread(files[0]).pixel_array.astype(float) - 1024,
+        study=StudyTags(study_uid=uid("study-a")),
+        series_uid=uid("series-rle"),
+        sop_uid=uid("rle-1"),
+        position_mm=(0, 0, 0),
+        transfer_syntax=RLELossless,
+    )
+    done = storescu(listener.port, files)
+    assert done.returncode == 0, done.stderr
+    done = storescu(listener.port, [rle], options=["-xr"])  # propose RLE: send it as it is
+    assert done.returncode == 0, done.stderr
+
+    with listener.sessions() as session:
+        study = session.scalars(select(Study)).one()
+        instances = session.scalars(select(Instance)).all()
+        assert study.study_uid == uid("study-a")
+        assert study.instance_count == 4
+        assert study.patient_id == "SF-TEST-001"
+        assert len(instances) == 4
+    for sent in [*files, rle]:
+        original = pydicom.dcmread(sent)
+        stored_path = (
+            listener.data_dir
+            / "studies"
+            / original.StudyInstanceUID
+            / original.SeriesInstanceUID
+            / f"{original.SOPInstanceUID}.dcm"
+        )
+        stored = pydicom.dcmread(stored_path)
+        # Not transcoded: same transfer syntax, same pixel bytes.
+        assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert stored.PixelData == original.PixelData
+    assert not list((listener.data_dir / "tmp").iterdir())  # no partial files left
+
+
+def test_same_instance_twice_is_idempotent(listener, ct_files: list[Path]) -> None:
+    assert storescu(listener.port, ct_files).returncode == 0
+    assert storescu(listener.port, ct_files).returncode == 0
+    with listener.sessions() as session:
+        assert session.scalar(select(Study.instance_count)) == len(ct_files)
+        assert session.scalar(select(Series.instance_count)) == len(ct_files)
+        assert set(session.scalars(select(Instance.times_received))) == {2}
+    assert _count(listener, Instance) == len(ct_files)
+
+
+def test_echoscu_is_answered(listener) -> None:
+    echoscu = need_tool("echoscu")
+    done = subprocess.run(
+        [echoscu, "-aet", "CT01", "-aec", "STROKEFLOW", "127.0.0.1", str(listener.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_disallowed_calling_ae_and_wrong_called_ae_are_rejected(
+    make_listener, ct_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = make_listener(allowed_calling_aets=["CT01"])
+    with caplog.at_level(logging.WARNING, logger="strokeflow.receive.scp"):
+        refused = storescu(listener.port, ct_files, calling="INTRUDER")
+        wrong_called = storescu(listener.port, ct_files, called="SOMEONE")
+    assert refused.returncode != 0
+    assert "reject" in (refused.stdout + refused.stderr).lower()
+    assert wrong_called.returncode != 0
+    assert "calling AE title 'INTRUDER' is not allowed" in caplog.text
+    assert "called AE title 'SOMEONE' is not ours" in caplog.text
+    assert _count(listener, Instance) == 0
+    assert storescu(listener.port, ct_files, calling="CT01").returncode == 0
+    assert _count(listener, Instance) == len(ct_files)
+
+
+def test_low_disk_refuses_associations(make_listener, ct_files, caplog) -> None:  # type: ignore[no-untyped-def]
+    listener = make_listener(min_free_disk_mb=1e12)
+    with caplog.at_level(logging.WARNING, logger="strokeflow.receive.scp"):
+        assert storescu(listener.port, ct_files).returncode != 0
+    assert "below the" in caplog.text and "watermark" in caplog.text
+
+
+def _malformed_files(folder: Path) -> dict[str, Path]:
+    """Files whose meta is fine but whose dataset is not storable, and one good file."""
+    good, spare = write_ct_files(folder / "src", 2)
+    files: dict[str, Path] = {}
+
+    ds = pydicom.dcmread(spare)
+    ds.Rows = 64  # pixel data is 16 x 16: length does not match
+    files["pixel_length"] = folder / "pixel_length.dcm"
+    ds.save_as(files["pixel_length"], enforce_file_format=True)
+
+    ds = pydicom.dcmread(spare)
+    ds.SOPInstanceUID = "../../../../etc/evil"
+    ds.file_meta.MediaStorageSOPInstanceUID = "../../../../etc/evil"
+    files["path_traversal"] = folder / "path_traversal.dcm"
+    ds.save_as(files["path_traversal"], enforce_file_format=True)
+
+    ds = pydicom.dcmread(spare)
+    del ds.StudyInstanceUID
+    files["missing_study_uid"] = folder / "missing_study_uid.dcm"
+    ds.save_as(files["missing_study_uid"], enforce_file_format=True)
+
+    raw = spare.read_bytes()
+    files["truncated"] = folder / "truncated.dcm"
+    files["truncated"].write_bytes(raw[:-100])  # transfer cut off inside the pixel data
+
+    rows = b"\x28\x00\x10\x00US\x02\x00"
+    at = raw.index(rows)
+    files["undecodable"] = folder / "undecodable.dcm"
+    # Rows (US) with a 3-byte value: well framed, but no unsigned short can be read from it.
+    files["undecodable"].write_bytes(
+        raw[:at] + b"\x28\x00\x10\x00US\x03\x00" + raw[at + 8 : at + 10] + b"\x00" + raw[at + 10 :]
+    )
+    files["good"] = good
+    return files
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_malformed_instances_are_quarantined_and_the_association_goes_on(
+    listener, tmp_path: Path
+) -> None:
+    files = _malformed_files(tmp_path)
+    order = [
+        "pixel_length",
+        "path_traversal",
+        "missing_study_uid",
+        "truncated",
+        "undecodable",
+        "good",
+    ]
+    sent = pynetdicom_store(listener.port, [files[k] for k in order])
+    statuses = dict(zip(order, sent, strict=True))
+
+    assert statuses == {
+        "pixel_length": 0xA900,
+        "path_traversal": 0xA900,
+        "missing_study_uid": 0xA900,
+        "truncated": 0xC000,
+        "undecodable": 0xC000,
+        "good": 0x0000,
+    }
+    assert _count(listener, Instance) == 1
+    reasons = sorted(p.read_text() for p in (listener.data_dir / "quarantine").glob("*.txt"))
+    assert len(reasons) == 5
+    assert len(list((listener.data_dir / "quarantine").glob("*.dcm"))) == 5
+    text = "\n".join(reasons)
+    assert "dataset is truncated: element (7FE0,0010) declares 512 bytes, 412 arrived" in text
+    assert "dataset cannot be decoded" in text and "(0028,0010)" in text
+    assert "PixelData is 512 bytes" in text
+    assert "SOPInstanceUID '../../../../etc/evil' is not a valid UID" in text
+    assert "StudyInstanceUID is missing" in text
+    assert not (listener.data_dir.parent / "etc").exists()
+
+
+def test_disk_failure_answers_out_of_resources_and_keeps_serving(
+    listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = scp.write_durably
+    calls = {"n": 0}
+
+    def failing_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(28, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(scp, "write_durably", failing_once)
+    statuses = pynetdicom_store(listener.port, ct_files)
+    assert statuses[0] == 0xA700
+    assert statuses[1:] == [0x0000] * (len(ct_files) - 1)
+    # The sender retries the failed one: now everything is there.
+    assert pynetdicom_store(listener.port, ct_files[:1]) == [0x0000]
+    assert _count(listener, Instance) == len(ct_files)
+
+
+def test_database_failure_answers_out_of_resources(
+    listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(scp, "note_instance", broken)
+    assert pynetdicom_store(listener.port, ct_files[:2]) == [0xA700, 0xA700]
+    monkeypatch.undo()
+    assert pynetdicom_store(listener.port, ct_files[:2]) == [0x0000, 0x0000]
+    assert _count(listener, Instance) == 2
