@@ -131,31 +131,29 @@ def profile_bilateral(
     cov = sample @ sample.T / sample.shape[1]
     _, vecs = np.linalg.eigh(cov)
     basis = vecs[:, ::-1][:, :k].astype(np.float32)  # (t, k)
-    coeff_flat = basis.T @ (curves - mean)  # (k, n)
-    coeffs = np.zeros((k, *m.shape), dtype=np.float32)
-    coeffs[:, m] = coeff_flat
+    # Work on the mask's bounding box only, padded by the radius so that every
+    # neighbour is a view into one array (no copies per offset).
+    zs, ys, xs = (np.flatnonzero(m.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    box = (
+        slice(zs[0], zs[-1] + 1),
+        slice(ys[0], ys[-1] + 1),
+        slice(xs[0], xs[-1] + 1),
+    )
+    mb = m[box]
+    coeffs = np.zeros((k, *mb.shape), dtype=np.float32)
+    coeffs[:, mb] = basis.T @ (data[:, m] - mean)
+    mf = mb.astype(np.float32)
     offsets = [
         (dy, dx)
         for dy in range(-radius_px, radius_px + 1)
         for dx in range(-radius_px, radius_px + 1)
+        if np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2)) >= 1e-3
     ]
-    mf = m.astype(np.float32)
     for _ in range(iterations):
-        coeffs = _bilateral_pass(coeffs, mf, offsets, sigma_px, strength)
+        coeffs = _bilateral_pass(coeffs, mf, offsets, sigma_px, strength, radius_px)
     out = data.copy()
-    out[:, m] = basis @ coeffs[:, m] + mean
-    return out
-
-
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``a`` moved so that ``out[..., y, x] = a[..., y + dy, x + dx]``, zero outside."""
-    out = np.zeros_like(a)
-    ny, nx = a.shape[-2:]
-    ys = slice(max(0, -dy), min(ny, ny - dy))
-    xs = slice(max(0, -dx), min(nx, nx - dx))
-    yd = slice(max(0, dy), min(ny, ny + dy))
-    xd = slice(max(0, dx), min(nx, nx + dx))
-    out[..., ys, xs] = a[..., yd, xd]
+    block = out[(slice(None), *box)]
+    block[:, mb] = basis @ coeffs[:, mb] + mean
     return out
 
 
@@ -165,22 +163,45 @@ def _bilateral_pass(
     offsets: list[tuple[int, int]],
     sigma_px: float,
     strength: float,
+    radius: int,
 ) -> np.ndarray:
+    k, nz, ny, nx = coeffs.shape
+    r = radius
+    padded = np.zeros((k, nz, ny + 2 * r, nx + 2 * r), dtype=np.float32)
+    padded[:, :, r : r + ny, r : r + nx] = coeffs
+    mpad = np.zeros((nz, ny + 2 * r, nx + 2 * r), dtype=np.float32)
+    mpad[:, r : r + ny, r : r + nx] = mf
+
+    def view(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+        return a[..., r + dy : r + dy + ny, r + dx : r + dx + nx]
+
     # Noise scale: median profile distance between horizontal neighbours in tissue.
-    right = _shift(coeffs, 0, 1)
-    both = (mf * _shift(mf, 0, 1)) > 0
-    d_ref = float(np.median(((coeffs - right) ** 2).sum(axis=0)[both])) if both.any() else 1.0
-    d_ref = max(d_ref, 1e-12)
+    both = (mf * view(mpad, 0, 1)) > 0
+    d_right = ((coeffs - view(padded, 0, 1)) ** 2).sum(axis=0)
+    d_ref = float(np.median(d_right[both])) if both.any() else 1.0
+    # Noise-free data would make every difference "infinitely" significant.
+    d_ref = max(d_ref, 1e-6 * float((coeffs**2).sum(axis=0)[mf > 0].mean() + 1e-12))
     num = np.zeros_like(coeffs)
     den = np.zeros(mf.shape, dtype=np.float32)
+    diff = np.empty_like(coeffs)
+    inv_strength = np.float32(1.0 / strength)
     for dy, dx in offsets:
-        spatial = np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2))
-        if spatial < 1e-3:
-            continue
-        shifted = _shift(coeffs, dy, dx)
-        d = ((coeffs - shifted) ** 2).sum(axis=0) / d_ref
-        w = spatial * np.exp(-np.clip(d - 1.0, 0.0, None) / strength) * _shift(mf, dy, dx) * mf
-        num += w * shifted
+        spatial = np.float32(np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2)))
+        shifted = view(padded, dy, dx)
+        np.subtract(coeffs, shifted, out=diff)
+        np.square(diff, out=diff)
+        d = diff.sum(axis=0)
+        d *= np.float32(1.0 / d_ref)
+        d -= 1.0
+        np.maximum(d, 0.0, out=d)
+        d *= -inv_strength
+        w = np.exp(d)
+        w *= spatial
+        w *= view(mpad, dy, dx)
+        w *= mf
+        np.multiply(shifted, w, out=diff)
+        num += diff
         den += w
-    out = np.where(den > 0, num / np.maximum(den, 1e-12), coeffs)
-    return out.astype(np.float32)
+    out = np.divide(num, den, out=num, where=den > 0)
+    np.copyto(out, coeffs, where=~(den > 0))
+    return out

@@ -74,6 +74,10 @@ class MotionResult:
     messages: list[str] = field(default_factory=list)
 
 
+#: Residuals (fraction of the mean bone signal) below this never exclude a frame.
+MIN_EXCLUDED_RESIDUAL = 0.05
+
+
 def bin_inplane(signal: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor`` x ``factor`` in-plane blocks.
 
@@ -255,7 +259,11 @@ def correct_motion(
     if others.size >= 3:
         med = float(np.median(others))
         mad = 1.4826 * float(np.median(np.abs(others - med)))
-        limit = max(med + residual_mad_factor * mad, residual_min_ratio * med)
+        # The floor keeps exact (noise-free) data, where MAD is 0, from excluding frames
+        # for rounding-level residuals.
+        limit = max(
+            med + residual_mad_factor * mad, residual_min_ratio * med, MIN_EXCLUDED_RESIDUAL
+        )
         for i in np.flatnonzero(residual > limit).tolist():
             excluded[i] = True
             ratio = residual[i] / med if med > 0 else float("inf")

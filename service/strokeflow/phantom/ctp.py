@@ -325,13 +325,27 @@ def simulate_ctp(options: CtpPhantomOptions) -> CtpPhantom:
         (0.0, 0.0, 0.0, 0.0): (anatomy, classes)
     }
 
-    def posed_render(key: tuple[float, float, float, float], t_s: float) -> np.ndarray:
+    def sampled_render(key: tuple[float, float, float, float], t_s: float) -> np.ndarray:
         if key not in posed:
             z_seen = z_mm + key[3]
             moved = _anatomy(options, z_seen, key[:3])
             zones_seen = _zones(options, z_seen, moved.labels, key[:3])
             posed[key] = (moved, _class_map(moved.labels, zones_seen))
         return _render(*posed[key], curves, t_s)
+
+    # A scanner integrates over each pixel; point sampling would alias sharp edges
+    # (skull, ventricles, lesion borders) differently in every pose of a moving head.
+    # Pixels are therefore the mean of 2 x 2 sub-pixel samples: sampling at p + s is
+    # the pose translated by -s.
+    quarter = options.pixel_mm / 4.0
+    subpixels = [(sx, sy) for sx in (-quarter, quarter) for sy in (-quarter, quarter)]
+
+    def posed_render(key: tuple[float, float, float, float], t_s: float) -> np.ndarray:
+        tx, ty, rot, dz = key
+        total = np.zeros(anatomy.labels.shape, dtype=np.float32)
+        for sx, sy in subpixels:
+            total += sampled_render((round(tx - sx, 6), round(ty - sy, 6), rot, dz), t_s)
+        return total / np.float32(len(subpixels))
 
     for f, t in enumerate(times):
         m = motion[f]
