@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
+from strokeflow.analysis.coregister import resample, resample_mask
 from strokeflow.analysis.ctp import AnalysisError
 from strokeflow.analysis.diffusion import adc_from_dwi, mr_brain_mask, scanner_adc_um2_s
 from strokeflow.analysis.dsc import saturated_voxels, select_dsc_aif, to_delta_r2
@@ -204,3 +205,18 @@ def test_standard_b_value_wins_over_private_tags() -> None:
     ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "1000")
     assert b_value_of(ds) == (800.0, "DiffusionBValue")
     assert b_value_of(Dataset()) == (None, "")
+
+
+def test_perfusion_maps_lie_where_the_lesion_is(full_grid_phantom: MriPhantom) -> None:
+    # The maps are on a binned grid cropped to the brain: its geometry must still put
+    # the delayed tissue where the phantom's perfusion zones are.
+    p = full_grid_phantom
+    a = analyse_mri(_acquisition(p))
+    assert a.maps is not None and a.pwi_geometry is not None and a.pwi_tissue is not None
+    assert a.maps.tmax_s.shape == a.pwi_tissue.shape
+    assert a.maps.tmax_s.shape[1] < p.pwi_zones.shape[1] // 2  # binned and cropped
+    native = Geometry(p.pwi_affine_lps)
+    tmax = resample(np.nan_to_num(a.maps.tmax_s), a.pwi_geometry, native, p.pwi_zones.shape)
+    tissue = resample_mask(a.pwi_tissue, a.pwi_geometry, native, p.pwi_zones.shape)
+    found, true = (tmax > 6.0) & tissue, (p.pwi_zones >= 2) & tissue
+    assert 2 * np.count_nonzero(found & true) / (found.sum() + true.sum()) > 0.8

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from strokeflow.analysis.inputs import VascularCurve, bolus_arrival_index, select_aif
 
@@ -198,8 +197,11 @@ def frame_displacement_mm(
 ) -> np.ndarray:
     """Displacement of the head between DSC frames, from its outline's centroid.
 
-    The outline (signal above half the head's median baseline) hardly changes with the
-    bolus, which darkens tissue by at most ~40 %; its centroid moves with the head.
+    The outline of every frame is its signal above half of that frame's own median over
+    the baseline ``head``: the bolus darkens the whole brain (by more than half at a
+    strong bolus or a long echo time), so a level fixed on the baseline would shrink the
+    outline at the bolus peak and move its centroid although the head is still. A
+    frame-relative level follows the darkening; the head moving carries the outline.
 
     Parameters
     ----------
@@ -215,12 +217,20 @@ def frame_displacement_mm(
     numpy.ndarray
         ``(t,)`` centroid distance in mm from the median centroid of the run.
     """
-    level = 0.5 * float(np.median(signal[:, head])) if head.any() else 0.0
-    scale = np.asarray(voxel_size_mm, dtype=np.float64)
-    centroids = np.empty((signal.shape[0], 3))
-    for t in range(signal.shape[0]):
-        outline = signal[t] > level
-        c = ndimage.center_of_mass(outline) if outline.any() else (np.nan,) * 3
-        centroids[t] = np.asarray(c) * scale
+    nt = signal.shape[0]
+    if not head.any():
+        return np.zeros(nt)
+    levels = 0.5 * np.median(signal[:, head], axis=1)
+    outline = signal > levels[:, None, None, None].astype(signal.dtype)
+    counts = np.count_nonzero(outline, axis=(1, 2, 3)).astype(np.float64)
+    # Centroid per axis from the outline's marginal profiles (no (t, voxels) product).
+    centroids = np.empty((nt, 3))
+    for axis in range(3):
+        others = tuple(1 + a for a in range(3) if a != axis)
+        profile = np.count_nonzero(outline, axis=others)  # (t, n_axis)
+        centroids[:, axis] = profile @ np.arange(profile.shape[1], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centroids = centroids / counts[:, None] * np.asarray(voxel_size_mm, dtype=np.float64)
+    centroids[counts == 0] = np.nan
     reference = np.nanmedian(centroids, axis=0)
-    return np.asarray(np.linalg.norm(centroids - reference, axis=1))
+    return np.asarray(np.nan_to_num(np.linalg.norm(centroids - reference, axis=1)))

@@ -360,12 +360,16 @@ def _assemble_dwi(
                 f"{label}: b = {shell:g} s/mm² covers {present.size} of {nz} slices; not used"
             )
             continue
-        # Trace-weighted image = geometric mean of the images of a shell at each slice
-        # (directions, or repeated trace images).
-        logs = np.log(np.maximum(pixels[sel], 1e-3))
         volume = np.empty((nz, *pixels.shape[1:]), dtype=np.float32)
-        for z in range(nz):
-            volume[z] = np.exp(logs[slice_of[sel] == z].mean(axis=0))
+        if np.count_nonzero(sel) == nz:
+            # One (trace) image per slice, the usual case: it is the trace-weighted image.
+            volume[slice_of[sel]] = pixels[sel]
+        else:
+            # Trace-weighted image = geometric mean of the images of a shell at each slice
+            # (directions, or repeated trace images).
+            logs = np.log(np.maximum(pixels[sel], 1e-3))
+            for z in range(nz):
+                volume[z] = np.exp(logs[slice_of[sel] == z].mean(axis=0))
         by_b[shell] = volume
     if len(by_b) < 2:
         warnings_.append(f"{label}: fewer than two complete b-values; DWI not used")

@@ -134,6 +134,11 @@ class MriPhantomOptions:
         Patient translation (LPS x, y, z in mm) between the DWI and the DSC series.
     pwi_rotation_deg : float
         Patient rotation about the scanner z axis between the series.
+    dsc_motion_mm : tuple of float
+        Head motion during the DSC run: in-plane translation (LPS x, y in mm) of every
+        frame from ``dsc_motion_from_frame`` on (a patient who moves once and stays).
+    dsc_motion_from_frame : int
+        First DSC frame showing the moved head.
     """
 
     seed: int = 0
@@ -156,6 +161,8 @@ class MriPhantomOptions:
     arterial_peak_r2_s: float = 250.0
     pwi_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     pwi_rotation_deg: float = 0.0
+    dsc_motion_mm: tuple[float, float] = (0.0, 0.0)
+    dsc_motion_from_frame: int = 0
 
 
 @dataclass(frozen=True)
@@ -393,7 +400,19 @@ def _render_dsc(
             r2 += moved.pv_occluded[z] * occ[f]
             r2 += moved.pv_sinus[z] * ven[f]
             out[f, z] = moved.s0[z] * np.exp(-te * r2)
+    if any(options.dsc_motion_mm):
+        _move_frames(out, options)
     return _rician(out, sigma, rng)
+
+
+def _move_frames(frames: np.ndarray, options: MriPhantomOptions) -> None:
+    """Translate the DSC frames from ``dsc_motion_from_frame`` on, in place."""
+    pixel_mm = options.fov_mm / options.pwi_matrix
+    # Axial grid: x (LPS) runs along columns, y along rows (the phantom's affine).
+    dx_px, dy_px = (v / pixel_mm for v in options.dsc_motion_mm)
+    start = min(max(options.dsc_motion_from_frame, 0), frames.shape[0])
+    for f in range(start, frames.shape[0]):
+        frames[f] = ndimage.shift(frames[f], (0.0, dy_px, dx_px), order=1, mode="constant")
 
 
 def _truth(

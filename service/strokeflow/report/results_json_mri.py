@@ -56,7 +56,8 @@ def mri_analysis_json(
     settings : MriSettings
         The thresholds used.
     timings_s : dict
-        Stage timings to report (reading and assembly added by the caller).
+        Stage timings of the caller (reading, assembly); the analysis' own stage
+        timings (``analysis.timings_s``) are appended.
     warnings : list of str
         Assembly warnings.
 
@@ -147,7 +148,8 @@ def mri_analysis_json(
             "oscillation_index": settings.oscillation_index,
             "software": f"StrokeFlow {__version__}",
         },
-        "timings_s": timings_s,
+        # The caller's stages (reading, assembly) first, then the analysis' own.
+        "timings_s": {**timings_s, **analysis.timings_s},
     }
 
 
