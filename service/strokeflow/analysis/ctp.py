@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +25,7 @@ from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, QualityLimits, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
+from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 
 #: Tissue with Tmax below this is "normally perfused" and serves as the rCBF reference.
@@ -76,17 +76,6 @@ class CtpAnalysis:
         return quality_ok(self.flags)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(now - self._last, 3)
-        self._last = now
-
-
 def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) -> CtpAnalysis:
     """Run the whole CT perfusion analysis on one assembled acquisition.
 
@@ -107,7 +96,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
         When no brain, no arterial input or too few usable frames are found.
     """
     settings = settings or CtpSettings()
-    clock = _Clock()
+    clock = StageClock()
     limits = QualityLimits()
     flags: list[QualityFlag] = []
 
@@ -174,7 +163,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     clock.lap("smoothing")
 
     hemis = find_hemispheres(masks.brain, geometry)
-    affected = _preliminary_affected_side(smoothed, masks.tissue, hemis, step)
+    affected = preliminary_affected_side(smoothed, masks.tissue, hemis, step)
     aif, vof, aif_scale, aif_side = _vascular_inputs(
         concentration, masks, hemis, affected, geometry, step, baseline
     )
@@ -228,7 +217,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     )
 
 
-def _preliminary_affected_side(
+def preliminary_affected_side(
     smoothed: np.ndarray, tissue: np.ndarray, hemis: Hemispheres, step_s: float
 ) -> int:
     """Side whose tissue peaks late (bolus delay), before any deconvolution; 0 if none.

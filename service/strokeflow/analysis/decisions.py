@@ -170,3 +170,16 @@ def evaluate_decisions(metrics: LesionMetrics) -> dict[str, bool]:
     """Apply every rule set in ``RULE_SETS``; keys are the rule sets' ``key``."""
     values = metrics.decision_inputs()
     return {rule.key: rule.evaluate(values) for rule in RULE_SETS}
+
+
+def rule_table() -> dict[str, dict[str, str]]:
+    """Every rule set as plain text (name, version, rule, reference), keyed like the decisions."""
+    return {
+        r.key: {
+            "name": r.name,
+            "version": r.version,
+            "rule": r.describe(),
+            "reference": r.reference,
+        }
+        for r in RULE_SETS
+    }

@@ -13,14 +13,13 @@ geometry, refined by a rigid registration when the patient moved between the ser
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
 from strokeflow.analysis.coregister import RigidResult, register_rigid, resample, resample_mask
-from strokeflow.analysis.ctp import AnalysisError, _preliminary_affected_side
+from strokeflow.analysis.ctp import AnalysisError, preliminary_affected_side
 from strokeflow.analysis.decisions import (
     RULE_SETS,
     LesionMetrics,
@@ -49,6 +48,7 @@ from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.motion import bin_inplane
 from strokeflow.analysis.quality import QualityFlag, quality_ok
 from strokeflow.analysis.resample import resample_uniform
+from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 
 __all__ = [
@@ -216,17 +216,6 @@ class MriAnalysis:
         return quality_ok(self.flags)
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(now - self._last, 3)
-        self._last = now
-
-
 @dataclass(frozen=True)
 class _Diffusion:
     """Diffusion results on the brain's bounding box (``geometry``) of the DWI grid."""
@@ -266,7 +255,7 @@ def analyse_mri(acq: MriAcquisition, settings: MriSettings | None = None) -> Mri
         or when the perfusion cannot be analysed at all (no echo time, no artery).
     """
     settings = settings or MriSettings()
-    clock = _Clock()
+    clock = StageClock()
     flags: list[QualityFlag] = []
     if acq.dwi is None and acq.adc is None:
         if acq.pwi is None:
@@ -521,7 +510,7 @@ def _perfusion(
     diffusion: _Diffusion,
     settings: MriSettings,
     flags: list[QualityFlag],
-    clock: _Clock,
+    clock: StageClock,
 ) -> _Perfusion:
     if pwi.echo_time_s is None or not pwi.echo_time_s > 0:
         raise AnalysisError("DSC series without EchoTime: delta-R2* cannot be computed")
@@ -593,7 +582,7 @@ def _perfusion(
     sigma_px = settings.smoothing_sigma_mm / pixel_mm
     smoothed = smooth_within_mask(dr2.delta_r2_s, tissue, (sigma_px, sigma_px))
     hemis = find_hemispheres(brain, geometry)
-    affected = _preliminary_affected_side(smoothed, tissue, hemis, step)
+    affected = preliminary_affected_side(smoothed, tissue, hemis, step)
     vv = geometry.voxel_volume_ml
     aif = None
     aif_side = 0

@@ -8,7 +8,7 @@ import numpy as np
 
 from strokeflow import __version__
 from strokeflow.analysis.ctp import CtpAnalysis
-from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
+from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, rule_table
 from strokeflow.analysis.inputs import VascularCurve
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analysis.volume import Geometry
@@ -54,15 +54,7 @@ def ctp_analysis_json(
         "core_to_penumbra_ratio": m.core_to_penumbra_ratio,
         "lesion_side": analysis.lesion_side,
         "decisions": analysis.decisions,
-        "decision_rules": {
-            r.key: {
-                "name": r.name,
-                "version": r.version,
-                "rule": r.describe(),
-                "reference": r.reference,
-            }
-            for r in RULE_SETS
-        },
+        "decision_rules": rule_table(),
         "collaterals": {
             "hypoperfusion_intensity_ratio": m.hypoperfusion_intensity_ratio,
             "poor_if_above": HIR_POOR_COLLATERALS,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from strokeflow import __version__
-from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
+from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, rule_table
 from strokeflow.analysis.mri import MriAcquisition, MriAnalysis, MriSettings
 from strokeflow.report.nifti import save_volume
 
@@ -87,15 +87,7 @@ def mri_analysis_json(
         "core_to_penumbra_ratio": None if m is None else m.core_to_penumbra_ratio,
         "lesion_side": analysis.lesion_side,
         "decisions": analysis.decisions,
-        "decision_rules": {
-            r.key: {
-                "name": r.name,
-                "version": r.version,
-                "rule": r.describe(),
-                "reference": r.reference,
-            }
-            for r in RULE_SETS
-        },
+        "decision_rules": rule_table(),
         "collaterals": {
             "hypoperfusion_intensity_ratio": None if m is None else m.hypoperfusion_intensity_ratio,
             "poor_if_above": HIR_POOR_COLLATERALS,
