@@ -9,6 +9,7 @@ from scipy import ndimage
 from scipy.ndimage import gaussian_filter1d
 
 from strokeflow.analysis.brainmask import BrainMasks, brain_masks
+from strokeflow.analysis.ctp_quality import acquisition_flags, input_flags, motion_flags
 from strokeflow.analysis.decisions import LesionMetrics, evaluate_decisions, lesion_metrics
 from strokeflow.analysis.denoise import profile_bilateral
 from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres, side_name
@@ -120,7 +121,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
             f"only {np.count_nonzero(keep)} of {keep.size} frames are usable after motion "
             "correction"
         )
-    flags.extend(_motion_flags(motion, limits))
+    flags.extend(motion_flags(motion, limits))
     clock.lap("motion")
 
     uniform, grid_s = resample_uniform(
@@ -167,7 +168,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     aif, vof, aif_scale, aif_side = _vascular_inputs(
         concentration, masks, hemis, affected, geometry, step, baseline
     )
-    flags.extend(_input_flags(aif, vof, aif_scale, aif_side, affected, limits))
+    flags.extend(input_flags(aif, vof, aif_scale, aif_side, affected, limits))
     clock.lap("aif_vof")
 
     aif_input = aif.curve * aif_scale
@@ -190,7 +191,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     vv = geometry.voxel_volume_ml
     metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
     decisions = evaluate_decisions(metrics)
-    flags.extend(_acquisition_flags(series, masks, concentration, arrival, limits))
+    flags.extend(acquisition_flags(series, masks, concentration, arrival, limits))
     clock.lap("lesions")
 
     return CtpAnalysis(
@@ -324,118 +325,3 @@ def _lesions(
     # Core is part of the hypoperfused tissue by definition.
     tmax6 |= core
     return core, tmax6, tmax10, rcbf, reference, reference_text, side_name(lesion)
-
-
-def _motion_flags(motion: MotionResult, limits: QualityLimits) -> list[QualityFlag]:
-    flags: list[QualityFlag] = []
-    n_excluded = int(np.count_nonzero(motion.excluded))
-    if n_excluded:
-        flags.append(
-            QualityFlag(
-                "motion",
-                "warning",
-                f"{n_excluded} of {motion.excluded.size} frames excluded for uncorrectable "
-                "motion: " + "; ".join(motion.messages),
-            )
-        )
-    moved = float(np.max(motion.displacement_mm[~motion.excluded], initial=0.0))
-    if moved > limits.motion_note_mm:
-        # On the phantom, 4 mm of corrected motion shrinks a 20 mL core by a third: the
-        # resampled frames blur lesion borders and smear edges into pseudo-enhancement.
-        flags.append(
-            QualityFlag(
-                "motion_corrected",
-                "warning",
-                f"head motion up to {moved:.1f} mm was corrected by rigid registration; "
-                "the core may be underestimated: check the source images",
-            )
-        )
-    return flags
-
-
-def _input_flags(
-    aif: VascularCurve,
-    vof: VascularCurve | None,
-    scale: float,
-    aif_side: int,
-    affected: int,
-    limits: QualityLimits,
-) -> list[QualityFlag]:
-    flags: list[QualityFlag] = []
-    problems = []
-    if aif.peak * scale < limits.min_aif_peak:
-        problems.append(f"arterial peak {aif.peak * scale:.0f} HU is low")
-    if aif.fwhm_s > limits.max_aif_fwhm_s:
-        problems.append(f"arterial bolus is wide (FWHM {aif.fwhm_s:.0f} s)")
-    if scale > limits.max_pv_scale:
-        problems.append(f"venous area is {scale:.1f} x the arterial area (partial volume)")
-    if affected != 0 and aif_side == 0:
-        problems.append("no artery found in the unaffected hemisphere")
-    if problems:
-        flags.append(QualityFlag("poor_aif", "warning", "; ".join(problems)))
-    truncated = aif.tail_fraction > limits.max_aif_tail_fraction
-    if vof is not None and vof.tail_fraction > limits.max_vof_tail_fraction:
-        truncated = True
-    if truncated:
-        tail = vof.tail_fraction if vof is not None else aif.tail_fraction
-        flags.append(
-            QualityFlag(
-                "bolus_truncated",
-                "critical",
-                f"scan too short: the venous curve is still at {100 * tail:.0f} % of its peak "
-                "at the last frame; CBV, MTT and Tmax are underestimated",
-            )
-        )
-    if vof is None:
-        flags.append(
-            QualityFlag("no_vof", "info", "no venous output found; AIF not volume-corrected")
-        )
-    return flags
-
-
-def _acquisition_flags(
-    series: PerfusionSeries,
-    masks: BrainMasks,
-    concentration: np.ndarray,
-    arrival: int,
-    limits: QualityLimits,
-) -> list[QualityFlag]:
-    flags: list[QualityFlag] = []
-    dz = series.geometry.voxel_size_mm[0]
-    covered_mm = dz * int(np.count_nonzero(masks.brain.any(axis=(1, 2))))
-    if covered_mm < limits.min_coverage_mm:
-        flags.append(
-            QualityFlag(
-                "incomplete_coverage",
-                "warning",
-                f"brain coverage is only {covered_mm:.0f} mm: volumes outside the slab are missed",
-            )
-        )
-    missing = series.missing.mean(axis=0)
-    worst = int(np.argmax(missing))
-    if missing[worst] > limits.max_missing_fraction:
-        flags.append(
-            QualityFlag(
-                "missing_frames",
-                "warning",
-                f"{int(series.missing[:, worst].sum())} of {series.missing.shape[0]} frames "
-                f"missing at slice {worst + 1}; they were interpolated in time",
-            )
-        )
-    tissue = masks.tissue
-    if arrival >= 2 and tissue.any():
-        # Per-voxel noise from the baseline frames; enhancement from the mean tissue
-        # curve, whose peak is not inflated by noise as a per-voxel maximum would be.
-        noise = float(np.median(concentration[:arrival, tissue].std(axis=0, ddof=1)))
-        enhancement = float(concentration[:, tissue].mean(axis=1).max())
-        snr = enhancement / max(noise, 1e-6)
-        if snr < limits.min_snr:
-            flags.append(
-                QualityFlag(
-                    "low_snr",
-                    "warning",
-                    f"low signal-to-noise: tissue enhancement {enhancement:.1f} HU against "
-                    f"{noise:.1f} HU noise",
-                )
-            )
-    return flags
