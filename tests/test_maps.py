@@ -166,3 +166,14 @@ def test_resample_rejects_non_increasing_times() -> None:
         resample_uniform(np.zeros((4, 3)), times, 0.5)
     with pytest.raises(ValueError, match="too little time"):
         resample_uniform(np.zeros((2, 1, 1, 1)), np.array([[0.0], [0.5]]), 1.0)
+
+
+def test_noisy_curves_never_give_nan_tmax_inside_the_mask() -> None:
+    t = np.arange(0.0, 60.0, 1.0)
+    aif = arterial_input(t)
+    rng = np.random.default_rng(3)
+    clean = np.stack([tissue_enhancement(t, aif, 5.0, 10.0, delay_s=d) for d in (0, 6, 12)], 1)
+    curves = np.repeat(clean, 200, axis=1) + rng.normal(0.0, 2.0, (t.size, 600))
+    maps = compute_maps(curves.astype(np.float32), aif, 1.0)
+    assert np.isfinite(maps.tmax_s).all()
+    assert np.isfinite(maps.cbf_ml_100g_min).all()

@@ -355,10 +355,12 @@ def _peak_with_offset(y: np.ndarray, *, wrap: bool) -> tuple[np.ndarray, np.ndar
         after = y[np.clip(idx + 1, 0, length - 1), cols]
         interior = (idx > 0) & (idx < length - 1)
     centre = y[idx, cols]
-    curvature = before.astype(np.float64) - 2.0 * centre + after
+    # A neighbour outside the residue window is -inf: no parabola, no offset.
+    interior &= np.isfinite(before) & np.isfinite(after)
     with np.errstate(divide="ignore", invalid="ignore"):
+        curvature = before.astype(np.float64) - 2.0 * centre + after
         offset = np.where(interior & (curvature < 0), 0.5 * (before - after) / curvature, 0.0)
-    return idx, np.clip(offset, -0.5, 0.5)
+    return idx, np.clip(np.nan_to_num(offset), -0.5, 0.5)
 
 
 def _trapezoid_area(curves: np.ndarray) -> np.ndarray:
