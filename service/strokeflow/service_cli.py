@@ -1,4 +1,5 @@
-"""Service sub-commands: ``listener``, ``config``, ``complete``, ``echo``, ``send``, ``jobs``.
+"""Service sub-commands: ``serve``, ``listener``, ``worker``, ``config``, ``complete``,
+``echo``, ``send``, ``jobs``, ``job``, ``retry``.
 
 Mount them on the main command line with :func:`register` (or run this module).
 """
@@ -9,11 +10,12 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from strokeflow.config import Destination, Settings, load_settings
+from strokeflow.worker.policy import RetryPolicy
 
 app = typer.Typer(help="StrokeFlow service commands.", no_args_is_help=True, add_completion=False)
 
@@ -47,13 +49,85 @@ def listener(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Receive DICOM (C-STORE, C-ECHO) and complete studies until stopped."""
+    from strokeflow.queue.jobqueue import open_queue
     from strokeflow.receive.listener import run_listener
+    from strokeflow.store.engine import make_engine, make_session_factory
+    from strokeflow.worker.runner import enqueue_and_mark
 
+    _logging(verbose)
+    settings = _settings(config)
+    engine = make_engine(settings.effective_database_url)
+    hook = enqueue_and_mark(open_queue(settings.effective_queue_url), make_session_factory(engine))
+    try:
+        run_listener(settings, on_queued=hook)
+    finally:
+        engine.dispose()
+
+
+def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
-    run_listener(_settings(config))
+
+
+LeaseOption = Annotated[
+    float, typer.Option(help="Seconds a job is held without a heartbeat before re-queueing.")
+]
+AttemptsOption = Annotated[int, typer.Option(help="Analysis attempts before a job fails.")]
+BackoffOption = Annotated[float, typer.Option(help="First retry delay of a failed job (s).")]
+DispatchBackoffOption = Annotated[
+    float, typer.Option(help="First retry delay of a C-STORE to a destination that is down (s).")
+]
+_DEFAULT_POLICY = RetryPolicy()
+
+
+def _policy(
+    lease_s: float, max_attempts: int, backoff_s: float, dispatch_backoff_s: float
+) -> RetryPolicy:
+    try:
+        return RetryPolicy(
+            lease_s=lease_s,
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            dispatch_backoff_s=dispatch_backoff_s,
+            # Keep the cap at least as large as the first delay.
+            backoff_max_s=max(_DEFAULT_POLICY.backoff_max_s, backoff_s),
+            dispatch_backoff_max_s=max(_DEFAULT_POLICY.dispatch_backoff_max_s, dispatch_backoff_s),
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def serve(
+    config: ConfigOption = None,
+    lease_s: LeaseOption = _DEFAULT_POLICY.lease_s,
+    max_attempts: AttemptsOption = _DEFAULT_POLICY.max_attempts,
+    backoff_s: BackoffOption = _DEFAULT_POLICY.backoff_s,
+    dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Listener, workers, dispatch and the /health endpoint in one command."""
+    from strokeflow.worker.runner import run_serve
+
+    _logging(verbose)
+    run_serve(_settings(config), _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s))
+
+
+def worker(
+    config: ConfigOption = None,
+    lease_s: LeaseOption = _DEFAULT_POLICY.lease_s,
+    max_attempts: AttemptsOption = _DEFAULT_POLICY.max_attempts,
+    backoff_s: BackoffOption = _DEFAULT_POLICY.backoff_s,
+    dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run analysis jobs from the queue (one process; start several for more)."""
+    from strokeflow.worker.runner import run_worker
+
+    _logging(verbose)
+    run_worker(_settings(config), _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s))
 
 
 def show_config(config: ConfigOption = None) -> None:
@@ -205,14 +279,140 @@ def jobs(
         typer.echo(line)
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def job(
+    job_id: Annotated[int, typer.Argument(help="Job id (see `strokeflow jobs`).")],
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="As one JSON object.")] = False,
+) -> None:
+    """Show one job: state, attempts, stage times, volumes, and each result object's delivery."""
+    from sqlalchemy import select
+
+    from strokeflow.store.engine import make_engine, make_session_factory
+    from strokeflow.store.migrate import upgrade_to_head
+    from strokeflow.store.models import Dispatch, Job, Study
+
+    settings = _settings(config)
+    engine = make_engine(settings.effective_database_url)
+    upgrade_to_head(engine)
+    try:
+        with make_session_factory(engine)() as session:
+            row = session.get(Job, job_id)
+            if row is None:
+                typer.echo(f"error: job {job_id} does not exist (see `strokeflow jobs`)", err=True)
+                raise typer.Exit(1)
+            study = session.get(Study, row.study_id)
+            assert study is not None
+            stages = [
+                "first_instance_at",
+                "last_instance_at",
+                "completed_at",
+                "queued_at",
+                "started_at",
+                "finished_at",
+                "dispatched_at",
+            ]
+            info: dict[str, Any] = {
+                "id": row.id,
+                "study_uid": study.study_uid,
+                "version": row.version,
+                "state": row.state.value,
+                "attempts": row.attempts,
+                "worker": row.worker,
+                "instances": row.instance_count,
+                **{name: _iso(getattr(row, name)) for name in stages},
+                "next_attempt_at": _iso(row.next_attempt_at),
+                "lease_until": _iso(row.lease_until),
+                "results_path": row.results_path,
+                "core_ml": row.core_ml,
+                "tmax6_ml": row.tmax6_ml,
+                "tmax10_ml": row.tmax10_ml,
+                "mismatch_ml": row.mismatch_ml,
+                "mismatch_ratio": row.mismatch_ratio,
+                "decisions": row.decisions,
+                "error": row.error,
+                "dispatches": [
+                    {
+                        "destination": d.destination,
+                        "sop_instance_uid": d.sop_instance_uid,
+                        "sop_class_uid": d.sop_class_uid,
+                        "sent_sop_class_uid": d.sent_sop_class_uid,
+                        "state": d.state.value,
+                        "attempts": d.attempts,
+                        "status": d.status,
+                        "error": d.error,
+                        "sent_at": _iso(d.sent_at),
+                    }
+                    for d in session.scalars(
+                        select(Dispatch).where(Dispatch.job_id == job_id).order_by(Dispatch.id)
+                    )
+                ],
+            }
+    finally:
+        engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        if key != "dispatches" and value is not None:
+            typer.echo(f"{key:>16}: {value}")
+    for d in info["dispatches"]:
+        status = "-" if d["status"] is None else f"0x{d['status']:04X}"
+        typer.echo(
+            f"  {d['state']:<8} {d['destination']}  {d['sop_instance_uid']}  "
+            f"status {status}  attempts {d['attempts']}" + (f"  {d['error']}" if d["error"] else "")
+        )
+
+
+def retry(
+    job_id: Annotated[int, typer.Argument(help="Job id (see `strokeflow jobs`).")],
+    config: ConfigOption = None,
+) -> None:
+    """Run a failed job again, or resend its undelivered result objects."""
+    from strokeflow.queue.jobqueue import open_queue
+    from strokeflow.store.engine import make_engine, make_session_factory
+    from strokeflow.store.migrate import upgrade_to_head
+    from strokeflow.worker.maintenance import mark_enqueued
+    from strokeflow.worker.retry import RetryError, retry_job
+
+    settings = _settings(config)
+    engine = make_engine(settings.effective_database_url)
+    upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    now = datetime.now(UTC)
+    try:
+        with sessions() as session, session.begin():
+            what = retry_job(session, job_id, now)
+        if what == "analysis":
+            open_queue(settings.effective_queue_url).enqueue([job_id])
+            with sessions() as session, session.begin():
+                mark_enqueued(session, [job_id], now)
+    except RetryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    if what == "analysis":
+        typer.echo(f"job {job_id} queued for analysis again")
+    else:
+        typer.echo(f"job {job_id}: undelivered result objects will be sent again")
+
+
 def register(target: typer.Typer) -> None:
     """Add the service commands to another Typer app (the main ``strokeflow`` command)."""
+    target.command("serve")(serve)
     target.command("listener")(listener)
+    target.command("worker")(worker)
     target.command("config")(show_config)
     target.command("complete")(complete)
     target.command("echo")(echo)
     target.command("send")(send)
     target.command("jobs")(jobs)
+    target.command("job")(job)
+    target.command("retry")(retry)
 
 
 register(app)

@@ -2,10 +2,22 @@
 
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import current_revision, head_revision, upgrade_to_head
-from strokeflow.store.models import Base, Instance, Job, JobState, Series, Study, StudyState
+from strokeflow.store.models import (
+    Base,
+    Dispatch,
+    DispatchState,
+    Instance,
+    Job,
+    JobState,
+    Series,
+    Study,
+    StudyState,
+)
 
 __all__ = [
     "Base",
+    "Dispatch",
+    "DispatchState",
     "Instance",
     "Job",
     "JobState",

@@ -196,5 +196,61 @@ class Job(Base):
     mismatch_ratio: Mapped[float | None] = mapped_column(Float)
     #: Rule-set decisions, e.g. ``{"defuse3": true, "extend": false}``.
     decisions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: A running job whose lease passed without a heartbeat lost its worker (re-queued).
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: A queued job is not run before this (retry back-off); ``None``: at once.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: When its id was last put on the task queue (to re-enqueue lost messages).
+    enqueued_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    #: Held by the process sending this job's results, so two senders never overlap.
+    dispatch_lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
     study: Mapped[Study] = relationship(back_populates="jobs")
+    dispatches: Mapped[list[Dispatch]] = relationship(
+        back_populates="job", order_by="Dispatch.id", cascade="all, delete-orphan"
+    )
+
+
+class DispatchState(enum.StrEnum):
+    """Delivery of one result object to one destination."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Dispatch(Base):
+    """One result object of a job for one destination, and what the destination answered.
+
+    Created once, in the transaction that marks the job succeeded, so running a job id
+    twice never duplicates these rows.
+    """
+
+    __tablename__ = "dispatches"
+    __table_args__ = (
+        UniqueConstraint("job_id", "destination", "sop_instance_uid", name="uq_dispatch_object"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: ``AE@host:port`` as configured.
+    destination: Mapped[str] = mapped_column(String(128))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    #: Relative to the data directory.
+    path: Mapped[str] = mapped_column(String(512))
+    state: Mapped[DispatchState] = mapped_column(
+        _enum(DispatchState, "dispatch_state"), default=DispatchState.PENDING, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The C-STORE response status of the last attempt (``None``: no answer).
+    status: Mapped[int | None] = mapped_column(Integer)
+    #: The class actually sent when the destination rejected the original (SR fallback).
+    sent_sop_class_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    sent_sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    job: Mapped[Job] = relationship(back_populates="dispatches")

@@ -1,0 +1,197 @@
+"""One association per destination: C-STORE objects, check every response, fall back to
+another SR class when the destination does not take the original one."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.association import Association
+
+from strokeflow.config import Destination
+from strokeflow.receive.scu import DicomNetworkError
+from strokeflow.report.structured_report import SR_SOP_CLASSES, sr_in_encoding
+
+LOG = logging.getLogger(__name__)
+
+#: C-STORE statuses that mean "stored" (success and the warnings of PS3.4 B.2.3).
+STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+#: SR encodings tried in this order when the destination rejects a report's class.
+SR_FALLBACK_ORDER = ("comprehensive3d", "comprehensive", "enhanced")
+_SR_CLASSES = {uid: name for name, uid in SR_SOP_CLASSES.items()}
+
+
+@dataclass(frozen=True)
+class StoreItem:
+    """One file to send."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class ObjectOutcome:
+    """What the destination answered for one object.
+
+    ``status`` is the last C-STORE status (``None``: never sent or no answer);
+    ``sent_sop_class_uid``/``sent_sop_instance_uid`` name what was actually stored
+    (differs from the file for an SR sent in a fallback class). ``permanent`` failures
+    (no acceptable class) are not worth retrying on this destination.
+    """
+
+    stored: bool
+    status: int | None
+    error: str | None = None
+    sent_sop_class_uid: str | None = None
+    sent_sop_instance_uid: str | None = None
+    permanent: bool = False
+
+
+def _candidates(ds: Dataset, accepted: set[str]) -> list[tuple[str, Dataset | None]]:
+    """(class, dataset to send or None for the original) in the order to try."""
+    original = str(ds.SOPClassUID)
+    if original not in _SR_CLASSES:
+        return [(original, None)] if original in accepted else []
+    found: list[tuple[str, Dataset | None]] = []
+    for encoding in SR_FALLBACK_ORDER:
+        target = SR_SOP_CLASSES[encoding]
+        if target not in accepted:
+            continue
+        if target == original:
+            found.append((target, None))
+            continue
+        try:
+            converted = sr_in_encoding(ds, encoding)  # type: ignore[arg-type]
+        except ValueError as exc:
+            LOG.info("SR %s cannot be sent as %s: %s", ds.SOPInstanceUID, encoding, exc)
+            continue
+        # The same UID on every retry, so a resend after a lost answer is not a new report.
+        uid = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), encoding])
+        converted.SOPInstanceUID = uid
+        if "file_meta" in dir(converted):
+            converted.file_meta.MediaStorageSOPInstanceUID = uid
+        found.append((target, converted))
+    return found
+
+
+def _requested_contexts(ae: AE, datasets: list[Dataset]) -> None:
+    classes: dict[str, list[str]] = {}
+    for ds in datasets:
+        sop_class = str(ds.SOPClassUID)
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        wanted = [sop_class]
+        if sop_class in _SR_CLASSES:
+            wanted = [SR_SOP_CLASSES[name] for name in SR_FALLBACK_ORDER]
+        for cls in wanted:
+            syntaxes = classes.setdefault(cls, [])
+            for ts in (syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+                if ts not in syntaxes:
+                    syntaxes.append(ts)
+    for cls, syntaxes in classes.items():
+        # One context per syntax, so a destination can refuse one and accept another.
+        for ts in syntaxes:
+            ae.add_requested_context(cls, ts)
+
+
+def _encoded_for(ds: Dataset, sop_class: str, accepted: set[tuple[str, str]]) -> Dataset:
+    """``ds`` as is when its transfer syntax was accepted for ``sop_class``; otherwise,
+    if compressed, decompressed (sent as Explicit VR Little Endian)."""
+    syntax = ds.file_meta.TransferSyntaxUID
+    if (sop_class, str(syntax)) in accepted or not syntax.is_compressed:
+        return ds
+    plain = copy.deepcopy(ds)
+    plain.decompress()
+    return plain
+
+
+def _send_one(
+    assoc: Association, ds: Dataset, accepted_pairs: set[tuple[str, str]]
+) -> ObjectOutcome:
+    accepted = {cls for cls, _ in accepted_pairs}
+    candidates = _candidates(ds, accepted)
+    if not candidates:
+        return ObjectOutcome(
+            stored=False,
+            status=None,
+            error=f"the destination accepts no presentation context for SOP class "
+            f"{ds.SOPClassUID}" + (" nor any SR fallback" if ds.SOPClassUID in _SR_CLASSES else ""),
+            permanent=True,
+        )
+    last: ObjectOutcome | None = None
+    for sop_class, converted in candidates:
+        try:
+            to_send = _encoded_for(
+                ds if converted is None else converted, sop_class, accepted_pairs
+            )
+            response = assoc.send_c_store(to_send)
+        except (ValueError, NotImplementedError, RuntimeError) as exc:
+            # No usable context or the pixel data cannot be decoded here: not a network
+            # problem, so retrying later would not help.
+            last = ObjectOutcome(False, None, f"{sop_class}: {exc}", sop_class, permanent=True)
+            continue
+        status = int(response.Status) if "Status" in response else None
+        if status in STORED:
+            return ObjectOutcome(True, status, None, sop_class, str(to_send.SOPInstanceUID))
+        text = "no answer" if status is None else f"status 0x{status:04X}"
+        last = ObjectOutcome(False, status, f"{sop_class}: {text}", sop_class)
+        if not assoc.is_established:
+            break
+    assert last is not None
+    return last
+
+
+def store_objects(
+    items: list[StoreItem], destination: Destination, calling_ae_title: str
+) -> list[ObjectOutcome]:
+    """C-STORE ``items`` to ``destination`` over one association, checking every answer.
+
+    Parameters
+    ----------
+    items : list of StoreItem
+    destination : Destination
+    calling_ae_title : str
+
+    Returns
+    -------
+    list of ObjectOutcome
+        One per item, in order. Items after a lost association come back unsent.
+
+    Raises
+    ------
+    DicomNetworkError
+        The destination cannot be reached or refuses the association.
+    """
+    datasets: list[Dataset] = [dcmread(item.path) for item in items]
+    ae = AE(ae_title=calling_ae_title)
+    ae.maximum_pdu_size = 0
+    _requested_contexts(ae, datasets)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if not assoc.is_established:
+        what = "rejected the association" if assoc.is_rejected else "could not be reached"
+        raise DicomNetworkError(f"{destination} {what}")
+    accepted = {
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+    }
+    outcomes: list[ObjectOutcome] = []
+    try:
+        for item, ds in zip(items, datasets, strict=True):
+            if not assoc.is_established:
+                outcomes.append(
+                    ObjectOutcome(False, None, f"{destination} ended the association early")
+                )
+                continue
+            outcome = _send_one(assoc, ds, accepted)
+            if not outcome.stored:
+                LOG.warning("%s: %s did not store %s", item.path.name, destination, outcome.error)
+            outcomes.append(outcome)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return outcomes

@@ -1,0 +1,254 @@
+"""Run one analysis job: claim it with a lease, analyse, store, plan and start dispatch.
+
+Claiming is a compare-and-set on the job row (``queued`` → ``running``), so a job id
+taken from the queue twice runs once. While the analysis runs, a heartbeat thread extends
+the lease; a worker that dies stops renewing it and the maintenance loop re-queues the job.
+Finishing is again a compare-and-set on (``running``, this worker), so a worker that lost
+its lease cannot overwrite the attempt that replaced it, and the dispatch rows are created
+exactly once, in the transaction that marks the job succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from strokeflow.analyze import AnalyzeOptions, NothingToAnalyseError, analyze_paths
+from strokeflow.config import Settings
+from strokeflow.dispatch.dispatcher import dispatch_job, plan_dispatch
+from strokeflow.store.models import Instance, Job, JobState, Series, Study
+from strokeflow.worker.policy import RetryPolicy
+
+LOG = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def worker_name() -> str:
+    """``host:pid:random`` — unique per worker process and run."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _volumes(results: dict[str, Any]) -> dict[str, Any]:
+    """The job-row summary of the first analysis (CT perfusion first, then MRI)."""
+    analyses = [a for study in results["studies"] for a in study["analyses"]]
+    analyses.sort(key=lambda a: 0 if a.get("kind") == "ctp" else 1)
+    first = analyses[0]
+    return {
+        "core_ml": first.get("core_ml"),
+        "tmax6_ml": first.get("tmax6_ml"),
+        "tmax10_ml": first.get("tmax10_ml"),
+        "mismatch_ml": first.get("mismatch_ml"),
+        "mismatch_ratio": first.get("mismatch_ratio"),
+        "decisions": first.get("decisions"),
+    }
+
+
+@dataclass
+class JobRunner:
+    """Executes jobs by id (the handler a worker gives its queue).
+
+    Parameters
+    ----------
+    settings : Settings
+        Data directory, destinations and AE title.
+    sessions : sessionmaker
+    policy : RetryPolicy
+    options : AnalyzeOptions
+        The same options ``strokeflow analyze`` uses by default.
+    name : str
+        This worker, recorded in the job row.
+    """
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    options: AnalyzeOptions = field(default_factory=AnalyzeOptions)
+    name: str = field(default_factory=worker_name)
+    clock: Clock = _utcnow
+
+    def __call__(self, job_id: int) -> None:
+        self.run(job_id)
+
+    def claim(self, job_id: int) -> bool:
+        """``queued`` (and due) → ``running`` under this worker's lease; ``False`` if taken."""
+        now = self.clock()
+        with self.sessions() as session, session.begin():
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .where((Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now))
+                .values(
+                    state=JobState.RUNNING,
+                    attempts=Job.attempts + 1,
+                    worker=self.name,
+                    started_at=now,
+                    heartbeat_at=now,
+                    lease_until=now + timedelta(seconds=self.policy.lease_s),
+                )
+            )
+            return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+    def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
+        while not stop.wait(self.policy.lease_s / 3):
+            now = self.clock()
+            try:
+                with self.sessions() as session, session.begin():
+                    session.execute(
+                        update(Job)
+                        .where(
+                            Job.id == job_id,
+                            Job.state == JobState.RUNNING,
+                            Job.worker == self.name,
+                        )
+                        .values(
+                            heartbeat_at=now,
+                            lease_until=now + timedelta(seconds=self.policy.lease_s),
+                        )
+                    )
+            except Exception as exc:  # the next beat may succeed; the lease covers a miss
+                LOG.warning("job %d: heartbeat failed: %s", job_id, exc)
+
+    def run(self, job_id: int) -> JobState | None:
+        """Claim and run ``job_id``, then dispatch its results.
+
+        Returns
+        -------
+        JobState or None
+            The state this attempt left the job in; ``None`` if it was not claimable
+            (already running elsewhere, finished, or waiting for its back-off).
+        """
+        if not self.claim(job_id):
+            LOG.info("job %d: not claimable (taken, finished or not yet due); skipped", job_id)
+            return None
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job_id, stop), daemon=True)
+        beat.start()
+        try:
+            state = self._execute(job_id)
+        finally:
+            stop.set()
+            beat.join()
+        if state is JobState.SUCCEEDED:
+            dispatch_job(
+                self.sessions,
+                job_id,
+                destinations=list(self.settings.destinations),
+                data_dir=self.settings.data_dir,
+                calling_ae_title=self.settings.ae_title,
+                policy=self.policy,
+                clock=self.clock,
+            )
+        return state
+
+    def _inputs(self, job_id: int) -> tuple[str, int, list[Path]]:
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            study = session.get(Study, job.study_id)
+            assert study is not None
+            paths = session.scalars(
+                select(Instance.path)
+                .join(Series, Instance.series_id == Series.id)
+                .where(Series.study_id == study.id)
+                .order_by(Instance.path)
+            ).all()
+            return study.study_uid, job.version, [self.settings.data_dir / p for p in paths]
+
+    def _execute(self, job_id: int) -> JobState:
+        data_dir = self.settings.data_dir
+        try:
+            study_uid, version, paths = self._inputs(job_id)
+            final = data_dir / "results" / study_uid / f"v{version}"
+            # A fresh folder per attempt: a dead attempt's half-written files never mix in.
+            scratch = data_dir / "results" / ".work" / f"job-{job_id}-{uuid.uuid4().hex[:8]}"
+            LOG.info(
+                "job %d: analysing study %s v%d (%d files)", job_id, study_uid, version, len(paths)
+            )
+            outcome = analyze_paths(paths, scratch, self.options)
+            summary = _volumes(outcome.results)
+        except Exception as exc:
+            return self._fail(job_id, exc)
+        with self.sessions() as session, session.begin():
+            job = session.scalars(
+                select(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == self.name)
+                .with_for_update()
+            ).one_or_none()
+            if job is None:
+                LOG.warning(
+                    "job %d: lease lost to another worker; this attempt's results dropped", job_id
+                )
+                shutil.rmtree(scratch, ignore_errors=True)
+                return JobState.RUNNING
+            if final.exists():
+                shutil.rmtree(final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            scratch.rename(final)
+            dicom = sorted((final / "dicom").rglob("*.dcm"))
+            plan_dispatch(session, job, dicom, list(self.settings.destinations), data_dir)
+            for key, value in summary.items():
+                setattr(job, key, value)
+            job.state = JobState.SUCCEEDED
+            job.finished_at = self.clock()
+            job.results_path = str(final.relative_to(data_dir))
+            job.lease_until = None
+            job.error = None
+        LOG.info(
+            "job %d succeeded: core %s mL, Tmax>6 s %s mL",
+            job_id,
+            summary["core_ml"],
+            summary["tmax6_ml"],
+        )
+        return JobState.SUCCEEDED
+
+    def _fail(self, job_id: int, exc: Exception) -> JobState:
+        permanent = isinstance(exc, NothingToAnalyseError)
+        text = str(exc) if permanent else "".join(traceback.format_exception_only(exc)).strip()
+        now = self.clock()
+        with self.sessions() as session, session.begin():
+            job = session.scalars(
+                select(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == self.name)
+                .with_for_update()
+            ).one_or_none()
+            if job is None:
+                return JobState.RUNNING
+            job.lease_until = None
+            job.finished_at = now
+            job.error = f"attempt {job.attempts}: {text}"
+            if permanent or job.attempts >= self.policy.max_attempts:
+                job.state = JobState.FAILED
+                LOG.error(
+                    "job %d failed for good after %d attempts: %s", job_id, job.attempts, text
+                )
+            else:
+                delay = self.policy.job_delay_s(job.attempts)
+                job.state = JobState.QUEUED
+                job.next_attempt_at = now + timedelta(seconds=delay)
+                job.enqueued_at = None  # the maintenance loop enqueues it when due
+                LOG.warning(
+                    "job %d attempt %d failed, retry in %.0f s: %s",
+                    job_id,
+                    job.attempts,
+                    delay,
+                    text,
+                )
+            return job.state

@@ -1,0 +1,143 @@
+"""The maintenance loop: re-queue jobs whose worker died, enqueue due retries, resend
+results whose destination was down. Safe to run in several processes at once: every step
+is a compare-and-set on the rows it changes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from strokeflow.config import Settings
+from strokeflow.dispatch.dispatcher import dispatch_due
+from strokeflow.store.models import Job, JobState
+from strokeflow.worker.policy import RetryPolicy
+
+LOG = logging.getLogger(__name__)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def reap_expired(session: Session, policy: RetryPolicy, now: datetime) -> list[int]:
+    """Running jobs whose lease expired: back to ``queued`` (or ``failed`` when out of
+    attempts). Caller commits.
+
+    Returns
+    -------
+    list of int
+        Ids re-queued.
+    """
+    stmt = (
+        select(Job)
+        .where(Job.state == JobState.RUNNING, Job.lease_until < now)
+        .with_for_update(skip_locked=True)
+    )
+    requeued = []
+    for job in session.scalars(stmt):
+        lost = f"attempt {job.attempts}: worker {job.worker} stopped renewing its lease"
+        job.lease_until = None
+        if job.attempts >= policy.max_attempts:
+            job.state = JobState.FAILED
+            job.error = lost
+            job.finished_at = now
+            LOG.error(
+                "job %d failed: %s (attempt %d of %d)",
+                job.id,
+                lost,
+                job.attempts,
+                policy.max_attempts,
+            )
+        else:
+            job.state = JobState.QUEUED
+            job.error = lost
+            job.next_attempt_at = now
+            job.enqueued_at = None
+            requeued.append(job.id)
+            LOG.warning("job %d re-queued: %s", job.id, lost)
+    return requeued
+
+
+def claim_due(session: Session, policy: RetryPolicy, now: datetime) -> list[int]:
+    """Queued jobs that are due and not on the queue (never enqueued, back-off over, or
+    the message presumably lost): mark them enqueued now. Caller commits, then enqueues."""
+    stale = now - timedelta(seconds=policy.requeue_after_s)
+    stmt = (
+        select(Job)
+        .where(
+            Job.state == JobState.QUEUED,
+            or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
+            or_(Job.enqueued_at.is_(None), Job.enqueued_at < stale),
+        )
+        .order_by(Job.id)
+        .with_for_update(skip_locked=True)
+    )
+    ids = []
+    for job in session.scalars(stmt):
+        job.enqueued_at = now
+        ids.append(job.id)
+    return ids
+
+
+def mark_enqueued(session: Session, job_ids: list[int], now: datetime) -> None:
+    """Note that these jobs were just put on the queue (caller commits)."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=now))
+
+
+@dataclass
+class Maintenance:
+    """One process's share of the upkeep, once per ``interval_s``.
+
+    Parameters
+    ----------
+    settings : Settings
+    sessions : sessionmaker
+    enqueue : callable
+        Puts job ids on the task queue.
+    policy : RetryPolicy
+    dispatch : bool
+        Also resend due dispatch rows.
+    """
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    enqueue: Callable[[list[int]], None]
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    dispatch: bool = True
+    interval_s: float = 1.0
+    clock: Callable[[], datetime] = _utcnow
+
+    def run_once(self) -> list[int]:
+        """One pass; returns the job ids enqueued."""
+        now = self.clock()
+        with self.sessions() as session, session.begin():
+            reap_expired(session, self.policy, now)
+            due = claim_due(session, self.policy, now)
+        if due:
+            self.enqueue(due)
+        if self.dispatch:
+            dispatch_due(
+                self.sessions,
+                destinations=list(self.settings.destinations),
+                data_dir=self.settings.data_dir,
+                calling_ae_title=self.settings.ae_title,
+                policy=self.policy,
+                clock=self.clock,
+            )
+        return due
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop``; errors are logged and the loop goes on."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                LOG.exception("maintenance pass failed; retrying")
+            stop.wait(self.interval_s)

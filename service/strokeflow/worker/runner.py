@@ -1,0 +1,207 @@
+"""Worker processes and the all-in-one ``serve``: listener + workers + maintenance + health."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from strokeflow.config import Settings
+from strokeflow.queue.jobqueue import JobQueue, open_queue
+from strokeflow.store.engine import make_engine, make_session_factory
+from strokeflow.store.migrate import upgrade_to_head
+from strokeflow.worker.health import start_health_server
+from strokeflow.worker.jobs import JobRunner
+from strokeflow.worker.maintenance import Maintenance, mark_enqueued
+from strokeflow.worker.policy import RetryPolicy
+
+LOG = logging.getLogger(__name__)
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
+def enqueue_and_mark(queue: JobQueue, sessions: sessionmaker[Session]) -> Any:
+    """A hook that puts job ids on ``queue`` and records when (for lost-message recovery)."""
+
+    def hook(job_ids: list[int]) -> None:
+        queue.enqueue(job_ids)
+        with sessions() as session, session.begin():
+            mark_enqueued(session, job_ids, datetime.now(UTC))
+
+    return hook
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _s, _f: stop.set())
+
+
+def run_worker(
+    settings: Settings,
+    policy: RetryPolicy,
+    *,
+    maintenance: bool = True,
+    stop: threading.Event | None = None,
+    migrate: bool = True,
+) -> None:
+    """Take job ids off the queue and run them until SIGTERM/SIGINT (or ``stop``).
+
+    Parameters
+    ----------
+    settings : Settings
+    policy : RetryPolicy
+    maintenance : bool
+        Also run the maintenance loop in this process (split deployments).
+    stop : threading.Event, optional
+    migrate : bool
+        Bring the database to head first.
+    """
+    stop = stop or threading.Event()
+    _stop_on_signals(stop)
+    engine = make_engine(settings.effective_database_url)
+    if migrate:
+        upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    runner = JobRunner(settings, sessions, policy)
+    queue = open_queue(settings.effective_queue_url, runner)
+    LOG.info("worker %s taking jobs from %s", runner.name, queue.url.split("@")[-1])
+    keeper = None
+    if maintenance:
+        keeper = threading.Thread(
+            target=Maintenance(settings, sessions, enqueue_and_mark(queue, sessions), policy).run,
+            args=(stop,),
+            name="strokeflow-maintenance",
+            daemon=True,
+        )
+        keeper.start()
+    try:
+        while not stop.is_set():
+            try:
+                if not queue.run_next():
+                    stop.wait(0.5)
+            except Exception:
+                LOG.exception("worker loop error; going on")
+                stop.wait(1.0)
+    finally:
+        if keeper is not None:
+            keeper.join(timeout=10)
+        engine.dispose()
+
+
+def _worker_process(settings_data: dict[str, Any], policy: RetryPolicy, parent_pid: int) -> None:
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    settings = Settings.model_validate(settings_data)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+
+    def orphan_watch() -> None:
+        # An orphan would keep taking jobs after serve is gone.
+        while not stop.wait(1.0):
+            if os.getppid() != parent_pid:
+                stop.set()
+
+    threading.Thread(target=orphan_watch, daemon=True).start()
+    run_worker(settings, policy, maintenance=False, stop=stop, migrate=False)
+
+
+class WorkerPool:
+    """``count`` worker processes, restarted when one dies."""
+
+    def __init__(self, settings: Settings, policy: RetryPolicy, count: int) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._args = (settings.model_dump(mode="json"), policy, os.getpid())
+        self.processes: list[Any] = [self._start(i) for i in range(count)]
+        self.restarts = 0
+
+    def _start(self, index: int) -> Any:
+        proc = self._context.Process(
+            target=_worker_process, args=self._args, name=f"strokeflow-worker-{index}"
+        )
+        proc.start()
+        return proc
+
+    def alive(self) -> int:
+        """How many worker processes are running."""
+        return sum(p.is_alive() for p in self.processes)
+
+    def supervise(self, stop: threading.Event) -> None:
+        """Restart dead workers (their jobs come back through the lease) until ``stop``."""
+        while not stop.wait(1.0):
+            for i, proc in enumerate(self.processes):
+                if not proc.is_alive():
+                    LOG.error("%s exited with code %s; restarting it", proc.name, proc.exitcode)
+                    self.processes[i] = self._start(i)
+                    self.restarts += 1
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM every worker (it finishes its current job), then kill stragglers."""
+        for proc in self.processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in self.processes:
+            proc.join(timeout=timeout_s)
+            if proc.is_alive():
+                proc.kill()
+
+
+def run_serve(
+    settings: Settings, policy: RetryPolicy, *, stop: threading.Event | None = None
+) -> None:
+    """Listener, ``settings.worker_count`` workers, maintenance and ``/health`` in one command.
+
+    Runs until SIGTERM/SIGINT (or ``stop``).
+    """
+    from strokeflow.receive.listener import run_listener
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    queue = open_queue(settings.effective_queue_url)
+    stop = stop or threading.Event()
+    pool = WorkerPool(settings, policy, settings.worker_count)
+
+    def extra() -> dict[str, Any]:
+        alive = pool.alive()
+        return {
+            "healthy": alive > 0,
+            "workers": {
+                "alive": alive,
+                "configured": settings.worker_count,
+                "restarts": pool.restarts,
+            },
+            "queue_pending": queue.pending(),
+        }
+
+    health = start_health_server(settings.bind_address, settings.http_port, sessions, extra)
+    hook = enqueue_and_mark(queue, sessions)
+    threads = [
+        threading.Thread(
+            target=pool.supervise, args=(stop,), name="strokeflow-supervisor", daemon=True
+        ),
+        threading.Thread(
+            target=Maintenance(settings, sessions, hook, policy).run,
+            args=(stop,),
+            name="strokeflow-maintenance",
+            daemon=True,
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        run_listener(settings, on_queued=hook, stop=stop)
+    finally:
+        stop.set()
+        health.shutdown()
+        for thread in threads:
+            thread.join(timeout=10)
+        pool.stop()
+        engine.dispose()

@@ -1,0 +1,275 @@
+"""Queue and workers: huey carries job ids, the job table with leases is the truth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+import strokeflow.worker.jobs as jobs_module
+from strokeflow.analyze import NothingToAnalyseError
+from strokeflow.config import Settings
+from strokeflow.queue import open_queue
+from strokeflow.store.models import Job, JobState, Study, StudyState
+from strokeflow.worker.jobs import JobRunner
+from strokeflow.worker.maintenance import Maintenance, reap_expired
+from strokeflow.worker.policy import RetryPolicy
+from strokeflow.worker.retry import RetryError, retry_job
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+POLICY = RetryPolicy(lease_s=30.0, max_attempts=3, backoff_s=10.0)
+
+
+class Clock:
+    """A settable aware-UTC clock."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _queued_job(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session, session.begin():
+        study = Study(study_uid="1.2.3.4", state=StudyState.QUEUED, version=1, instance_count=0)
+        job = Job(study=study, version=1, state=JobState.QUEUED, attempts=0, instance_count=0)
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def _job(sessions: sessionmaker[Session], job_id: int) -> Job:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def _runner(sessions: sessionmaker[Session], tmp_path: Path, clock: Clock, name: str) -> JobRunner:
+    settings = Settings(data_dir=tmp_path / "data")
+    return JobRunner(settings, sessions, POLICY, name=name, clock=clock)
+
+
+def _failing_analysis(exc: Exception) -> Any:
+    def analyze(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return analyze
+
+
+def test_sqlite_queue_carries_job_ids_in_order(tmp_path: Path) -> None:
+    seen: list[int] = []
+    url = f"sqlite:///{tmp_path / 'queue.sqlite'}"
+    open_queue(url).enqueue([7, 3])
+    worker_side = open_queue(url, seen.append)
+    assert worker_side.pending() == 2
+    assert worker_side.run_next() and worker_side.run_next()
+    assert not worker_side.run_next()
+    assert seen == [7, 3]
+
+
+def test_unknown_queue_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="expected sqlite"):
+        open_queue("amqp://broker/")
+
+
+def test_a_job_is_claimed_once(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    job_id = _queued_job(sessions)
+    clock = Clock()
+    assert _runner(sessions, tmp_path, clock, "a").claim(job_id)
+    assert not _runner(sessions, tmp_path, clock, "b").claim(job_id)
+    job = _job(sessions, job_id)
+    assert job.state is JobState.RUNNING and job.worker == "a" and job.attempts == 1
+    assert job.lease_until == T0 + timedelta(seconds=POLICY.lease_s)
+
+
+def test_failures_are_retried_with_backoff_then_failed_and_retry_requeues(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs_module, "analyze_paths", _failing_analysis(OSError("disk gone")))
+    job_id = _queued_job(sessions)
+    clock = Clock()
+    runner = _runner(sessions, tmp_path, clock, "a")
+    assert runner.run(job_id) is JobState.QUEUED
+    job = _job(sessions, job_id)
+    assert job.attempts == 1 and job.next_attempt_at == T0 + timedelta(seconds=10)
+    assert job.error is not None and "disk gone" in job.error
+    assert runner.run(job_id) is None, "not due during the back-off"
+    clock.now = T0 + timedelta(seconds=10)
+    assert runner.run(job_id) is JobState.QUEUED
+    assert _job(sessions, job_id).next_attempt_at == clock.now + timedelta(seconds=20)
+    clock.now += timedelta(seconds=20)
+    assert runner.run(job_id) is JobState.FAILED
+    job = _job(sessions, job_id)
+    assert job.attempts == 3 and job.error is not None and job.error.startswith("attempt 3")
+    with sessions() as session, session.begin():
+        assert retry_job(session, job_id, clock.now) == "analysis"
+    job = _job(sessions, job_id)
+    assert job.state is JobState.QUEUED and job.attempts == 0 and job.next_attempt_at is None
+    with sessions() as session, session.begin(), pytest.raises(RetryError, match="already queued"):
+        retry_job(session, job_id, clock.now)
+
+
+def test_nothing_to_analyse_fails_at_once(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        jobs_module, "analyze_paths", _failing_analysis(NothingToAnalyseError("no CT perfusion"))
+    )
+    job_id = _queued_job(sessions)
+    assert _runner(sessions, tmp_path, Clock(), "a").run(job_id) is JobState.FAILED
+    job = _job(sessions, job_id)
+    assert job.attempts == 1 and "no CT perfusion" in (job.error or "")
+
+
+def test_expired_lease_requeues_and_the_dead_attempt_cannot_finish(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = _queued_job(sessions)
+    clock = Clock()
+    dead = _runner(sessions, tmp_path, clock, "dead")
+    assert dead.claim(job_id)
+    enqueued: list[int] = []
+    keeper = Maintenance(
+        Settings(data_dir=tmp_path / "data"),
+        sessions,
+        enqueued.extend,
+        POLICY,
+        dispatch=False,
+        clock=clock,
+    )
+    clock.now = T0 + timedelta(seconds=POLICY.lease_s - 1)
+    assert keeper.run_once() == [] and _job(sessions, job_id).state is JobState.RUNNING
+    clock.now = T0 + timedelta(seconds=POLICY.lease_s + 1)
+    assert keeper.run_once() == [job_id] and enqueued == [job_id]
+    job = _job(sessions, job_id)
+    assert job.state is JobState.QUEUED and "dead stopped renewing" in (job.error or "")
+    assert keeper.run_once() == [], "enqueued once, not on every pass"
+    alive = _runner(sessions, tmp_path, clock, "alive")
+    assert alive.claim(job_id)
+    # The first worker comes back to life and reports a failure: it no longer owns the job.
+    assert dead._fail(job_id, RuntimeError("late")) is JobState.RUNNING
+    job = _job(sessions, job_id)
+    assert job.worker == "alive" and job.attempts == 2 and job.state is JobState.RUNNING
+
+
+def test_a_worker_dying_on_its_last_attempt_fails_the_job(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    job_id = _queued_job(sessions)
+    clock = Clock()
+    for attempt in range(POLICY.max_attempts):
+        assert _runner(sessions, tmp_path, clock, f"w{attempt}").claim(job_id)
+        clock.now += timedelta(seconds=POLICY.lease_s + 1)
+        with sessions() as session, session.begin():
+            reap_expired(session, POLICY, clock.now)
+    job = _job(sessions, job_id)
+    assert job.state is JobState.FAILED and job.attempts == POLICY.max_attempts
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    policy = RetryPolicy(backoff_s=10, backoff_max_s=35)
+    assert [policy.job_delay_s(n) for n in (1, 2, 3, 4)] == [10, 20, 35, 35]
+    with pytest.raises(ValueError, match="at least one attempt"):
+        RetryPolicy(max_attempts=0)
+
+
+def test_a_job_run_twice_analyses_once_and_plans_dispatch_once(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    import shutil
+
+    from pydicom import dcmread
+    from servicekit import free_port
+    from sqlalchemy import func, select
+
+    from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+    from strokeflow.phantom.ctp_dicom import write_ctp_study
+    from strokeflow.store.models import Dispatch, DispatchState, Instance, Series
+
+    data_dir = tmp_path / "data"
+    files = write_ctp_study(
+        simulate_ctp(CtpPhantomOptions(matrix=48, slices=3, frames=20)),
+        tmp_path / "sent",
+        extra_series=False,
+    )
+    job_id = _queued_job(sessions)
+    with sessions() as session, session.begin():
+        job = session.get(Job, job_id)
+        assert job is not None
+        series = Series(study_id=job.study_id, series_uid="1.2.3.4.5", instance_count=0)
+        session.add(series)
+        session.flush()
+        for k, path in enumerate(p for p in files if p.suffix == ".dcm"):
+            relative = Path("studies") / f"{k}.dcm"
+            (data_dir / "studies").mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, data_dir / relative)
+            ds = dcmread(path, stop_before_pixels=True)
+            session.add(
+                Instance(
+                    series_id=series.id,
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                    path=str(relative),
+                    size_bytes=path.stat().st_size,
+                    sha256="0" * 64,
+                    received_at=T0,
+                )
+            )
+    down = f"PACS@127.0.0.1:{free_port()}"  # nothing listens: rows stay pending
+    settings = Settings(data_dir=data_dir, destinations=down)
+    runner = JobRunner(settings, sessions, POLICY, name="a", clock=Clock())
+    assert runner.run(job_id) is JobState.SUCCEEDED
+    assert runner.run(job_id) is None
+    job = _job(sessions, job_id)
+    assert job.state is JobState.SUCCEEDED and job.attempts == 1
+    assert job.core_ml is not None and job.tmax6_ml is not None and job.decisions
+    assert job.results_path == "results/1.2.3.4/v1"
+    written = sorted((data_dir / job.results_path / "dicom").rglob("*.dcm"))
+    with sessions() as session:
+        rows = session.scalars(select(Dispatch).where(Dispatch.job_id == job_id)).all()
+        assert session.scalar(select(func.count()).select_from(Dispatch)) == len(written)
+    assert written and {r.path for r in rows} == {str(p.relative_to(data_dir)) for p in written}
+    assert all(r.state is DispatchState.PENDING and r.attempts == 1 for r in rows)
+
+
+def test_cli_retry_requeues_a_failed_job_and_job_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from strokeflow.service_cli import app
+    from strokeflow.store.engine import make_engine, make_session_factory
+    from strokeflow.store.migrate import upgrade_to_head
+
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("STROKEFLOW_DATA_DIR", str(data_dir))
+    engine = make_engine(f"sqlite:///{data_dir / 'strokeflow.sqlite'}")
+    upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    job_id = _queued_job(sessions)
+    with sessions() as session, session.begin():
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.state, job.attempts, job.error = JobState.FAILED, 3, "attempt 3: disk gone"
+    cli = CliRunner()
+    shown = cli.invoke(app, ["job", str(job_id), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["error"] == "attempt 3: disk gone"
+    retried = cli.invoke(app, ["retry", str(job_id)])
+    assert retried.exit_code == 0 and "queued for analysis again" in retried.output
+    info = json.loads(cli.invoke(app, ["job", str(job_id), "--json"]).output)
+    assert info["state"] == "queued" and info["attempts"] == 0
+    assert open_queue(f"sqlite:///{data_dir / 'queue.sqlite'}").pending() == 1
+    again = cli.invoke(app, ["retry", str(job_id)])
+    assert again.exit_code == 1 and "already queued" in again.output
+    missing = cli.invoke(app, ["job", "999"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    engine.dispose()
