@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from strokeflow.analysis.ctp import CtpAnalysis, analyse_ctp
 from strokeflow.analysis.decisions import RULE_SETS
@@ -37,6 +38,7 @@ from strokeflow.report.dicom_outputs import (
 )
 from strokeflow.report.render import SUMMARY_REGIONS, render_summary_page
 from strokeflow.report.results_json import ctp_analysis_json
+from strokeflow.report.secondary_capture import build_secondary_captures
 from strokeflow.report.structured_report import sr_in_encoding
 
 
@@ -237,3 +239,20 @@ def test_lesion_page_outlines_core_in_magenta_and_tmax6_in_green(built: Built) -
     body = page[80:-60]  # below the legend, above the footer
     assert _colour_fraction(body, (255, 0, 255), tol=60) > 1e-4
     assert _colour_fraction(body, (0, 255, 0), tol=60) > 1e-4
+
+
+def test_secondary_captures_are_uncompressed_by_default_and_rle_on_request(built: Built) -> None:
+    assert built.objects.summary[0].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    page = np.zeros((120, 160, 3), dtype=np.uint8)
+    page[40:80, 50:110] = (255, 0, 255)
+    (sc,) = build_secondary_captures(
+        [page],
+        built.sources,
+        series_description="test",
+        series_number=9001,
+        software_version="0",
+        derivation="test",
+        transfer_syntax_uid=RLELossless,
+    )
+    assert sc.file_meta.TransferSyntaxUID == RLELossless
+    np.testing.assert_array_equal(sc.pixel_array, page)

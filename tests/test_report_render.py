@@ -5,7 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from strokeflow.analysis.volume import Geometry
-from strokeflow.report.render import CORE_RGB, Outline, render_lesion_pages
+from strokeflow.report.panels import (
+    colour_lut,
+    outline_band,
+    render_lesion_pages,
+    render_map_pages,
+)
+from strokeflow.report.render import (
+    CORE_RGB,
+    SUMMARY_REGIONS,
+    Decision,
+    MapSpec,
+    Outline,
+    SummaryContent,
+    render_summary_page,
+)
 from strokeflow.report.segmentation import mask_to_grid
 
 
@@ -66,3 +80,42 @@ def test_mask_to_grid_is_false_outside_the_mask_grid() -> None:
     out = mask_to_grid(mask, fine, fine, (3, 6, 6))
     assert out[:2, :4, :4].all()
     assert not out[2].any() and not out[:, 4:, :].any() and not out[:, :, 4:].any()
+
+
+def test_outline_band_rings_the_mask_edge_and_leaves_its_inside_empty() -> None:
+    mask = np.zeros((30, 30), dtype=bool)
+    mask[10:20, 10:20] = True
+    band = outline_band(mask, width_px=3)
+    assert band[10, 15] and band[9, 15]  # on the edge, inside and just outside
+    assert not band[15, 15]  # centre stays visible
+    assert not band[2, 2]  # far outside
+    assert not outline_band(np.zeros((5, 5), dtype=bool)).any()
+
+
+def test_map_page_colour_bar_runs_from_vmax_at_the_top_to_vmin_at_the_bottom() -> None:
+    values = np.full((1, 20, 20), 5.0, dtype=np.float32)
+    (page,) = render_map_pages([MapSpec("Tmax", values, "s", 0.0, 12.0)], _geometry(), title="t")
+    lut = colour_lut("turbo")
+    bar = page[:, int(0.915 * page.shape[1]) + 5]
+    top, bottom = int(0.1 * page.shape[0]) + 2, int(0.9 * page.shape[0]) - 3
+    np.testing.assert_allclose(bar[top], lut[255], atol=12)
+    np.testing.assert_allclose(bar[bottom], lut[0], atol=12)
+
+
+def test_summary_page_says_n_a_for_undecidable_rules_not_no() -> None:
+    content = SummaryContent(
+        title="MR stroke",
+        header_lines=["Patient: X"],
+        decisions=[Decision("DEFUSE 3 target mismatch", None, "rule")],
+        alerts=[],
+        volume_rows=[("Core", "10.0 mL")],
+        quality_ok=True,
+        quality_lines=[],
+    )
+    page = render_summary_page(content)
+    left, top, right, bottom = SUMMARY_REGIONS["decisions"]
+    h, w, _ = page.shape
+    decisions = page[int(top * h) : int(bottom * h), int(left * w) : int(right * w)]
+    # "n/a" is grey; a YES would be cyan (0, 224, 255).
+    cyan = np.all(np.abs(decisions.astype(int) - np.array([0, 224, 255])) <= 40, axis=-1)
+    assert not cyan.any()

@@ -22,9 +22,11 @@ from strokeflow.assemble.mri import assemble_mri
 from strokeflow.assemble.series import StudyInventory, build_inventory
 from strokeflow.report.dicom_outputs import (
     build_ctp_result_objects,
+    build_result_objects,
     load_source_references,
     write_result_objects,
 )
+from strokeflow.report.mri_content import mri_result_content, mri_source_paths
 from strokeflow.report.nifti import write_ctp_maps
 from strokeflow.report.results_json import ctp_analysis_json
 from strokeflow.report.results_json_mri import mri_analysis_json, write_mri_maps
@@ -163,10 +165,18 @@ def _analyse_study(
             entry["errors"].append(f"MRI: {exc}")
         else:
             result = mri_analysis_json(analysis, mri, options.mri, mri_timings, list(mri.warnings))
+            series_dir = Path(study.study_uid) / "mri"
             if options.write_maps:
-                series_dir = Path(study.study_uid) / "mri"
                 written.extend(write_mri_maps(analysis, out_dir / "maps" / series_dir))
                 result["maps_dir"] = str(Path("maps") / series_dir)
+            if options.write_dicom:
+                t1 = time.perf_counter()
+                sources = load_source_references(mri_source_paths(study, mri))
+                content = mri_result_content(analysis, mri, options.mri)
+                objects = build_result_objects(content, sources)
+                written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
+                result["dicom_dir"] = str(Path("dicom") / series_dir)
+                result["timings_s"]["dicom_objects"] = round(time.perf_counter() - t1, 3)
             entry["analyses"].append(result)
     for result in entry["analyses"]:
         log.info(

@@ -1,9 +1,9 @@
 """All DICOM result objects of one analysis: SC pages, SEG and SR, written to disk.
 
 The objects are built from a modality-neutral :class:`ResultContent`; a CT perfusion
-analysis is turned into one by :func:`ctp_result_content`, and an MRI analysis will get
-its own adapter (ADC map instead of CBF, a different procedure and method code) while
-the pages, SEG, SR and file writing stay the same.
+analysis is turned into one by :func:`ctp_result_content`, an MR stroke analysis by
+:func:`strokeflow.report.mri_content.mri_result_content` (ADC core, DWI anatomy, MR
+procedure and method codes); the pages, SEG, SR and file writing are the same.
 
 Series numbers (relative to ``series_number_base``, 9000 by default): +1 summary, +2 lesion
 outlines, +3 maps, +4 segmentation, +5 structured report.
@@ -11,16 +11,16 @@ outlines, +3 maps, +4 segmentation, +5 structured report.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
+from pydicom.uid import ExplicitVRLittleEndian
 
 from strokeflow import __version__
 from strokeflow.analysis.ctp import CtpAnalysis
@@ -28,7 +28,7 @@ from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
 from strokeflow.analysis.inputs import VascularCurve
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analysis.volume import Geometry
-from strokeflow.assemble.series import parse_da_s, parse_dt_s, parse_tm_s
+from strokeflow.report.panels import render_lesion_pages, render_map_pages
 from strokeflow.report.render import (
     CORE_RGB,
     TMAX6_RGB,
@@ -38,12 +38,13 @@ from strokeflow.report.render import (
     MapSpec,
     Outline,
     SummaryContent,
-    render_lesion_pages,
-    render_map_pages,
     render_summary_page,
 )
 from strokeflow.report.secondary_capture import build_secondary_captures
 from strokeflow.report.segmentation import Region, build_segmentation, sort_along_normal
+from strokeflow.report.source_references import (  # re-exported for callers
+    load_source_references as load_source_references,
+)
 from strokeflow.report.structured_report import (
     HYPOPERFUSION_INTENSITY_RATIO,
     MISMATCH_RATIO,
@@ -88,6 +89,9 @@ class ResultContent:
         Summary page (``header_lines`` are filled from the source images).
     findings : ReportFindings
         SR content.
+    anatomy_head_zyx : numpy.ndarray or None
+        Bool head/brain mask the lesion panels are cropped to; None: everything more
+        than 200 below the window's low end is air (CT).
     """
 
     title: str
@@ -99,6 +103,7 @@ class ResultContent:
     maps: list[MapSpec]
     summary: SummaryContent
     findings: ReportFindings
+    anatomy_head_zyx: np.ndarray | None = None
 
 
 @dataclass
@@ -120,7 +125,8 @@ def _fmt_ml(value: float) -> str:
     return f"{value:.1f} mL"
 
 
-def _location_text(curve: VascularCurve, geometry: Geometry) -> str:
+def location_text(curve: VascularCurve, geometry: Geometry) -> str:
+    """Where a vascular curve was measured: slice, side and LPS position, in words."""
     x, y, z = curve.location_lps_mm(geometry)
     side = "midline" if abs(x) < 5 else ("patient left" if x > 0 else "patient right")
     slice_number = round(float(curve.voxels_zyx[:, 0].mean())) + 1
@@ -221,7 +227,7 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
             "AIF",
             times,
             analysis.aif.curve,
-            _location_text(analysis.aif, analysis.geometry),
+            location_text(analysis.aif, analysis.geometry),
             (255, 70, 70),
         )
     ]
@@ -231,7 +237,7 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
                 "VOF",
                 times,
                 analysis.vof.curve,
-                _location_text(analysis.vof, analysis.geometry),
+                location_text(analysis.vof, analysis.geometry),
                 (80, 160, 255),
             )
         )
@@ -322,12 +328,39 @@ def _header_lines(ds: Dataset) -> list[str]:
     return [patient, study]
 
 
+#: Type 2 patient/study attributes every result object must have (empty when unknown);
+#: highdicom copies them from the source and fails when a source image lacks them.
+_TYPE2_REFERENCE_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _complete_reference(ds: Dataset) -> Dataset:
+    """A copy of a source header with the missing Type 2 attributes present but empty."""
+    missing = [k for k in _TYPE2_REFERENCE_ATTRIBUTES if k not in ds]
+    if not missing:
+        return ds
+    out = copy.deepcopy(ds)
+    for keyword in missing:
+        setattr(out, keyword, "")
+    return out
+
+
 def build_result_objects(
     content: ResultContent,
     source_images: Sequence[Dataset],
     *,
     series_number_base: int = 9000,
     sr_encoding: SrEncoding = "comprehensive3d",
+    sc_transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> ResultObjects:
     """Render the pages and build the SC, SEG and SR objects of one analysis.
 
@@ -342,12 +375,15 @@ def build_result_objects(
         New series are numbered base + 1 ... base + 5.
     sr_encoding : {"comprehensive3d", "comprehensive", "enhanced"}
         SR class.
+    sc_transfer_syntax : str
+        Transfer syntax UID of the Secondary Captures (see
+        :func:`~strokeflow.report.secondary_capture.build_secondary_captures`).
 
     Returns
     -------
     ResultObjects
     """
-    ordered = sort_along_normal(source_images)
+    ordered = [_complete_reference(ds) for ds in sort_along_normal(source_images)]
     version = __version__
     title = content.title
     summary_content = dataclasses.replace(content.summary, header_lines=_header_lines(ordered[0]))
@@ -362,6 +398,7 @@ def build_result_objects(
         content.geometry,
         title=f"{title}: lesions",
         window=content.anatomy_window,
+        head_zyx=content.anatomy_head_zyx,
     )
     map_pages = render_map_pages(content.maps, content.geometry, title=title)
 
@@ -373,6 +410,7 @@ def build_result_objects(
             series_number=series_number_base + offset,
             software_version=version,
             derivation=f"{title} {what} rendered by StrokeFlow {version}",
+            transfer_syntax_uid=sc_transfer_syntax,
         )
 
     seg = build_segmentation(
@@ -445,55 +483,3 @@ def write_result_objects(objects: ResultObjects, out_dir: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def _time_key(ds: Dataset) -> tuple[float, int]:
-    """Acquisition time of an image (seconds), then InstanceNumber, for ordering."""
-    value: float | None = None
-    if ds.get("AcquisitionDateTime"):
-        value = parse_dt_s(str(ds.AcquisitionDateTime))
-    for tm, da in (("AcquisitionTime", "AcquisitionDate"), ("ContentTime", "ContentDate")):
-        if value is None and ds.get(tm):
-            clock = parse_tm_s(str(ds.get(tm)))
-            day = parse_da_s(str(ds.get(da, "") or "")) or 0.0
-            value = None if clock is None else clock + day
-    if value is None:
-        tpi = ds.get("TemporalPositionIdentifier")
-        value = float(tpi) if tpi is not None else math.inf
-    return value, int(ds.get("InstanceNumber", 0) or 0)
-
-
-def load_source_references(source_paths: Sequence[Path]) -> list[Dataset]:
-    """Headers of the earliest image at every slice position of the analysed series.
-
-    Parameters
-    ----------
-    source_paths : sequence of Path
-        Files of the perfusion acquisition (e.g. ``CtpAcquisition.source_paths``).
-
-    Returns
-    -------
-    list of pydicom.Dataset
-        One header per slice (no pixel data), ordered along the slice normal.
-
-    Raises
-    ------
-    ValueError
-        If no file has a position and orientation.
-    """
-    best: dict[float, tuple[tuple[float, int], Dataset]] = {}
-    for path in source_paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            continue
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
-        position = round(float(np.dot(np.cross(iop[:3], iop[3:]), ds.ImagePositionPatient)), 2)
-        key = _time_key(ds)
-        if position not in best or key < best[position][0]:
-            best[position] = (key, ds)
-    if not best:
-        raise ValueError(
-            f"none of {len(source_paths)} source files has ImagePositionPatient and "
-            "ImageOrientationPatient"
-        )
-    return sort_along_normal([ds for _, ds in best.values()])

@@ -1,24 +1,18 @@
-"""Result pages as 8-bit RGB arrays: the summary, lesion outlines and perfusion maps.
+"""What the result pages show (modality-neutral content), and the summary page.
 
-Rendered with matplotlib (Agg canvas, no pyplot state): it gives anti-aliased text,
-colour bars, curve plots and sub-pixel mask outlines (``contour``) out of the box, which
-Pillow would need to re-implement. Pages are ``PAGE_HEIGHT_PX x PAGE_WIDTH_PX`` with
-body text of about 26 px, readable when PACS scales the page to a diagnostic monitor.
-
-Images are shown in radiological convention: the patient's right on the left of the
-image, anterior at the top, with R and L labels on every panel. All volumes passed here
-are ``(z, y, x)`` arrays on the grid described by ``geometry``.
+Pages are ``PAGE_HEIGHT_PX x PAGE_WIDTH_PX`` 8-bit RGB arrays with body text of about
+26 px, readable when PACS scales the page to a diagnostic monitor. The summary page is
+drawn with matplotlib (Agg canvas, no pyplot state) for its curve plot; one figure per
+study, so its cost is fixed. The slice pages (lesions, maps) are composed with numpy
+and Pillow in :mod:`strokeflow.report.panels`, which is an order of magnitude faster.
 """
 
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -82,10 +76,14 @@ class Curve:
 
 @dataclass(frozen=True)
 class Decision:
-    """One treatment-selection rule and its outcome for the summary page."""
+    """One treatment-selection rule and its outcome for the summary page.
+
+    ``met`` is None when the rule cannot be decided (e.g. MRI without perfusion): the
+    page then says "n/a", never "NO".
+    """
 
     name: str
-    met: bool
+    met: bool | None
     rule_text: str
 
 
@@ -115,6 +113,11 @@ class SummaryContent:
         Y axis label of the curve plot.
     footer_lines : list of str
         Method, thresholds, software version, intended use.
+    curve_title : str
+        Title of the curve plot.
+    notice : str
+        Shown large in orange in the curve area when there are no curves (e.g.
+        "Perfusion not available: core only").
     """
 
     title: str
@@ -127,6 +130,8 @@ class SummaryContent:
     curves: list[Curve] = field(default_factory=list)
     curve_unit: str = "HU"
     footer_lines: list[str] = field(default_factory=list)
+    curve_title: str = "Arterial input and venous output"
+    notice: str = ""
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,9 @@ class MapSpec:
         Display range.
     cmap : str
         Matplotlib colour map name.
+    geometry : Geometry or None
+        Grid of ``values_zyx`` when it is not the page set's (MR perfusion maps lie on
+        the DSC grid, the ADC on the DWI grid).
     """
 
     name: str
@@ -162,6 +170,7 @@ class MapSpec:
     vmin: float
     vmax: float
     cmap: str = "turbo"
+    geometry: Geometry | None = None
 
 
 def _figure() -> tuple[Figure, FigureCanvasAgg]:
@@ -250,7 +259,7 @@ def render_summary_page(content: SummaryContent) -> np.ndarray:
     y = 0.225
     for k, decision in enumerate(content.decisions):
         size = 30 if k == 0 else 20
-        answer = "YES" if decision.met else "NO"
+        answer = "n/a" if decision.met is None else ("YES" if decision.met else "NO")
         fig.text(
             0.02,
             _fy(y),
@@ -264,7 +273,7 @@ def render_summary_page(content: SummaryContent) -> np.ndarray:
             0.50,
             _fy(y),
             answer,
-            color="#00e0ff" if decision.met else TEXT,
+            color=MUTED if decision.met is None else ("#00e0ff" if decision.met else TEXT),
             fontsize=size,
             fontweight="bold",
             va="center",
@@ -306,6 +315,18 @@ def render_summary_page(content: SummaryContent) -> np.ndarray:
 
     if content.curves:
         _curve_axes(fig, content)
+    if content.notice:
+        left, top, _, _ = SUMMARY_REGIONS["curves"]
+        for i, line in enumerate(textwrap.wrap(content.notice, 27)[:4]):
+            fig.text(
+                left + 0.02,
+                _fy(top + 0.08 + 0.06 * i),
+                line,
+                color="#ffa020",
+                fontsize=26,
+                fontweight="bold",
+                va="center",
+            )
 
     wrapped = [part for line in content.footer_lines for part in textwrap.wrap(line, 160)]
     for i, line in enumerate(wrapped[:3]):
@@ -332,7 +353,7 @@ def _curve_axes(fig: Figure, content: SummaryContent) -> None:
         )
     ax.set_xlabel("time (s)", color=TEXT, fontsize=16)
     ax.set_ylabel(content.curve_unit, color=TEXT, fontsize=16)
-    ax.set_title("Arterial input and venous output", color=TEXT, fontsize=18)
+    ax.set_title(content.curve_title, color=TEXT, fontsize=18)
     ax.tick_params(colors=TEXT, labelsize=14)
     for spine in ax.spines.values():
         spine.set_color(MUTED)
@@ -346,251 +367,3 @@ def _curve_axes(fig: Figure, content: SummaryContent) -> None:
             fontsize=14,
             va="center",
         )
-
-
-def display_orientation(geometry: Geometry) -> tuple[bool, bool]:
-    """Flips ``(flip_rows, flip_columns)`` that show a slice in radiological convention.
-
-    Radiological convention puts the patient's right on the viewer's left (so the
-    x index must increase towards the patient's left) and anterior at the top (the y
-    index must increase towards posterior).
-    """
-    return geometry.patient_posterior_sign_y() < 0, geometry.patient_left_sign_x() < 0
-
-
-def _oriented(slice_yx: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
-    out = slice_yx
-    if flips[0]:
-        out = out[::-1, :]
-    if flips[1]:
-        out = out[:, ::-1]
-    return out
-
-
-def _slice_order(geometry: Geometry, nz: int) -> list[int]:
-    """Slice indices from inferior to superior."""
-    order = list(range(nz))
-    return order if geometry.affine_lps[2, 2] >= 0 else order[::-1]
-
-
-def _grid(n: int) -> tuple[int, int]:
-    cols = min(4, n)
-    rows = -(-n // cols)
-    return rows, cols
-
-
-def _panel_axes(fig: Figure, n: int, top: float, bottom: float, right: float = 1.0) -> list[Axes]:
-    rows, cols = _grid(n)
-    width = (right - 0.01) / cols
-    height = (1 - top - bottom) / rows
-    axes = []
-    for k in range(n):
-        r, c = divmod(k, cols)
-        ax = fig.add_axes(
-            (0.005 + c * width, 1 - top - (r + 1) * height, width - 0.01, height - 0.01)
-        )
-        ax.set_axis_off()
-        axes.append(ax)
-    return axes
-
-
-def _label_panel(ax: Axes, z_mm: float, index: int) -> None:
-    # Bottom corners, on a dark box: clear of the head and readable over bone.
-    style: dict[str, Any] = {
-        "color": TEXT,
-        "fontsize": 18,
-        "fontweight": "bold",
-        "transform": ax.transAxes,
-        "bbox": {"facecolor": "black", "alpha": 0.7, "edgecolor": "none", "pad": 2},
-    }
-    ax.text(0.01, 0.02, "R", va="bottom", ha="left", **style)
-    ax.text(0.99, 0.02, "L", va="bottom", ha="right", **style)
-    ax.text(
-        0.02,
-        0.98,
-        f"{index + 1}  z {z_mm:.0f} mm",
-        va="top",
-        ha="left",
-        color=MUTED,
-        fontsize=14,
-        transform=ax.transAxes,
-    )
-
-
-def _slice_z_mm(geometry: Geometry, z: int) -> float:
-    return float((geometry.affine_lps @ np.array([0.0, 0.0, float(z), 1.0]))[2])
-
-
-def crop_box(valid_zyx: np.ndarray, margin_px: int = 4) -> tuple[slice, slice]:
-    """``(rows, columns)`` slices of the smallest box holding every valid voxel.
-
-    Panels are cropped to the head so that the brain fills them; an empty mask keeps
-    the whole plane.
-    """
-    plane: np.ndarray = np.any(valid_zyx, axis=0)
-    if not plane.any():
-        return slice(None), slice(None)
-    rows = np.nonzero(np.any(plane, axis=1))[0]
-    cols = np.nonzero(np.any(plane, axis=0))[0]
-    ny, nx = plane.shape
-    return (
-        slice(max(0, rows[0] - margin_px), min(ny, rows[-1] + margin_px + 1)),
-        slice(max(0, cols[0] - margin_px), min(nx, cols[-1] + margin_px + 1)),
-    )
-
-
-def _pages(indices: list[int], per_page: int) -> list[list[int]]:
-    return [indices[i : i + per_page] for i in range(0, len(indices), per_page)]
-
-
-def render_lesion_pages(
-    anatomy_zyx: np.ndarray,
-    outlines: Sequence[Outline],
-    geometry: Geometry,
-    *,
-    title: str,
-    window: tuple[float, float] = (0.0, 80.0),
-    slices_per_page: int = 12,
-) -> list[np.ndarray]:
-    """Outline lesion masks on the anatomy, every slice, in radiological orientation.
-
-    Parameters
-    ----------
-    anatomy_zyx : numpy.ndarray
-        Grey-scale anatomy (e.g. pre-contrast HU).
-    outlines : sequence of Outline
-        Masks of the same shape, outlined in their colour.
-    geometry : Geometry
-        Grid of ``anatomy_zyx``.
-    title : str
-        Page title.
-    window : (float, float)
-        Grey-scale display range of the anatomy.
-    slices_per_page : int
-        At most this many slices per page (4 columns).
-
-    Returns
-    -------
-    list of numpy.ndarray
-        ``(PAGE_HEIGHT_PX, PAGE_WIDTH_PX, 3)`` uint8 pages.
-    """
-    for outline in outlines:
-        if outline.mask_zyx.shape != anatomy_zyx.shape:
-            raise ValueError(
-                f"{outline.label} mask has shape {outline.mask_zyx.shape}, the anatomy "
-                f"{anatomy_zyx.shape}"
-            )
-    flips = display_orientation(geometry)
-    order = _slice_order(geometry, anatomy_zyx.shape[0])
-    chunks = _pages(order, slices_per_page)
-    # Air lies far below the window; everything else (skull, brain) is kept in the crop.
-    box = crop_box(anatomy_zyx > window[0] - 200.0)
-    pages = []
-    for p, chunk in enumerate(chunks):
-        fig, canvas = _figure()
-        fig.text(
-            0.01,
-            0.975,
-            f"{title}  (page {p + 1}/{len(chunks)})",
-            color=TEXT,
-            fontsize=24,
-            fontweight="bold",
-            va="center",
-        )
-        for k, outline in enumerate(outlines):
-            fig.text(
-                0.42 + 0.32 * k,
-                0.975,
-                f"■ {outline.label}",
-                color=_hex(outline.colour_rgb),
-                fontsize=20,
-                fontweight="bold",
-                va="center",
-            )
-        fig.text(
-            0.01,
-            0.012,
-            "Radiological orientation: patient right on image left. NOT FOR PRIMARY DIAGNOSIS",
-            color=MUTED,
-            fontsize=13,
-        )
-        for ax, z in zip(_panel_axes(fig, len(chunk), 0.05, 0.035), chunk, strict=True):
-            image = _oriented(anatomy_zyx[z][box], flips)
-            ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], interpolation="bilinear")
-            for outline in outlines:
-                mask = _oriented(outline.mask_zyx[z][box], flips)
-                if mask.any():
-                    ax.contour(
-                        mask.astype(np.float32),
-                        levels=[0.5],
-                        colors=[_hex(outline.colour_rgb)],
-                        linewidths=2.5,
-                    )
-            _label_panel(ax, _slice_z_mm(geometry, z), z)
-        pages.append(_to_rgb(fig, canvas))
-    return pages
-
-
-def render_map_pages(
-    maps: Sequence[MapSpec], geometry: Geometry, *, title: str, slices_per_page: int = 16
-) -> list[np.ndarray]:
-    """One page per map (all slices, or several pages), each with a labelled colour bar.
-
-    Parameters
-    ----------
-    maps : sequence of MapSpec
-        Maps to draw, ``(z, y, x)`` on ``geometry``.
-    geometry : Geometry
-        Grid of the maps.
-    title : str
-        Prefix of each page title, e.g. ``"CT perfusion"``.
-    slices_per_page : int
-        At most this many slices per page.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        ``(PAGE_HEIGHT_PX, PAGE_WIDTH_PX, 3)`` uint8 pages, in the order of ``maps``.
-    """
-    flips = display_orientation(geometry)
-    pages = []
-    for spec in maps:
-        order = _slice_order(geometry, spec.values_zyx.shape[0])
-        chunks = _pages(order, slices_per_page)
-        box = crop_box(np.isfinite(spec.values_zyx))
-        for p, chunk in enumerate(chunks):
-            fig, canvas = _figure()
-            suffix = f"  (page {p + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-            fig.text(
-                0.01,
-                0.975,
-                f"{title}: {spec.name} ({spec.unit}){suffix}",
-                color=TEXT,
-                fontsize=24,
-                fontweight="bold",
-                va="center",
-            )
-            fig.text(
-                0.01,
-                0.012,
-                "Radiological orientation: patient right on image left. NOT FOR PRIMARY DIAGNOSIS",
-                color=MUTED,
-                fontsize=13,
-            )
-            image_artist = None
-            for ax, z in zip(
-                _panel_axes(fig, len(chunk), 0.05, 0.035, right=0.9), chunk, strict=True
-            ):
-                values = _oriented(spec.values_zyx[z][box], flips)
-                shown = np.ma.masked_invalid(values)
-                image_artist = ax.imshow(
-                    shown, cmap=spec.cmap, vmin=spec.vmin, vmax=spec.vmax, interpolation="nearest"
-                )
-                _label_panel(ax, _slice_z_mm(geometry, z), z)
-            if image_artist is not None:
-                cax = fig.add_axes((0.915, 0.1, 0.02, 0.8))
-                bar = fig.colorbar(image_artist, cax=cax)
-                bar.set_label(f"{spec.name} ({spec.unit})", color=TEXT, fontsize=20)
-                bar.ax.tick_params(colors=TEXT, labelsize=16)
-            pages.append(_to_rgb(fig, canvas))
-    return pages

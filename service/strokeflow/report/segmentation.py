@@ -114,8 +114,62 @@ def source_geometry(datasets: Sequence[Dataset]) -> Geometry:
     return Geometry(affine)
 
 
+def grid_lookup(
+    mask_geometry: Geometry,
+    mask_shape: tuple[int, ...],
+    target: Geometry,
+    target_shape: tuple[int, ...],
+) -> np.ndarray:
+    """Flat index of the mask voxel containing each target voxel's centre.
+
+    Parameters
+    ----------
+    mask_geometry, target : Geometry
+        Source and target grids.
+    mask_shape, target_shape : tuple of int
+        ``(z, y, x)`` of the two grids.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``target_shape`` int64 indices into the flattened mask; -1 outside its grid.
+    """
+    # index_mask(xyz) = inv(A_mask) @ A_target @ index_target(xyz). Rounded by hand, not
+    # with scipy's affine_transform: its "constant" mode drops target pixels whose centre
+    # maps less than half a voxel outside the edge centres, i.e. the outer fine pixels of
+    # each binned edge voxel.
+    m = np.linalg.inv(mask_geometry.affine_lps) @ target.affine_lps
+    nz, ny, nx = target_shape
+    sz, sy, sx = mask_shape
+    axis_aligned = np.allclose(m[:3, :3] - np.diag(np.diag(m[:3, :3])), 0.0, atol=1e-9)
+    if axis_aligned:
+        # The usual case (same orientation, binned in-plane): one index per row, column
+        # and slice instead of one per voxel.
+        ix = np.floor(m[0, 0] * np.arange(nx) + m[0, 3] + 0.5).astype(np.int64)
+        iy = np.floor(m[1, 1] * np.arange(ny) + m[1, 3] + 0.5).astype(np.int64)
+        iz = np.floor(m[2, 2] * np.arange(nz) + m[2, 3] + 0.5).astype(np.int64)
+        ok_x, ok_y, ok_z = (ix >= 0) & (ix < sx), (iy >= 0) & (iy < sy), (iz >= 0) & (iz < sz)
+        flat = (iz[:, None, None] * sy + iy[None, :, None]) * sx + ix[None, None, :]
+        inside = ok_z[:, None, None] & ok_y[None, :, None] & ok_x[None, None, :]
+        return np.where(inside, flat, -1)
+    yy, xx = np.meshgrid(np.arange(ny, dtype=float), np.arange(nx, dtype=float), indexing="ij")
+    out = np.full(target_shape, -1, dtype=np.int64)
+    for z in range(nz):
+        jx, jy, jz = (
+            np.floor(m[i, 0] * xx + m[i, 1] * yy + m[i, 2] * z + m[i, 3] + 0.5).astype(np.int64)
+            for i in range(3)
+        )
+        inside = (jx >= 0) & (jx < sx) & (jy >= 0) & (jy < sy) & (jz >= 0) & (jz < sz)
+        out[z] = np.where(inside, (jz * sy + jy) * sx + jx, -1)
+    return out
+
+
 def mask_to_grid(
-    mask_zyx: np.ndarray, mask_geometry: Geometry, target: Geometry, target_shape: tuple[int, ...]
+    mask_zyx: np.ndarray,
+    mask_geometry: Geometry,
+    target: Geometry,
+    target_shape: tuple[int, ...],
+    lookup: np.ndarray | None = None,
 ) -> np.ndarray:
     """Nearest-neighbour resampling of a mask onto another grid of the same patient.
 
@@ -127,28 +181,18 @@ def mask_to_grid(
         Source and target grids.
     target_shape : tuple of int
         ``(z, y, x)`` of the target grid.
+    lookup : numpy.ndarray, optional
+        :func:`grid_lookup` of these grids, to share between masks.
 
     Returns
     -------
     numpy.ndarray
         Bool mask of ``target_shape``; False outside the mask's grid.
     """
-    # index_mask(xyz) = inv(A_mask) @ A_target @ index_target(xyz). Rounded by hand, not
-    # with scipy's affine_transform: its "constant" mode drops target pixels whose centre
-    # maps less than half a voxel outside the edge centres, i.e. the outer fine pixels of
-    # each binned edge voxel.
-    m = np.linalg.inv(mask_geometry.affine_lps) @ target.affine_lps
-    nz, ny, nx = target_shape
-    sz, sy, sx = mask_zyx.shape
-    yy, xx = np.meshgrid(np.arange(ny, dtype=float), np.arange(nx, dtype=float), indexing="ij")
-    out = np.zeros(target_shape, dtype=bool)
-    for z in range(nz):
-        ix, iy, iz = (
-            np.floor(m[i, 0] * xx + m[i, 1] * yy + m[i, 2] * z + m[i, 3] + 0.5).astype(np.int64)
-            for i in range(3)
-        )
-        inside = (ix >= 0) & (ix < sx) & (iy >= 0) & (iy < sy) & (iz >= 0) & (iz < sz)
-        out[z][inside] = mask_zyx[iz[inside], iy[inside], ix[inside]]
+    if lookup is None:
+        lookup = grid_lookup(mask_geometry, mask_zyx.shape, target, target_shape)
+    flat = np.append(mask_zyx.ravel().astype(bool), False)  # index -1 -> False
+    out: np.ndarray = flat[lookup]
     return out
 
 
@@ -186,8 +230,12 @@ def build_segmentation(
     target = source_geometry(ordered)
     shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
     pixels = np.zeros((*shape, len(regions)), dtype=bool)
+    if regions:
+        lookup = grid_lookup(analysis_geometry, regions[0].mask_zyx.shape, target, shape)
     for k, region in enumerate(regions):
-        pixels[..., k] = mask_to_grid(region.mask_zyx, analysis_geometry, target, shape)
+        pixels[..., k] = mask_to_grid(
+            region.mask_zyx, analysis_geometry, target, shape, lookup=lookup
+        )
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name,
         version=software_version,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import highdicom as hd
@@ -45,6 +45,7 @@ SUM_OF_VOXELS = Code("126030", "DCM", "Sum of segmented voxel method for volume"
 BRAIN = Code("12738006", "SCT", "Brain")
 YES = Code("373066001", "SCT", "Yes")
 NO = Code("373067005", "SCT", "No")
+UNKNOWN = Code("261665006", "SCT", "Unknown")
 LATERALITY = {
     "left": Code("7771000", "SCT", "Left"),
     "right": Code("24028007", "SCT", "Right"),
@@ -84,21 +85,26 @@ class ReportFindings:
     region_measurements : dict of str to list of (Code, float, Code)
         Extra ``(name, value, unit)`` measurements of a region's group, by region key
         (mismatch ratio on ``"mismatch"``, HIR on ``"tmax10"``).
-    decisions : list of (Code, bool)
-        Rule set concept and outcome.
+    decisions : list of (Code, bool or None)
+        Rule set concept and outcome; None (stated as SCT "Unknown") when the rule
+        cannot be decided, e.g. mismatch rules without perfusion imaging.
     lesion_side : str or None
         ``"left"``/``"right"``: laterality of every region's finding site.
     algorithm_parameters : list of str
         Method and thresholds, in words (TID 4019 algorithm parameters).
+    region_methods : dict of str to Code
+        Measurement method of a region's group when it is not ``method`` (the MR core
+        comes from diffusion, not perfusion, imaging).
     """
 
     procedure: Code
     method: Code
     regions: list[Region]
     region_measurements: dict[str, list[tuple[Code, float, Code]]]
-    decisions: list[tuple[Code, bool]]
+    decisions: list[tuple[Code, bool | None]]
     lesion_side: str | None
     algorithm_parameters: list[str]
+    region_methods: dict[str, Code] = field(default_factory=dict)
 
 
 def build_measurement_report(
@@ -165,7 +171,7 @@ def build_measurement_report(
                     source_series=source_series,
                 ),
                 finding_type=region.property_type,
-                method=findings.method,
+                method=findings.region_methods.get(region.key, findings.method),
                 algorithm_id=algorithm,
                 finding_sites=sites,
                 measurements=measurements,
@@ -181,7 +187,9 @@ def build_measurement_report(
             algorithm_id=algorithm,
             finding_sites=sites,
             qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(name=name, value=YES if met else NO)
+                hd.sr.QualitativeEvaluation(
+                    name=name, value=UNKNOWN if met is None else (YES if met else NO)
+                )
                 for name, met in findings.decisions
             ],
         )

@@ -1,0 +1,71 @@
+"""The source images a result references: the earliest image at each slice position.
+
+Every result object of an analysis references one image per slice of the analysed
+series (SourceImageSequence, the SEG's source images, the SR's evidence); for a
+perfusion series that is the first time point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from strokeflow.assemble.series import parse_da_s, parse_dt_s, parse_tm_s
+from strokeflow.report.segmentation import sort_along_normal
+
+
+def _time_key(ds: Dataset) -> tuple[float, int]:
+    """Acquisition time of an image (seconds), then InstanceNumber, for ordering."""
+    value: float | None = None
+    if ds.get("AcquisitionDateTime"):
+        value = parse_dt_s(str(ds.AcquisitionDateTime))
+    for tm, da in (("AcquisitionTime", "AcquisitionDate"), ("ContentTime", "ContentDate")):
+        if value is None and ds.get(tm):
+            clock = parse_tm_s(str(ds.get(tm)))
+            day = parse_da_s(str(ds.get(da, "") or "")) or 0.0
+            value = None if clock is None else clock + day
+    if value is None:
+        tpi = ds.get("TemporalPositionIdentifier")
+        value = float(tpi) if tpi is not None else math.inf
+    return value, int(ds.get("InstanceNumber", 0) or 0)
+
+
+def load_source_references(source_paths: Sequence[Path]) -> list[Dataset]:
+    """Headers of the earliest image at every slice position of the analysed series.
+
+    Parameters
+    ----------
+    source_paths : sequence of Path
+        Files of the perfusion acquisition (e.g. ``CtpAcquisition.source_paths``).
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        One header per slice (no pixel data), ordered along the slice normal.
+
+    Raises
+    ------
+    ValueError
+        If no file has a position and orientation.
+    """
+    best: dict[float, tuple[tuple[float, int], Dataset]] = {}
+    for path in source_paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            continue
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        position = round(float(np.dot(np.cross(iop[:3], iop[3:]), ds.ImagePositionPatient)), 2)
+        key = _time_key(ds)
+        if position not in best or key < best[position][0]:
+            best[position] = (key, ds)
+    if not best:
+        raise ValueError(
+            f"none of {len(source_paths)} source files has ImagePositionPatient and "
+            "ImageOrientationPatient"
+        )
+    return sort_along_normal([ds for _, ds in best.values()])
