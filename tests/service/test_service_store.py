@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 
+import strokeflow.web.models  # noqa: F401 - the dashboard's tables share the metadata
 from strokeflow.assemble.studies import note_instance
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import (
