@@ -207,6 +207,8 @@ def phantom_mri(
 def main() -> None:
     """Console-script entry point."""
     from strokeflow.service_cli import register as register_service
+    from strokeflow.web.cli import register as register_web
 
     register_service(app)
+    register_web(app)
     app()

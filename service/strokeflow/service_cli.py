@@ -108,11 +108,16 @@ def serve(
     dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Listener, workers, dispatch and the /health endpoint in one command."""
+    """Listener, workers, dispatch and the web dashboard (HTTP port) in one command."""
+    from strokeflow.web.server import start_web_server
     from strokeflow.worker.runner import run_serve
 
     _logging(verbose)
-    run_serve(_settings(config), _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s))
+    run_serve(
+        _settings(config),
+        _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s),
+        start_http=start_web_server,
+    )
 
 
 def worker(

@@ -7,8 +7,9 @@ import multiprocessing
 import os
 import signal
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -152,12 +153,37 @@ class WorkerPool:
                 proc.kill()
 
 
-def run_serve(
-    settings: Settings, policy: RetryPolicy, *, stop: threading.Event | None = None
-) -> None:
-    """Listener, ``settings.worker_count`` workers, maintenance and ``/health`` in one command.
+class HttpHandle(Protocol):
+    """Something serving HTTP in the background that can be stopped."""
 
-    Runs until SIGTERM/SIGINT (or ``stop``).
+    def shutdown(self) -> None:
+        """Stop serving."""
+
+
+#: Starts the HTTP side of ``serve``: (settings, sessions, enqueue, queue_pending, extra).
+HttpStarter = Callable[
+    [
+        Settings,
+        "sessionmaker[Session]",
+        Callable[[list[int]], Any],
+        Callable[[], int],
+        Callable[[], dict[str, Any]],
+    ],
+    HttpHandle,
+]
+
+
+def run_serve(
+    settings: Settings,
+    policy: RetryPolicy,
+    *,
+    stop: threading.Event | None = None,
+    start_http: HttpStarter | None = None,
+) -> None:
+    """Listener, ``settings.worker_count`` workers, maintenance and HTTP in one command.
+
+    ``start_http`` serves the dashboard (the CLI passes the web application's starter);
+    without it only ``/health`` is served. Runs until SIGTERM/SIGINT (or ``stop``).
     """
     from strokeflow.receive.listener import run_listener
 
@@ -181,8 +207,12 @@ def run_serve(
             "queue_pending": queue.pending(),
         }
 
-    health = start_health_server(settings.bind_address, settings.http_port, sessions, extra)
     hook = enqueue_and_mark(queue, sessions)
+    health: HttpHandle
+    if start_http is None:
+        health = start_health_server(settings.bind_address, settings.http_port, sessions, extra)
+    else:
+        health = start_http(settings, sessions, hook, queue.pending, extra)
     threads = [
         threading.Thread(
             target=pool.supervise, args=(stop,), name="strokeflow-supervisor", daemon=True
