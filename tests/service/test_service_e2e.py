@@ -79,7 +79,8 @@ class Orthanc:
         url = f"http://127.0.0.1:{self.http_port}{path}"
         with urllib.request.urlopen(url, timeout=10) as response:
             body = response.read()
-        return json.loads(body) if path != "" and not path.endswith("/file") else body
+        binary = path.endswith(("/file", "/preview"))
+        return body if binary else json.loads(body)
 
     @property
     def destination(self) -> str:
@@ -235,16 +236,28 @@ def _ml_values(ds: Any) -> list[float]:
     return found
 
 
+#: Secondary Capture Image Storage and its multi-frame variants.
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
 def _check_pacs_holds_results(pacs: Orthanc, database_url: str, job: Job) -> None:
     rows = _dispatches(database_url, job.id)
     assert rows and all(r.state is DispatchState.SENT and r.status == 0 for r in rows)
     stored = {r.sent_sop_instance_uid for r in rows}
     instances = pacs.get("/instances")
     uids = {}
+    secondary_captures = []
     for orthanc_id in instances:
         tags = pacs.get(f"/instances/{orthanc_id}/simplified-tags")
         uids[tags["SOPInstanceUID"]] = (orthanc_id, tags.get("Modality"))
+        if str(tags.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX):
+            secondary_captures.append(orthanc_id)
     assert stored <= set(uids), "some dispatched objects are not in the PACS"
+    # The PACS can render every summary/lesion/map page (what a viewer shows).
+    assert secondary_captures
+    for orthanc_id in secondary_captures:
+        preview = pacs.get(f"/instances/{orthanc_id}/preview")
+        assert isinstance(preview, bytes) and preview.startswith(b"\x89PNG"), orthanc_id
     sr_ids = [oid for uid, (oid, modality) in uids.items() if modality == "SR" and uid in stored]
     assert len(sr_ids) == 1
     with tempfile.NamedTemporaryFile(suffix=".dcm") as handle:
