@@ -291,3 +291,11 @@ def test_dciodvfy_reports_no_errors(tmp_path: Path) -> None:
             report = result.stdout + result.stderr
             errors = [line for line in report.splitlines() if line.startswith("Error")]
             assert not errors, f"{path.name}: {errors}"
+
+
+def test_every_instance_has_its_own_sop_instance_uid(tmp_path: Path) -> None:
+    # Frame 1 slice 12 and frame 11 slice 2 once shared a UID (entropy parts joined bare).
+    phantom = _phantom(matrix=32, frames=12, slices=12)
+    paths = write_ctp_study(phantom, tmp_path, extra_series=False)
+    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in paths]
+    assert len(uids) == len(set(uids)) == 12 * 12

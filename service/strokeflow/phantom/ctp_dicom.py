@@ -126,7 +126,11 @@ def write_ctp_study(
 
     def uid(*parts: object) -> str:
         return str(
-            generate_uid(entropy_srcs=["strokeflow-phantom-ctp", str(seed), *map(str, parts)])
+            # pydicom joins the entropy sources without a separator: ("p", 1, 12) and
+            # ("p", 11, 2) would collide, so the parts are joined unambiguously first.
+            generate_uid(
+                entropy_srcs=["strokeflow-phantom-ctp", str(seed), "/".join(map(str, parts))]
+            )
         )
 
     study: dict[str, Any] = {

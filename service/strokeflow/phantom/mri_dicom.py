@@ -49,7 +49,8 @@ class _Writer:
         self.paths: list[Path] = []
 
     def uid(self, name: str) -> str:
-        return str(generate_uid(entropy_srcs=["strokeflow-mri-phantom", str(self.seed), name]))
+        # One source per part: pydicom concatenates them without a separator.
+        return str(generate_uid(entropy_srcs=[f"strokeflow-mri-phantom/{self.seed}/{name}"]))
 
     def write(
         self,
