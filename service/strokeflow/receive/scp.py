@@ -71,6 +71,7 @@ class Receiver:
     def handlers(self) -> list[EventHandlerType]:
         """pynetdicom event handlers."""
         return [
+            (evt.EVT_CONN_OPEN, self.on_connection_open),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
@@ -78,6 +79,22 @@ class Receiver:
             (evt.EVT_ABORTED, self.on_association_end),
             (evt.EVT_CONN_CLOSE, self.on_association_end),
         ]
+
+    @staticmethod
+    def on_connection_open(event: Event) -> None:
+        """Turn Nagle's algorithm off on the accepted socket.
+
+        Each C-STORE response is a small packet; with Nagle on, a sender whose own
+        socket also delays ACKs waits ~40 ms per instance (measured: 9.4 s instead of
+        4.6 s for a 640-image study to a bare pynetdicom SCP).
+        """
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is None:
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            LOG.debug("TCP_NODELAY not set: %s", exc)
 
     @staticmethod
     def _label(event: Event) -> str:
