@@ -1,0 +1,624 @@
+"""Ingest rate of the DICOM receiver against DCMTK storescp and a bare pynetdicom SCP, and
+end-to-end latency from the last instance sent to the last result object in the PACS.
+
+Usage: ``python benchmarks/ingest.py [--matrix 512 --slices 16 --frames 40] [--senders 1,4]
+[--receiver-processes 1,2,4] [--repeat N] [--no-e2e] [--study DIR] [--keep DIR]``
+
+A CT perfusion study is simulated once (default 640 files, ~320 MiB) and sent by DCMTK
+``storescu`` processes, each with its share of the files on its own association, 1 and 4
+at once. Receivers, measured in the same run, each on a free loopback port and started
+afresh (empty output folder) for every run:
+
+- ``storescp --fork +B -pdu 131072``: DCMTK writing the bytes as received, one process per
+  association, largest PDU it accepts (it cannot be bound to loopback only: it listens on
+  every interface of this machine for the few seconds of its run);
+- a bare pynetdicom SCP (threaded, every storage class and transfer syntax, unlimited
+  PDU) whose handler writes ``event.encoded_dataset()`` to a file: no checks, no fsync, no
+  database;
+- ``strokeflow listener``: checks, write-fsync-rename, an SQL row per instance before
+  answering; with ``STROKEFLOW_RECEIVER_PROCESSES`` = each value of
+  ``--receiver-processes``.
+
+The timed interval is from starting the senders to the last one exiting (its last C-STORE
+answered); every received instance is then counted (files, or SQL rows). DCMTK runs with
+``TCP_NODELAY=1``: as packaged it leaves Nagle's algorithm on and every instance then waits
+~40 ms for a delayed ACK, which would measure the kernel's timer rather than the receivers;
+one extra run shows what a sender with those defaults gets from each Python receiver.
+
+End to end: ``strokeflow serve`` (quiet period ``--quiet-period-s``) with an Orthanc (else
+a DCMTK storescp) as the PACS destination; the latency is from storescu's exit to the last
+result object stored in the PACS (Orthanc ``/statistics`` polled every 0.1 s), with the
+job's stage times from ``strokeflow job ID --json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from sqlalchemy import func, select
+
+from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+from strokeflow.phantom.ctp_dicom import write_ctp_study
+from strokeflow.store.engine import make_engine, make_session_factory
+from strokeflow.store.models import Dispatch, DispatchState, Instance, Job, JobState
+
+#: Ingest with one sender must reach this fraction of the bare pynetdicom SCP.
+ONE_SENDER_RATIO_TARGET = 0.8
+#: End-to-end latency target for a CT perfusion study on 2 cores.
+E2E_TARGET_S = 30.0
+STROKEFLOW = str(Path(sys.executable).parent / "strokeflow")
+AE_TITLE = "STROKEFLOW"
+PACS_AE = "PACS"
+
+#: The bare pynetdicom storage SCP (argv: port, output folder), run as its own process.
+BARE_SCP = """
+import sys
+from pathlib import Path
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+out = Path(sys.argv[2])
+
+def on_store(event):
+    name = str(event.request.AffectedSOPInstanceUID)
+    (out / f"{name}.dcm").write_bytes(event.encoded_dataset())
+    return 0x0000
+
+ae = AE("BARE")
+ae.maximum_pdu_size = 0
+for context in AllStoragePresentationContexts:
+    ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE, on_store)])
+"""
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` every 0.1 s; exit naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on loopback ``port``."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Server:
+    """A server process in its own process group (its children are stopped with it)."""
+
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name, self.log = name, log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                argv, stdout=out, stderr=out, env=env, start_new_session=True
+            )
+
+    def check_alive(self) -> bool:
+        """True while running; exits with the log's tail when the server died."""
+        if self.process.poll() is None:
+            return True
+        tail = self.log.read_text(errors="replace")[-2000:]
+        raise SystemExit(f"{self.name} exited with code {self.process.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        """SIGTERM the group, SIGKILL it after 30 s."""
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+
+
+def dcmtk_env() -> dict[str, str]:
+    """The environment for DCMTK tools: Nagle's algorithm off (see the module docstring)."""
+    return dict(os.environ, TCP_NODELAY="1")
+
+
+def strokeflow_env(data_dir: Path, port: int, **values: object) -> dict[str, str]:
+    """The environment of a ``strokeflow`` process: loopback, its own data folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STROKEFLOW_")}
+    env.update(
+        {
+            "STROKEFLOW_DATA_DIR": str(data_dir),
+            "STROKEFLOW_DICOM_PORT": str(port),
+            "STROKEFLOW_BIND_ADDRESS": "127.0.0.1",
+            "STROKEFLOW_MIN_FREE_DISK_MB": "0",
+        }
+    )
+    env.update({f"STROKEFLOW_{k.upper()}": str(v) for k, v in values.items()})
+    return env
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """How to start one receiver on ``port`` writing under ``folder``, and count its instances."""
+
+    name: str
+    start: Callable[[int, Path], Server]
+    received: Callable[[Path], int]
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for p in (folder / "out").iterdir() if p.is_file())
+
+
+def storescp_receiver() -> Receiver:
+    exe = shutil.which("storescp")
+    if exe is None:
+        raise SystemExit("storescp is not installed (apt: dcmtk)")
+
+    def start(port: int, folder: Path) -> Server:
+        (folder / "out").mkdir(parents=True)
+        argv = [exe, "--fork", "+B", "-pdu", "131072", "-od", str(folder / "out"), str(port)]
+        server = Server("storescp", argv, folder / "server.log", dcmtk_env())
+        wait_until(lambda: server.check_alive() and listening(port), 30, "storescp to listen")
+        return server
+
+    return Receiver("DCMTK storescp --fork", start, _count_files)
+
+
+def bare_receiver() -> Receiver:
+    def start(port: int, folder: Path) -> Server:
+        (folder / "out").mkdir(parents=True)
+        argv = [sys.executable, "-c", BARE_SCP, str(port), str(folder / "out")]
+        server = Server("bare pynetdicom SCP", argv, folder / "server.log", dict(os.environ))
+        wait_until(lambda: server.check_alive() and listening(port), 30, "the bare SCP to listen")
+        return server
+
+    return Receiver("bare pynetdicom SCP", start, _count_files)
+
+
+def _instance_rows(folder: Path) -> int:
+    engine = make_engine(f"sqlite:///{folder / 'data' / 'strokeflow.sqlite'}")
+    try:
+        with make_session_factory(engine)() as session:
+            return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
+    finally:
+        engine.dispose()
+
+
+def _listening_processes(log: Path) -> int:
+    return log.read_text(errors="replace").count("listening for DICOM") if log.exists() else 0
+
+
+def strokeflow_receiver(processes: int) -> Receiver:
+    def start(port: int, folder: Path) -> Server:
+        env = strokeflow_env(folder / "data", port, receiver_processes=processes)
+        server = Server("strokeflow listener", [STROKEFLOW, "listener"], folder / "server.log", env)
+        # Every receiving process logs once it listens; the port alone answers after the first.
+        wait_until(
+            lambda: server.check_alive() and _listening_processes(server.log) >= processes,
+            60,
+            f"{processes} strokeflow receiving process(es) to listen",
+        )
+        return server
+
+    return Receiver(f"strokeflow listener, {processes} proc", start, _instance_rows)
+
+
+def send(port: int, shares: Sequence[Sequence[Path]], env: dict[str, str], called: str) -> float:
+    """One storescu per share, all at once; wall seconds until the last one exits."""
+    exe = shutil.which("storescu")
+    if exe is None:
+        raise SystemExit("storescu is not installed (apt: dcmtk)")
+    t0 = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            [exe, "-aet", "CT01", "-aec", called, "127.0.0.1", str(port), *map(str, share)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for share in shares
+    ]
+    failures = []
+    for i, sender in enumerate(senders):
+        try:
+            _, err = sender.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            sender.kill()
+            _, err = sender.communicate()
+            failures.append(f"sender {i + 1} ran over 300 s")
+            continue
+        if sender.returncode != 0:
+            failures.append(f"sender {i + 1} exit {sender.returncode}: {err.decode()[-500:]}")
+    wall_s = time.perf_counter() - t0
+    if failures:
+        raise SystemExit("storescu failed:\n" + "\n".join(failures))
+    return wall_s
+
+
+def shares_of(files: Sequence[Path], senders: int) -> list[list[Path]]:
+    """Deal the files round-robin into ``senders`` shares."""
+    return [list(files[i::senders]) for i in range(senders)]
+
+
+def measure(
+    receiver: Receiver,
+    study: Study,
+    senders: int,
+    work: Path,
+    run: int,
+    env: dict[str, str],
+) -> float:
+    """One fresh receiver, one timed send; seconds. Exits when an instance is missing."""
+    folder = work / f"recv-{run}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.sync()  # the previous run's dirty pages must not be written back during this one
+    port = free_port()
+    server = receiver.start(port, folder)
+    try:
+        wall_s = send(port, shares_of(study.files, senders), env, AE_TITLE)
+    finally:
+        server.stop()
+    got = receiver.received(folder)
+    if got != study.instances:
+        raise SystemExit(
+            f"{receiver.name}, {senders} sender(s): {got} of {study.instances} instances received "
+            f"(log: {server.log})"
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+    return wall_s
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Measured seconds for one receiver and sender count."""
+
+    receiver: str
+    senders: int
+    walls_s: list[float]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.walls_s)
+
+
+@dataclass(frozen=True)
+class Study:
+    """The files sent, the distinct SOP instances they hold, their size."""
+
+    files: list[Path]
+    instances: int
+
+    @property
+    def mib(self) -> float:
+        return sum(p.stat().st_size for p in self.files) / 2**20
+
+
+def make_study(args: argparse.Namespace, work: Path) -> Study:
+    """The DICOM files to send and how many distinct SOP instances they hold.
+
+    Every instance must be distinct, or a receiver keeps one of each and the rates lie.
+    """
+    if args.study is not None:
+        files = sorted(args.study.glob("*.dcm"))
+        if not files:
+            raise SystemExit(f"--study {args.study}: no *.dcm files")
+        unique = len({_sop_uid(p) for p in files})
+        print(f"== study: {len(files)} files ({unique} distinct instances) from {args.study}")
+        return Study(files, unique)
+    t0 = time.perf_counter()
+    phantom = simulate_ctp(
+        CtpPhantomOptions(matrix=args.matrix, slices=args.slices, frames=args.frames)
+    )
+    files = sorted(write_ctp_study(phantom, work / "study", extra_series=False))
+    print(
+        f"== study: CT perfusion phantom {args.matrix}x{args.matrix}x{args.slices} slices x "
+        f"{args.frames} frames: {len(files)} files written in {time.perf_counter() - t0:.1f} s"
+    )
+    unique = len({_sop_uid(p) for p in files})
+    if unique != len(files):
+        raise SystemExit(f"the phantom repeated SOP Instance UIDs: {unique} of {len(files)}")
+    return Study(files, len(files))
+
+
+def _sop_uid(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
+    """Every receiver with every sender count, ``--repeat`` times; the table and targets."""
+    receivers = [storescp_receiver(), bare_receiver()]
+    receivers += [strokeflow_receiver(n) for n in args.receiver_processes]
+    total_mib, count = study.mib, study.instances
+    rates: list[Rate] = []
+    run = 0
+    for senders in args.senders:
+        for receiver in receivers:
+            walls = []
+            for _ in range(args.repeat):
+                walls.append(measure(receiver, study, senders, work, run, dcmtk_env()))
+                run += 1
+            rates.append(Rate(receiver.name, senders, walls))
+            print(
+                f"   {receiver.name}, {senders} sender(s): {', '.join(f'{w:.2f}' for w in walls)} s"
+            )
+    print(f"cores: {os.cpu_count()}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"ingest of {count} instances ({total_mib:.0f} MiB), median of {args.repeat} "
+        f"(TCP_NODELAY=1 for DCMTK):"
+    )
+    print(f"  {'receiver':<34}{'senders':>8}{'s':>8}{'inst/s':>9}{'MiB/s':>8}{'vs bare':>9}")
+    bare = {r.senders: r.median_s for r in rates if r.receiver == "bare pynetdicom SCP"}
+    for r in rates:
+        ratio = bare[r.senders] / r.median_s
+        print(
+            f"  {r.receiver:<34}{r.senders:>8}{r.median_s:>8.2f}{count / r.median_s:>9.0f}"
+            f"{total_mib / r.median_s:>8.1f}{ratio:>9.2f}"
+        )
+    ours = [r for r in rates if r.receiver.startswith("strokeflow")]
+    if 1 in bare:
+        best = min((r for r in ours if r.senders == 1), key=lambda r: r.median_s)
+        ratio = bare[1] / best.median_s
+        verdict = "PASS" if ratio >= ONE_SENDER_RATIO_TARGET else "FAIL"
+        print(
+            f"{verdict}: 1 sender, {best.receiver} at {ratio:.0%} of the bare pynetdicom SCP "
+            f"(target >= {ONE_SENDER_RATIO_TARGET:.0%})"
+        )
+    many = [n for n in bare if n > 1]
+    for n in many:
+        best = min((r for r in ours if r.senders == n), key=lambda r: r.median_s)
+        ratio = bare[n] / best.median_s
+        verdict = "PASS" if ratio > 1.0 else "FAIL"
+        print(
+            f"{verdict}: {n} senders, {best.receiver} at {ratio:.0%} of the bare pynetdicom SCP "
+            f"(target > 100%)"
+        )
+    if args.nagle_run:
+        print("1 sender with DCMTK's default socket options (Nagle on), median of 1:")
+        plain = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+        for receiver in (bare_receiver(), strokeflow_receiver(1)):
+            wall_s = measure(receiver, study, 1, work, run, plain)
+            run += 1
+            print(f"  {receiver.name:<34}{wall_s:8.2f} s {count / wall_s:7.0f} inst/s")
+
+
+class Pacs:
+    """The PACS destination: Orthanc when installed, else DCMTK storescp into a folder."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True)
+        self.port = free_port()
+        self.folder = folder
+        orthanc = shutil.which("Orthanc") or (
+            "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
+        )
+        self.http_port = free_port() if orthanc else None
+        if orthanc is not None:
+            config = {
+                "Name": "strokeflow-benchmark-pacs",
+                "StorageDirectory": str(folder / "storage"),
+                "IndexDirectory": str(folder / "index"),
+                "DicomAet": PACS_AE,
+                "DicomPort": self.port,
+                "HttpPort": self.http_port,
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "DicomModalities": {"strokeflow": [AE_TITLE, "127.0.0.1", 1]},
+                "Plugins": [],
+            }
+            (folder / "orthanc.json").write_text(json.dumps(config))
+            argv = [orthanc, str(folder / "orthanc.json")]
+            self.name = "Orthanc"
+            self.server = Server("Orthanc", argv, folder / "pacs.log", dict(os.environ))
+            wait_until(lambda: self.server.check_alive() and self._rest_answers(), 60, "Orthanc")
+        else:
+            (folder / "out").mkdir()
+            argv = ["storescp", "--fork", "-aet", PACS_AE, "-od", str(folder / "out")]
+            self.name = "DCMTK storescp"
+            self.server = Server(
+                "storescp", [*argv, str(self.port)], folder / "pacs.log", dcmtk_env()
+            )
+            wait_until(lambda: self.server.check_alive() and listening(self.port), 30, "storescp")
+
+    def _rest_answers(self) -> bool:
+        try:
+            self.instances()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        return True
+
+    def instances(self) -> int:
+        """Instances the PACS holds now."""
+        if self.http_port is None:
+            return sum(1 for p in (self.folder / "out").iterdir() if p.is_file())
+        url = f"http://127.0.0.1:{self.http_port}/statistics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(json.loads(response.read())["CountInstances"])
+
+    @property
+    def destination(self) -> str:
+        return f"{PACS_AE}@127.0.0.1:{self.port}"
+
+
+def _latest_job(database_url: str) -> tuple[Job | None, int]:
+    """The newest job and how many of its result objects are sent."""
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+            if job is None:
+                return None, 0
+            sent = session.scalar(
+                select(func.count())
+                .select_from(Dispatch)
+                .where(Dispatch.job_id == job.id, Dispatch.state == DispatchState.SENT)
+            )
+            return job, int(sent or 0)
+    except Exception:
+        return None, 0  # not migrated yet
+    finally:
+        engine.dispose()
+
+
+def end_to_end(args: argparse.Namespace, study: Study, work: Path) -> None:
+    """``strokeflow serve`` → PACS: latency from the last instance sent to the last result."""
+    folder = work / "e2e"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.sync()
+    pacs = Pacs(folder / "pacs")
+    serve: Server | None = None
+    try:
+        port = free_port()
+        env = strokeflow_env(
+            folder / "data",
+            port,
+            http_port=free_port(),
+            quiet_period_s=args.quiet_period_s,
+            destinations=pacs.destination,
+        )
+        serve = Server("strokeflow serve", [STROKEFLOW, "serve"], folder / "serve.log", env)
+        wait_until(
+            lambda: serve is not None and serve.check_alive() and _listening_processes(serve.log),
+            60,
+            "strokeflow serve to listen",
+        )
+        database_url = f"sqlite:///{folder / 'data' / 'strokeflow.sqlite'}"
+        send_s = send(port, shares_of(study.files, args.e2e_senders), dcmtk_env(), AE_TITLE)
+        sent_at = time.monotonic()
+        sent_utc = datetime.now(UTC)
+        seen: dict[int, float] = {}
+        deadline = sent_at + args.e2e_timeout_s
+        job: Job | None = None
+        while time.monotonic() < deadline:
+            serve.check_alive()
+            count = pacs.instances()
+            seen.setdefault(count, time.monotonic())
+            job, sent = _latest_job(database_url)
+            if job is not None and job.state is JobState.FAILED:
+                raise SystemExit(f"job {job.id} failed: {job.error} (log: {serve.log})")
+            if job is not None and job.state is JobState.DISPATCHED and count >= sent > 0:
+                break
+            time.sleep(0.1)
+        else:
+            state = job.state.value if job is not None else "no job"
+            raise SystemExit(
+                f"no result in {pacs.name} after {args.e2e_timeout_s:.0f} s ({state}; "
+                f"log: {serve.log})"
+            )
+        assert job is not None
+        latency_s = seen[max(seen)] - sent_at
+        stages = _job_stages(job.id, env)
+    finally:
+        if serve is not None:
+            serve.stop()
+        pacs.server.stop()
+    print(
+        f"== end to end: {study.instances} instances by {args.e2e_senders} sender(s) in "
+        f"{send_s:.1f} s "
+        f"to strokeflow serve (quiet period {args.quiet_period_s:g} s) -> {pacs.name}"
+    )
+    print(f"last result object in the PACS {latency_s:.1f} s after the last instance was sent")
+    print("stage times after the last instance was sent (strokeflow job --json):")
+    for name in (
+        "last_instance_at",
+        "completed_at",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "dispatched_at",
+    ):
+        if stages.get(name):
+            offset = (datetime.fromisoformat(stages[name]) - sent_utc).total_seconds()
+            print(f"  {name:<18}{offset:7.1f} s")
+    print(
+        f"result: core {stages.get('core_ml')} mL, Tmax>6 {stages.get('tmax6_ml')} mL; "
+        f"{len(stages.get('dispatches', []))} result objects"
+    )
+    verdict = "PASS" if latency_s < E2E_TARGET_S else "FAIL"
+    print(f"{verdict}: end-to-end latency {latency_s:.1f} s (target < {E2E_TARGET_S:.0f} s)")
+
+
+def _job_stages(job_id: int, env: dict[str, str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [STROKEFLOW, "job", str(job_id), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"strokeflow job {job_id} --json failed: {done.stderr}")
+    return dict(json.loads(done.stdout))
+
+
+def _int_list(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated positive integers")
+    return values
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--matrix", type=int, default=512)
+    parser.add_argument("--slices", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--study", type=Path, help="send these *.dcm files instead of a phantom")
+    parser.add_argument("--senders", type=_int_list, default=[1, 4], help="e.g. 1,4")
+    parser.add_argument(
+        "--receiver-processes", type=_int_list, default=[1, 2, 4], help="strokeflow, e.g. 1,2"
+    )
+    parser.add_argument("--repeat", type=int, default=2, help="runs per receiver (median)")
+    parser.add_argument("--no-nagle-run", dest="nagle_run", action="store_false")
+    parser.add_argument("--no-e2e", dest="e2e", action="store_false")
+    parser.add_argument("--e2e-senders", type=int, default=1)
+    parser.add_argument("--quiet-period-s", type=float, default=2.0)
+    parser.add_argument("--e2e-timeout-s", type=float, default=300.0)
+    parser.add_argument("--keep", type=Path, help="work (study, logs) here and keep it")
+    args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="strokeflow-ingest-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        study = make_study(args, work)
+        ingest(args, study, work)
+        if args.e2e:
+            end_to_end(args, study, work)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
