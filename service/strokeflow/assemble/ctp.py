@@ -121,7 +121,7 @@ def assemble_ctp(study: StudyInventory, max_workers: int | None = None) -> list[
             warnings = [w for uid in uids for w in early_warnings[uid]]
             instances = [h for _, hs in chain for h in hs]
             acquisitions.append(
-                _assemble(study.study_uid, uids, instances, key, warnings, max_workers)
+                assemble_group(study.study_uid, uids, instances, key, warnings, max_workers)
             )
     acquisitions.sort(key=lambda pair: pair[0])
     return [acquisition for _, acquisition in acquisitions]
@@ -169,7 +169,7 @@ def _chain_series(
     return [[members[i] for i in chain] for chain in chains]
 
 
-def _assemble(
+def assemble_group(
     study_uid: str,
     series_uids: list[str],
     instances: list[InstanceHeader],
@@ -251,7 +251,7 @@ def _assemble(
                 f"filled by linear interpolation in time"
             )
 
-    geometry, gap_warning = _geometry(instances, slice_of, z_mm, label)
+    geometry, gap_warning = slice_geometry(instances, slice_of, z_mm, label)
     if gap_warning:
         warnings.append(gap_warning)
     reference = {
@@ -379,7 +379,7 @@ def _interpolate_slice(signal_tz: np.ndarray, times_t: np.ndarray, missing_t: np
             signal_tz[k] = signal_tz[before[-1] if before.size else after[0]]
 
 
-def _geometry(
+def slice_geometry(
     instances: Sequence[InstanceHeader], slice_of: np.ndarray, z_mm: np.ndarray, label: str
 ) -> tuple[Geometry, str | None]:
     """Affine from orientation, pixel spacing and the sorted slice positions."""

@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 
 from strokeflow.analysis.mri import DiffusionImages, MriAcquisition, ScannerAdc
 from strokeflow.analysis.volume import Geometry
-from strokeflow.assemble.ctp import AssemblyError, _assemble, _geometry
+from strokeflow.assemble.ctp import AssemblyError, assemble_group, slice_geometry
 from strokeflow.assemble.files import InstanceHeader, read_frame
 from strokeflow.assemble.series import (
     StudyInventory,
@@ -299,7 +299,7 @@ def assemble_mri(study: StudyInventory) -> MriAcquisition | None:
         instances = study.instances_of(chosen.series_uid)
         key = Counter(geometry_key(h) for h in instances).most_common(1)[0][0]
         kept = [h for h in instances if geometry_key(h) == key]
-        _, acq = _assemble(study.study_uid, [chosen.series_uid], kept, key, warnings_, None)
+        _, acq = assemble_group(study.study_uid, [chosen.series_uid], kept, key, warnings_, None)
         te = _read_tags(kept[0]).echo_time_ms
         pwi = replace(acq.perfusion, echo_time_s=None if te is None else te / 1000.0)
         pwi_uids = (chosen.series_uid,)
@@ -319,7 +319,7 @@ def _volume(instances: list[InstanceHeader], label: str) -> tuple[np.ndarray, Ge
     """Decode images into ``(n, y, x)`` and return them with the slice index of each."""
     z_all = positions_along_normal(instances)
     z_mm, slice_of = cluster_positions(z_all)
-    geometry, warning = _geometry(instances, slice_of, z_mm, label)
+    geometry, warning = slice_geometry(instances, slice_of, z_mm, label)
     if warning:
         log.warning(warning)
     first = instances[0]

@@ -81,7 +81,7 @@ OCCLUDED_FRACTION = 0.35
 ARTERY_PV = 0.75
 
 # Head outline (outer scalp semi-axes, mm) and layer depths from the outer surface (mm).
-_HEAD_AX_MM, _HEAD_AY_MM = 74.0, 94.0
+HEAD_AX_MM, HEAD_AY_MM = 74.0, 94.0
 _SULCUS_FIRST_RAD, _SULCUS_STEP_RAD, _SULCUS_COUNT = np.deg2rad(-174.0), np.deg2rad(12.0), 30
 _SCALP_MM, _SKULL_OUT_MM, _CSF_RIM_MM, _CORTEX_MM = 3.0, 9.5, 11.0, 16.0
 
@@ -210,7 +210,7 @@ class CtpPhantom:
 
 
 @dataclass(frozen=True)
-class _Anatomy:
+class Anatomy:
     labels: np.ndarray  # (z, y, x) uint8
     base_hu: np.ndarray  # (z, y, x) float32
     pv_artery: np.ndarray  # (z, y, x) float32, normally filled arteries
@@ -219,7 +219,7 @@ class _Anatomy:
 
 
 @dataclass(frozen=True)
-class _Curves:
+class Curves:
     fine_s: np.ndarray
     arterial: np.ndarray
     occluded: np.ndarray
@@ -311,26 +311,26 @@ def simulate_ctp(options: CtpPhantomOptions) -> CtpPhantom:
     _check(options)
     times = frame_times_s(options)
     z_mm = slice_positions_mm(options)
-    anatomy = _anatomy(options, z_mm)
-    zones = _zones(options, z_mm, anatomy.labels)
-    curves = _curves(options, anatomy.labels, times[-1])
-    classes = _class_map(anatomy.labels, zones)
+    anatomy = head_anatomy(options, z_mm)
+    zones = lesion_zones(options, z_mm, anatomy.labels)
+    curves = perfusion_curves(options, anatomy.labels, times[-1])
+    classes = class_map(anatomy.labels, zones)
 
     motion = _motion(options, times.size)
     sigma = options.noise_sigma_hu
     noise_rng = np.random.default_rng([options.seed, 2])
     hu = np.empty((times.size, *anatomy.labels.shape), dtype=np.float32)
     # Moved frames are rendered from the anatomy in its new pose (exact, no resampling).
-    posed: dict[tuple[float, ...], tuple[_Anatomy, np.ndarray]] = {
+    posed: dict[tuple[float, ...], tuple[Anatomy, np.ndarray]] = {
         (0.0, 0.0, 0.0, 0.0): (anatomy, classes)
     }
 
     def sampled_render(key: tuple[float, float, float, float], t_s: float) -> np.ndarray:
         if key not in posed:
             z_seen = z_mm + key[3]
-            moved = _anatomy(options, z_seen, key[:3])
-            zones_seen = _zones(options, z_seen, moved.labels, key[:3])
-            posed[key] = (moved, _class_map(moved.labels, zones_seen))
+            moved = head_anatomy(options, z_seen, key[:3])
+            zones_seen = lesion_zones(options, z_seen, moved.labels, key[:3])
+            posed[key] = (moved, class_map(moved.labels, zones_seen))
         return _render(*posed[key], curves, t_s)
 
     # A scanner integrates over each pixel; point sampling would alias sharp edges
@@ -402,12 +402,12 @@ def render_static(
     affine = phantom_affine(options, slice_mm)
     n = round(options.slices * options.slice_mm / slice_mm)
     z_mm = affine[2, 3] + np.arange(n) * slice_mm
-    anatomy = _anatomy(options, z_mm)
+    anatomy = head_anatomy(options, z_mm)
     if time_s is None:
         return anatomy.base_hu.copy(), affine
-    zones = _zones(options, z_mm, anatomy.labels)
-    curves = _curves(options, anatomy.labels, max(time_s, 1.0))
-    return _render(anatomy, _class_map(anatomy.labels, zones), curves, time_s), affine
+    zones = lesion_zones(options, z_mm, anatomy.labels)
+    curves = perfusion_curves(options, anatomy.labels, max(time_s, 1.0))
+    return _render(anatomy, class_map(anatomy.labels, zones), curves, time_s), affine
 
 
 def arterial_peak_time_s() -> float:
@@ -422,9 +422,9 @@ def _check(options: CtpPhantomOptions) -> None:
             f"phantom needs matrix >= 16, slices >= 1, frames >= 2; got matrix "
             f"{options.matrix}, slices {options.slices}, frames {options.frames}"
         )
-    if options.fov_mm < 2.0 * _HEAD_AY_MM + 10.0:
+    if options.fov_mm < 2.0 * HEAD_AY_MM + 10.0:
         raise ValueError(
-            f"fov_mm {options.fov_mm} is too small for the {2 * _HEAD_AY_MM:.0f} mm long head"
+            f"fov_mm {options.fov_mm} is too small for the {2 * HEAD_AY_MM:.0f} mm long head"
         )
     if options.slice_mm <= 0 or options.frame_interval_s <= 0:
         raise ValueError("slice_mm and frame_interval_s must be positive")
@@ -478,7 +478,8 @@ def _segment_distance(
     return np.asarray(np.hypot(X - ax - s * dx, Y - ay - s * dy))
 
 
-def _anatomy(options: CtpPhantomOptions, z_mm: np.ndarray, pose: Pose | None = None) -> _Anatomy:
+def head_anatomy(options: CtpPhantomOptions, z_mm: np.ndarray, pose: Pose | None = None) -> Anatomy:
+    """Labels, unenhanced HU and vessel partial volumes of the head in ``pose`` at ``z_mm``."""
     X, Y = _in_plane_mm(options, pose)
     shape = (z_mm.size, *X.shape)
     labels = np.zeros(shape, dtype=np.uint8)
@@ -495,7 +496,7 @@ def _anatomy(options: CtpPhantomOptions, z_mm: np.ndarray, pose: Pose | None = N
     for k, z in enumerate(z_mm):
         u = _slab_u(options, float(z))
         shrink = 1.0 - 0.03 * u  # the head narrows towards the vertex
-        ax, ay = _HEAD_AX_MM * shrink, _HEAD_AY_MM * shrink
+        ax, ay = HEAD_AX_MM * shrink, HEAD_AY_MM * shrink
         rho = np.hypot(X / ax, Y / ay)
         grad = np.hypot(X / ax**2, Y / ay**2)
         # First-order distance to the ellipse: (1 - rho) / |grad rho|, grad rho = grad / rho.
@@ -589,7 +590,7 @@ def _anatomy(options: CtpPhantomOptions, z_mm: np.ndarray, pose: Pose | None = N
         b[vessel] = BASE_HU[ARTERY]
         labels[k], base[k] = lab, b
         pv_art[k], pv_occ[k], pv_sin[k] = pv_a, pv_o, pv_s
-    return _Anatomy(labels, base, pv_art, pv_occ, pv_sin)
+    return Anatomy(labels, base, pv_art, pv_occ, pv_sin)
 
 
 def _lesion_scale(options: CtpPhantomOptions) -> float:
@@ -603,9 +604,10 @@ def _lesion_scale(options: CtpPhantomOptions) -> float:
     return float(np.clip(np.sqrt(REFERENCE_SLAB_MM / slab), 0.7, 1.3))
 
 
-def _zones(
+def lesion_zones(
     options: CtpPhantomOptions, z_mm: np.ndarray, labels: np.ndarray, pose: Pose | None = None
 ) -> np.ndarray:
+    """Perfusion zone of every tissue voxel (0 normal ... 4 core) for the options' lesion."""
     zones = np.zeros(labels.shape, dtype=np.uint8)
     if options.lesion == "none":
         return zones
@@ -666,7 +668,8 @@ def _tissue_parameters(
     return params, float(mean_cbf)
 
 
-def _curves(options: CtpPhantomOptions, labels: np.ndarray, end_s: float) -> _Curves:
+def perfusion_curves(options: CtpPhantomOptions, labels: np.ndarray, end_s: float) -> Curves:
+    """Arterial, venous, occluded-MCA and per-class tissue curves on a 0.1 s grid."""
     fine = np.arange(0.0, end_s + 0.1 + 1e-9, 0.1)
     arterial = arterial_input(
         fine, ARTERIAL_ARRIVAL_S, options.aif_peak_hu, alpha=AIF_ALPHA, beta_s=AIF_BETA_S
@@ -684,10 +687,11 @@ def _curves(options: CtpPhantomOptions, labels: np.ndarray, end_s: float) -> _Cu
             delay_s=p["tmax_s"],
             residue_kind=options.residue_kind,
         )
-    return _Curves(fine, arterial, occluded, venous, tissue, params)
+    return Curves(fine, arterial, occluded, venous, tissue, params)
 
 
-def _class_map(labels: np.ndarray, zones: np.ndarray) -> np.ndarray:
+def class_map(labels: np.ndarray, zones: np.ndarray) -> np.ndarray:
+    """Index of each voxel's tissue curve: 5 x tissue label index + zone (15: none)."""
     classes = np.full(labels.shape, 15, dtype=np.intp)
     for i, lab in enumerate(TISSUE_LABELS):
         sel = labels == lab
@@ -695,7 +699,7 @@ def _class_map(labels: np.ndarray, zones: np.ndarray) -> np.ndarray:
     return classes
 
 
-def _render(anatomy: _Anatomy, classes: np.ndarray, curves: _Curves, t_s: float) -> np.ndarray:
+def _render(anatomy: Anatomy, classes: np.ndarray, curves: Curves, t_s: float) -> np.ndarray:
     def at(curve: np.ndarray) -> np.float32:
         return np.float32(np.interp(t_s, curves.fine_s, curve))
 
@@ -750,7 +754,7 @@ def _truth(
     times: np.ndarray,
     labels: np.ndarray,
     zones: np.ndarray,
-    curves: _Curves,
+    curves: Curves,
     motion: list[dict[str, float]],
     affine: np.ndarray,
 ) -> dict[str, Any]:

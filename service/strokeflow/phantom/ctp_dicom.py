@@ -28,8 +28,8 @@ from pydicom.uid import (
 )
 
 from strokeflow.phantom.ctp import (
-    _HEAD_AX_MM,
-    _HEAD_AY_MM,
+    HEAD_AX_MM,
+    HEAD_AY_MM,
     CtpPhantom,
     arterial_peak_time_s,
     render_static,
@@ -342,8 +342,8 @@ def _write_extras(
     zs = phantom.affine_lps[2, 3] + 60.0 - np.arange(n) * px  # rows: head -> feet
     zc = float(phantom.affine_lps[2, 3])
     Zg, Yg = np.meshgrid(zs, ys, indexing="ij")
-    inside = 1.0 - (Yg / _HEAD_AY_MM) ** 2 - ((Zg - zc + 20.0) / 110.0) ** 2
-    chord_mm = 2.0 * _HEAD_AX_MM * np.sqrt(np.clip(inside, 0.0, None))
+    inside = 1.0 - (Yg / HEAD_AY_MM) ** 2 - ((Zg - zc + 20.0) / 110.0) ** 2
+    chord_mm = 2.0 * HEAD_AX_MM * np.sqrt(np.clip(inside, 0.0, None))
     image = np.clip(np.rint(chord_mm * 12.0), 0, _MAX_STORED).astype(np.uint16)
     ds.ImageOrientationPatient = ["0", "1", "0", "0", "0", "-1"]
     ds.ImagePositionPatient = [_ds(0.0), _ds(ys[0]), _ds(zs[0])]

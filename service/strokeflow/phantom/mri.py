@@ -43,10 +43,10 @@ from strokeflow.phantom.ctp import (
     WHITE,
     ZONE_NAMES,
     CtpPhantomOptions,
-    _anatomy,
-    _class_map,
-    _curves,
-    _zones,
+    class_map,
+    head_anatomy,
+    lesion_zones,
+    perfusion_curves,
     phantom_affine,
     slice_positions_mm,
 )
@@ -270,8 +270,8 @@ def simulate_mri(options: MriPhantomOptions) -> MriPhantom:
     rng = np.random.default_rng([options.seed, 11])
     dwi_ct = _ct_options(options, options.dwi_matrix)
     z_mm = slice_positions_mm(dwi_ct)
-    dwi_anatomy = _anatomy(dwi_ct, z_mm)
-    dwi_zones = _zones(dwi_ct, z_mm, dwi_anatomy.labels)
+    dwi_anatomy = head_anatomy(dwi_ct, z_mm)
+    dwi_zones = lesion_zones(dwi_ct, z_mm, dwi_anatomy.labels)
     dwi_affine = phantom_affine(dwi_ct)
     core = dwi_zones == CORE_ZONE
 
@@ -297,8 +297,8 @@ def simulate_mri(options: MriPhantomOptions) -> MriPhantom:
 
     pwi_ct = _ct_options(options, options.pwi_matrix)
     pwi_affine = phantom_affine(pwi_ct)
-    pwi_anatomy = _anatomy(pwi_ct, z_mm)
-    pwi_zones_still = _zones(pwi_ct, z_mm, pwi_anatomy.labels)
+    pwi_anatomy = head_anatomy(pwi_ct, z_mm)
+    pwi_zones_still = lesion_zones(pwi_ct, z_mm, pwi_anatomy.labels)
     moved = _MovedMaps.build(pwi_anatomy, pwi_zones_still, pwi_affine, options)
     times = (
         np.arange(options.frames)[:, None] * options.tr_s
@@ -306,7 +306,7 @@ def simulate_mri(options: MriPhantomOptions) -> MriPhantom:
     )
     dsc: np.ndarray | None = None
     saturated = np.zeros(pwi_zones_still.shape, dtype=bool)
-    curves = _curves(pwi_ct, pwi_anatomy.labels, float(times.max()) + options.tr_s)
+    curves = perfusion_curves(pwi_ct, pwi_anatomy.labels, float(times.max()) + options.tr_s)
     if options.perfusion:
         dsc = _render_dsc(moved, curves, times, options, rng)
         peak_r2 = moved.pv_artery * float(curves.arterial.max())
@@ -349,7 +349,7 @@ class _MovedMaps:
     def build(
         anatomy: Any, zones: np.ndarray, affine: np.ndarray, options: MriPhantomOptions
     ) -> _MovedMaps:
-        classes = _class_map(anatomy.labels, zones)
+        classes = class_map(anatomy.labels, zones)
         s0 = _lookup(DSC_S0, anatomy.labels) * np.float32(SIGNAL_SCALE)
         maps = [classes, zones, s0, anatomy.pv_artery, anatomy.pv_occluded, anatomy.pv_sinus]
         if not any(options.pwi_shift_mm) and options.pwi_rotation_deg == 0:
