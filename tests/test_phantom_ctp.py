@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from strokeflow.phantom.ctp import (
 )
 from strokeflow.phantom.ctp_dicom import quantise_hu, write_ctp_study
 from strokeflow.phantom.physics import arterial_input, venous_outflow
+from tools import require_tool
 
 
 def _phantom(**kwargs: object) -> CtpPhantom:
@@ -277,10 +276,7 @@ def test_same_seed_gives_the_same_files(tmp_path: Path) -> None:
 
 
 def test_dciodvfy_reports_no_errors(tmp_path: Path) -> None:
-    if shutil.which("dciodvfy") is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("dciodvfy (dicom3tools) is required in CI")
-        pytest.skip("dciodvfy (dicom3tools) not installed")
+    require_tool("dciodvfy", "dicom3tools")
     phantom = _phantom(matrix=32, frames=2, slices=2)
     for syntax in ("explicit", "jpegls"):
         paths = write_ctp_study(

@@ -8,8 +8,6 @@ missing validator is a failure.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from strokeflow.report.render import SUMMARY_REGIONS, render_summary_page
 from strokeflow.report.results_json import ctp_analysis_json
 from strokeflow.report.secondary_capture import build_secondary_captures
 from strokeflow.report.structured_report import sr_in_encoding
+from tools import require_tool
 
 
 @dataclasses.dataclass
@@ -70,12 +69,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name} is not installed (install dicom3tools / DCMTK)")
-        pytest.skip(f"{name} not installed")
-    return path
+    return require_tool(name, "dcmtk" if name == "dsrdump" else "dicom3tools")
 
 
 def _region_pixels(page: np.ndarray, region: str) -> np.ndarray:

@@ -8,8 +8,6 @@ CI=true a missing validator is a failure.
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from strokeflow.report.dicom_outputs import (
 from strokeflow.report.mri_content import mri_result_content, mri_source_paths
 from strokeflow.report.render import SUMMARY_REGIONS
 from strokeflow.report.results_json_mri import mri_analysis_json
+from tools import require_tool
 
 DWI_MATRIX = 96
 
@@ -90,12 +89,7 @@ def built(request: pytest.FixtureRequest) -> BuiltMri:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name} is not installed (install dicom3tools / DCMTK)")
-        pytest.skip(f"{name} not installed")
-    return path
+    return require_tool(name, "dcmtk" if name == "dsrdump" else "dicom3tools")
 
 
 def _colour_fraction(pixels: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> float:

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servicekit import IN_CI, Postgres, free_port, fresh_postgres_database, pg_bin, write_ct_files
+from servicekit import Postgres, free_port, fresh_postgres_database, pg_bin, write_ct_files
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
+from tools import tool_missing
 
 
 @pytest.fixture(autouse=True)
@@ -43,10 +44,7 @@ def postgres() -> Iterator[Postgres]:
     """
     initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
-        message = "PostgreSQL server binaries (initdb, pg_ctl; apt: postgresql) are missing"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing("PostgreSQL server binaries (initdb, pg_ctl; apt: postgresql) are missing")
     root = Path(tempfile.mkdtemp(prefix="strokeflow-pg-"))
     run: list[str] = []
     if os.geteuid() == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 import shutil
 import socket
 import subprocess
@@ -25,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/dicomfacto
 
 from dicomfactory import StudyTags, uid, write_ct_instance
 from strokeflow.store.engine import make_engine
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from tools import IN_CI, require_tool  # noqa: F401 - IN_CI is re-exported to the tests
 
 
 def free_port() -> int:
@@ -37,14 +35,8 @@ def free_port() -> int:
 
 
 def need_tool(name: str) -> str:
-    """Path of a command-line tool; missing fails under CI=true, else skips."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (apt: dcmtk)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    """Path of a DCMTK tool; missing fails under CI=true, else skips."""
+    return require_tool(name, "dcmtk")
 
 
 def write_ct_files(

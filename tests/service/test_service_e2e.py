@@ -22,29 +22,18 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from servicekit import IN_CI, Postgres, free_port, fresh_postgres_database, storescu, wait_for
+from servicekit import Postgres, free_port, fresh_postgres_database, storescu, wait_for
 from sqlalchemy import select
 
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.models import Dispatch, DispatchState, Job, JobState
+from tools import require_tool
 
 #: The installed console script, next to the interpreter running the tests.
 STROKEFLOW = [str(Path(sys.executable).parent / "strokeflow")]
 PACS_AE = "ORTHANC"
-
-
-def _need(binary: str, package: str) -> str:
-    found = shutil.which(binary) or (
-        f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
-    )
-    if found is None:
-        message = f"{binary} is not installed (apt: {package})"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 @dataclass
@@ -90,7 +79,7 @@ class Orthanc:
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     """An Orthanc PACS that knows StrokeFlow's AE; stopped afterwards."""
-    binary = _need("Orthanc", "orthanc")
+    binary = require_tool("Orthanc", "orthanc")
     root = tmp_path / "orthanc"
     root.mkdir()
     dicom_port, http_port = free_port(), free_port()
@@ -120,7 +109,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A redis-server on a free loopback port, no persistence."""
-    binary = _need("redis-server", "redis-server")
+    binary = require_tool("redis-server", "redis-server")
     port = free_port()
     proc = subprocess.Popen(
         [

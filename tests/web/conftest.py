@@ -24,8 +24,9 @@ from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
 from strokeflow.store.repository import InstanceRecord, record_instance
-from strokeflow.web import WebOptions, create_app
 from strokeflow.web.accounts import add_user
+from strokeflow.web.app import create_app
+from strokeflow.web.options import WebOptions
 from strokeflow.worker.jobs import JobRunner
 
 USER, PASSWORD = "alice", "correct horse battery"

@@ -30,6 +30,7 @@ import pytest
 
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
+from tools import tool_missing
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -44,17 +45,13 @@ ARGS = [
 #: The installed console script, next to the interpreter running the tests.
 STROKEFLOW = str(Path(sys.executable).parent / "strokeflow")
 USER, PASSWORD = "alice", "correct horse battery"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: Job states after which the worker leaves a job alone.
 FINISHED = {"succeeded", "dispatched", "failed", "cancelled"}
 
 
 def _need(path: str | None, what: str) -> str:
     if path is None or not Path(path).exists():
-        message = f"{what} is not installed"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        tool_missing(f"{what} is not installed")
     return path
 
 

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from strokeflow.store.models import Job, Study
-from strokeflow.web import WebOptions, create_app
+from strokeflow.web.app import create_app
+from strokeflow.web.options import WebOptions
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 EXAMPLES_PER_OPERATION = 15

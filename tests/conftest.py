@@ -1,0 +1,2 @@
+"""Shared test set-up: ``tests/`` itself is importable (``tools``, ``dicomfactory``)
+from every sub-folder, since pytest puts this file's folder on ``sys.path``."""
