@@ -65,7 +65,7 @@ def _insert_ignoring_conflict(session: Session, table: Any, values: dict[str, An
     elif dialect == "sqlite":
         session.execute(sqlite.insert(table).values(**values).on_conflict_do_nothing())
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise NotImplementedError(f"database dialect {dialect!r} is not supported")
+        raise ValueError(f"database dialect {dialect!r} is not supported (SQLite or PostgreSQL)")
 
 
 def lock_study(session: Session, study_uid: str) -> Study | None:
