@@ -1,6 +1,5 @@
-"""The administrators' web dashboard, JSON API, metrics and webhook notifications."""
+"""The administrators' web dashboard, JSON API, metrics and webhook notifications.
 
-from strokeflow.web.app import create_app
-from strokeflow.web.options import WebOptions
-
-__all__ = ["WebOptions", "create_app"]
+The application lives in :mod:`strokeflow.web.app` (``create_app``); nothing is imported
+here, so that every ``strokeflow`` command does not pay for FastAPI at start-up.
+"""
