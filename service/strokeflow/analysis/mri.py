@@ -14,6 +14,7 @@ geometry, refined by a rigid registration when the patient moved between the ser
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -290,14 +291,7 @@ def analyse_mri(acq: MriAcquisition, settings: MriSettings | None = None) -> Mri
             )
             decisions[rule.key] = True if met else None
         return MriAnalysis(
-            geometry=diffusion.full_geometry,
-            adc_um2_s=_uncrop(diffusion.adc, diffusion, np.nan),
-            adc_source=diffusion.source,
-            adc_units=diffusion.units,
-            b_value_s_mm2=diffusion.b_value,
-            brain=_uncrop(diffusion.brain, diffusion, False),
-            tissue=_uncrop(diffusion.tissue, diffusion, False),
-            core=_uncrop(diffusion.core, diffusion, False),
+            **_diffusion_fields(diffusion),
             core_ml=round(core_ml, 1),
             perfusion_available=False,
             tmax6=None,
@@ -331,14 +325,7 @@ def analyse_mri(acq: MriAcquisition, settings: MriSettings | None = None) -> Mri
     clock.lap("mismatch")
     side = _side(tmax6, hemis, vv)
     return MriAnalysis(
-        geometry=diffusion.full_geometry,
-        adc_um2_s=_uncrop(diffusion.adc, diffusion, np.nan),
-        adc_source=diffusion.source,
-        adc_units=diffusion.units,
-        b_value_s_mm2=diffusion.b_value,
-        brain=_uncrop(diffusion.brain, diffusion, False),
-        tissue=_uncrop(diffusion.tissue, diffusion, False),
-        core=_uncrop(diffusion.core, diffusion, False),
+        **_diffusion_fields(diffusion),
         core_ml=metrics.core_ml,
         perfusion_available=True,
         tmax6=_uncrop(tmax6, diffusion, False),
@@ -356,6 +343,20 @@ def analyse_mri(acq: MriAcquisition, settings: MriSettings | None = None) -> Mri
         flags=flags,
         timings_s=clock.timings,
     )
+
+
+def _diffusion_fields(diffusion: _Diffusion) -> dict[str, Any]:
+    """The ``MriAnalysis`` fields that come from the diffusion part, on the full DWI grid."""
+    return {
+        "geometry": diffusion.full_geometry,
+        "adc_um2_s": _uncrop(diffusion.adc, diffusion, np.nan),
+        "adc_source": diffusion.source,
+        "adc_units": diffusion.units,
+        "b_value_s_mm2": diffusion.b_value,
+        "brain": _uncrop(diffusion.brain, diffusion, False),
+        "tissue": _uncrop(diffusion.tissue, diffusion, False),
+        "core": _uncrop(diffusion.core, diffusion, False),
+    }
 
 
 def _uncrop(values: np.ndarray, diffusion: _Diffusion, fill: float | bool) -> np.ndarray:

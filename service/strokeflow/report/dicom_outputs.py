@@ -26,6 +26,7 @@ from strokeflow import __version__
 from strokeflow.analysis.ctp import CtpAnalysis
 from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
 from strokeflow.analysis.inputs import VascularCurve
+from strokeflow.analysis.quality import QualityFlag
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analysis.volume import Geometry
 from strokeflow.report.panels import render_lesion_pages, render_map_pages
@@ -119,6 +120,18 @@ class ResultObjects:
     def all(self) -> list[Dataset]:
         """Every object, in the order they are written."""
         return [*self.summary, *self.lesions, *self.maps, self.seg, self.sr]
+
+
+#: Last line of every summary page.
+DISCLAIMER = (
+    f"StrokeFlow {__version__}: research and decision-support software, NOT FOR PRIMARY "
+    "DIAGNOSIS. Check every result against the source images."
+)
+
+
+def flag_lines(flags: Sequence[QualityFlag]) -> list[str]:
+    """One summary-page line per quality flag, severity first."""
+    return [f"{f.severity.upper()}: {f.message}" for f in flags]
 
 
 def _fmt_ml(value: float) -> str:
@@ -252,14 +265,13 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
         alerts=alerts,
         volume_rows=volume_rows,
         quality_ok=analysis.quality_ok,
-        quality_lines=[f"{f.severity.upper()}: {f.message}" for f in analysis.flags],
+        quality_lines=flag_lines(analysis.flags),
         curves=curves,
         curve_unit="enhancement (HU)",
         footer_lines=[
             f"Method: {method}. Core: {core_def}. rCBF reference: "
             f"{analysis.reference_description}.",
-            f"StrokeFlow {__version__}: research and decision-support software, NOT FOR "
-            "PRIMARY DIAGNOSIS. Check every result against the source images.",
+            DISCLAIMER,
         ],
     )
     maps = [

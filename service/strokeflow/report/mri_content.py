@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 from pydicom.sr.coding import Code
 
-from strokeflow import __version__
 from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
 from strokeflow.analysis.mri import MriAcquisition, MriAnalysis, MriSettings
 from strokeflow.assemble.series import StudyInventory
 from strokeflow.report.dicom_outputs import (
+    DISCLAIMER,
     INFARCT,
     MISMATCH_RGB,
     ResultContent,
+    flag_lines,
     location_text,
 )
 from strokeflow.report.render import (
@@ -213,7 +214,7 @@ def mri_result_content(
         alerts=alerts,
         volume_rows=volume_rows,
         quality_ok=analysis.quality_ok,
-        quality_lines=[f"{f.severity.upper()}: {f.message}" for f in analysis.flags],
+        quality_lines=flag_lines(analysis.flags),
         curves=curves,
         curve_unit="delta-R2* (1/s)",
         curve_title="Arterial input (DSC)",
@@ -224,8 +225,7 @@ def mri_result_content(
         footer_lines=[
             f"Core: ADC < {thr:g} x10^-6 mm²/s ({analysis.adc_source} ADC). Method: {method}. "
             f"Lesion pages on the {anatomy_name}.",
-            f"StrokeFlow {__version__}: research and decision-support software, NOT FOR "
-            "PRIMARY DIAGNOSIS. Check every result against the source images.",
+            DISCLAIMER,
         ],
     )
     adc_shown = np.where(analysis.brain, analysis.adc_um2_s, np.nan).astype(np.float32)

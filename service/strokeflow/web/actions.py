@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from strokeflow.assemble.studies import StudyStateError, force_complete, queue_complete
 from strokeflow.config import Destination
 from strokeflow.dispatch.dispatcher import plan_dispatch
-from strokeflow.store.models import Dispatch, DispatchState, Job, JobState
-from strokeflow.worker.retry import RetryError, retry_job
+from strokeflow.store.models import Dispatch, Job, JobState
+from strokeflow.worker.retry import RetryError, retry_job, send_again
 
 
 class ActionError(ValueError):
@@ -102,14 +102,10 @@ def resend(
             f"job {job_id} has no result objects to send: no destination is configured "
             "or the job wrote no DICOM objects"
         )
+    send_again(job, rows)
     for row in rows:
-        row.state = DispatchState.PENDING
-        row.attempts = 0
-        row.next_attempt_at = None
         row.error = None
-    job.state = JobState.SUCCEEDED
     job.dispatched_at = None
-    job.error = None
     destinations_text = ", ".join(sorted({r.destination for r in rows}))
     return f"job {job_id}: {len(rows)} objects will be sent again to {destinations_text}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import select
@@ -52,10 +53,15 @@ def retry_job(session: Session, job_id: int, now: datetime) -> str:
             f"job {job_id} is {job.state.value} and every result object was delivered; "
             "to analyse again, send the study again (it becomes a new job version)"
         )
-    for row in failed:
+    send_again(job, failed)
+    return "dispatch"
+
+
+def send_again(job: Job, rows: Iterable[Dispatch]) -> None:
+    """Put delivery rows back to pending with fresh attempts, and the job back to dispatch."""
+    for row in rows:
         row.state = DispatchState.PENDING
         row.attempts = 0
         row.next_attempt_at = None
     job.state = JobState.SUCCEEDED
     job.error = None
-    return "dispatch"
