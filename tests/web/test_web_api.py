@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import ACCESSION, PASSWORD, PATIENT_ID, USER, Env, csrf_of, login
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
+from webenv import ACCESSION, PASSWORD, PATIENT_ID, USER, Env, csrf_of, login
 
 from strokeflow.store.models import Job, JobState, Study
 from strokeflow.web.models import AuditEntry

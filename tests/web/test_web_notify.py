@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import ACCESSION, PATIENT_ID, Env
 from sqlalchemy import select
+from webenv import ACCESSION, PATIENT_ID, Env
 
 from strokeflow.store.models import Job
 from strokeflow.web.models import WebhookDelivery

@@ -14,11 +14,11 @@ import base64
 from pathlib import Path
 
 import schemathesis
-from conftest import PASSWORD, USER, Env, make_settings
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
+from webenv import PASSWORD, USER, Env, make_settings
 
 from strokeflow.store.models import Job, Study
 from strokeflow.web.app import create_app
