@@ -74,6 +74,7 @@ def note_instance(session: Session, record: InstanceRecord, now: datetime) -> In
     study, change = record_instance(session, record, now)
     if change is InstanceChange.DUPLICATE:
         return change
+    values: dict[str, object] = {}
     if study.state is not StudyState.RECEIVING:
         LOG.info(
             "study %s: instance %s arrived after the study was %s; reopened, its next job "
@@ -83,12 +84,20 @@ def note_instance(session: Session, record: InstanceRecord, now: datetime) -> In
             study.state.value,
             study.version + 1,
         )
-        study.state = StudyState.RECEIVING
-        study.completed_at = None
-        study.completion_reason = None
-    study.released = False
+        values.update(state=StudyState.RECEIVING, completed_at=None, completion_reason=None)
+    if study.released:
+        values["released"] = False
     if study.expected_instances and study.instance_count >= study.expected_instances:
-        _complete(study, now, "expected_count")
+        values.update(
+            state=StudyState.COMPLETE, completed_at=now, completion_reason="expected_count"
+        )
+        LOG.info(
+            "study %s complete (expected_count): %d instances",
+            study.study_uid,
+            study.instance_count,
+        )
+    if values:
+        session.connection().execute(update(Study).where(Study.id == study.id).values(**values))
     return change
 
 

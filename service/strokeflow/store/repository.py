@@ -9,17 +9,17 @@ serialises writers anyway) before its counters change.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Table, and_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from strokeflow.store.models import Instance, Job, JobState, Series, Study
+from strokeflow.store.models import Instance, Job, JobState, Series, Study, StudyState
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,125 @@ class InstanceChange(enum.Enum):
     DUPLICATE = "duplicate"
 
 
-def _insert_ignoring_conflict(session: Session, table: Any, values: dict[str, Any]) -> None:
-    dialect = session.get_bind().dialect.name
+def _dialect_insert(dialect: str, table: Any) -> Any:
     if dialect == "postgresql":
-        session.execute(postgresql.insert(table).values(**values).on_conflict_do_nothing())
-    elif dialect == "sqlite":
-        session.execute(sqlite.insert(table).values(**values).on_conflict_do_nothing())
-    else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise ValueError(f"database dialect {dialect!r} is not supported (SQLite or PostgreSQL)")
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"database dialect {dialect!r} is not supported (SQLite or PostgreSQL)")
+
+
+def _later(column: Any) -> Any:
+    """SQL for ``max(column, :now)``, ``:now`` when the column is NULL."""
+    now = bindparam("now", type_=column.type)
+    return case((and_(column.is_not(None), column > now), column), else_=now)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The statements run for every received instance, built once per dialect.
+
+    Bound parameters instead of literal values: the statement objects are reused, so
+    SQLAlchemy neither rebuilds nor re-keys them per instance (measured: ~2.5 ms of the
+    ~3.3 ms an instance spent in SQL went on building ORM statements).
+    """
+
+    study_status: Any
+    insert_study: Any
+    series_of: Any
+    insert_series: Any
+    insert_instance: Any
+    instance_of: Any
+    count_series: Any
+    count_study: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    study_columns = ("study_uid", "patient_id", "accession_number", "study_date")
+    series_columns = ("series_uid", "study_id", "modality", "series_number")
+    instance_columns = (
+        "series_id",
+        "sop_instance_uid",
+        "sop_class_uid",
+        "transfer_syntax_uid",
+        "path",
+        "size_bytes",
+        "sha256",
+        "calling_ae_title",
+        "received_at",
+    )
+    studies, series, instances = (cast(Table, m.__table__) for m in (Study, Series, Instance))
+    return _Statements(
+        study_status=select(
+            studies.c.id,
+            studies.c.state,
+            studies.c.version,
+            studies.c.instance_count,
+            studies.c.expected_instances,
+            studies.c.released,
+        )
+        .where(studies.c.study_uid == bindparam("study_uid"))
+        .with_for_update(),
+        insert_study=_dialect_insert(dialect, studies)
+        .values(
+            {
+                **{name: bindparam(name) for name in (*study_columns, "study_description")},
+                "state": StudyState.RECEIVING,
+                "version": 0,
+                "instance_count": 0,
+                "released": False,
+            }
+        )
+        .on_conflict_do_nothing(),
+        series_of=select(series.c.id, series.c.study_id).where(
+            series.c.series_uid == bindparam("series_uid")
+        ),
+        insert_series=_dialect_insert(dialect, series)
+        .values(
+            {
+                **{name: bindparam(name) for name in (*series_columns, "series_description")},
+                "instance_count": 0,
+            }
+        )
+        .on_conflict_do_nothing(),
+        insert_instance=_dialect_insert(dialect, instances)
+        .values({**{name: bindparam(name) for name in instance_columns}, "times_received": 1})
+        .on_conflict_do_nothing()
+        .returning(instances.c.id),
+        instance_of=select(instances.c.id, instances.c.series_id, instances.c.sha256).where(
+            instances.c.sop_instance_uid == bindparam("sop_instance_uid")
+        ),
+        count_series=update(series)
+        .where(series.c.id == bindparam("series_id"))
+        .values(
+            instance_count=series.c.instance_count + bindparam("counted"),
+            first_instance_at=func.coalesce(series.c.first_instance_at, bindparam("now")),
+            last_instance_at=_later(series.c.last_instance_at),
+            expected_instances=func.coalesce(bindparam("expected"), series.c.expected_instances),
+        ),
+        count_study=update(studies)
+        .where(studies.c.id == bindparam("study_id"))
+        .values(
+            instance_count=studies.c.instance_count + bindparam("counted"),
+            first_instance_at=func.coalesce(studies.c.first_instance_at, bindparam("now")),
+            last_instance_at=_later(studies.c.last_instance_at),
+            expected_instances=func.coalesce(bindparam("expected"), studies.c.expected_instances),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """A study's row as it is after :func:`record_instance` (locked until commit)."""
+
+    id: int
+    study_uid: str
+    state: StudyState
+    version: int
+    instance_count: int
+    expected_instances: int | None
+    released: bool
 
 
 def lock_study(session: Session, study_uid: str) -> Study | None:
@@ -74,13 +185,97 @@ def lock_study(session: Session, study_uid: str) -> Study | None:
     return session.scalars(stmt).one_or_none()
 
 
+def _locked_study_status(conn: Connection, sql: _Statements, record: InstanceRecord) -> Any:
+    key = {"study_uid": record.study_uid}
+    row = conn.execute(sql.study_status, key).one_or_none()
+    if row is not None:
+        return row
+    conn.execute(
+        sql.insert_study,
+        {
+            "study_uid": record.study_uid,
+            "patient_id": record.patient_id,
+            "accession_number": record.accession_number,
+            "study_date": record.study_date,
+            "study_description": record.study_description,
+        },
+    )
+    return conn.execute(sql.study_status, key).one()  # inserted now or by another writer
+
+
+def _series_id(conn: Connection, sql: _Statements, record: InstanceRecord, study_id: int) -> int:
+    key = {"series_uid": record.series_uid}
+    row = conn.execute(sql.series_of, key).one_or_none()
+    if row is None:
+        conn.execute(
+            sql.insert_series,
+            {
+                "series_uid": record.series_uid,
+                "study_id": study_id,
+                "modality": record.modality,
+                "series_number": record.series_number,
+                "series_description": record.series_description,
+            },
+        )
+        row = conn.execute(sql.series_of, key).one()
+    if row.study_id != study_id:
+        raise ValueError(
+            f"series {record.series_uid} already belongs to another study; instance "
+            f"{record.sop_instance_uid} claims study {record.study_uid}"
+        )
+    return int(row.id)
+
+
+def _store_instance(
+    conn: Connection, sql: _Statements, record: InstanceRecord, series_id: int, now: datetime
+) -> InstanceChange:
+    new_id = conn.execute(
+        sql.insert_instance,
+        {
+            "series_id": series_id,
+            "sop_instance_uid": record.sop_instance_uid,
+            "sop_class_uid": record.sop_class_uid,
+            "transfer_syntax_uid": record.transfer_syntax_uid,
+            "path": record.path,
+            "size_bytes": record.size_bytes,
+            "sha256": record.sha256,
+            "calling_ae_title": record.calling_ae_title,
+            "received_at": now,
+        },
+    ).scalar()
+    if new_id is not None:
+        return InstanceChange.NEW
+    # Received before (by this association or, a moment ago, by another one).
+    known = conn.execute(sql.instance_of, {"sop_instance_uid": record.sop_instance_uid}).one()
+    if known.series_id != series_id:
+        raise ValueError(
+            f"instance {record.sop_instance_uid} is already stored in another series; "
+            f"now it claims series {record.series_uid}"
+        )
+    values: dict[str, Any] = {"times_received": Instance.times_received + 1}
+    change = InstanceChange.DUPLICATE
+    if known.sha256 != record.sha256:
+        values.update(
+            sha256=record.sha256,
+            size_bytes=record.size_bytes,
+            transfer_syntax_uid=record.transfer_syntax_uid,
+            received_at=now,
+        )
+        change = InstanceChange.REPLACED
+    conn.execute(update(Instance).where(Instance.id == known.id).values(**values))
+    return change
+
+
 def record_instance(
     session: Session, record: InstanceRecord, now: datetime
-) -> tuple[Study, InstanceChange]:
+) -> tuple[StudyStatus, InstanceChange]:
     """Create or update the study, series and instance rows for one stored file.
 
     The caller commits. Study and series counters and timestamps change only for new or
     replaced instances; the study's state is left to :mod:`strokeflow.assemble.studies`.
+    This runs once per received instance, before the sender gets its answer, so it uses
+    prepared Core statements on the session's connection and loads no ORM objects (ORM
+    objects of these rows already in ``session`` are not refreshed).
 
     Parameters
     ----------
@@ -91,103 +286,50 @@ def record_instance(
 
     Returns
     -------
-    (Study, InstanceChange)
-        The locked study row and what changed.
+    (StudyStatus, InstanceChange)
+        The study (locked until commit, counters as updated) and what changed.
 
     Raises
     ------
     ValueError
         The SOP instance is already recorded under another series or study.
     """
-    _insert_ignoring_conflict(
-        session,
-        Study.__table__,
+    conn = session.connection()
+    sql = _statements(conn.dialect.name)
+    row = _locked_study_status(conn, sql, record)
+    series_id = _series_id(conn, sql, record, row.id)
+    change = _store_instance(conn, sql, record, series_id, now)
+    status = StudyStatus(
+        id=row.id,
+        study_uid=record.study_uid,
+        state=StudyState(row.state),
+        version=row.version,
+        instance_count=row.instance_count + (change is InstanceChange.NEW),
+        expected_instances=record.expected_study_instances or row.expected_instances,
+        released=row.released,
+    )
+    if change is InstanceChange.DUPLICATE:
+        return status, change
+    counted = int(change is InstanceChange.NEW)
+    conn.execute(
+        sql.count_series,
         {
-            "study_uid": record.study_uid,
-            "state": "receiving",
-            "version": 0,
-            "instance_count": 0,
-            "released": False,
-            "patient_id": record.patient_id,
-            "accession_number": record.accession_number,
-            "study_date": record.study_date,
-            "study_description": record.study_description,
+            "series_id": series_id,
+            "counted": counted,
+            "now": now,
+            "expected": record.expected_series_instances or None,
         },
     )
-    study = lock_study(session, record.study_uid)
-    assert study is not None  # inserted above or by a concurrent writer
-    _insert_ignoring_conflict(
-        session,
-        Series.__table__,
+    conn.execute(
+        sql.count_study,
         {
-            "study_id": study.id,
-            "series_uid": record.series_uid,
-            "modality": record.modality,
-            "series_number": record.series_number,
-            "series_description": record.series_description,
-            "instance_count": 0,
+            "study_id": row.id,
+            "counted": counted,
+            "now": now,
+            "expected": record.expected_study_instances or None,
         },
     )
-    series = session.scalars(select(Series).where(Series.series_uid == record.series_uid)).one()
-    if series.study_id != study.id:
-        raise ValueError(
-            f"series {record.series_uid} already belongs to another study; instance "
-            f"{record.sop_instance_uid} claims study {record.study_uid}"
-        )
-    instance = session.scalars(
-        select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid)
-    ).one_or_none()
-    if instance is None:
-        try:
-            with session.begin_nested():
-                session.add(_new_instance(series, record, now))
-            change = InstanceChange.NEW
-        except IntegrityError:
-            # Another association stored the same SOP instance a moment ago.
-            instance = session.scalars(
-                select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid)
-            ).one()
-    if instance is not None:
-        if instance.series_id != series.id:
-            raise ValueError(
-                f"instance {record.sop_instance_uid} is already stored in another series; "
-                f"now it claims series {record.series_uid}"
-            )
-        instance.times_received += 1
-        if instance.sha256 == record.sha256:
-            return study, InstanceChange.DUPLICATE
-        instance.sha256 = record.sha256
-        instance.size_bytes = record.size_bytes
-        instance.transfer_syntax_uid = record.transfer_syntax_uid
-        instance.received_at = now
-        change = InstanceChange.REPLACED
-    else:
-        series.instance_count += 1
-        study.instance_count += 1
-    series.first_instance_at = series.first_instance_at or now
-    series.last_instance_at = max(series.last_instance_at or now, now)
-    study.first_instance_at = study.first_instance_at or now
-    study.last_instance_at = max(study.last_instance_at or now, now)
-    if record.expected_study_instances:
-        study.expected_instances = record.expected_study_instances
-    if record.expected_series_instances:
-        series.expected_instances = record.expected_series_instances
-    return study, change
-
-
-def _new_instance(series: Series, record: InstanceRecord, now: datetime) -> Instance:
-    return Instance(
-        series_id=series.id,
-        sop_instance_uid=record.sop_instance_uid,
-        sop_class_uid=record.sop_class_uid,
-        transfer_syntax_uid=record.transfer_syntax_uid,
-        path=record.path,
-        size_bytes=record.size_bytes,
-        sha256=record.sha256,
-        calling_ae_title=record.calling_ae_title,
-        received_at=now,
-        times_received=1,
-    )
+    return status, change
 
 
 def get_study(session: Session, study_uid: str) -> Study | None:
