@@ -142,12 +142,13 @@ def make_listener(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
         factory = make_session_factory(engine)
         receiver = Receiver(settings, factory)
         server = start_server(receiver)
-        started.append((server, engine))
+        started.append((server, receiver, engine))
         return Listener(settings, factory, receiver, int(server.server_address[1]))
 
     yield start
-    for server, engine in started:
+    for server, receiver, engine in started:
         server.shutdown()
+        receiver.close()
         engine.dispose()
 
 

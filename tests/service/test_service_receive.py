@@ -183,7 +183,7 @@ def test_malformed_instances_are_quarantined_and_the_association_goes_on(
 def test_disk_failure_answers_out_of_resources_and_keeps_serving(
     listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = scp.write_durably
+    real_write = scp.write_synced_temp
     calls = {"n": 0}
 
     def failing_once(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -192,7 +192,7 @@ def test_disk_failure_answers_out_of_resources_and_keeps_serving(
             raise OSError(28, "No space left on device")
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(scp, "write_durably", failing_once)
+    monkeypatch.setattr(scp, "write_synced_temp", failing_once)
     statuses = pynetdicom_store(listener.port, ct_files)
     assert statuses[0] == 0xA700
     assert statuses[1:] == [0x0000] * (len(ct_files) - 1)

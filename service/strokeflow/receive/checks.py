@@ -91,19 +91,48 @@ def _check_truncation(ds: Dataset) -> None:
             )
 
 
-def inspect_dataset(event: Event) -> tuple[Dataset, Path]:
-    """Decode the C-STORE dataset, check it, and give its storage path (relative).
+def read_dataset(event: Event) -> tuple[Dataset, Path]:
+    """Decode the C-STORE dataset's header, check its UIDs, give its storage path (relative).
 
     Raises
     ------
     InstanceRefusedError
-        Undecodable data, invalid or mismatching UIDs, wrong pixel data length.
+        Undecodable data, invalid UIDs, or UIDs that differ from the command's.
     """
     request = cast(C_STORE, event.request)
     try:
         ds = event.dataset
     except Exception as exc:  # any decoder error means the same to the sender
         raise InstanceRefusedError(f"dataset cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
+    try:
+        relpath = instance_relpath(
+            ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
+        )
+        sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
+    except InvalidUidError as exc:
+        raise InstanceRefusedError(str(exc)) from exc
+    except Exception as exc:  # a UID element whose value cannot be decoded
+        raise InstanceRefusedError(f"dataset cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
+    if str(ds.SOPInstanceUID) != str(request.AffectedSOPInstanceUID):
+        raise InstanceRefusedError(
+            f"SOPInstanceUID {ds.SOPInstanceUID} differs from the command's "
+            f"{request.AffectedSOPInstanceUID}"
+        )
+    if sop_class != str(request.AffectedSOPClassUID):
+        raise InstanceRefusedError(
+            f"SOPClassUID {sop_class} differs from the command's {request.AffectedSOPClassUID}"
+        )
+    return ds, relpath
+
+
+def check_content(ds: Dataset, transfer_syntax: UID) -> None:
+    """Check the whole dataset: not truncated, every value decodable, pixel data complete.
+
+    Raises
+    ------
+    InstanceRefusedError
+        With the reason and the C-STORE status to answer.
+    """
     _check_truncation(ds)
     try:
         # Decoding is lazy: convert every element now (pixel data excepted) so that a
@@ -114,26 +143,9 @@ def inspect_dataset(event: Event) -> tuple[Dataset, Path]:
     except Exception as exc:  # any decoder error means the same to the sender
         raise InstanceRefusedError(f"dataset cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
     try:
-        relpath = instance_relpath(
-            ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
-        )
-        sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
-    except InvalidUidError as exc:
-        raise InstanceRefusedError(str(exc)) from exc
-    if str(ds.SOPInstanceUID) != str(request.AffectedSOPInstanceUID):
-        raise InstanceRefusedError(
-            f"SOPInstanceUID {ds.SOPInstanceUID} differs from the command's "
-            f"{request.AffectedSOPInstanceUID}"
-        )
-    if sop_class != str(request.AffectedSOPClassUID):
-        raise InstanceRefusedError(
-            f"SOPClassUID {sop_class} differs from the command's {request.AffectedSOPClassUID}"
-        )
-    try:
-        _check_pixel_length(ds, UID(event.context.transfer_syntax))
+        _check_pixel_length(ds, transfer_syntax)
     except InstanceRefusedError:
         raise
     except Exception as exc:
         reason = f"pixel data cannot be checked: {exc}"
         raise InstanceRefusedError(reason, CANNOT_UNDERSTAND) from exc
-    return ds, relpath

@@ -12,16 +12,20 @@ on the allow-lists, a called AE title other than ours, or free disk below the wa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import StoragePresentationContexts
@@ -37,14 +41,16 @@ from strokeflow.receive.checks import (
     OUT_OF_RESOURCES,
     SUCCESS,
     InstanceRefusedError,
-    inspect_dataset,
+    check_content,
     int_value,
+    read_dataset,
     text_value,
 )
 from strokeflow.receive.storage import (
     free_disk_mb,
+    move_into_place,
     quarantine,
-    write_durably,
+    write_synced_temp,
 )
 from strokeflow.store.repository import InstanceChange, InstanceRecord
 
@@ -61,6 +67,17 @@ class Receiver:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _studies: dict[Any, set[str]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _disk: ThreadPoolExecutor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # One writer per association that may be open at once (0: pynetdicom's "no limit").
+        self._disk = ThreadPoolExecutor(
+            max_workers=self.settings.max_associations or 32, thread_name_prefix="disk-write"
+        )
+
+    def close(self) -> None:
+        """Stop the disk writers (after the server has stopped)."""
+        self._disk.shutdown(wait=True)
 
     @property
     def data_dir(self) -> Path:
@@ -148,58 +165,54 @@ class Receiver:
         return SUCCESS
 
     def on_store(self, event: Event) -> int:
-        """Store one instance durably, then answer; never raises."""
+        """Store one instance durably, then answer; never raises.
+
+        Work that does not depend on the disk overlaps the disk: the bytes are written and
+        fsynced in the ``disk-write`` pool (without the GIL) while this thread hashes them,
+        checks every element and writes the SQL rows. The file is renamed into place and
+        its directory fsynced before the rows commit, and only then is 0x0000 answered.
+        Refused data goes to quarantine instead; disk or database trouble rolls back.
+        """
         label = self._label(event)
         try:
-            ds, relpath = inspect_dataset(event)
+            ds, relpath = read_dataset(event)
         except InstanceRefusedError as exc:
             return self._refuse(event, label, str(exc), exc.status)
-        study_uid = str(ds.StudyInstanceUID)
+        payload = event.encoded_dataset(include_meta=True)
+        written = self._disk.submit(write_synced_temp, self.data_dir, payload)
+        # Hash first: hashlib lets go of the GIL, so the writer starts at once.
+        sha256 = hashlib.sha256(payload).hexdigest()
         try:
-            payload = event.encoded_dataset(include_meta=True)
-            sha256 = write_durably(self.data_dir, relpath, payload)
-        except OSError as exc:
-            LOG.error(
-                "association %s: study %s instance %s not stored, disk error: %s",
-                label,
-                study_uid,
-                ds.SOPInstanceUID,
-                exc,
-            )
-            return OUT_OF_RESOURCES
-        record = InstanceRecord(
-            study_uid=study_uid,
-            series_uid=str(ds.SeriesInstanceUID),
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            path=relpath.as_posix(),
-            size_bytes=len(payload),
-            sha256=sha256,
-            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
-            patient_id=text_value(ds, "PatientID", 64),
-            accession_number=text_value(ds, "AccessionNumber", 16),
-            study_date=text_value(ds, "StudyDate", 8),
-            study_description=text_value(ds, "StudyDescription", 64),
-            modality=text_value(ds, "Modality", 16),
-            series_number=int_value(ds, "SeriesNumber"),
-            series_description=text_value(ds, "SeriesDescription", 64),
-            expected_study_instances=int_value(ds, "NumberOfStudyRelatedInstances"),
-            expected_series_instances=int_value(ds, "NumberOfSeriesRelatedInstances"),
-        )
+            check_content(ds, UID(event.context.transfer_syntax))
+        except InstanceRefusedError as exc:
+            _discard(written)
+            return self._refuse(event, label, str(exc), exc.status, payload)
+        record = _instance_record(event, ds, relpath, payload, sha256)
         with self._lock:
-            self._studies.setdefault(event.assoc, set()).add(study_uid)
+            self._studies.setdefault(event.assoc, set()).add(record.study_uid)
         try:
             with self.sessions() as session, session.begin():
                 change = note_instance(session, record, self.clock())
+                move_into_place(self.data_dir, written.result(), relpath)
         except ValueError as exc:
-            (self.data_dir / relpath).unlink(missing_ok=True)
+            _discard(written)
             return self._refuse(event, label, str(exc), DATASET_DOES_NOT_MATCH, payload)
-        except (SQLAlchemyError, OSError) as exc:
+        except OSError as exc:
+            _discard(written)
             LOG.error(
-                "association %s: study %s instance %s stored but not recorded, database error: %s",
+                "association %s: study %s instance %s not stored, disk error: %s",
                 label,
-                study_uid,
+                record.study_uid,
+                record.sop_instance_uid,
+                exc,
+            )
+            return OUT_OF_RESOURCES
+        except SQLAlchemyError as exc:
+            _discard(written)
+            LOG.error(
+                "association %s: study %s instance %s not recorded, database error: %s",
+                label,
+                record.study_uid,
                 record.sop_instance_uid,
                 exc,
             )
@@ -207,12 +220,12 @@ class Receiver:
         LOG.debug(
             "association %s: study %s instance %s %s",
             label,
-            study_uid,
+            record.study_uid,
             record.sop_instance_uid,
             change.value,
         )
         if change is InstanceChange.REPLACED:
-            LOG.info("study %s: instance %s replaced", study_uid, record.sop_instance_uid)
+            LOG.info("study %s: instance %s replaced", record.study_uid, record.sop_instance_uid)
         return SUCCESS
 
     def _refuse(
@@ -245,6 +258,39 @@ class Receiver:
             LOG.error(
                 "association %s: could not mark studies released: %s", self._label(event), exc
             )
+
+
+def _discard(written: Future[Path]) -> None:
+    """Delete a temporary file once its writer is done (nothing to do if it failed)."""
+    try:
+        written.result().unlink(missing_ok=True)
+    except OSError as exc:
+        LOG.debug("temporary file not written or already gone: %s", exc)
+
+
+def _instance_record(
+    event: Event, ds: Dataset, relpath: Path, payload: bytes, sha256: str
+) -> InstanceRecord:
+    return InstanceRecord(
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        sop_class_uid=str(ds.SOPClassUID),
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        path=relpath.as_posix(),
+        size_bytes=len(payload),
+        sha256=sha256,
+        calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+        patient_id=text_value(ds, "PatientID", 64),
+        accession_number=text_value(ds, "AccessionNumber", 16),
+        study_date=text_value(ds, "StudyDate", 8),
+        study_description=text_value(ds, "StudyDescription", 64),
+        modality=text_value(ds, "Modality", 16),
+        series_number=int_value(ds, "SeriesNumber"),
+        series_description=text_value(ds, "SeriesDescription", 64),
+        expected_study_instances=int_value(ds, "NumberOfStudyRelatedInstances"),
+        expected_series_instances=int_value(ds, "NumberOfSeriesRelatedInstances"),
+    )
 
 
 class _ReusePortServer(ThreadedAssociationServer):

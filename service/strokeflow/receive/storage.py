@@ -62,12 +62,57 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_synced_temp(data_dir: Path, payload: bytes) -> Path:
+    """Write ``payload`` to a new file in ``data_dir/tmp`` and fsync it.
+
+    The first half of :func:`write_durably`, split off so that the receiver can check and
+    hash an instance while the disk writes it. The caller moves the file with
+    :func:`move_into_place` or deletes it.
+
+    Returns
+    -------
+    Path
+        The temporary file, on disk when this returns.
+
+    Raises
+    ------
+    OSError
+        Any disk problem; no temporary file is left behind in that case.
+    """
+    tmp_dir = data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return Path(tmp_name)
+
+
+def move_into_place(data_dir: Path, tmp: Path, relpath: Path) -> None:
+    """Rename the synced ``tmp`` over ``data_dir / relpath`` and fsync the directory.
+
+    The rename is atomic (a reader sees the old or the new file, never half of one) and
+    the directory fsync makes it survive a power cut. On failure ``tmp`` is deleted.
+    """
+    target = data_dir / relpath
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
 def write_durably(data_dir: Path, relpath: Path, payload: bytes) -> str:
     """Write ``payload`` to ``data_dir / relpath`` so that it is on disk when this returns.
 
-    The bytes go to a temporary file in ``data_dir/tmp``, are fsynced, renamed over the
-    destination (atomic: a reader sees the old or the new file, never half of one) and the
-    directory is fsynced so the rename survives a power cut.
+    :func:`write_synced_temp` then :func:`move_into_place`.
 
     Returns
     -------
@@ -79,21 +124,7 @@ def write_durably(data_dir: Path, relpath: Path, payload: bytes) -> str:
     OSError
         Any disk problem; nothing is left at the destination in that case.
     """
-    target = data_dir / relpath
-    tmp_dir = data_dir / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    move_into_place(data_dir, write_synced_temp(data_dir, payload), relpath)
     return hashlib.sha256(payload).hexdigest()
 
 
