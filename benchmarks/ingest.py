@@ -14,7 +14,9 @@ afresh (empty output folder) for every run:
   every interface of this machine for the few seconds of its run);
 - a bare pynetdicom SCP (threaded, every storage class and transfer syntax, unlimited
   PDU) whose handler writes ``event.encoded_dataset()`` to a file: no checks, no fsync, no
-  database;
+  database (the baseline of the targets);
+- the same bare SCP writing durably (temp file, fsync, rename, directory fsync) and
+  nothing else: what durability alone costs on this disk, for reference;
 - ``strokeflow listener``: checks, write-fsync-rename, an SQL row per instance before
   answering; with ``STROKEFLOW_RECEIVER_PROCESSES`` = each value of
   ``--receiver-processes``.
@@ -70,15 +72,28 @@ PACS_AE = "PACS"
 
 #: The bare pynetdicom storage SCP (argv: port, output folder), run as its own process.
 BARE_SCP = """
+import os
 import sys
 from pathlib import Path
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
 out = Path(sys.argv[2])
+durable = len(sys.argv) > 3 and sys.argv[3] == "fsync"
 
 def on_store(event):
     name = str(event.request.AffectedSOPInstanceUID)
-    (out / f"{name}.dcm").write_bytes(event.encoded_dataset())
+    if not durable:
+        (out / f"{name}.dcm").write_bytes(event.encoded_dataset())
+        return 0x0000
+    part = out.parent / f"{name}.part"
+    with open(part, "wb") as handle:
+        handle.write(event.encoded_dataset())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(part, out / f"{name}.dcm")
+    fd = os.open(out, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
     return 0x0000
 
 ae = AE("BARE")
@@ -191,15 +206,20 @@ def storescp_receiver() -> Receiver:
     return Receiver("DCMTK storescp --fork", start, _count_files)
 
 
-def bare_receiver() -> Receiver:
+def bare_receiver(*, fsync: bool = False) -> Receiver:
+    """The bare SCP; with ``fsync`` it writes as StrokeFlow does (temp file, fsync, rename,
+    directory fsync) and nothing else: the price of durability alone, for reference."""
+
     def start(port: int, folder: Path) -> Server:
         (folder / "out").mkdir(parents=True)
         argv = [sys.executable, "-c", BARE_SCP, str(port), str(folder / "out")]
+        argv += ["fsync"] if fsync else []
         server = Server("bare pynetdicom SCP", argv, folder / "server.log", dict(os.environ))
         wait_until(lambda: server.check_alive() and listening(port), 30, "the bare SCP to listen")
         return server
 
-    return Receiver("bare pynetdicom SCP", start, _count_files)
+    name = "bare pynetdicom SCP + fsync" if fsync else "bare pynetdicom SCP"
+    return Receiver(name, start, _count_files)
 
 
 def _instance_rows(folder: Path) -> int:
@@ -354,7 +374,7 @@ def _sop_uid(path: Path) -> str:
 
 def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
     """Every receiver with every sender count, ``--repeat`` times; the table and targets."""
-    receivers = [storescp_receiver(), bare_receiver()]
+    receivers = [storescp_receiver(), bare_receiver(), bare_receiver(fsync=True)]
     receivers += [strokeflow_receiver(n) for n in args.receiver_processes]
     total_mib, count = study.mib, study.instances
     rates: list[Rate] = []

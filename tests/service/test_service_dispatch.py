@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from strokeflow.analyze import analyze_paths
 from strokeflow.config import Destination
 from strokeflow.dispatch import dispatch_due, dispatch_job, plan_dispatch
+from strokeflow.dispatch.store_scu import is_permanent_failure
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.report.structured_report import SR_SOP_CLASSES
@@ -252,3 +253,41 @@ def test_refused_objects_fail_after_max_attempts_and_retry_sends_them_again(
     _send(sessions, job_id, [pacs.destination], tmp_path, T0 + timedelta(days=1))
     assert _state(sessions, job_id).state is JobState.DISPATCHED
     assert len(pacs.received) == 2
+
+
+def test_an_object_the_pacs_cannot_understand_fails_at_once_without_retries(
+    sessions: sessionmaker[Session],
+    result_files: list[Path],
+    make_pacs: Callable[..., Pacs],
+    tmp_path: Path,
+) -> None:
+    pacs = make_pacs()
+    pacs.status = 0xC000  # cannot understand: the same answer on every retry
+    job_id = _succeeded_job(sessions, result_files[:1], tmp_path, [pacs.destination])
+    _send(sessions, job_id, [pacs.destination], tmp_path, T0)
+    rows = _rows(sessions, job_id)
+    assert [(r.state, r.status, r.attempts) for r in rows] == [(DispatchState.FAILED, 0xC000, 1)]
+    assert "permanent" in (rows[0].error or "")
+    assert "could not be delivered" in (_state(sessions, job_id).error or "")
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [
+        (0xA700, False),
+        (0xA7FF, False),
+        (0x0110, False),
+        (0x0213, False),
+        (None, False),
+        (0xA900, True),
+        (0xA9FF, True),
+        (0xC000, True),
+        (0xCFFF, True),
+        (0x0122, True),
+        (0x0124, True),
+    ],
+)
+def test_failure_statuses_are_split_into_transient_and_permanent(
+    status: int | None, permanent: bool
+) -> None:
+    assert is_permanent_failure(status) is permanent

@@ -25,6 +25,31 @@ STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: SR encodings tried in this order when the destination rejects a report's class.
 SR_FALLBACK_ORDER = ("comprehensive3d", "comprehensive", "enhanced")
 _SR_CLASSES = {uid: name for name, uid in SR_SOP_CLASSES.items()}
+#: Failure statuses (PS3.4 B.2.3, PS3.7 C) that say the object itself, or this
+#: destination's configuration, is the problem: sending it again later gets the same answer.
+_PERMANENT_FAILURES = frozenset(
+    {
+        0x0117,  # invalid SOP instance
+        0x0122,  # SOP class not supported
+        0x0124,  # not authorized
+        0x0210,  # duplicate invocation
+        0x0211,  # unrecognized operation
+        0x0212,  # mistyped argument
+    }
+)
+
+
+def is_permanent_failure(status: int | None) -> bool:
+    """Whether a C-STORE failure status means "retrying will not help".
+
+    Error: Data Set Does Not Match SOP Class (0xA9xx), Error: Cannot Understand (0xCxxx)
+    and the refusals in ``_PERMANENT_FAILURES`` are permanent. Refused: Out of Resources
+    (0xA7xx), processing failure (0x0110), resource limitation (0x0213), other codes and
+    no answer at all (``None``) may pass: they are retried with back-off.
+    """
+    if status is None:
+        return False
+    return status in _PERMANENT_FAILURES or 0xA900 <= status <= 0xA9FF or status >> 12 == 0xC
 
 
 @dataclass(frozen=True)
@@ -43,7 +68,8 @@ class ObjectOutcome:
     ``status`` is the last C-STORE status (``None``: never sent or no answer);
     ``sent_sop_class_uid``/``sent_sop_instance_uid`` name what was actually stored
     (differs from the file for an SR sent in a fallback class). ``permanent`` failures
-    (no acceptable class) are not worth retrying on this destination.
+    (no acceptable class, or a status :func:`is_permanent_failure` names) are not worth
+    retrying on this destination.
     """
 
     stored: bool
@@ -140,7 +166,10 @@ def _send_one(
         if status in STORED:
             return ObjectOutcome(True, status, None, sop_class, str(to_send.SOPInstanceUID))
         text = "no answer" if status is None else f"status 0x{status:04X}"
-        last = ObjectOutcome(False, status, f"{sop_class}: {text}", sop_class)
+        permanent = is_permanent_failure(status)
+        if permanent:
+            text += " (permanent: not retried)"
+        last = ObjectOutcome(False, status, f"{sop_class}: {text}", sop_class, permanent=permanent)
         if not assoc.is_established:
             break
     assert last is not None
