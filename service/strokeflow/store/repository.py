@@ -72,6 +72,20 @@ def _later(column: Any) -> Any:
     return case((and_(column.is_not(None), column > now), column), else_=now)
 
 
+def _counting_update(table: Table) -> Any:
+    """One more instance (``:counted`` is 0 for a replacement) in a study or series row."""
+    return (
+        update(table)
+        .where(table.c.id == bindparam("row_id"))
+        .values(
+            instance_count=table.c.instance_count + bindparam("counted"),
+            first_instance_at=func.coalesce(table.c.first_instance_at, bindparam("now")),
+            last_instance_at=_later(table.c.last_instance_at),
+            expected_instances=func.coalesce(bindparam("expected"), table.c.expected_instances),
+        )
+    )
+
+
 @dataclass(frozen=True)
 class _Statements:
     """The statements run for every received instance, built once per dialect.
@@ -147,22 +161,8 @@ def _statements(dialect: str) -> _Statements:
         instance_of=select(instances.c.id, instances.c.series_id, instances.c.sha256).where(
             instances.c.sop_instance_uid == bindparam("sop_instance_uid")
         ),
-        count_series=update(series)
-        .where(series.c.id == bindparam("series_id"))
-        .values(
-            instance_count=series.c.instance_count + bindparam("counted"),
-            first_instance_at=func.coalesce(series.c.first_instance_at, bindparam("now")),
-            last_instance_at=_later(series.c.last_instance_at),
-            expected_instances=func.coalesce(bindparam("expected"), series.c.expected_instances),
-        ),
-        count_study=update(studies)
-        .where(studies.c.id == bindparam("study_id"))
-        .values(
-            instance_count=studies.c.instance_count + bindparam("counted"),
-            first_instance_at=func.coalesce(studies.c.first_instance_at, bindparam("now")),
-            last_instance_at=_later(studies.c.last_instance_at),
-            expected_instances=func.coalesce(bindparam("expected"), studies.c.expected_instances),
-        ),
+        count_series=_counting_update(series),
+        count_study=_counting_update(studies),
     )
 
 
@@ -314,7 +314,7 @@ def record_instance(
     conn.execute(
         sql.count_series,
         {
-            "series_id": series_id,
+            "row_id": series_id,
             "counted": counted,
             "now": now,
             "expected": record.expected_series_instances or None,
@@ -323,7 +323,7 @@ def record_instance(
     conn.execute(
         sql.count_study,
         {
-            "study_id": row.id,
+            "row_id": row.id,
             "counted": counted,
             "now": now,
             "expected": record.expected_study_instances or None,
