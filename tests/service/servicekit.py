@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/dicomfacto
 
 from dicomfactory import StudyTags, uid, write_ct_instance
 from strokeflow.store.engine import make_engine
-from tools import IN_CI, require_tool  # noqa: F401 - IN_CI is re-exported to the tests
+from tools import require_tool
 
 
 def free_port() -> int:

@@ -157,9 +157,10 @@ def _send_one(
                 ds if converted is None else converted, sop_class, accepted_pairs
             )
             response = assoc.send_c_store(to_send)
-        except (ValueError, NotImplementedError, RuntimeError) as exc:
-            # No usable context or the pixel data cannot be decoded here: not a network
-            # problem, so retrying later would not help.
+        except (ValueError, RuntimeError) as exc:
+            # No usable context, or no decoder here for the pixel data (pydicom's error for
+            # that is a RuntimeError subclass): not a network problem, so retrying later
+            # would not help.
             last = ObjectOutcome(False, None, f"{sop_class}: {exc}", sop_class, permanent=True)
             continue
         status = int(response.Status) if "Status" in response else None
