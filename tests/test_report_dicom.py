@@ -1,8 +1,8 @@
 """DICOM result objects (SC pages, SEG, SR) built from a real phantom analysis.
 
 Phantom -> DICOM files -> assemble -> analyse_ctp -> result objects, once per module.
-The DICOM validators (dciodvfy, dsrdump, dcentvfy) run when installed; with CI=true a
-missing validator is a failure.
+The DICOM validators (dciodvfy, dsrdump, dcentvfy) must be installed; a missing one
+fails the test.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """DICOM result objects of MR stroke analyses, with and without DSC perfusion.
 
 MR phantom -> DICOM files -> assemble_mri -> analyse_mri -> result objects, once per
-study kind. The validators (dciodvfy, dsrdump, dcentvfy) run as in the CT tests; with
-CI=true a missing validator is a failure.
+study kind. The validators (dciodvfy, dsrdump, dcentvfy) run as in the CT tests; a missing
+one fails the test.
 """
 
 from __future__ import annotations

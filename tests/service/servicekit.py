@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 def need_tool(name: str) -> str:
-    """Path of a DCMTK tool; missing fails under CI=true, else skips."""
+    """Path of a DCMTK tool; a missing one fails the test."""
     return require_tool(name, "dcmtk")
 
 

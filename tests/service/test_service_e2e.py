@@ -1,7 +1,7 @@
 """End to end with real peers: DCMTK storescu → `strokeflow serve` → Orthanc as the PACS.
 
-Orthanc and redis-server are started here on free loopback ports; missing binaries skip
-these tests, except under CI=true where they fail (apt: orthanc, redis-server).
+Orthanc and redis-server are started here on free loopback ports; missing binaries fail
+these tests (apt: orthanc, redis-server).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ DCMTK storescu sends a phantom CT perfusion study to the listener, the worker an
 the browser logs in, sees the job, opens it, sees the summary image, presses Retry and sees
 the new attempt that the service's own worker ran.
 
-Missing chromium or storescu skip this test, except under CI=true where they fail. Set
+Missing chromium or storescu fail this test. Set
 ``SCREENSHOTS_DIR`` to a folder to keep the screenshots (docs/images comes from this flow).
 """
 
