@@ -70,9 +70,9 @@ class Receiver:
     _disk: ThreadPoolExecutor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # One writer per association that may be open at once (0: pynetdicom's "no limit").
+        # One writer per association that may be open at once.
         self._disk = ThreadPoolExecutor(
-            max_workers=self.settings.max_associations or 32, thread_name_prefix="disk-write"
+            max_workers=self.settings.max_associations, thread_name_prefix="disk-write"
         )
 
     def close(self) -> None:
