@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -180,22 +181,27 @@ def test_malformed_instances_are_quarantined_and_the_association_goes_on(
     assert not (listener.data_dir.parent / "etc").exists()
 
 
+@pytest.mark.parametrize("step", ["write_temp", "sync_and_close"])
 def test_disk_failure_answers_out_of_resources_and_keeps_serving(
-    listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch
+    listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    real_write = scp.write_synced_temp
+    real = getattr(scp, step)
     calls = {"n": 0}
 
     def failing_once(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 1:
+            if step == "sync_and_close":
+                os.close(args[0])
             raise OSError(28, "No space left on device")
-        return real_write(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(scp, "write_synced_temp", failing_once)
+    monkeypatch.setattr(scp, step, failing_once)
     statuses = pynetdicom_store(listener.port, ct_files)
     assert statuses[0] == 0xA700
     assert statuses[1:] == [0x0000] * (len(ct_files) - 1)
+    # Nothing half-written is left behind.
+    assert list((listener.data_dir / "tmp").glob("*.part")) == []
     # The sender retries the failed one: now everything is there.
     assert pynetdicom_store(listener.port, ct_files[:1]) == [0x0000]
     assert _count(listener, Instance) == len(ct_files)

@@ -46,11 +46,13 @@ from strokeflow.receive.checks import (
     read_dataset,
     text_value,
 )
+from strokeflow.receive.part10 import part10_header
 from strokeflow.receive.storage import (
     free_disk_mb,
     move_into_place,
     quarantine,
-    write_synced_temp,
+    sync_and_close,
+    write_temp,
 )
 from strokeflow.store.repository import InstanceChange, InstanceRecord
 
@@ -167,48 +169,52 @@ class Receiver:
     def on_store(self, event: Event) -> int:
         """Store one instance durably, then answer; never raises.
 
-        Work that does not depend on the disk overlaps the disk: the bytes are written and
-        fsynced in the ``disk-write`` pool (without the GIL) while this thread hashes them,
-        checks every element and writes the SQL rows. The file is renamed into place and
-        its directory fsynced before the rows commit, and only then is 0x0000 answered.
-        Refused data goes to quarantine instead; disk or database trouble rolls back.
+        The Part 10 file is written as received to a temporary file in this thread (page
+        cache, fast); its fsync, which needs no GIL, runs in the ``disk-write`` pool while
+        this thread hashes the bytes, checks every element and writes the SQL rows. Once
+        the fsync is done the file is renamed into place and its directory fsynced, the rows
+        commit, and only then is 0x0000 answered. Refused data goes to quarantine instead;
+        disk or database trouble rolls back and answers 0xA700.
         """
         label = self._label(event)
         try:
             ds, relpath = read_dataset(event)
         except InstanceRefusedError as exc:
             return self._refuse(event, label, str(exc), exc.status)
-        payload = event.encoded_dataset(include_meta=True)
-        written = self._disk.submit(write_synced_temp, self.data_dir, payload)
-        # Hash first: hashlib lets go of the GIL, so the writer starts at once.
-        sha256 = hashlib.sha256(payload).hexdigest()
+        parts = (
+            part10_header(
+                str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(event.context.transfer_syntax)
+            ),
+            event.encoded_dataset(include_meta=False),
+        )
+        try:
+            tmp, fd = write_temp(self.data_dir, parts)
+        except OSError as exc:
+            return self._disk_error(label, ds, exc)
+        synced = self._disk.submit(sync_and_close, fd)
+        sha256 = hashlib.sha256(parts[0])
+        sha256.update(parts[1])  # without the GIL, beside the fsync
         try:
             check_content(ds, UID(event.context.transfer_syntax))
         except InstanceRefusedError as exc:
-            _discard(written)
-            return self._refuse(event, label, str(exc), exc.status, payload)
-        record = _instance_record(event, ds, relpath, payload, sha256)
+            _discard(synced, tmp)
+            return self._refuse(event, label, str(exc), exc.status, b"".join(parts))
+        record = _instance_record(event, ds, relpath, parts, sha256.hexdigest())
         with self._lock:
             self._studies.setdefault(event.assoc, set()).add(record.study_uid)
         try:
             with self.sessions() as session, session.begin():
                 change = note_instance(session, record, self.clock())
-                move_into_place(self.data_dir, written.result(), relpath)
+                synced.result()
+                move_into_place(self.data_dir, tmp, relpath)
         except ValueError as exc:
-            _discard(written)
-            return self._refuse(event, label, str(exc), DATASET_DOES_NOT_MATCH, payload)
+            _discard(synced, tmp)
+            return self._refuse(event, label, str(exc), DATASET_DOES_NOT_MATCH, b"".join(parts))
         except OSError as exc:
-            _discard(written)
-            LOG.error(
-                "association %s: study %s instance %s not stored, disk error: %s",
-                label,
-                record.study_uid,
-                record.sop_instance_uid,
-                exc,
-            )
-            return OUT_OF_RESOURCES
+            _discard(synced, tmp)
+            return self._disk_error(label, ds, exc)
         except SQLAlchemyError as exc:
-            _discard(written)
+            _discard(synced, tmp)
             LOG.error(
                 "association %s: study %s instance %s not recorded, database error: %s",
                 label,
@@ -227,6 +233,17 @@ class Receiver:
         if change is InstanceChange.REPLACED:
             LOG.info("study %s: instance %s replaced", record.study_uid, record.sop_instance_uid)
         return SUCCESS
+
+    @staticmethod
+    def _disk_error(label: str, ds: Dataset, exc: OSError) -> int:
+        LOG.error(
+            "association %s: study %s instance %s not stored, disk error: %s",
+            label,
+            ds.StudyInstanceUID,
+            ds.SOPInstanceUID,
+            exc,
+        )
+        return OUT_OF_RESOURCES
 
     def _refuse(
         self, event: Event, label: str, reason: str, status: int, payload: bytes | None = None
@@ -260,16 +277,17 @@ class Receiver:
             )
 
 
-def _discard(written: Future[Path]) -> None:
-    """Delete a temporary file once its writer is done (nothing to do if it failed)."""
+def _discard(synced: Future[None], tmp: Path) -> None:
+    """Delete a temporary file once its fsync is over (whether or not it succeeded)."""
     try:
-        written.result().unlink(missing_ok=True)
+        synced.result()
     except OSError as exc:
-        LOG.debug("temporary file not written or already gone: %s", exc)
+        LOG.debug("temporary file %s not synced: %s", tmp.name, exc)
+    tmp.unlink(missing_ok=True)
 
 
 def _instance_record(
-    event: Event, ds: Dataset, relpath: Path, payload: bytes, sha256: str
+    event: Event, ds: Dataset, relpath: Path, parts: tuple[bytes, bytes], sha256: str
 ) -> InstanceRecord:
     return InstanceRecord(
         study_uid=str(ds.StudyInstanceUID),
@@ -278,7 +296,7 @@ def _instance_record(
         sop_class_uid=str(ds.SOPClassUID),
         transfer_syntax_uid=str(event.context.transfer_syntax),
         path=relpath.as_posix(),
-        size_bytes=len(payload),
+        size_bytes=len(parts[0]) + len(parts[1]),
         sha256=sha256,
         calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
         patient_id=text_value(ds, "PatientID", 64),

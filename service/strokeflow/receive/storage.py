@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
@@ -62,11 +63,50 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_temp(data_dir: Path, parts: Iterable[bytes]) -> tuple[Path, int]:
+    """Write ``parts`` one after the other to a new file in ``data_dir/tmp``, not yet synced.
+
+    Split from the fsync so that the receiver writes (fast: page cache) in its own thread
+    and leaves only the fsync, which holds no lock Python needs, to the ``disk-write`` pool.
+
+    Returns
+    -------
+    tuple[Path, int]
+        The temporary file and its still open descriptor: pass it to
+        :func:`sync_and_close` (which also closes it) before moving the file into place.
+
+    Raises
+    ------
+    OSError
+        Any disk problem; the file is then closed and deleted.
+    """
+    tmp_dir = data_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+    try:
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return Path(tmp_name), fd
+
+
+def sync_and_close(fd: int) -> None:
+    """fsync and close a descriptor from :func:`write_temp` (closed even if fsync fails)."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_synced_temp(data_dir: Path, payload: bytes) -> Path:
     """Write ``payload`` to a new file in ``data_dir/tmp`` and fsync it.
 
-    The first half of :func:`write_durably`, split off so that the receiver can check and
-    hash an instance while the disk writes it. The caller moves the file with
+    :func:`write_temp` then :func:`sync_and_close`; the caller moves the file with
     :func:`move_into_place` or deletes it.
 
     Returns
@@ -79,18 +119,13 @@ def write_synced_temp(data_dir: Path, payload: bytes) -> Path:
     OSError
         Any disk problem; no temporary file is left behind in that case.
     """
-    tmp_dir = data_dir / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+    tmp, fd = write_temp(data_dir, (payload,))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        sync_and_close(fd)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return Path(tmp_name)
+    return tmp
 
 
 def move_into_place(data_dir: Path, tmp: Path, relpath: Path) -> None:
