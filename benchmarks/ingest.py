@@ -420,6 +420,13 @@ def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
             f"{verdict}: {n} senders, {best.receiver} at {ratio:.0%} of the bare pynetdicom SCP "
             f"(target > 100%)"
         )
+    durable = {r.senders: r.median_s for r in rates if r.receiver == "bare pynetdicom SCP + fsync"}
+    for n in sorted(durable):
+        best = min((r for r in ours if r.senders == n), key=lambda r: r.median_s)
+        print(
+            f"reference: {n} sender(s), {best.receiver} at {durable[n] / best.median_s:.0%} of "
+            "the bare SCP + fsync (what durability before the answer leaves to reach)"
+        )
     if args.nagle_run:
         print("1 sender with DCMTK's default socket options (Nagle on), median of 1:")
         plain = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
