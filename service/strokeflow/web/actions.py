@@ -76,8 +76,11 @@ def resend(
     *,
     destinations: Sequence[Destination],
     data_dir: Path,
-) -> str:
+) -> tuple[str, list[int]]:
     """Send every result object of a finished job again to every destination.
+
+    Returns the message and, like the other actions, the jobs to queue (none: the
+    dispatcher picks the rows up).
 
     Raises
     ------
@@ -107,7 +110,7 @@ def resend(
         row.error = None
     job.dispatched_at = None
     destinations_text = ", ".join(sorted({r.destination for r in rows}))
-    return f"job {job_id}: {len(rows)} objects will be sent again to {destinations_text}"
+    return f"job {job_id}: {len(rows)} objects will be sent again to {destinations_text}", []
 
 
 def complete_study(session: Session, study_uid: str, now: datetime) -> tuple[str, list[int]]:

@@ -153,14 +153,13 @@ def resend_job(
     _check_api_csrf(request, token)
 
     def run(session: Any, now: Any) -> tuple[str, list[int]]:
-        message = actions.resend(
+        return actions.resend(
             session,
             job_id,
             now,
             destinations=ctx.settings.destinations,
             data_dir=ctx.settings.data_dir,
         )
-        return message, []
 
     return _act(ctx, request, user, "resend", f"job:{job_id}", run)
 

@@ -255,14 +255,13 @@ def resend_form(
     job_id: int, request: Request, ctx: Ctx, user: User, csrf: Annotated[str, Form()] = ""
 ) -> Response:
     def run(session: Any, now: Any) -> tuple[str, list[int]]:
-        message = actions.resend(
+        return actions.resend(
             session,
             job_id,
             now,
             destinations=ctx.settings.destinations,
             data_dir=ctx.settings.data_dir,
         )
-        return message, []
 
     return _form_action(request, ctx, user, csrf, "resend", f"job:{job_id}", run, f"/jobs/{job_id}")
 

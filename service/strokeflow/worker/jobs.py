@@ -187,11 +187,7 @@ class JobRunner:
         except Exception as exc:
             return self._fail(job_id, exc)
         with self.sessions() as session, session.begin():
-            job = session.scalars(
-                select(Job)
-                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == self.name)
-                .with_for_update()
-            ).one_or_none()
+            job = self._own_running_job(session, job_id)
             if job is None:
                 LOG.warning(
                     "job %d: lease lost to another worker; this attempt's results dropped", job_id
@@ -219,16 +215,20 @@ class JobRunner:
         )
         return JobState.SUCCEEDED
 
+    def _own_running_job(self, session: Session, job_id: int) -> Job | None:
+        """The job, locked, if it is still running under this worker's lease; else ``None``."""
+        return session.scalars(
+            select(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == self.name)
+            .with_for_update()
+        ).one_or_none()
+
     def _fail(self, job_id: int, exc: Exception) -> JobState:
         permanent = isinstance(exc, NothingToAnalyseError)
         text = str(exc) if permanent else "".join(traceback.format_exception_only(exc)).strip()
         now = self.clock()
         with self.sessions() as session, session.begin():
-            job = session.scalars(
-                select(Job)
-                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == self.name)
-                .with_for_update()
-            ).one_or_none()
+            job = self._own_running_job(session, job_id)
             if job is None:
                 return JobState.RUNNING
             job.lease_until = None
