@@ -7,9 +7,11 @@ native pixel data whose length does not match Rows x Columns x samples x frames 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import cast
 
+from pydicom import config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -25,6 +27,18 @@ CANNOT_UNDERSTAND = 0xC000
 
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+
+#: VRs whose raw values pydicom converts without ever raising when reading validation is
+#: WARN (its default): text is decoded with replacement, invalid DS values stay strings,
+#: OB-like values stay bytes. tests/service/test_service_checks.py holds pydicom to it.
+NEVER_FAILING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
+    | {"UR", "UT", "OB", "OD", "OF", "OL", "OV", "OW"}
+)
+#: Bytes per value of the binary numeric VRs; pydicom refuses a length not a multiple.
+_BINARY_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8}
+#: An IS value that converts for sure (pydicom overflows on "inf", warns on "1.0").
+_PLAIN_IS = re.compile(rb" *(?:[+-]?[0-9]{1,12})? *")
 
 
 class InstanceRefusedError(ValueError):
@@ -91,6 +105,43 @@ def _check_truncation(ds: Dataset) -> None:
             )
 
 
+def _plainly_valid(raw: RawDataElement) -> bool:
+    """Whether pydicom's conversion of ``raw`` surely succeeds, judged from its bytes.
+
+    ``False`` means "ask pydicom": an unknown or implicit VR (resolved from the data
+    dictionary), a sequence, or a value that may not convert.
+    """
+    vr = raw.VR
+    if vr in NEVER_FAILING_VRS:
+        return True
+    value = raw.value or b""
+    size = _BINARY_SIZES.get(vr or "")
+    if size is not None:
+        return len(value) % size == 0
+    if vr == "IS":
+        parts = value.rstrip(b" \x00").split(b"\\")
+        return all(_PLAIN_IS.fullmatch(part) for part in parts)
+    return False
+
+
+def _check_values(ds: Dataset) -> None:
+    """Convert, as pydicom would on first access, every value that might not convert.
+
+    Values that surely convert (:func:`_plainly_valid`) are left raw: converting the ~50
+    elements of a CT image costs ~2 ms, most of it for values that cannot fail.
+    """
+    for tag in list(ds.keys()):
+        if tag == _PIXEL_DATA:
+            continue
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and _plainly_valid(raw):
+            continue
+        elem = ds[tag]  # raises when the value cannot be decoded
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _check_values(item)
+
+
 def read_dataset(event: Event) -> tuple[Dataset, Path]:
     """Decode the C-STORE dataset's header, check its UIDs, give its storage path (relative).
 
@@ -135,11 +186,14 @@ def check_content(ds: Dataset, transfer_syntax: UID) -> None:
     """
     _check_truncation(ds)
     try:
-        # Decoding is lazy: convert every element now (pixel data excepted) so that a
+        # Decoding is lazy: check every element now (pixel data excepted) so that a
         # garbled value is found here, not by the analysis later.
-        for elem in ds.iterall():
-            if elem.tag != _PIXEL_DATA:
-                _ = elem.value
+        if config.settings.reading_validation_mode == config.RAISE:
+            for elem in ds.iterall():  # strict reading: any value may raise
+                if elem.tag != _PIXEL_DATA:
+                    _ = elem.value
+        else:
+            _check_values(ds)
     except Exception as exc:  # any decoder error means the same to the sender
         raise InstanceRefusedError(f"dataset cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
     try:
