@@ -13,15 +13,13 @@ The caller commits the transaction; job ids to put on the task queue are returne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from strokeflow.assemble.studies import StudyStateError, force_complete, queue_complete
-from strokeflow.config import Destination
+from strokeflow.config import Settings
 from strokeflow.dispatch.dispatcher import plan_dispatch
 from strokeflow.store.models import Dispatch, Job, JobState
 from strokeflow.worker.retry import RetryError, retry_job, send_again
@@ -74,10 +72,9 @@ def resend(
     job_id: int,
     now: datetime,
     *,
-    destinations: Sequence[Destination],
-    data_dir: Path,
+    settings: Settings,
 ) -> tuple[str, list[int]]:
-    """Send every result object of a finished job again to every destination.
+    """Send every result object of a finished job again to every configured destination.
 
     Returns the message and, like the other actions, the jobs to queue (none: the
     dispatcher picks the rows up).
@@ -94,10 +91,10 @@ def resend(
         )
     rows = list(session.scalars(select(Dispatch).where(Dispatch.job_id == job_id)))
     planned = {r.destination for r in rows}
-    missing = [d for d in destinations if str(d) not in planned]
+    missing = [d for d in settings.destinations if str(d) not in planned]
     if missing and job.results_path:
-        files = sorted((data_dir / job.results_path / "dicom").rglob("*.dcm"))
-        plan_dispatch(session, job, files, missing, data_dir)
+        files = sorted((settings.data_dir / job.results_path / "dicom").rglob("*.dcm"))
+        plan_dispatch(session, job, files, missing, settings.data_dir)
         session.flush()
         rows = list(session.scalars(select(Dispatch).where(Dispatch.job_id == job_id)))
     if not rows:

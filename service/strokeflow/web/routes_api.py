@@ -152,16 +152,14 @@ def resend_job(
 ) -> ActionResult:
     _check_api_csrf(request, token)
 
-    def run(session: Any, now: Any) -> tuple[str, list[int]]:
-        return actions.resend(
-            session,
-            job_id,
-            now,
-            destinations=ctx.settings.destinations,
-            data_dir=ctx.settings.data_dir,
-        )
-
-    return _act(ctx, request, user, "resend", f"job:{job_id}", run)
+    return _act(
+        ctx,
+        request,
+        user,
+        "resend",
+        f"job:{job_id}",
+        lambda s, now: actions.resend(s, job_id, now, settings=ctx.settings),
+    )
 
 
 @router.post(

@@ -254,16 +254,16 @@ def retry_form(
 def resend_form(
     job_id: int, request: Request, ctx: Ctx, user: User, csrf: Annotated[str, Form()] = ""
 ) -> Response:
-    def run(session: Any, now: Any) -> tuple[str, list[int]]:
-        return actions.resend(
-            session,
-            job_id,
-            now,
-            destinations=ctx.settings.destinations,
-            data_dir=ctx.settings.data_dir,
-        )
-
-    return _form_action(request, ctx, user, csrf, "resend", f"job:{job_id}", run, f"/jobs/{job_id}")
+    return _form_action(
+        request,
+        ctx,
+        user,
+        csrf,
+        "resend",
+        f"job:{job_id}",
+        lambda s, now: actions.resend(s, job_id, now, settings=ctx.settings),
+        f"/jobs/{job_id}",
+    )
 
 
 @router.post("/studies/{study_uid}/complete")
