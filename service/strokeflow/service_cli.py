@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from strokeflow.config import Destination, Settings, load_settings
-from strokeflow.worker.policy import RetryPolicy
+from strokeflow.queue.policy import RetryPolicy
 
 app = typer.Typer(help="StrokeFlow service commands.", no_args_is_help=True, add_completion=False)
 
@@ -145,9 +145,9 @@ def complete(
     config: ConfigOption = None,
 ) -> None:
     """Force a receiving study to complete now and queue its analysis job."""
-    from strokeflow.assemble.studies import StudyStateError, force_complete, queue_complete
     from strokeflow.store.engine import make_engine, make_session_factory
     from strokeflow.store.migrate import upgrade_to_head
+    from strokeflow.store.studies import StudyStateError, force_complete, queue_complete
 
     settings = _settings(config)
     engine = make_engine(settings.effective_database_url)
@@ -172,8 +172,8 @@ def echo(
     config: ConfigOption = None,
 ) -> None:
     """C-ECHO a DICOM peer."""
-    from strokeflow.receive.scu import DicomNetworkError
-    from strokeflow.receive.scu import echo as c_echo
+    from strokeflow.dicomnet.scu import DicomNetworkError
+    from strokeflow.dicomnet.scu import echo as c_echo
 
     settings = _settings(config)
     dest = _destination(destination, settings)
@@ -194,8 +194,8 @@ def send(
     config: ConfigOption = None,
 ) -> None:
     """C-STORE DICOM files to a peer, as they are (no transcoding)."""
-    from strokeflow.receive.scu import DicomNetworkError, dicom_files
-    from strokeflow.receive.scu import send as c_store
+    from strokeflow.dicomnet.scu import DicomNetworkError, dicom_files
+    from strokeflow.dicomnet.scu import send as c_store
 
     settings = _settings(config)
     dest = _destination(to, settings)

@@ -21,8 +21,8 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
+from strokeflow.dicomnet.status import CANNOT_UNDERSTAND
 from strokeflow.receive.checks import (
-    CANNOT_UNDERSTAND,
     NEVER_FAILING_VRS,
     InstanceRefusedError,
     check_content,

@@ -11,12 +11,12 @@ from servicekit import write_ct_files
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from strokeflow.assemble.studies import note_instance
 from strokeflow.service_cli import app
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
 from strokeflow.store.models import Instance
 from strokeflow.store.repository import InstanceRecord
+from strokeflow.store.studies import note_instance
 
 runner = CliRunner()
 

@@ -24,9 +24,9 @@ from strokeflow.dispatch import dispatch_due, dispatch_job, plan_dispatch
 from strokeflow.dispatch.store_scu import is_permanent_failure
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
+from strokeflow.queue.policy import RetryPolicy
 from strokeflow.report.structured_report import SR_SOP_CLASSES
 from strokeflow.store.models import Dispatch, DispatchState, Job, JobState, Study, StudyState
-from strokeflow.worker.policy import RetryPolicy
 from strokeflow.worker.retry import retry_job
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -13,10 +13,10 @@ import strokeflow.worker.jobs as jobs_module
 from strokeflow.analyze import NothingToAnalyseError
 from strokeflow.config import Settings
 from strokeflow.queue import open_queue
+from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.models import Job, JobState, Study, StudyState
 from strokeflow.worker.jobs import JobRunner
 from strokeflow.worker.maintenance import Maintenance, reap_expired
-from strokeflow.worker.policy import RetryPolicy
 from strokeflow.worker.retry import RetryError, retry_job
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

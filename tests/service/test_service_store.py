@@ -10,8 +10,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 
-import strokeflow.web.models  # noqa: F401 - the dashboard's tables share the metadata
-from strokeflow.assemble.studies import note_instance
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import (
     alembic_config,
@@ -21,6 +19,7 @@ from strokeflow.store.migrate import (
 )
 from strokeflow.store.models import Base, Instance, Study
 from strokeflow.store.repository import InstanceRecord
+from strokeflow.store.studies import note_instance
 
 
 def test_migrations_build_exactly_the_models(database_url: str) -> None:

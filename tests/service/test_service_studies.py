@@ -8,7 +8,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.assemble.studies import (
+from strokeflow.store.models import Job, JobState, Study, StudyState
+from strokeflow.store.repository import InstanceChange, InstanceRecord, get_study, list_jobs
+from strokeflow.store.studies import (
     CompletionRules,
     StudyStateError,
     force_complete,
@@ -17,8 +19,6 @@ from strokeflow.assemble.studies import (
     release_orphaned,
     sweep,
 )
-from strokeflow.store.models import Job, JobState, Study, StudyState
-from strokeflow.store.repository import InstanceChange, InstanceRecord, get_study, list_jobs
 
 T0 = datetime(2024, 1, 2, 10, 0, 0, tzinfo=UTC)
 RULES = CompletionRules(quiet_period_s=10.0, quiet_timeout_s=300.0)

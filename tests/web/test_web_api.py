@@ -11,7 +11,7 @@ from sqlalchemy import select
 from webenv import ACCESSION, PASSWORD, PATIENT_ID, USER, Env, csrf_of, login
 
 from strokeflow.store.models import Job, JobState, Study
-from strokeflow.web.models import AuditEntry
+from strokeflow.store.web_models import AuditEntry
 
 BASIC = (USER, PASSWORD)
 

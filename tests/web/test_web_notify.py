@@ -14,7 +14,7 @@ from sqlalchemy import select
 from webenv import ACCESSION, PATIENT_ID, Env
 
 from strokeflow.store.models import Job
-from strokeflow.web.models import WebhookDelivery
+from strokeflow.store.web_models import WebhookDelivery
 from strokeflow.web.notify import Notifier
 from strokeflow.web.options import WebOptions
 

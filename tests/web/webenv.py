@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from pydicom import dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.assemble.studies import force_complete, queue_complete
 from strokeflow.config import Settings
 from strokeflow.store.repository import InstanceRecord, record_instance
+from strokeflow.store.studies import force_complete, queue_complete
 
 USER, PASSWORD = "alice", "correct horse battery"
 PATIENT_ID = "PAT-0042"

@@ -21,10 +21,10 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Destination
+from strokeflow.dicomnet.scu import DicomNetworkError
 from strokeflow.dispatch.store_scu import ObjectOutcome, StoreItem, store_objects
-from strokeflow.receive.scu import DicomNetworkError
+from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.models import Dispatch, DispatchState, Job, JobState
-from strokeflow.worker.policy import RetryPolicy
 
 LOG = logging.getLogger(__name__)
 

@@ -15,13 +15,12 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from strokeflow.config import Destination
-from strokeflow.receive.scu import DicomNetworkError
+from strokeflow.dicomnet.scu import DicomNetworkError
+from strokeflow.dicomnet.status import STORED
 from strokeflow.report.structured_report import SR_SOP_CLASSES, sr_in_encoding
 
 LOG = logging.getLogger(__name__)
 
-#: C-STORE statuses that mean "stored" (success and the warnings of PS3.4 B.2.3).
-STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 #: SR encodings tried in this order when the destination rejects a report's class.
 SR_FALLBACK_ORDER = ("comprehensive3d", "comprehensive", "enhanced")
 _SR_CLASSES = {uid: name for name, uid in SR_SOP_CLASSES.items()}

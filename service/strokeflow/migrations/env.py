@@ -8,8 +8,6 @@ import os
 from alembic import context
 from sqlalchemy import Connection
 
-# The dashboard's tables (users, audit log, webhook deliveries) share the metadata.
-import strokeflow.web.models  # noqa: F401
 from strokeflow.store.engine import make_engine
 from strokeflow.store.models import Base
 

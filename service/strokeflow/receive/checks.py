@@ -18,12 +18,8 @@ from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from strokeflow.dicomnet.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH
 from strokeflow.receive.storage import InvalidUidError, check_uid, instance_relpath
-
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF

@@ -24,11 +24,11 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.assemble.studies import CompletionRules, release_orphaned, sweep
 from strokeflow.config import Settings
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
+from strokeflow.store.studies import CompletionRules, release_orphaned, sweep
 
 LOG = logging.getLogger(__name__)
 

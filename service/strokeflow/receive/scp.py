@@ -34,12 +34,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.assemble.studies import mark_released, note_instance
 from strokeflow.config import Settings
+from strokeflow.dicomnet.status import DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS
 from strokeflow.receive.checks import (
-    DATASET_DOES_NOT_MATCH,
-    OUT_OF_RESOURCES,
-    SUCCESS,
     InstanceRefusedError,
     check_content,
     int_value,
@@ -55,6 +52,7 @@ from strokeflow.receive.storage import (
     write_temp,
 )
 from strokeflow.store.repository import InstanceChange, InstanceRecord
+from strokeflow.store.studies import mark_released, note_instance
 
 LOG = logging.getLogger(__name__)
 

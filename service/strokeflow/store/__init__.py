@@ -1,4 +1,7 @@
-"""Persistence: SQLAlchemy models, engines, migrations and the queries the service runs."""
+"""Persistence: every SQL table, engines, migrations, study state and the service's queries.
+
+Importing the package registers every table on ``Base.metadata`` (Alembic compares them all).
+"""
 
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import current_revision, head_revision, upgrade_to_head
@@ -13,8 +16,10 @@ from strokeflow.store.models import (
     Study,
     StudyState,
 )
+from strokeflow.store.web_models import AuditEntry, User, WebhookDelivery
 
 __all__ = [
+    "AuditEntry",
     "Base",
     "Dispatch",
     "DispatchState",
@@ -24,6 +29,8 @@ __all__ = [
     "Series",
     "Study",
     "StudyState",
+    "User",
+    "WebhookDelivery",
     "current_revision",
     "head_revision",
     "make_engine",

@@ -272,7 +272,7 @@ def record_instance(
     """Create or update the study, series and instance rows for one stored file.
 
     The caller commits. Study and series counters and timestamps change only for new or
-    replaced instances; the study's state is left to :mod:`strokeflow.assemble.studies`.
+    replaced instances; the study's state is left to :mod:`strokeflow.store.studies`.
     This runs once per received instance, before the sender gets its answer, so it uses
     prepared Core statements on the session's connection and loads no ORM objects (ORM
     objects of these rows already in ``session`` are not refreshed).

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strokeflow.web.models import AuditEntry, User
+from strokeflow.store.web_models import AuditEntry, User
 from strokeflow.web.passwords import hash_password, verify_password
 
 _USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")

@@ -6,7 +6,7 @@
 * re-send: every result object of a finished job goes back to ``pending`` for every
   destination (rows are planned for destinations configured since), and the service's
   dispatch loop sends them.
-* force-complete: :func:`strokeflow.assemble.studies.force_complete` then queue the job.
+* force-complete: :func:`strokeflow.store.studies.force_complete` then queue the job.
 
 The caller commits the transaction; job ids to put on the task queue are returned.
 """
@@ -18,10 +18,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from strokeflow.assemble.studies import StudyStateError, force_complete, queue_complete
 from strokeflow.config import Settings
 from strokeflow.dispatch.dispatcher import plan_dispatch
 from strokeflow.store.models import Dispatch, Job, JobState
+from strokeflow.store.studies import StudyStateError, force_complete, queue_complete
 from strokeflow.worker.retry import RetryError, retry_job, send_again
 
 

@@ -23,7 +23,6 @@ from starlette.middleware.sessions import SessionMiddleware
 from strokeflow.config import Settings
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
-from strokeflow.web import models as _models  # noqa: F401  (registers the web tables)
 from strokeflow.web.auth import session_secret
 from strokeflow.web.context import Enqueue, LoginRequiredError, WebContext
 from strokeflow.web.metrics import make_registry

@@ -48,7 +48,6 @@ def add(
     ] = "",
 ) -> None:
     """Create a dashboard user (password hashed with scrypt)."""
-    from strokeflow.web import models  # noqa: F401  (registers the web tables)
     from strokeflow.web.accounts import UserError, add_user, record_action
 
     engine, sessions = _sessions(config)

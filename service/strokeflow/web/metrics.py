@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.store.models import Dispatch, DispatchState, Instance, Job, JobState
-from strokeflow.web.models import WebhookDelivery
+from strokeflow.store.web_models import WebhookDelivery
 
 #: Stage durations: (stage, start attribute, end attribute) of a job.
 STAGE_SPANS = (

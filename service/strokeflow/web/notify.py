@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.store.models import Job, JobState, Study
-from strokeflow.web.models import WebhookDelivery
+from strokeflow.store.web_models import WebhookDelivery
 from strokeflow.web.options import WebOptions
 
 LOG = logging.getLogger(__name__)

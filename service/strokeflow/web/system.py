@@ -49,7 +49,7 @@ class SystemStatus:
 
 def echo_peer(destination: Destination, calling_ae_title: str) -> PeerCheck:
     """C-ECHO ``destination``; never raises."""
-    from strokeflow.receive.scu import DicomNetworkError, echo
+    from strokeflow.dicomnet.scu import DicomNetworkError, echo
 
     try:
         status = echo(destination, calling_ae_title)

@@ -29,8 +29,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from strokeflow.analyze import AnalyzeOptions, NothingToAnalyseError, analyze_paths
 from strokeflow.config import Settings
 from strokeflow.dispatch.dispatcher import dispatch_job, plan_dispatch
+from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.models import Instance, Job, JobState, Series, Study
-from strokeflow.worker.policy import RetryPolicy
 
 LOG = logging.getLogger(__name__)
 

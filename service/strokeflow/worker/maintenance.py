@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
 from strokeflow.dispatch.dispatcher import dispatch_due
+from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.models import Job, JobState
-from strokeflow.worker.policy import RetryPolicy
 
 LOG = logging.getLogger(__name__)
 

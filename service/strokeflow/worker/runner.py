@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
 from strokeflow.queue.jobqueue import JobQueue, open_queue
+from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
 from strokeflow.worker.health import start_health_server
 from strokeflow.worker.jobs import JobRunner
 from strokeflow.worker.maintenance import Maintenance, mark_enqueued
-from strokeflow.worker.policy import RetryPolicy
 
 LOG = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """SQL tables of the web dashboard: local users, the audit log and webhook deliveries.
 
-They share :class:`strokeflow.store.models.Base`, so ``Base.metadata`` (and Alembic's
-comparison) sees them once this module is imported; the schema itself comes from the
+They share :class:`strokeflow.store.models.Base`; importing :mod:`strokeflow.store` registers
+them on ``Base.metadata`` (and so for Alembic's comparison). The schema itself comes from the
 migration ``0003_web_users_audit``.
 """
 

@@ -14,6 +14,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from strokeflow.config import Destination
+from strokeflow.dicomnet.status import STORED, describe_status
 
 LOG = logging.getLogger(__name__)
 
@@ -117,10 +118,10 @@ def send(
                 # A path (not a Dataset) makes pynetdicom send the encoded bytes unchanged.
                 status = assoc.send_c_store(path)
                 code = int(status.Status) if "Status" in status else None
-                if code in (0x0000, 0xB000, 0xB007, 0xB006):
+                if code in STORED:
                     report.sent.append(path)
                 else:
-                    text = "no answer" if code is None else f"status 0x{code:04X}"
+                    text = describe_status(code)
                     report.failed.append((path, text))
                     LOG.warning("%s: %s refused %s", path, destination, text)
                 if not assoc.is_established:
