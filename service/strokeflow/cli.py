@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from strokeflow import __version__
+from strokeflow.logsetup import configure_logging
 
 app = typer.Typer(
     help="StrokeFlow: CT/MR perfusion analysis for acute stroke (decision support, not a "
@@ -19,15 +19,6 @@ app = typer.Typer(
 )
 phantom_app = typer.Typer(help="Write synthetic studies with known truth.", no_args_is_help=True)
 app.add_typer(phantom_app, name="phantom")
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # highdicom narrates every attribute it copies; keep its warnings only.
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -61,7 +52,7 @@ def analyze(
     from strokeflow.analysis.settings import CtpSettings
     from strokeflow.analyze import AnalyzeOptions, NothingToAnalyseError, analyze_paths
 
-    _logging(verbose)
+    configure_logging(verbose=verbose)
     for path in inputs:
         if not path.exists():
             typer.echo(f"error: {path} does not exist", err=True)

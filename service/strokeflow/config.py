@@ -24,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from strokeflow.logsetup import LogFormat
+
 #: Environment variable naming the TOML file when no path is passed explicitly.
 CONFIG_FILE_ENV = "STROKEFLOW_CONFIG"
 
@@ -123,6 +125,8 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     #: CA bundle to verify client certificates; ``None`` does not ask for one.
     tls_ca: Path | None = None
+    #: Log lines as plain text or one JSON object per line (for log shippers).
+    log_format: LogFormat = "text"
 
     @classmethod
     def settings_customise_sources(

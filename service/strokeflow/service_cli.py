@@ -7,7 +7,6 @@ Mount them on the main command line with :func:`register` (or run this module).
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from strokeflow.config import Destination, Settings, load_settings
+from strokeflow.logsetup import configure_logging
 from strokeflow.queue.policy import RetryPolicy
 
 app = typer.Typer(help="StrokeFlow service commands.", no_args_is_help=True, add_completion=False)
@@ -54,8 +54,8 @@ def listener(
     from strokeflow.store.engine import make_engine, make_session_factory
     from strokeflow.worker.runner import enqueue_and_mark
 
-    _logging(verbose)
     settings = _settings(config)
+    _logging(verbose, settings)
     engine = make_engine(settings.effective_database_url)
     hook = enqueue_and_mark(open_queue(settings.effective_queue_url), make_session_factory(engine))
     try:
@@ -64,11 +64,8 @@ def listener(
         engine.dispose()
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
+def _logging(verbose: bool, settings: Settings) -> None:
+    configure_logging(verbose=verbose, log_format=settings.log_format)
 
 
 LeaseOption = Annotated[
@@ -112,9 +109,10 @@ def serve(
     from strokeflow.web.server import start_web_server
     from strokeflow.worker.runner import run_serve
 
-    _logging(verbose)
+    settings = _settings(config)
+    _logging(verbose, settings)
     run_serve(
-        _settings(config),
+        settings,
         _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s),
         start_http=start_web_server,
     )
@@ -131,8 +129,9 @@ def worker(
     """Run analysis jobs from the queue (one process; start several for more)."""
     from strokeflow.worker.runner import run_worker
 
-    _logging(verbose)
-    run_worker(_settings(config), _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s))
+    settings = _settings(config)
+    _logging(verbose, settings)
+    run_worker(settings, _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s))
 
 
 def show_config(config: ConfigOption = None) -> None:

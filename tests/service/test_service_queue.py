@@ -273,3 +273,79 @@ def test_cli_retry_requeues_a_failed_job_and_job_shows_it(
     missing = cli.invoke(app, ["job", "999"])
     assert missing.exit_code == 1 and "does not exist" in missing.output
     engine.dispose()
+
+
+def test_every_log_line_of_a_job_carries_its_job_id(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    import io
+    import logging
+    import shutil
+
+    from pydicom import dcmread
+    from servicekit import free_port
+
+    from strokeflow.logsetup import configure_logging
+    from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+    from strokeflow.phantom.ctp_dicom import write_ctp_study
+    from strokeflow.store.models import Instance, Series
+
+    data_dir = tmp_path / "data"
+    files = write_ctp_study(
+        simulate_ctp(CtpPhantomOptions(matrix=48, slices=3, frames=20)),
+        tmp_path / "sent",
+        extra_series=False,
+    )
+    job_id = _queued_job(sessions)
+    with sessions() as session, session.begin():
+        job = session.get(Job, job_id)
+        assert job is not None
+        series = Series(study_id=job.study_id, series_uid="1.2.3.4.5", instance_count=0)
+        session.add(series)
+        session.flush()
+        for k, path in enumerate(p for p in files if p.suffix == ".dcm"):
+            relative = Path("studies") / f"{k}.dcm"
+            (data_dir / "studies").mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, data_dir / relative)
+            ds = dcmread(path, stop_before_pixels=True)
+            session.add(
+                Instance(
+                    series_id=series.id,
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+                    path=str(relative),
+                    size_bytes=path.stat().st_size,
+                    sha256="0" * 64,
+                    received_at=T0,
+                )
+            )
+    settings = Settings(data_dir=data_dir, destinations=f"PACS@127.0.0.1:{free_port()}")
+    runner = JobRunner(settings, sessions, POLICY, name="a", clock=Clock())
+    text = io.StringIO()
+    json_lines = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        # Text and JSON lines of the same records: the JSON handler is set up first, then
+        # kept beside the text one (a second set-up replaces the first).
+        json_handler = configure_logging(log_format="json", stream=json_lines)
+        root.removeHandler(json_handler)
+        configure_logging(stream=text)
+        root.addHandler(json_handler)
+        assert runner.run(job_id) is JobState.SUCCEEDED
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = text.getvalue().splitlines()
+    assert len(lines) >= 3, lines
+    assert all(f"job_id={job_id}" in line for line in lines), [
+        line for line in lines if f"job_id={job_id}" not in line
+    ]
+    assert any("stage=analysis" in line for line in lines)
+    assert any("stage=dispatch" in line for line in lines)
+    import json
+
+    records = [json.loads(line) for line in json_lines.getvalue().splitlines()]
+    assert records and all(r["job_id"] == str(job_id) for r in records)
+    assert {r["study_uid"] for r in records if "study_uid" in r} == {"1.2.3.4"}

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
+from strokeflow.logsetup import configure_logging
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
@@ -92,9 +93,7 @@ def resume_orphaned(sessions: sessionmaker[Session]) -> int:
 
 def _receiver_process(settings_data: dict[str, Any], ready: Any, parent_pid: int) -> None:
     settings = Settings.model_validate(settings_data)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_format=settings.log_format)
     # A plain threading.Event set by SIGTERM, not a multiprocessing one: a process killed
     # while holding a shared lock would leave the others waiting on it for ever.
     stop = threading.Event()

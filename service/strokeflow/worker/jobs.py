@@ -10,6 +10,7 @@ exactly once, in the transaction that marks the job succeeded.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from strokeflow.analyze import AnalyzeOptions, NothingToAnalyseError, analyze_paths
 from strokeflow.config import Settings
 from strokeflow.dispatch.dispatcher import dispatch_job, plan_dispatch
+from strokeflow.logsetup import log_context
 from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.models import Instance, Job, JobState, Series, Study
 
@@ -135,11 +137,20 @@ class JobRunner:
             The state this attempt left the job in; ``None`` if it was not claimable
             (already running elsewhere, finished, or waiting for its back-off).
         """
+        with log_context(job_id=job_id):
+            return self._run(job_id)
+
+    def _run(self, job_id: int) -> JobState | None:
         if not self.claim(job_id):
             LOG.info("job %d: not claimable (taken, finished or not yet due); skipped", job_id)
             return None
         stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(job_id, stop), daemon=True)
+        # The heartbeat thread logs under the job's context too.
+        beat = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._heartbeat, job_id, stop),
+            daemon=True,
+        )
         beat.start()
         try:
             state = self._execute(job_id)
@@ -147,15 +158,16 @@ class JobRunner:
             stop.set()
             beat.join()
         if state is JobState.SUCCEEDED:
-            dispatch_job(
-                self.sessions,
-                job_id,
-                destinations=list(self.settings.destinations),
-                data_dir=self.settings.data_dir,
-                calling_ae_title=self.settings.ae_title,
-                policy=self.policy,
-                clock=self.clock,
-            )
+            with log_context(stage="dispatch"):
+                dispatch_job(
+                    self.sessions,
+                    job_id,
+                    destinations=list(self.settings.destinations),
+                    data_dir=self.settings.data_dir,
+                    calling_ae_title=self.settings.ae_title,
+                    policy=self.policy,
+                    clock=self.clock,
+                )
         return state
 
     def _inputs(self, job_id: int) -> tuple[str, int, list[Path]]:
@@ -179,10 +191,9 @@ class JobRunner:
             final = data_dir / "results" / study_uid / f"v{version}"
             # A fresh folder per attempt: a dead attempt's half-written files never mix in.
             scratch = data_dir / "results" / ".work" / f"job-{job_id}-{uuid.uuid4().hex[:8]}"
-            LOG.info(
-                "job %d: analysing study %s v%d (%d files)", job_id, study_uid, version, len(paths)
-            )
-            outcome = analyze_paths(paths, scratch, self.options)
+            with log_context(study_uid=study_uid, stage="analysis"):
+                LOG.info("job %d: analysing study v%d (%d files)", job_id, version, len(paths))
+                outcome = analyze_paths(paths, scratch, self.options)
             summary = _volumes(outcome.results)
         except Exception as exc:
             return self._fail(job_id, exc)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
+from strokeflow.logsetup import configure_logging
 from strokeflow.queue.jobqueue import JobQueue, open_queue
 from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.engine import make_engine, make_session_factory
@@ -23,8 +24,6 @@ from strokeflow.worker.jobs import JobRunner
 from strokeflow.worker.maintenance import Maintenance, mark_enqueued
 
 LOG = logging.getLogger(__name__)
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 def enqueue_and_mark(queue: JobQueue, sessions: sessionmaker[Session]) -> Any:
@@ -97,8 +96,8 @@ def run_worker(
 
 
 def _worker_process(settings_data: dict[str, Any], policy: RetryPolicy, parent_pid: int) -> None:
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     settings = Settings.model_validate(settings_data)
+    configure_logging(log_format=settings.log_format)
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
