@@ -36,11 +36,25 @@ def analyze(
     inputs: Annotated[list[Path], typer.Argument(help="DICOM files or folders, any order.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     core_rcbf: Annotated[
-        float, typer.Option(help="CT core threshold: relative CBF below this fraction.")
-    ] = 0.30,
+        float | None,
+        typer.Option(
+            help="CT core threshold: relative CBF below this fraction "
+            "(default: analysis.ctp.core_rcbf_threshold of the configuration, 0.30).",
+            show_default=False,
+        ),
+    ] = None,
     core_adc: Annotated[
-        float, typer.Option(help="MR core threshold: ADC below this, in 1e-6 mm2/s.")
-    ] = 620.0,
+        float | None,
+        typer.Option(
+            help="MR core threshold: ADC below this, in 1e-6 mm2/s "
+            "(default: analysis.mri.adc_core_threshold_um2_s of the configuration, 620).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML configuration file (else $STROKEFLOW_CONFIG)."),
+    ] = None,
     no_maps: Annotated[bool, typer.Option("--no-maps", help="Skip the NIfTI maps.")] = False,
     no_dicom: Annotated[
         bool, typer.Option("--no-dicom", help="Skip the DICOM result objects (SC, SR, SEG).")
@@ -48,18 +62,29 @@ def analyze(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Analyse CT perfusion and MR stroke studies; write OUT/results.json, maps and DICOM."""
-    from strokeflow.analysis.mri import MriSettings
-    from strokeflow.analysis.settings import CtpSettings
+    from dataclasses import replace
+
     from strokeflow.analyze import AnalyzeOptions, NothingToAnalyseError, analyze_paths
+    from strokeflow.config import load_settings
 
     configure_logging(verbose=verbose)
     for path in inputs:
         if not path.exists():
             typer.echo(f"error: {path} does not exist", err=True)
             raise typer.Exit(2)
+    try:
+        analysis = load_settings(config).analysis
+    except ValueError as exc:
+        typer.echo(f"error: configuration: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    ctp, mri = analysis.ctp, analysis.mri
+    if core_rcbf is not None:
+        ctp = replace(ctp, core_rcbf_threshold=core_rcbf)
+    if core_adc is not None:
+        mri = replace(mri, adc_core_threshold_um2_s=core_adc)
     options = AnalyzeOptions(
-        ctp=CtpSettings(core_rcbf_threshold=core_rcbf),
-        mri=MriSettings(adc_core_threshold_um2_s=core_adc),
+        ctp=ctp,
+        mri=mri,
         write_maps=not no_maps,
         write_dicom=not no_dicom,
     )

@@ -13,6 +13,7 @@ environment and either a comma-separated string or an array in TOML::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -21,10 +22,45 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from strokeflow.analysis.mri import MriSettings
+from strokeflow.analysis.settings import CtpSettings
 from strokeflow.logsetup import LogFormat
+
+
+def _known_fields(cls: type, value: Any, section: str) -> Any:
+    """Refuse keys that are not fields of the dataclass ``cls`` (typos must not pass)."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"[{section}]: unknown keys {', '.join(unknown)}")
+    return value
+
+
+class AnalysisSection(BaseModel):
+    """``[analysis.ctp]`` and ``[analysis.mri]``: the analysis every worker runs.
+
+    The keys are the fields of :class:`~strokeflow.analysis.settings.CtpSettings` and
+    :class:`~strokeflow.analysis.mri.MriSettings` (e.g. ``core_rcbf_threshold``,
+    ``adc_core_threshold_um2_s``), with the same published defaults;
+    ``STROKEFLOW_ANALYSIS__CTP__CORE_RCBF_THRESHOLD=0.3`` sets one from the environment.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ctp: CtpSettings = Field(default_factory=CtpSettings)
+    mri: MriSettings = Field(default_factory=MriSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            _known_fields(CtpSettings, value.get("ctp"), "analysis.ctp")
+            _known_fields(MriSettings, value.get("mri"), "analysis.mri")
+        return value
+
 
 #: Environment variable naming the TOML file when no path is passed explicitly.
 CONFIG_FILE_ENV = "STROKEFLOW_CONFIG"
@@ -93,7 +129,9 @@ class Settings(BaseSettings):
     Build it with :func:`load_settings` (reads the TOML file), or directly for tests.
     """
 
-    model_config = SettingsConfigDict(env_prefix="STROKEFLOW_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="STROKEFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     ae_title: str = "STROKEFLOW"
     dicom_port: int = Field(11112, ge=0, le=65535)
@@ -125,6 +163,8 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     #: CA bundle to verify client certificates; ``None`` does not ask for one.
     tls_ca: Path | None = None
+    #: What every worker analyses with (``[analysis.ctp]``, ``[analysis.mri]`` in TOML).
+    analysis: AnalysisSection = Field(default_factory=AnalysisSection)
     #: Log lines as plain text or one JSON object per line (for log shippers).
     log_format: LogFormat = "text"
 
@@ -207,6 +247,11 @@ class Settings(BaseSettings):
             "tls_certificate": str(self.tls_certificate) if self.tls_certificate else None,
             "tls_key": str(self.tls_key) if self.tls_key else None,
             "tls_ca": str(self.tls_ca) if self.tls_ca else None,
+            "analysis": {
+                "ctp": dataclasses.asdict(self.analysis.ctp),
+                "mri": dataclasses.asdict(self.analysis.mri),
+            },
+            "log_format": self.log_format,
         }
 
 

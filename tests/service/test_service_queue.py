@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -178,18 +179,15 @@ def test_backoff_doubles_up_to_the_cap() -> None:
         RetryPolicy(max_attempts=0)
 
 
-def test_a_job_run_twice_analyses_once_and_plans_dispatch_once(
-    sessions: sessionmaker[Session], tmp_path: Path
-) -> None:
+def _phantom_job(sessions: sessionmaker[Session], tmp_path: Path) -> int:
+    """A queued job whose study holds a small phantom CT perfusion in ``tmp_path/data``."""
     import shutil
 
     from pydicom import dcmread
-    from servicekit import free_port
-    from sqlalchemy import func, select
 
     from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
     from strokeflow.phantom.ctp_dicom import write_ctp_study
-    from strokeflow.store.models import Dispatch, DispatchState, Instance, Series
+    from strokeflow.store.models import Instance, Series
 
     data_dir = tmp_path / "data"
     files = write_ctp_study(
@@ -221,6 +219,19 @@ def test_a_job_run_twice_analyses_once_and_plans_dispatch_once(
                     received_at=T0,
                 )
             )
+    return job_id
+
+
+def test_a_job_run_twice_analyses_once_and_plans_dispatch_once(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from servicekit import free_port
+    from sqlalchemy import func, select
+
+    from strokeflow.store.models import Dispatch, DispatchState
+
+    data_dir = tmp_path / "data"
+    job_id = _phantom_job(sessions, tmp_path)
     down = f"PACS@127.0.0.1:{free_port()}"  # nothing listens: rows stay pending
     settings = Settings(data_dir=data_dir, destinations=down)
     runner = JobRunner(settings, sessions, POLICY, name="a", clock=Clock())
@@ -279,51 +290,17 @@ def test_every_log_line_of_a_job_carries_its_job_id(
     sessions: sessionmaker[Session], tmp_path: Path
 ) -> None:
     import io
+    import json
     import logging
-    import shutil
 
-    from pydicom import dcmread
     from servicekit import free_port
 
     from strokeflow.logsetup import configure_logging
-    from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
-    from strokeflow.phantom.ctp_dicom import write_ctp_study
-    from strokeflow.store.models import Instance, Series
 
-    data_dir = tmp_path / "data"
-    files = write_ctp_study(
-        simulate_ctp(CtpPhantomOptions(matrix=48, slices=3, frames=20)),
-        tmp_path / "sent",
-        extra_series=False,
-    )
-    job_id = _queued_job(sessions)
-    with sessions() as session, session.begin():
-        job = session.get(Job, job_id)
-        assert job is not None
-        series = Series(study_id=job.study_id, series_uid="1.2.3.4.5", instance_count=0)
-        session.add(series)
-        session.flush()
-        for k, path in enumerate(p for p in files if p.suffix == ".dcm"):
-            relative = Path("studies") / f"{k}.dcm"
-            (data_dir / "studies").mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, data_dir / relative)
-            ds = dcmread(path, stop_before_pixels=True)
-            session.add(
-                Instance(
-                    series_id=series.id,
-                    sop_instance_uid=str(ds.SOPInstanceUID),
-                    sop_class_uid=str(ds.SOPClassUID),
-                    transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                    path=str(relative),
-                    size_bytes=path.stat().st_size,
-                    sha256="0" * 64,
-                    received_at=T0,
-                )
-            )
-    settings = Settings(data_dir=data_dir, destinations=f"PACS@127.0.0.1:{free_port()}")
-    runner = JobRunner(settings, sessions, POLICY, name="a", clock=Clock())
-    text = io.StringIO()
-    json_lines = io.StringIO()
+    job_id = _phantom_job(sessions, tmp_path)
+    down = f"PACS@127.0.0.1:{free_port()}"  # dispatch logs its failure too
+    runner = JobRunner(Settings(data_dir=tmp_path / "data", destinations=down), sessions, POLICY)
+    text, json_lines = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
@@ -339,13 +316,46 @@ def test_every_log_line_of_a_job_carries_its_job_id(
         root.setLevel(saved[1])
     lines = text.getvalue().splitlines()
     assert len(lines) >= 3, lines
-    assert all(f"job_id={job_id}" in line for line in lines), [
-        line for line in lines if f"job_id={job_id}" not in line
-    ]
+    assert [line for line in lines if f"job_id={job_id}" not in line] == []
     assert any("stage=analysis" in line for line in lines)
     assert any("stage=dispatch" in line for line in lines)
-    import json
-
     records = [json.loads(line) for line in json_lines.getvalue().splitlines()]
-    assert records and all(r["job_id"] == str(job_id) for r in records)
+    assert len(records) == len(lines)
+    assert all(r["job_id"] == str(job_id) for r in records)
     assert {r["study_uid"] for r in records if "study_uid" in r} == {"1.2.3.4"}
+
+
+def test_the_core_threshold_set_in_the_toml_file_reaches_a_workers_analysis(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    from strokeflow.config import load_settings
+
+    job_id = _phantom_job(sessions, tmp_path)
+    toml = tmp_path / "strokeflow.toml"
+    toml.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[analysis.ctp]\ncore_rcbf_threshold = 0.2\n'
+    )
+    settings = load_settings(toml)
+    assert JobRunner(settings, sessions, POLICY).run(job_id) is JobState.SUCCEEDED
+    job = _job(sessions, job_id)
+    assert job.results_path is not None
+    results = json.loads((tmp_path / "data" / job.results_path / "results.json").read_text())
+    (analysis,) = results["studies"][0]["analyses"]
+    assert analysis["thresholds"]["core_rcbf_below"] == 0.2
+
+
+def test_analysis_settings_come_from_toml_and_environment_and_typos_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from strokeflow.config import load_settings
+
+    toml = tmp_path / "strokeflow.toml"
+    toml.write_text("[analysis.ctp]\ncore_rcbf_threshold = 0.25\ntmax_thresholds_s = [4, 8]\n")
+    settings = load_settings(toml)
+    assert settings.analysis.ctp.core_rcbf_threshold == 0.25
+    assert settings.analysis.ctp.tmax_thresholds_s == (4.0, 8.0)
+    monkeypatch.setenv("STROKEFLOW_ANALYSIS__MRI__ADC_CORE_THRESHOLD_UM2_S", "600")
+    assert load_settings(toml).analysis.mri.adc_core_threshold_um2_s == 600.0
+    toml.write_text("[analysis.ctp]\ncore_rcbf_treshold = 0.25\n")
+    with pytest.raises(ValueError, match="core_rcbf_treshold"):
+        load_settings(toml)

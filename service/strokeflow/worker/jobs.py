@@ -73,8 +73,8 @@ class JobRunner:
         Data directory, destinations and AE title.
     sessions : sessionmaker
     policy : RetryPolicy
-    options : AnalyzeOptions
-        The same options ``strokeflow analyze`` uses by default.
+    options : AnalyzeOptions, optional
+        What to analyse with; by default the settings' ``analysis`` section.
     name : str
         This worker, recorded in the job row.
     """
@@ -82,9 +82,15 @@ class JobRunner:
     settings: Settings
     sessions: sessionmaker[Session]
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    options: AnalyzeOptions = field(default_factory=AnalyzeOptions)
+    options: AnalyzeOptions | None = None
     name: str = field(default_factory=worker_name)
     clock: Clock = _utcnow
+
+    analyze_options: AnalyzeOptions = field(init=False)
+
+    def __post_init__(self) -> None:
+        analysis = self.settings.analysis
+        self.analyze_options = self.options or AnalyzeOptions(ctp=analysis.ctp, mri=analysis.mri)
 
     def __call__(self, job_id: int) -> None:
         self.run(job_id)
@@ -193,7 +199,7 @@ class JobRunner:
             scratch = data_dir / "results" / ".work" / f"job-{job_id}-{uuid.uuid4().hex[:8]}"
             with log_context(study_uid=study_uid, stage="analysis"):
                 LOG.info("job %d: analysing study v%d (%d files)", job_id, version, len(paths))
-                outcome = analyze_paths(paths, scratch, self.options)
+                outcome = analyze_paths(paths, scratch, self.analyze_options)
             summary = _volumes(outcome.results)
         except Exception as exc:
             return self._fail(job_id, exc)
