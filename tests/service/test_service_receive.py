@@ -181,6 +181,52 @@ def test_malformed_instances_are_quarantined_and_the_association_goes_on(
     assert not (listener.data_dir.parent / "etc").exists()
 
 
+def _encoded_as(ds: pydicom.Dataset, implicit_vr: bool) -> bytes:
+    """Preamble, the dataset's own file meta, then the dataset in the other VR encoding."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    meta = DicomBytesIO()
+    meta.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, implicit_vr
+    write_dataset(body, ds)
+    return meta.getvalue() + body.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+def test_unknown_vrs_and_misencoded_data_are_refused_and_what_is_stored_reads_back(
+    listener, tmp_path: Path
+) -> None:
+    """Fuzzers send implicit-VR data under an explicit syntax and unknown VRs; what is
+    answered 0x0000 must be readable by another DICOM reader (DCMTK), the rest quarantined."""
+    dcmdump = need_tool("dcmdump")
+    sources = write_ct_files(tmp_path / "src", 5)
+    files = []
+    for k, (tag, vr) in enumerate(
+        [(b"\x08\x00\x70\x00", b"LO"), (b"\x10\x00\x10\x00", b"PN"), (b"\x20\x00\x13\x00", b"IS")]
+    ):
+        raw = sources[k].read_bytes()
+        assert tag + vr in raw
+        files.append(tmp_path / f"unknown_vr_{k}.dcm")
+        files[-1].write_bytes(raw.replace(tag + vr, tag + b"XX", 1))
+    implicit = tmp_path / "implicit_as_explicit.dcm"
+    implicit.write_bytes(_encoded_as(pydicom.dcmread(sources[3]), implicit_vr=True))
+    files += [implicit, sources[4]]
+
+    statuses = pynetdicom_store(listener.port, files)
+
+    assert statuses == [0xC000, 0xC000, 0xC000, 0xC000, 0x0000]
+    reasons = "\n".join(p.read_text() for p in (listener.data_dir / "quarantine").glob("*.txt"))
+    assert reasons.count("Unknown Value Representation 'XX'") == 3
+    assert "encoded with implicit VR but the transfer syntax Explicit VR Little Endian" in reasons
+    stored = sorted((listener.data_dir / "studies").rglob("*.dcm"))
+    assert len(stored) == 1 and _count(listener, Instance) == 1
+    for path in stored:
+        subprocess.run([dcmdump, "-q", str(path)], check=True, capture_output=True)
+
+
 @pytest.mark.parametrize("step", ["write_temp", "sync_and_close"])
 def test_disk_failure_answers_out_of_resources_and_keeps_serving(
     listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch, step: str

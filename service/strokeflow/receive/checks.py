@@ -138,15 +138,39 @@ def _check_values(ds: Dataset) -> None:
                 _check_values(item)
 
 
+def _check_vr_encoding(encoded: bytes, transfer_syntax: UID) -> None:
+    """Refuse a dataset whose VR encoding is not the negotiated transfer syntax's.
+
+    pydicom reads implicit-VR data sent under an explicit syntax (and the reverse) with a
+    warning, by guessing from the first element; stored with the negotiated syntax in its
+    file meta, such a file cannot be read back by other readers (DCMTK refuses it).
+    Like pydicom, the first element's VR bytes decide: two upper-case letters are explicit.
+    """
+    if len(encoded) < 6 or not transfer_syntax.is_transfer_syntax or transfer_syntax.is_deflated:
+        return
+    looks_explicit = all(0x40 < b < 0x5B for b in encoded[4:6])
+    if looks_explicit == transfer_syntax.is_implicit_VR:
+        found, negotiated = ("explicit", "implicit") if looks_explicit else ("implicit", "explicit")
+        raise InstanceRefusedError(
+            f"dataset is encoded with {found} VR but the transfer syntax "
+            f"{transfer_syntax.name} is {negotiated} VR",
+            CANNOT_UNDERSTAND,
+        )
+
+
 def read_dataset(event: Event) -> tuple[Dataset, Path]:
     """Decode the C-STORE dataset's header, check its UIDs, give its storage path (relative).
 
     Raises
     ------
     InstanceRefusedError
-        Undecodable data, invalid UIDs, or UIDs that differ from the command's.
+        Undecodable data, a VR encoding that is not the transfer syntax's, invalid UIDs,
+        or UIDs that differ from the command's.
     """
     request = cast(C_STORE, event.request)
+    stream = request.DataSet
+    if stream is not None:
+        _check_vr_encoding(stream.getbuffer()[:6].tobytes(), UID(event.context.transfer_syntax))
     try:
         ds = event.dataset
     except Exception as exc:  # any decoder error means the same to the sender
