@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,60 @@ def test_analysis_settings_come_from_toml_and_environment_and_typos_are_refused(
     toml.write_text("[analysis.ctp]\ncore_rcbf_treshold = 0.25\n")
     with pytest.raises(ValueError, match="core_rcbf_treshold"):
         load_settings(toml)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path/data`` on a 224 MiB tmpfs of its own: a disk that can really be filled."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        message = "mounting a small tmpfs needs root"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI runs as root)")
+        pytest.skip(message)
+    mount = tmp_path / "data"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=224m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_delays_the_analysis_until_space_returns_with_no_manual_step(
+    sessions: sessionmaker[Session], tmp_path: Path, small_disk: Path
+) -> None:
+    from strokeflow.worker.jobs import OUTPUT_ALLOWANCE_MB, scratch_root
+    from strokeflow.worker.runner import disk_state
+
+    job_id = _phantom_job(sessions, tmp_path)
+    settings = Settings(data_dir=small_disk, min_free_disk_mb=32)
+    clock = Clock()
+    runner = JobRunner(settings, sessions, POLICY, name="a", clock=clock)
+    ballast = small_disk / "ballast"
+    with ballast.open("wb") as out:  # the disk nearly full: less free than an analysis needs
+        for _ in range(int(224 - 32 - OUTPUT_ALLOWANCE_MB / 2)):
+            out.write(b"\0" * 2**20)
+    stale = scratch_root(small_disk) / f"job-{job_id}-deadbeef"  # a killed attempt's folder
+    stale.mkdir(parents=True)
+    (stale / "half.nii.gz").write_bytes(b"\0" * 2**20)
+
+    assert runner.run(job_id) is JobState.QUEUED
+    job = _job(sessions, job_id)
+    assert job.attempts == 0 and job.error is not None and "disk nearly full" in job.error
+    assert list(scratch_root(small_disk).iterdir()) == [stale]
+    enqueued: list[list[int]] = []
+    Maintenance(settings, sessions, enqueued.append, POLICY, clock=clock).run_once()
+    assert not stale.exists()  # its job is not running: the folder goes
+    assert disk_state(settings)["state"] == "low: analyses wait"  # /health: degraded
+
+    ballast.unlink()  # space returns
+    clock.now += timedelta(seconds=POLICY.job_delay_s(1) + 1)
+    Maintenance(settings, sessions, enqueued.append, POLICY, clock=clock).run_once()
+    assert enqueued == [[job_id]]
+    assert runner.run(job_id) is JobState.SUCCEEDED
+    assert _job(sessions, job_id).attempts == 1
+    assert list(scratch_root(small_disk).iterdir()) == []
+    assert disk_state(settings)["state"] == "ok"

@@ -32,6 +32,7 @@ from strokeflow.config import Settings
 from strokeflow.dispatch.dispatcher import dispatch_job, plan_dispatch
 from strokeflow.logsetup import log_context
 from strokeflow.queue.policy import RetryPolicy
+from strokeflow.receive.storage import free_disk_mb
 from strokeflow.store.models import Instance, Job, JobState, Series, Study
 
 LOG = logging.getLogger(__name__)
@@ -61,6 +62,43 @@ def _volumes(results: dict[str, Any]) -> dict[str, Any]:
         "mismatch_ratio": first.get("mismatch_ratio"),
         "decisions": first.get("decisions"),
     }
+
+
+#: Room an analysis needs beyond its inputs' size: maps, pages and objects of a large
+#: study (uncompressed Secondary Capture pages of a CT study are ~35 MB).
+OUTPUT_ALLOWANCE_MB = 128.0
+
+
+class DiskFullError(OSError):
+    """Too little free space to write an analysis' results; the job is retried later."""
+
+
+def scratch_root(data_dir: Path) -> Path:
+    """Where attempts write before their results are moved into place."""
+    return data_dir / "results" / ".work"
+
+
+def check_free_space(data_dir: Path, inputs: list[Path], reserve_mb: float) -> None:
+    """Refuse to start an analysis that could fill the disk.
+
+    An analysis writes up to its inputs' size again (maps, objects) plus
+    :data:`OUTPUT_ALLOWANCE_MB`, and must leave ``reserve_mb`` free: the reception
+    watermark, below which the listener refuses associations.
+
+    Raises
+    ------
+    DiskFullError
+        With the free and the needed space; the attempt is retried with back-off, so
+        the job runs once space returns.
+    """
+    input_mb = sum(p.stat().st_size for p in inputs if p.exists()) / 2**20
+    needed_mb = reserve_mb + input_mb + OUTPUT_ALLOWANCE_MB
+    free_mb = free_disk_mb(data_dir)
+    if free_mb < needed_mb:
+        raise DiskFullError(
+            f"disk nearly full: {free_mb:.0f} MiB free in {data_dir}, the analysis needs "
+            f"{needed_mb:.0f} MiB ({reserve_mb:.0f} MiB kept for reception); retried later"
+        )
 
 
 @dataclass
@@ -192,16 +230,19 @@ class JobRunner:
 
     def _execute(self, job_id: int) -> JobState:
         data_dir = self.settings.data_dir
+        # A fresh folder per attempt: a dead attempt's half-written files never mix in.
+        scratch = scratch_root(data_dir) / f"job-{job_id}-{uuid.uuid4().hex[:8]}"
         try:
             study_uid, version, paths = self._inputs(job_id)
             final = data_dir / "results" / study_uid / f"v{version}"
-            # A fresh folder per attempt: a dead attempt's half-written files never mix in.
-            scratch = data_dir / "results" / ".work" / f"job-{job_id}-{uuid.uuid4().hex[:8]}"
+            check_free_space(data_dir, paths, self.settings.min_free_disk_mb)
             with log_context(study_uid=study_uid, stage="analysis"):
                 LOG.info("job %d: analysing study v%d (%d files)", job_id, version, len(paths))
                 outcome = analyze_paths(paths, scratch, self.analyze_options)
             summary = _volumes(outcome.results)
         except Exception as exc:
+            # A failed attempt's files (a full disk's last megabytes, say) go at once.
+            shutil.rmtree(scratch, ignore_errors=True)
             return self._fail(job_id, exc)
         with self.sessions() as session, session.begin():
             job = self._own_running_job(session, job_id)
@@ -242,7 +283,8 @@ class JobRunner:
 
     def _fail(self, job_id: int, exc: Exception) -> JobState:
         permanent = isinstance(exc, NothingToAnalyseError)
-        text = str(exc) if permanent else "".join(traceback.format_exception_only(exc)).strip()
+        plain = permanent or isinstance(exc, DiskFullError)
+        text = str(exc) if plain else "".join(traceback.format_exception_only(exc)).strip()
         now = self.clock()
         with self.sessions() as session, session.begin():
             job = self._own_running_job(session, job_id)
@@ -251,7 +293,15 @@ class JobRunner:
             job.lease_until = None
             job.finished_at = now
             job.error = f"attempt {job.attempts}: {text}"
-            if permanent or job.attempts >= self.policy.max_attempts:
+            if isinstance(exc, DiskFullError):
+                # Nothing was analysed: the attempt is not counted, so a long disk-full
+                # episode never fails a job; it runs once space returns.
+                job.attempts -= 1
+                job.state = JobState.QUEUED
+                job.next_attempt_at = now + timedelta(seconds=self.policy.job_delay_s(1))
+                job.enqueued_at = None
+                LOG.warning("job %d waits for disk space: %s", job_id, text)
+            elif permanent or job.attempts >= self.policy.max_attempts:
                 job.state = JobState.FAILED
                 LOG.error(
                     "job %d failed for good after %d attempts: %s", job_id, job.attempts, text

@@ -5,10 +5,12 @@ is a compare-and-set on the rows it changes."""
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,6 +19,7 @@ from strokeflow.config import Settings
 from strokeflow.dispatch.dispatcher import dispatch_due
 from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.models import Job, JobState
+from strokeflow.worker.jobs import scratch_root
 
 LOG = logging.getLogger(__name__)
 
@@ -85,6 +88,39 @@ def claim_due(session: Session, policy: RetryPolicy, now: datetime) -> list[int]
     return ids
 
 
+def remove_stale_scratch(session: Session, scratch: Path) -> list[Path]:
+    """Delete attempt folders (``job-<id>-<tag>``) of jobs not running now.
+
+    A worker killed mid-analysis, or a full disk, leaves its attempt's folder behind; the
+    job's next attempt writes a new one. Folders of running jobs are kept (their worker
+    may still be writing); a folder that vanishes meanwhile was moved into place.
+
+    Returns
+    -------
+    list of Path
+        The folders removed.
+    """
+    if not scratch.is_dir():
+        return []
+    folders = {}
+    for path in scratch.iterdir():
+        name = path.name.split("-")
+        if path.is_dir() and len(name) == 3 and name[0] == "job" and name[1].isdigit():
+            folders[path] = int(name[1])
+    if not folders:
+        return []
+    running = set(
+        session.scalars(
+            select(Job.id).where(Job.id.in_(set(folders.values())), Job.state == JobState.RUNNING)
+        )
+    )
+    removed = [path for path, job_id in folders.items() if job_id not in running]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+        LOG.info("removed the stale attempt folder %s", path.name)
+    return removed
+
+
 def mark_enqueued(session: Session, job_ids: list[int], now: datetime) -> None:
     """Note that these jobs were just put on the queue (caller commits)."""
     if job_ids:
@@ -120,6 +156,7 @@ class Maintenance:
         with self.sessions() as session, session.begin():
             reap_expired(session, self.policy, now)
             due = claim_due(session, self.policy, now)
+            remove_stale_scratch(session, scratch_root(self.settings.data_dir))
         if due:
             self.enqueue(due)
         if self.dispatch:

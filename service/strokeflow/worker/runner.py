@@ -17,10 +17,11 @@ from strokeflow.config import Settings
 from strokeflow.logsetup import configure_logging
 from strokeflow.queue.jobqueue import JobQueue, open_queue
 from strokeflow.queue.policy import RetryPolicy
+from strokeflow.receive.storage import free_disk_mb
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
 from strokeflow.worker.health import start_health_server
-from strokeflow.worker.jobs import JobRunner
+from strokeflow.worker.jobs import OUTPUT_ALLOWANCE_MB, JobRunner
 from strokeflow.worker.maintenance import Maintenance, mark_enqueued
 
 LOG = logging.getLogger(__name__)
@@ -172,6 +173,27 @@ HttpStarter = Callable[
 ]
 
 
+def disk_state(settings: Settings) -> dict[str, Any]:
+    """Free space of the data directory against the reception watermark, for ``/health``.
+
+    ``state`` is ``"ok"``; ``"low: analyses wait"`` when an analysis' output allowance no
+    longer fits above the watermark; ``"full: ..."`` below the watermark, where the listener
+    refuses associations too.
+    """
+    free_mb = free_disk_mb(settings.data_dir)
+    if free_mb < settings.min_free_disk_mb:
+        state = "full: associations refused, analyses wait"
+    elif free_mb < settings.min_free_disk_mb + OUTPUT_ALLOWANCE_MB:
+        state = "low: analyses wait"
+    else:
+        state = "ok"
+    return {
+        "state": state,
+        "free_mb": round(free_mb),
+        "min_free_mb": settings.min_free_disk_mb,
+    }
+
+
 def run_serve(
     settings: Settings,
     policy: RetryPolicy,
@@ -196,8 +218,10 @@ def run_serve(
 
     def extra() -> dict[str, Any]:
         alive = pool.alive()
+        disk = disk_state(settings)
         return {
-            "healthy": alive > 0,
+            "healthy": alive > 0 and disk["state"] == "ok",
+            "disk": disk,
             "workers": {
                 "alive": alive,
                 "configured": settings.worker_count,
