@@ -73,3 +73,18 @@ class WebhookDelivery(Base):
     #: HTTP status of the last attempt (``None``: no answer).
     status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebSession(Base):
+    """A dashboard login, checked on every request: logout, a new password, disabling or
+    removing the user end it at once (the signed cookie alone is not enough)."""
+
+    __tablename__ = "web_sessions"
+
+    #: SHA-256 (hex) of the random token kept in the signed cookie; the token is never stored.
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: Set by logout or by a change to the user; a revoked session never comes back.
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -6,10 +6,10 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from strokeflow.store.web_models import AuditEntry, User
+from strokeflow.store.web_models import AuditEntry, User, WebSession
 from strokeflow.web.passwords import hash_password, verify_password
 
 _USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -33,6 +33,11 @@ def validate_username(username: str) -> str:
     return username
 
 
+def _check_password(password: str) -> None:
+    if len(password) < 8:
+        raise UserError("the password must have at least 8 characters")
+
+
 def add_user(session: Session, username: str, password: str, now: datetime) -> User:
     """Create a user with a hashed password (caller commits).
 
@@ -42,8 +47,7 @@ def add_user(session: Session, username: str, password: str, now: datetime) -> U
         Invalid name, password shorter than 8 characters, or the name is taken.
     """
     validate_username(username)
-    if len(password) < 8:
-        raise UserError("the password must have at least 8 characters")
+    _check_password(password)
     if session.scalars(select(User).where(User.username == username)).one_or_none():
         raise UserError(f"user {username!r} already exists")
     user = User(
@@ -55,6 +59,61 @@ def add_user(session: Session, username: str, password: str, now: datetime) -> U
     session.add(user)
     session.flush()
     return user
+
+
+def _existing(session: Session, username: str) -> User:
+    user = session.scalars(select(User).where(User.username == username)).one_or_none()
+    if user is None:
+        raise UserError(f"no user {username!r}")
+    return user
+
+
+def revoke_user_sessions(session: Session, username: str, now: datetime) -> int:
+    """End every open dashboard session of ``username``; returns how many (caller commits)."""
+    result = session.execute(
+        update(WebSession)
+        .where(WebSession.username == username, WebSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def set_password(session: Session, username: str, password: str, now: datetime) -> None:
+    """Give ``username`` a new password and end its sessions (caller commits).
+
+    Raises
+    ------
+    UserError
+        No such user, or a password shorter than 8 characters.
+    """
+    _check_password(password)
+    _existing(session, username).password_hash = hash_password(password)
+    revoke_user_sessions(session, username, now)
+
+
+def set_disabled(session: Session, username: str, disabled: bool, now: datetime) -> None:
+    """Disable (ending its sessions) or enable ``username`` (caller commits).
+
+    Raises
+    ------
+    UserError
+        No such user.
+    """
+    _existing(session, username).disabled = disabled
+    if disabled:
+        revoke_user_sessions(session, username, now)
+
+
+def remove_user(session: Session, username: str) -> None:
+    """Delete ``username`` and its sessions; its audit history stays (caller commits).
+
+    Raises
+    ------
+    UserError
+        No such user.
+    """
+    session.delete(_existing(session, username))
+    session.execute(delete(WebSession).where(WebSession.username == username))
 
 
 def list_users(session: Session) -> Sequence[User]:

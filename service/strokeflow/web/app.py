@@ -25,6 +25,7 @@ from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
 from strokeflow.web.auth import session_secret
 from strokeflow.web.context import Enqueue, LoginRequiredError, WebContext
+from strokeflow.web.guard import RequestGuard
 from strokeflow.web.metrics import make_registry
 from strokeflow.web.notify import Notifier
 from strokeflow.web.options import WebOptions
@@ -124,6 +125,8 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.ctx = ctx
+    # Added first, so it runs inside the session middleware and sees the decoded cookie.
+    app.add_middleware(RequestGuard, sessions=sessions, public_url=options.public_url)
     app.add_middleware(
         SessionMiddleware,
         secret_key=session_secret(settings.data_dir, options.session_secret),

@@ -7,16 +7,19 @@ import binascii
 import hmac
 import os
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import HTTPException, Request, status
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.web.accounts import authenticate
+from strokeflow.web.logins import LoginThrottledError, attempt_login
 
 #: File in the data directory holding the generated session key (mode 0600).
 SECRET_FILE = "web-session.key"
 SESSION_USER = "user"
+#: The server-side session's token (see :mod:`strokeflow.web.logins`).
+SESSION_ID = "sid"
 SESSION_CSRF = "csrf"
 
 
@@ -95,17 +98,25 @@ def api_user(request: Request, sessions: sessionmaker[Session]) -> str:
     Raises
     ------
     HTTPException
-        401 with ``WWW-Authenticate: Basic``.
+        401 with ``WWW-Authenticate: Basic``; 429 with ``Retry-After`` when the user or
+        the address failed too often lately (see :mod:`strokeflow.web.logins`).
     """
     user = session_user(request)
     if user:
         return user
     credentials = basic_credentials(request)
     if credentials is not None:
-        with sessions() as session:
-            found = authenticate(session, *credentials)
-            if found is not None:
-                return found.username
+        client = request.client.host if request.client else None
+        try:
+            found = attempt_login(sessions, *credentials, datetime.now(UTC), client=client)
+        except LoginThrottledError as exc:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                str(exc),
+                headers={"Retry-After": str(max(1, round(exc.retry_after_s)))},
+            ) from exc
+        if found is not None:
+            return found.username
     raise HTTPException(
         status.HTTP_401_UNAUTHORIZED,
         "log in, or send HTTP Basic credentials of a StrokeFlow user",

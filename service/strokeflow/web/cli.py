@@ -1,10 +1,10 @@
-"""``strokeflow user add`` / ``strokeflow user list``: local users of the dashboard."""
+"""``strokeflow user add|passwd|disable|enable|remove|list``: local users of the dashboard."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -62,6 +62,102 @@ def add(
     finally:
         engine.dispose()
     typer.echo(f"user {username} created")
+
+
+PasswordOption = Annotated[
+    str,
+    typer.Option(
+        prompt=True,
+        confirmation_prompt=True,
+        hide_input=True,
+        envvar="STROKEFLOW_NEW_USER_PASSWORD",
+        help="Asked for when not given (or $STROKEFLOW_NEW_USER_PASSWORD).",
+    ),
+]
+
+
+def _change(config: Path | None, username: str, action: str, change: Any, done: str) -> None:
+    """Apply ``change(session, now)`` to one user, audit it as ``action``, say ``done``."""
+    from strokeflow.web.accounts import UserError, record_action
+
+    engine, sessions = _sessions(config)
+    now = datetime.now(UTC)
+    try:
+        with sessions() as session, session.begin():
+            change(session, now)
+            record_action(session, "cli", action, now, target=f"user:{username}")
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(done)
+
+
+@user_app.command("passwd")
+def passwd(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    config: ConfigOption = None,
+    password: PasswordOption = "",
+) -> None:
+    """Set a new password; the user's open sessions end."""
+    from strokeflow.web.accounts import set_password
+
+    _change(
+        config,
+        username,
+        "user_passwd",
+        lambda session, now: set_password(session, username, password, now),
+        f"password of {username} changed; its sessions ended",
+    )
+
+
+@user_app.command("disable")
+def disable(
+    username: Annotated[str, typer.Argument(help="Login name.")], config: ConfigOption = None
+) -> None:
+    """Stop a user from logging in; its open sessions end at once."""
+    from strokeflow.web.accounts import set_disabled
+
+    _change(
+        config,
+        username,
+        "user_disable",
+        lambda session, now: set_disabled(session, username, True, now),
+        f"user {username} disabled; its sessions ended",
+    )
+
+
+@user_app.command("enable")
+def enable(
+    username: Annotated[str, typer.Argument(help="Login name.")], config: ConfigOption = None
+) -> None:
+    """Let a disabled user log in again."""
+    from strokeflow.web.accounts import set_disabled
+
+    _change(
+        config,
+        username,
+        "user_enable",
+        lambda session, now: set_disabled(session, username, False, now),
+        f"user {username} enabled",
+    )
+
+
+@user_app.command("remove")
+def remove(
+    username: Annotated[str, typer.Argument(help="Login name.")], config: ConfigOption = None
+) -> None:
+    """Delete a user and its sessions (the audit log keeps its history)."""
+    from strokeflow.web.accounts import remove_user
+
+    _change(
+        config,
+        username,
+        "user_remove",
+        lambda session, _now: remove_user(session, username),
+        f"user {username} removed",
+    )
 
 
 @user_app.command("list")

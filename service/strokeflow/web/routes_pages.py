@@ -12,8 +12,9 @@ from markupsafe import Markup
 
 from strokeflow.store.models import Job, JobState
 from strokeflow.web import actions
-from strokeflow.web.accounts import authenticate, recent_actions, record_action
+from strokeflow.web.accounts import recent_actions, record_action
 from strokeflow.web.auth import (
+    SESSION_ID,
     SESSION_USER,
     check_csrf,
     csrf_token,
@@ -22,6 +23,7 @@ from strokeflow.web.auth import (
 from strokeflow.web.context import LoginRequiredError, WebContext, enqueue_jobs, get_ctx
 from strokeflow.web.curves import curves_svg
 from strokeflow.web.images import ImageError, dicom_to_png
+from strokeflow.web.logins import LoginThrottledError, attempt_login, revoke_session
 from strokeflow.web.queries import (
     find_jobs,
     job_detail,
@@ -83,13 +85,23 @@ def login(
     check_csrf(request, csrf)
     now = ctx.now()
     client = request.client.host if request.client else None
-    with ctx.sessions() as session, session.begin():
-        user = authenticate(session, username, password)
-        if user is None:
-            record_action(session, username, "login_failed", now, client=client)
-        else:
-            user.last_login_at = now
-            record_action(session, user.username, "login", now, client=client)
+    try:
+        user = attempt_login(
+            ctx.sessions,
+            username,
+            password,
+            now,
+            client=client,
+            session_max_age_s=ctx.options.session_max_age_s,
+        )
+    except LoginThrottledError as exc:
+        return _render(
+            ctx,
+            request,
+            "login.html",
+            {"next": _safe_next(next), "error": f"{str(exc).capitalize()}."},
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        )
     if user is None:
         return _render(
             ctx,
@@ -100,12 +112,17 @@ def login(
         )
     request.session.clear()  # a fresh session (and CSRF token) for the logged-in user
     request.session[SESSION_USER] = user.username
+    request.session[SESSION_ID] = user.session_token
     return RedirectResponse(_safe_next(next), status_code=303)
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+def logout(request: Request, ctx: Ctx, csrf: Annotated[str, Form()] = "") -> Response:
     check_csrf(request, csrf)
+    token = request.session.get(SESSION_ID)
+    if isinstance(token, str):
+        with ctx.sessions() as session, session.begin():
+            revoke_session(session, token, ctx.now())
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 
