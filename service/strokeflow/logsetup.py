@@ -8,14 +8,20 @@ pynetdicom runs each association in a thread of its own that we do not start; it
 the context of the job this process is running (a worker process runs one job at a time).
 
 Only identifiers that are not patient data go into the context (job id, study and series
-instance UIDs, stage names). Lines are text by default, or one JSON object per line for log
-shippers (``log_format = "json"``).
+instance UIDs, stage names). Libraries that read and write DICOM quote element values in
+their warnings (pydicom: "Invalid value for VR PN: 'DOE^JOHN'", highdicom: 'The string
+"DOE" is unlikely to represent ...'): warnings are captured into logging, and every quoted
+value in the lines of those libraries is replaced by ``'…'`` before it is written.
+
+Lines are text by default, or one JSON object per line for log shippers
+(``log_format = "json"``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +35,17 @@ CONTEXT_FIELDS = ("job_id", "study_uid", "stage")
 LogFormat = Literal["text", "json"]
 
 _CONTEXT: ContextVar[dict[str, str]] = ContextVar("strokeflow_log_context")
+#: Loggers whose lines may quote DICOM element values: captured warnings, the DICOM
+#: libraries' own loggers, and ours that report what a received or read file held.
+_VALUE_QUOTING_LOGGERS = (
+    "py.warnings",
+    "pydicom",
+    "highdicom",
+    "pynetdicom",
+    "strokeflow.receive",
+    "strokeflow.assemble",
+)
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"")
 #: Loggers of libraries whose threads we do not start (see the module docstring).
 _LIBRARY_THREAD_LOGGERS = ("pynetdicom",)
 #: The context of the job this process runs, for those threads only.
@@ -78,6 +95,21 @@ class ContextFilter(logging.Filter):
         return True
 
 
+def scrub_values(text: str) -> str:
+    """``text`` with every quoted value (``'…'``, ``"…"``, ``b'…'``) replaced by ``'…'``."""
+    return _QUOTED.sub("'…'", text)
+
+
+class ScrubFilter(logging.Filter):
+    """Replaces the quoted values in lines of :data:`_VALUE_QUOTING_LOGGERS`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(_VALUE_QUOTING_LOGGERS):
+            record.msg = scrub_values(record.getMessage())
+            record.args = None
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, process, logger, message, context fields."""
 
@@ -123,11 +155,14 @@ def configure_logging(
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.strokeflow = True  # type: ignore[attr-defined]
     handler.addFilter(ContextFilter())
+    handler.addFilter(ScrubFilter())
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
     )
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Library warnings become log lines, so that the filters above see them too.
+    logging.captureWarnings(True)
     # highdicom narrates every attribute it copies; keep its warnings only.
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     return handler

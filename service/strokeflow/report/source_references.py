@@ -30,9 +30,18 @@ def _time_key(ds: Dataset) -> tuple[float, int]:
             day = parse_da_s(str(ds.get(da, "") or "")) or 0.0
             value = None if clock is None else clock + day
     if value is None:
-        tpi = ds.get("TemporalPositionIdentifier")
-        value = float(tpi) if tpi is not None else math.inf
-    return value, int(ds.get("InstanceNumber", 0) or 0)
+        tpi = _number(ds.get("TemporalPositionIdentifier"))
+        value = tpi if tpi is not None else math.inf
+    return value, int(_number(ds.get("InstanceNumber")) or 0)
+
+
+def _number(value: object) -> float | None:
+    """A header number, or ``None`` when missing or not a number (a scanner's or a
+    sender's garbled IS value must not stop the result objects)."""
+    try:
+        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def load_source_references(source_paths: Sequence[Path]) -> list[Dataset]:
