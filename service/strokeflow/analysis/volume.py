@@ -31,8 +31,9 @@ class Geometry:
         """
         a = self.affine_lps[:3, :3]
         norms = np.linalg.norm(a, axis=0)
-        in_plane = float(np.linalg.norm(np.cross(a[:, 0], a[:, 1])))
-        dz = abs(float(np.linalg.det(a))) / in_plane if in_plane > 0 else float(norms[2])
+        normal = np.cross(a[:, 0], a[:, 1])
+        length = float(np.linalg.norm(normal))
+        dz = abs(float(a[:, 2] @ normal)) / length if length > 0 else float(norms[2])
         return dz, float(norms[1]), float(norms[0])
 
     @property
