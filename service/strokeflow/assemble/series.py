@@ -283,8 +283,13 @@ def _time_point_key(
     if len(keys) != 1:
         return None
     positions = frozenset(round(float(v) * 100) for v in positions_along_normal(instances))
-    description = " ".join(_NUMBERING.sub(" ", first.series_description.lower()).split())
-    return (keys.pop(), any(h.contrast_agent for h in instances), description, positions)
+    contrast = any(h.contrast_agent for h in instances)
+    return (keys.pop(), contrast, _plain_description(first), positions)
+
+
+def _plain_description(h: InstanceHeader) -> str:
+    """SeriesDescription without numbering: ``"Perfusion t01"`` -> ``"perfusion t"``."""
+    return " ".join(_NUMBERING.sub(" ", h.series_description.lower()).split())
 
 
 def merge_time_point_series(
@@ -313,11 +318,18 @@ def merge_time_point_series(
     list of SeriesSummary
         ``summaries`` with the members of every such perfusion replaced.
     """
-    groups: dict[tuple[object, ...], list[SeriesSummary]] = defaultdict(list)
+    # A cheap first sort (first image only) spares the full key of every image to the
+    # usual study, whose perfusion is one series that nothing else resembles.
+    rough: dict[tuple[object, ...], list[SeriesSummary]] = defaultdict(list)
     for summary in summaries:
-        key = _time_point_key(summary, series[summary.series_uid])
-        if key is not None:
-            groups[key].append(summary)
+        first = series[summary.series_uid][0]
+        rough[(geometry_key(first), _plain_description(first))].append(summary)
+    groups: dict[tuple[object, ...], list[SeriesSummary]] = defaultdict(list)
+    for similar in rough.values():
+        for summary in similar if len(similar) > 1 else ():
+            key = _time_point_key(summary, series[summary.series_uid])
+            if key is not None:
+                groups[key].append(summary)
     replaced: dict[str, SeriesSummary] = {}
     for members in groups.values():
         while len(members) >= 2:
