@@ -336,6 +336,23 @@ def test_an_image_matrix_that_cannot_hold_a_brain_is_refused(tmp_path: Path) -> 
     check_analysable(_assemble_one(tmp_path / "coarse"))  # 16 x 16 pixels over 112 mm
 
 
+def test_phantom_writes_a_tilt_as_a_tilted_scanner_does(tmp_path: Path) -> None:
+    phantom = simulate_ctp(CtpPhantomOptions(matrix=32, slices=3, frames=5))
+    write_ctp_study(phantom, tmp_path / "straight", extra_series=False)
+    write_ctp_study(phantom, tmp_path / "tilted", extra_series=False, gantry_tilt_deg=18.5)
+    straight, tilted = _assemble_one(tmp_path / "straight"), _assemble_one(tmp_path / "tilted")
+    headers = [h for h in scan_paths([tmp_path / "tilted"])[0] if h.instance_number in (1, 2)]
+    step = np.subtract(*[h.position_mm for h in sorted(headers, key=lambda h: -h.position_mm[2])])
+    # Same pixels; the table moves 5 / cos(tilt) mm along z between slices 5 mm apart.
+    np.testing.assert_array_equal(tilted.perfusion.signal, straight.perfusion.signal)
+    np.testing.assert_allclose(step, [0.0, 0.0, 5.0 / np.cos(np.radians(18.5))], atol=1e-5)
+    assert np.diff(tilted.slice_positions_mm) == pytest.approx([5.0, 5.0], abs=1e-5)
+    # The centre of every slice stays on the table axis, where the untilted one is.
+    centre = np.array([15.5, 15.5, 1.0, 1.0])
+    for g in (straight.perfusion.geometry, tilted.perfusion.geometry):
+        assert (g.affine_lps @ centre)[:2] == pytest.approx([0.0, 0.0], abs=1e-4)
+
+
 SMALL_PHANTOM = CtpPhantomOptions(matrix=96, slices=8, frames=30, seed=2)
 VOLUME_KEYS = ("core_ml", "tmax6_ml", "tmax10_ml", "mismatch_ml", "decisions", "lesion_side")
 

@@ -25,6 +25,8 @@ from strokeflow.assemble.series import (
     slice_normal,
     unwrap_midnight,
 )
+from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+from strokeflow.phantom.ctp_dicom import write_ctp_study
 
 
 def _mixed_study(root: Path, with_ctp: bool = True) -> StudyTags:
@@ -125,6 +127,19 @@ def test_too_few_time_points_stay_static_series(tmp_path: Path) -> None:
     series = _by_uid(tmp_path)
     assert [series[u].kind for u in uids] == ["ncct"] * 4
     assert all(not s.merged_series_uids for s in series.values())
+
+
+def test_phantom_exported_per_time_point_keeps_its_ncct_and_cta_apart(tmp_path: Path) -> None:
+    phantom = simulate_ctp(CtpPhantomOptions(matrix=32, slices=2, frames=6))
+    write_ctp_study(phantom, tmp_path, split_series=6)
+    (study,) = build_inventory(scan_paths([tmp_path])[0])
+    kinds = {s.description: s.kind for s in study.series}
+    assert kinds == {
+        **{f"CT PERFUSION 5mm t{k:02d}": "ctp" for k in range(1, 7)},
+        "NCCT HEAD 5mm": "ncct",
+        "CTA HEAD 1mm": "cta",
+        "TOPOGRAM HEAD": "localizer",
+    }
 
 
 def test_ncct_and_cta_of_one_geometry_are_not_merged(tmp_path: Path) -> None:
