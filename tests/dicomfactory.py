@@ -5,6 +5,8 @@ Two entry points:
 * :func:`write_ct_instance` writes one single-frame CT image from a ``(y, x)`` HU array;
 * :func:`write_ctp_series` writes a whole time-resolved series from a ``(t, z, y, x)``
   HU array, with the frame times encoded the way a chosen vendor would;
+* :func:`write_ctp_time_point_series` writes the same as one series per time point (or
+  per few time points), as dynamic-volume scanners and some PACS export a perfusion;
 * :func:`write_ct_volume` writes a static ``(z, y, x)`` volume (NCCT, CTA, localizer).
 
 Everything is deterministic (UIDs derived from a name) so that failures reproduce.
@@ -264,6 +266,58 @@ def write_ctp_series(
                 )
             )
     return paths
+
+
+def write_ctp_time_point_series(
+    directory: Path,
+    signal_hu: np.ndarray,
+    times_s: np.ndarray,
+    *,
+    study: StudyTags | None = None,
+    points_per_series: int = 1,
+    series_number: int | None = None,
+    series_description: str = "Perfusion",
+    **series_kwargs: Any,
+) -> list[str]:
+    """Write a perfusion as one series per ``points_per_series`` time points.
+
+    Parameters
+    ----------
+    signal_hu, times_s
+        As for :func:`write_ctp_series`.
+    points_per_series : int
+        Time points in each series.
+    series_number : int, optional
+        One SeriesNumber for every series (as Toshiba/Canon writes); default: numbered
+        from 10 on, one per series.
+    series_description : str
+        Each series is described ``"<description> t01"``, ``"... t02"``...
+    **series_kwargs
+        Passed on to :func:`write_ctp_series`.
+
+    Returns
+    -------
+    list of str
+        SeriesInstanceUIDs in time order.
+    """
+    study = study or StudyTags()
+    uids = []
+    for k, t0 in enumerate(range(0, signal_hu.shape[0], points_per_series)):
+        t1 = t0 + points_per_series
+        series_uid = uid(f"{study.study_uid}-timepoint-{series_description}-{t0}")
+        write_ctp_series(
+            directory,
+            signal_hu[t0:t1],
+            np.asarray(times_s)[t0:t1],
+            study=study,
+            series_uid=series_uid,
+            series_number=10 + k if series_number is None else series_number,
+            series_description=f"{series_description} t{k + 1:02d}",
+            frame_offset=t0,
+            **series_kwargs,
+        )
+        uids.append(series_uid)
+    return uids
 
 
 def write_ct_volume(

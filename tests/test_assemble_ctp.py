@@ -1,4 +1,5 @@
-"""Assembling the 4D perfusion array from real DICOM files written into tmp_path."""
+"""Assembling the 4D perfusion array from real DICOM files written into tmp_path, and
+analysing layouts that must give the same result (one series per time point, gantry tilt)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ import dataclasses
 from datetime import datetime
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from dicomfactory import StudyTags, ramp_signal, uid, write_ct_volume, write_ctp_series
+from dicomfactory import (
+    StudyTags,
+    ramp_signal,
+    uid,
+    write_ct_volume,
+    write_ctp_series,
+    write_ctp_time_point_series,
+)
+from strokeflow.analyze import AnalyzeOptions, analyze_paths
 from strokeflow.assemble import (
     AssemblyError,
     CtpAcquisition,
@@ -19,6 +29,9 @@ from strokeflow.assemble import (
     build_inventory,
     scan_paths,
 )
+from strokeflow.assemble.ctp import check_analysable
+from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+from strokeflow.phantom.ctp_dicom import write_ctp_study
 
 NT, NZ = 10, 4
 
@@ -262,3 +275,130 @@ def test_inventory_helper_lists_instances_of_a_series(tmp_path: Path) -> None:
     (study,) = build_inventory(scan_paths([tmp_path])[0])
     assert isinstance(study, StudyInventory)
     assert len(study.instances_of(uid("x"))) == 10
+
+
+def test_one_series_per_time_point_assembles_like_one_series(tmp_path: Path) -> None:
+    signal = ramp_signal(NT, NZ)
+    times = np.arange(NT) * 1.5
+    uids = write_ctp_time_point_series(tmp_path, signal, times)
+    acq = _assemble_one(tmp_path)
+    assert acq.series_uids == uids
+    np.testing.assert_array_equal(acq.perfusion.signal, signal)
+    np.testing.assert_allclose(acq.perfusion.times_s[:, 0], times, atol=1e-5)
+    assert acq.warnings == [] and not acq.perfusion.missing.any()
+
+
+def test_perfusion_continued_by_a_short_series_is_merged(tmp_path: Path) -> None:
+    # Frames 1-8 in one series, the last three in a series of their own.
+    study = StudyTags()
+    signal, times = ramp_signal(11, NZ), np.arange(11) * 2.0
+    write_ctp_series(tmp_path, signal[:8], times[:8], study=study, series_number=4)
+    write_ctp_series(tmp_path, signal[8:], times[8:], study=study, series_number=5, frame_offset=8)
+    acq = _assemble_one(tmp_path)
+    assert len(acq.series_uids) == 2
+    np.testing.assert_array_equal(acq.perfusion.signal, signal)
+
+
+def test_tilted_perfusion_keeps_a_sheared_affine_and_the_true_slice_spacing(
+    tmp_path: Path,
+) -> None:
+    # A gantry tilted by 18.5 degrees: slices 5 mm apart along their normal, moved
+    # 5 / cos(18.5) mm along the table between slices.
+    tilt = np.radians(18.5)
+    signal = ramp_signal(6, NZ)
+    write_ctp_series(
+        tmp_path,
+        signal,
+        np.arange(6.0),
+        orientation=(1.0, 0.0, 0.0, 0.0, np.cos(tilt), -np.sin(tilt)),
+        slice_direction=(0.0, 0.0, 1.0),
+        slice_spacing_mm=5.0 / np.cos(tilt),
+        extra={"GantryDetectorTilt": 18.5},
+    )
+    acq = _assemble_one(tmp_path)
+    g = acq.perfusion.geometry
+    np.testing.assert_array_equal(acq.perfusion.signal, signal)
+    np.testing.assert_allclose(g.affine_lps[:3, 2], [0.0, 0.0, 5.0 / np.cos(tilt)], atol=1e-6)
+    np.testing.assert_allclose(g.affine_lps[:3, 1], [0.0, 0.5 * np.cos(tilt), -0.5 * np.sin(tilt)])
+    assert g.voxel_size_mm == pytest.approx((5.0, 0.5, 0.5))
+    assert g.voxel_volume_ml == pytest.approx(0.5 * 0.5 * 5.0 / 1000.0)
+    assert np.diff(acq.slice_positions_mm) == pytest.approx([5.0] * (NZ - 1))
+    assert acq.warnings == []
+
+
+def test_an_image_matrix_that_cannot_hold_a_brain_is_refused(tmp_path: Path) -> None:
+    write_ctp_series(tmp_path / "tiny", ramp_signal(6, 2, 2, 3), np.arange(6.0))
+    write_ctp_series(
+        tmp_path / "coarse", ramp_signal(6, 2), np.arange(6.0), pixel_spacing_mm=(7.0, 7.0)
+    )
+    with pytest.raises(AssemblyError, match=r"6 time points x 2 slices recognised, but its 2 x 3"):
+        check_analysable(_assemble_one(tmp_path / "tiny"))
+    check_analysable(_assemble_one(tmp_path / "coarse"))  # 16 x 16 pixels over 112 mm
+
+
+def test_phantom_writes_a_tilt_as_a_tilted_scanner_does(tmp_path: Path) -> None:
+    phantom = simulate_ctp(CtpPhantomOptions(matrix=32, slices=3, frames=5))
+    write_ctp_study(phantom, tmp_path / "straight", extra_series=False)
+    write_ctp_study(phantom, tmp_path / "tilted", extra_series=False, gantry_tilt_deg=18.5)
+    straight, tilted = _assemble_one(tmp_path / "straight"), _assemble_one(tmp_path / "tilted")
+    headers = [h for h in scan_paths([tmp_path / "tilted"])[0] if h.instance_number in (1, 2)]
+    step = np.subtract(*[h.position_mm for h in sorted(headers, key=lambda h: -h.position_mm[2])])
+    # Same pixels; the table moves 5 / cos(tilt) mm along z between slices 5 mm apart.
+    np.testing.assert_array_equal(tilted.perfusion.signal, straight.perfusion.signal)
+    np.testing.assert_allclose(step, [0.0, 0.0, 5.0 / np.cos(np.radians(18.5))], atol=1e-5)
+    assert np.diff(tilted.slice_positions_mm) == pytest.approx([5.0, 5.0], abs=1e-5)
+    # The centre of every slice stays on the table axis, where the untilted one is.
+    centre = np.array([15.5, 15.5, 1.0, 1.0])
+    for g in (straight.perfusion.geometry, tilted.perfusion.geometry):
+        assert (g.affine_lps @ centre)[:2] == pytest.approx([0.0, 0.0], abs=1e-4)
+
+
+SMALL_PHANTOM = CtpPhantomOptions(matrix=96, slices=8, frames=30, seed=2)
+VOLUME_KEYS = ("core_ml", "tmax6_ml", "tmax10_ml", "mismatch_ml", "decisions", "lesion_side")
+
+
+def _analyse(root: Path, options: AnalyzeOptions, **write_kw: object) -> dict:
+    phantom = simulate_ctp(SMALL_PHANTOM)
+    write_ctp_study(phantom, root / "study", extra_series=False, **write_kw)  # type: ignore[arg-type]
+    results = analyze_paths([root / "study"], root / "out", options).results
+    (analysis,) = [a for s in results["studies"] for a in s["analyses"]]
+    return {"analysis": analysis, "series": results["studies"][0]["series"], "out": root / "out"}
+
+
+def _core_affine(run: dict) -> np.ndarray:
+    return nib.load(next(run["out"].glob("maps/**/core_mask.nii.gz"))).affine
+
+
+@pytest.fixture(scope="module")
+def classic_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _analyse(tmp_path_factory.mktemp("classic"), AnalyzeOptions(write_dicom=False))
+
+
+def test_per_time_point_export_is_analysed_like_one_series(
+    tmp_path: Path, classic_run: dict
+) -> None:
+    run = _analyse(tmp_path, AnalyzeOptions(write_dicom=False), split_series=30)
+    a, reference = run["analysis"], classic_run["analysis"]
+    assert len(a["series_instance_uids"]) == 30
+    assert {s["kind"] for s in run["series"]} == {"ctp"}
+    assert a["series_instance_uids"] == [s["series_instance_uid"] for s in run["series"]]
+    for key in VOLUME_KEYS:
+        assert a[key] == reference[key], key
+    assert reference["core_ml"] > 5.0  # the comparison is not between empty results
+
+
+def test_tilted_perfusion_is_analysed_to_the_same_volumes(
+    tmp_path: Path, classic_run: dict
+) -> None:
+    run = _analyse(tmp_path, AnalyzeOptions(), gantry_tilt_deg=18.5)
+    a, reference = run["analysis"], classic_run["analysis"]
+    assert "gantry tilt 18.5 deg" in run["series"][0]["reason"]
+    for key in VOLUME_KEYS:
+        assert a[key] == reference[key], key
+    assert a["analysis_grid"] == reference["analysis_grid"]
+    # The maps carry the sheared grid, and the SEG on the tilted source images is written.
+    tilted, straight = _core_affine(run), _core_affine(classic_run)
+    assert tilted[2, 2] == pytest.approx(5.0 / np.cos(np.radians(18.5)), rel=1e-5)
+    assert tilted[2, 1] != pytest.approx(0.0)  # the column axis leaves the axial plane
+    assert np.linalg.det(tilted[:3, :3]) == pytest.approx(np.linalg.det(straight[:3, :3]), rel=1e-5)
+    assert list(run["out"].glob("dicom/**/*SEG*.dcm"))

@@ -14,15 +14,19 @@ from dicomfactory import (
     uid,
     write_ct_volume,
     write_ctp_series,
+    write_ctp_time_point_series,
 )
 from strokeflow.assemble import assemble_ctp, build_inventory, scan_paths
 from strokeflow.assemble.series import (
+    SeriesSummary,
     parse_da_s,
     parse_dt_s,
     parse_tm_s,
     slice_normal,
     unwrap_midnight,
 )
+from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+from strokeflow.phantom.ctp_dicom import write_ctp_study
 
 
 def _mixed_study(root: Path, with_ctp: bool = True) -> StudyTags:
@@ -86,6 +90,131 @@ def test_multiphase_cta_is_not_taken_for_perfusion(tmp_path: Path) -> None:
     (series,) = study.series
     assert series.kind == "other"
     assert "only 3 time points" in series.reason
+
+
+def _by_uid(root: Path) -> dict[str, SeriesSummary]:
+    (study,) = build_inventory(scan_paths([root])[0])
+    return {s.series_uid: s for s in study.series}
+
+
+def test_one_series_per_time_point_is_one_perfusion(tmp_path: Path) -> None:
+    uids = write_ctp_time_point_series(tmp_path, ramp_signal(8, 3), np.arange(8) * 2.0)
+    series = _by_uid(tmp_path)
+    assert sorted(series) == sorted(uids)
+    assert {s.kind for s in series.values()} == {"ctp"}
+    assert {s.merged_series_uids for s in series.values()} == {tuple(uids)}
+    assert series[uids[2]].reason == (
+        "time point 3 of 8 of one CT perfusion exported as 8 series (same frame of reference, "
+        "orientation, matrix and 3 slice positions; every 2.0 s)"
+    )
+
+
+def test_series_of_a_few_time_points_with_one_series_number_are_one_perfusion(
+    tmp_path: Path,
+) -> None:
+    # As a Toshiba Aquilion ONE writes a 4D volume: every series has SeriesNumber 8.
+    uids = write_ctp_time_point_series(
+        tmp_path, ramp_signal(8, 4), np.arange(8) * 1.0, points_per_series=2, series_number=8
+    )
+    series = _by_uid(tmp_path)
+    assert [series[u].kind for u in uids] == ["ctp"] * 4
+    assert series[uids[1]].reason.startswith("time points 3-4 of 8 of one CT perfusion")
+    assert series[uids[1]].n_timepoints == 2
+
+
+def test_too_few_time_points_stay_static_series(tmp_path: Path) -> None:
+    uids = write_ctp_time_point_series(tmp_path, ramp_signal(4, 3), np.arange(4) * 2.0)
+    series = _by_uid(tmp_path)
+    assert [series[u].kind for u in uids] == ["ncct"] * 4
+    assert all(not s.merged_series_uids for s in series.values())
+
+
+def test_phantom_exported_per_time_point_keeps_its_ncct_and_cta_apart(tmp_path: Path) -> None:
+    phantom = simulate_ctp(CtpPhantomOptions(matrix=32, slices=2, frames=6))
+    write_ctp_study(phantom, tmp_path, split_series=6)
+    (study,) = build_inventory(scan_paths([tmp_path])[0])
+    kinds = {s.description: s.kind for s in study.series}
+    assert kinds == {
+        **{f"CT PERFUSION 5mm t{k:02d}": "ctp" for k in range(1, 7)},
+        "NCCT HEAD 5mm": "ncct",
+        "CTA HEAD 1mm": "cta",
+        "TOPOGRAM HEAD": "localizer",
+    }
+
+
+def test_ncct_and_cta_of_one_geometry_are_not_merged(tmp_path: Path) -> None:
+    # Same frame of reference, matrix, thickness, kVp and slice positions; the CTA is
+    # told apart only by its description, three minutes later: two time points, not a run.
+    study = StudyTags()
+    vol = np.full((6, 16, 16), 30.0)
+    write_ct_volume(tmp_path, vol, study=study, series_number=2, series_description="Head")
+    write_ct_volume(
+        tmp_path,
+        vol + 200.0,
+        study=study,
+        series_number=3,
+        series_description="CTA head",
+        extra={"AcquisitionTime": "100800"},
+    )
+    kinds = sorted(s.kind for s in _by_uid(tmp_path).values())
+    assert kinds == ["cta", "ncct"]
+
+
+def test_static_scans_minutes_apart_are_not_merged(tmp_path: Path) -> None:
+    # Six follow-up head scans of one protocol, two minutes apart.
+    study = StudyTags()
+    for k in range(6):
+        write_ct_volume(
+            tmp_path,
+            np.full((4, 16, 16), 30.0),
+            study=study,
+            series_number=2 + k,
+            extra={"AcquisitionTime": f"10{2 * k:02d}00"},
+        )
+    assert {s.kind for s in _by_uid(tmp_path).values()} == {"ncct"}
+
+
+def test_a_time_point_of_another_protocol_stays_out(tmp_path: Path) -> None:
+    study = StudyTags()
+    signal, times = ramp_signal(6, 3), np.arange(6) * 2.0
+    uids = write_ctp_time_point_series(tmp_path, signal, times, study=study)
+    write_ctp_series(  # in the middle of the run, but at 120 kVp
+        tmp_path, signal[:1], times[:1] + 5.0, study=study, series_number=40, kvp=120.0
+    )
+    series = _by_uid(tmp_path)
+    assert [series[u].kind for u in uids] == ["ctp"] * 6
+    (other,) = [s for u, s in series.items() if u not in uids]
+    assert other.kind == "ncct" and not other.merged_series_uids
+
+
+def test_second_reconstruction_per_time_point_is_a_perfusion_of_its_own(tmp_path: Path) -> None:
+    study = StudyTags()
+    signal, times = ramp_signal(6, 3), np.arange(6) * 2.0
+    soft = write_ctp_time_point_series(tmp_path, signal, times, study=study)
+    sharp = write_ctp_time_point_series(
+        tmp_path, signal + 5, times, study=study, series_description="Perfusion sharp"
+    )
+    series = _by_uid(tmp_path)
+    assert {series[u].merged_series_uids for u in soft} == {tuple(soft)}
+    assert {series[u].merged_series_uids for u in sharp} == {tuple(sharp)}
+    (study_inventory,) = build_inventory(scan_paths([tmp_path])[0])
+    acquisitions = assemble_ctp(study_inventory)
+    assert sorted(len(a.series_uids) for a in acquisitions) == [6, 6]
+
+
+def test_gantry_tilt_is_named_in_the_reason(tmp_path: Path) -> None:
+    tilt = np.radians(20.0)
+    write_ctp_series(
+        tmp_path,
+        ramp_signal(6, 4),
+        np.arange(6) * 2.0,
+        orientation=(1.0, 0.0, 0.0, 0.0, np.cos(tilt), -np.sin(tilt)),
+        slice_direction=(0.0, 0.0, 1.0),
+        slice_spacing_mm=5.0 / np.cos(tilt),
+    )
+    (series,) = _by_uid(tmp_path).values()
+    assert series.kind == "ctp"
+    assert series.reason.endswith("; gantry tilt 20.0 deg (sheared grid)")
 
 
 def test_enhanced_multiframe_ct_is_other_with_reason(tmp_path: Path) -> None:

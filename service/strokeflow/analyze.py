@@ -16,7 +16,13 @@ from strokeflow import __version__
 from strokeflow.analysis.ctp import AnalysisError, analyse_ctp
 from strokeflow.analysis.mri import MriSettings, analyse_mri
 from strokeflow.analysis.settings import CtpSettings
-from strokeflow.assemble.ctp import AssemblyError, CtpAcquisition, assemble_ctp
+from strokeflow.assemble.ctp import (
+    AssemblyError,
+    CtpAcquisition,
+    assemble_ctp,
+    check_analysable,
+    series_label,
+)
 from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.mri import assemble_mri
 from strokeflow.assemble.series import StudyInventory, build_inventory
@@ -141,10 +147,11 @@ def _analyse_study(
     timings["assemble"] = round(time.perf_counter() - t0, 3)
     for acq in acquisitions:
         try:
+            check_analysable(acq)
             result = _analyse_ctp_acquisition(study, acq, out_dir, options, timings, written)
-        except AnalysisError as exc:
+        except (AssemblyError, AnalysisError) as exc:
             log.error("study %s series %s: %s", study.study_uid, acq.series_uids, exc)
-            entry["errors"].append(f"series {', '.join(acq.series_uids)}: {exc}")
+            entry["errors"].append(f"{series_label(acq.series_uids)}: {exc}")
             continue
         entry["analyses"].append(result)
 

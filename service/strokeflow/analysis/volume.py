@@ -23,9 +23,18 @@ class Geometry:
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
-        """Voxel edge lengths ``(dz, dy, dx)`` in mm."""
-        norms = np.linalg.norm(self.affine_lps[:3, :3], axis=0)
-        return float(norms[2]), float(norms[1]), float(norms[0])
+        """Voxel size ``(dz, dy, dx)`` in mm: slice spacing along the slice normal, edges.
+
+        With a gantry tilt the slice axis of the affine is sheared (longer than the
+        spacing); ``dz`` is still the distance between the slice planes, so that
+        ``dz * dy * dx`` is the voxel volume.
+        """
+        a = self.affine_lps[:3, :3]
+        norms = np.linalg.norm(a, axis=0)
+        normal = np.cross(a[:, 0], a[:, 1])
+        length = float(np.linalg.norm(normal))
+        dz = abs(float(a[:, 2] @ normal)) / length if length > 0 else float(norms[2])
+        return dz, float(norms[1]), float(norms[0])
 
     @property
     def voxel_volume_ml(self) -> float:

@@ -35,6 +35,11 @@ from strokeflow.assemble.series import (
 MAX_SERIES_GAP_S = 120.0
 #: Relative deviation of a slice gap from the median that triggers a warning.
 SLICE_GAP_TOLERANCE = 0.05
+#: Smallest image matrix (pixels per side) and field of view the analysis can use: a
+#: brain is about 140 mm wide, and brain masks, hemispheres and arterial candidates
+#: need a grid of tens of voxels.
+MIN_MATRIX = 16
+MIN_FIELD_OF_VIEW_MM = 100.0
 
 
 class AssemblyError(Exception):
@@ -169,6 +174,42 @@ def _chain_series(
     return [[members[i] for i in chain] for chain in chains]
 
 
+def check_analysable(acquisition: CtpAcquisition) -> None:
+    """Refuse an acquisition whose images cannot hold a brain.
+
+    Parameters
+    ----------
+    acquisition : CtpAcquisition
+
+    Raises
+    ------
+    AssemblyError
+        When the matrix is smaller than :data:`MIN_MATRIX` pixels or the field of view
+        smaller than :data:`MIN_FIELD_OF_VIEW_MM` on a side; the message gives the
+        time points, slices and matrix (the caller names the series).
+    """
+    nt, nz, ny, nx = acquisition.perfusion.signal.shape
+    _, dy, dx = acquisition.perfusion.geometry.voxel_size_mm
+    fov_y, fov_x = ny * dy, nx * dx
+    if min(ny, nx) >= MIN_MATRIX and min(fov_y, fov_x) >= MIN_FIELD_OF_VIEW_MM:
+        return
+    n_series = len(acquisition.series_uids)
+    merged = f" ({n_series} series merged)" if n_series > 1 else ""
+    raise AssemblyError(
+        f"CT perfusion of {nt} time points x {nz} slices recognised{merged}, but its "
+        f"{ny} x {nx} image matrix ({fov_y:.1f} x {fov_x:.1f} mm) cannot be analysed: the "
+        f"analysis needs at least {MIN_MATRIX} x {MIN_MATRIX} pixels covering "
+        f"{MIN_FIELD_OF_VIEW_MM:.0f} x {MIN_FIELD_OF_VIEW_MM:.0f} mm"
+    )
+
+
+def series_label(series_uids: Sequence[str]) -> str:
+    """``"series A + B"``; a long list (one series per time point) is shortened."""
+    if len(series_uids) <= 3:
+        return "series " + " + ".join(series_uids)
+    return f"{len(series_uids)} series {series_uids[0]} ... {series_uids[-1]}"
+
+
 def assemble_group(
     study_uid: str,
     series_uids: list[str],
@@ -178,7 +219,7 @@ def assemble_group(
     max_workers: int | None,
 ) -> tuple[float, CtpAcquisition]:
     """Assemble one acquisition; returns (absolute start time, acquisition)."""
-    label = "series " + " + ".join(series_uids)
+    label = series_label(series_uids)
     first = instances[0]
     if first.pixel_spacing_mm is None or first.orientation is None:
         raise AssemblyError(

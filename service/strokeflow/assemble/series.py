@@ -2,13 +2,19 @@
 
 A series is a CT perfusion (``"ctp"``) when it is time resolved: the same slice
 positions (ImagePositionPatient projected on the slice normal) come back at least
-:data:`MIN_CTP_FRAMES` times. Static CT series are a CTA when a contrast agent is
-recorded or the description says so, otherwise an NCCT; localizers are recognised
-from ImageType.
+:data:`MIN_CTP_FRAMES` times. Series of one study that hold one or a few time points
+each, with the same acquisition geometry and slice positions, close in time, are one
+perfusion exported one series per time point (dynamic-volume scanners, PACS exports):
+they are all ``"ctp"`` when together they hold :data:`MIN_CTP_FRAMES` time points.
+Static CT series are a CTA when a contrast agent is recorded or the description says
+so, otherwise an NCCT; localizers are recognised from ImageType. A gantry tilt (slices
+stacked obliquely to their normal) is named in the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -25,6 +31,13 @@ MIN_CTP_FRAMES = 5
 #: Slice positions closer than this along the normal are the same slice.
 POSITION_TOLERANCE_MM = 0.01
 ENHANCED_CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2.1"
+#: Consecutive time points of a perfusion exported one series per time point are at most
+#: this far apart: sparse tails sample every 3-5 s, while an NCCT precedes a CTA or a
+#: perfusion by minutes and multiphase CTA phases come in threes.
+MAX_TIME_POINT_GAP_S = 15.0
+#: A stacking direction further than this from the slice normal is a gantry tilt.
+MIN_TILT_DEG = 0.5
+_NUMBERING = re.compile(r"[\d.:,;_#()\[\]/-]+")
 _CTA_WORDS = re.compile(r"\b(CTA|ANGIO\w*|ARTERIAL)\b", re.IGNORECASE)
 _DAY_S = 86400.0
 
@@ -42,6 +55,9 @@ class SeriesSummary:
     kind: str  # "ctp" | "ncct" | "cta" | "localizer" | "other"
     reason: str
     n_timepoints: int = 1
+    #: Every series of the perfusion this one is a part of, in time order, when the
+    #: scanner exported it one series per time point (empty otherwise).
+    merged_series_uids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +155,47 @@ def positions_along_normal(headers: Sequence[InstanceHeader]) -> np.ndarray:
     return positions @ normal
 
 
+def tilt_deg(headers: Sequence[InstanceHeader]) -> float:
+    """Angle between the slice normal and the direction the slices are stacked along.
+
+    A gantry tilt leaves the images square but moves each slice along the table axis,
+    so the line through the slice positions leaves the normal by the tilt angle (a
+    sheared grid). Zero for fewer than two distinct positions.
+
+    Parameters
+    ----------
+    headers : sequence of InstanceHeader
+        Images of one orientation, with ImagePositionPatient.
+
+    Returns
+    -------
+    float
+        Degrees, 0-90.
+    """
+    z = positions_along_normal(headers)
+    if z.size < 2 or float(z.max() - z.min()) <= POSITION_TOLERANCE_MM:
+        return 0.0
+    low = np.asarray(headers[int(np.argmin(z))].position_mm, dtype=np.float64)
+    high = np.asarray(headers[int(np.argmax(z))].position_mm, dtype=np.float64)
+    direction = (high - low) / np.linalg.norm(high - low)
+    assert headers[0].orientation is not None  # positions_along_normal checked it
+    cosine = float(np.clip(direction @ slice_normal(headers[0].orientation), -1.0, 1.0))
+    return float(np.degrees(np.arccos(abs(cosine))))
+
+
+def _geometry_note(headers: Sequence[InstanceHeader], z_mm: np.ndarray) -> str:
+    """``"; gantry tilt 18.5 deg (sheared grid)"`` and uneven gaps, or ``""``."""
+    notes = []
+    tilt = tilt_deg(headers)
+    if tilt > MIN_TILT_DEG:
+        notes.append(f"gantry tilt {tilt:.1f} deg (sheared grid)")
+    if z_mm.size > 2:
+        gaps = np.diff(z_mm)
+        if float(gaps.max() - gaps.min()) > 0.05 * float(np.median(gaps)):
+            notes.append(f"slice gaps {gaps.min():.2f}-{gaps.max():.2f} mm")
+    return "".join(f"; {n}" for n in notes)
+
+
 def _classify(instances: list[InstanceHeader]) -> tuple[str, str, int, int]:
     """Return (kind, reason, n_positions, n_timepoints) for one series."""
     first = instances[0]
@@ -157,13 +214,14 @@ def _classify(instances: list[InstanceHeader]) -> tuple[str, str, int, int]:
     # Use the dominant orientation: a stray reformat must not hide a perfusion series.
     main_orientation = Counter(_orientation_key(h) for h in instances).most_common(1)[0][0]
     same = [h for h in instances if _orientation_key(h) == main_orientation]
-    _, index = cluster_positions(positions_along_normal(same))
+    centres, index = cluster_positions(positions_along_normal(same))
     counts = np.bincount(index)
     n_positions, n_times = int(counts.size), int(counts.max())
+    note = _geometry_note(same, centres)
     if n_times >= MIN_CTP_FRAMES:
         return (
             "ctp",
-            f"time resolved: {n_positions} slice positions x up to {n_times} time points",
+            f"time resolved: {n_positions} slice positions x up to {n_times} time points{note}",
             n_positions,
             n_times,
         )
@@ -180,23 +238,204 @@ def _classify(instances: list[InstanceHeader]) -> tuple[str, str, int, int]:
     if any(h.contrast_agent for h in instances):
         return (
             "cta",
-            f"static volume, {n_positions} slices, contrast agent recorded",
+            f"static volume, {n_positions} slices, contrast agent recorded{note}",
             n_positions,
             1,
         )
     if _CTA_WORDS.search(first.series_description):
         return (
             "cta",
-            f"static volume, {n_positions} slices, description '{first.series_description}'",
+            f"static volume, {n_positions} slices, description '{first.series_description}'{note}",
             n_positions,
             1,
         )
     return (
         "ncct",
-        f"static volume, {n_positions} slices, no contrast agent recorded",
+        f"static volume, {n_positions} slices, no contrast agent recorded{note}",
         n_positions,
         1,
     )
+
+
+def _time_point_key(
+    summary: SeriesSummary, instances: list[InstanceHeader]
+) -> tuple[object, ...] | None:
+    """What the series of a perfusion exported one series per time point share, or None.
+
+    The acquisition geometry and protocol (frame of reference, orientation, matrix,
+    pixel spacing, slice thickness, kVp), whether a contrast agent is recorded, the
+    series description without its numbering ("Perfusion t01" and "Perfusion t02" are
+    one; a second reconstruction described otherwise is not), and the set of slice
+    positions (0.01 mm). Only plain single-frame CT images qualify: localizers, derived
+    and multi-frame images never join a perfusion.
+    """
+    if summary.kind == "localizer":
+        return None
+    first = instances[0]
+    if first.modality != "CT" or first.image_type[:1] == ("DERIVED",):
+        return None
+    if any(
+        h.rows == 0 or h.number_of_frames > 1 or h.position_mm is None or h.orientation is None
+        for h in instances
+    ):
+        return None
+    keys = {geometry_key(h) for h in instances}
+    if len(keys) != 1:
+        return None
+    positions = frozenset(round(float(v) * 100) for v in positions_along_normal(instances))
+    contrast = any(h.contrast_agent for h in instances)
+    return (keys.pop(), contrast, _plain_description(first), positions)
+
+
+def _plain_description(h: InstanceHeader) -> str:
+    """SeriesDescription without numbering: ``"Perfusion t01"`` -> ``"perfusion t"``."""
+    return " ".join(_NUMBERING.sub(" ", h.series_description.lower()).split())
+
+
+def merge_time_point_series(
+    summaries: list[SeriesSummary], series: dict[str, list[InstanceHeader]]
+) -> list[SeriesSummary]:
+    """Recognise a perfusion exported one series per time point, and call its series "ctp".
+
+    Series of one study with the same geometry, protocol and slice positions (see
+    :func:`_time_point_key`) are ordered by time and chained while each starts within
+    :data:`MAX_TIME_POINT_GAP_S` of the last time point before it; series repeating
+    time points already in a chain (a second reconstruction) are chained apart. A chain of at
+    least two series holding :data:`MIN_CTP_FRAMES` distinct time points together is one
+    perfusion: every member becomes ``"ctp"``, with a reason naming its time points and
+    ``merged_series_uids``. An NCCT and a CTA of one study never merge: they differ in
+    kVp or thickness, lie minutes apart, and are two time points, not five.
+
+    Parameters
+    ----------
+    summaries : list of SeriesSummary
+        One per series of one study, from :func:`_classify`.
+    series : dict of str to list of InstanceHeader
+        The instances of each series, by SeriesInstanceUID.
+
+    Returns
+    -------
+    list of SeriesSummary
+        ``summaries`` with the members of every such perfusion replaced.
+    """
+    # A cheap first sort (first image only) spares the full key of every image to the
+    # usual study, whose perfusion is one series that nothing else resembles.
+    rough: dict[tuple[object, ...], list[SeriesSummary]] = defaultdict(list)
+    for summary in summaries:
+        first = series[summary.series_uid][0]
+        rough[(geometry_key(first), _plain_description(first))].append(summary)
+    groups: dict[tuple[object, ...], list[SeriesSummary]] = defaultdict(list)
+    for similar in rough.values():
+        for summary in similar if len(similar) > 1 else ():
+            key = _time_point_key(summary, series[summary.series_uid])
+            if key is not None:
+                groups[key].append(summary)
+    replaced: dict[str, SeriesSummary] = {}
+    for members in groups.values():
+        while len(members) >= 2:
+            chains, members = _time_point_chains(members, series)
+            for chain in chains:
+                _merge_chain(chain, replaced)
+    return [replaced.get(s.series_uid, s) for s in summaries]
+
+
+def _merge_chain(
+    chain: list[tuple[SeriesSummary, np.ndarray]], replaced: dict[str, SeriesSummary]
+) -> None:
+    """Call the series of one chain "ctp" when together they are a perfusion."""
+    times_s = np.sort(np.concatenate([t for _, t in chain]))
+    if len(chain) < 2 or times_s.size < MIN_CTP_FRAMES:
+        return
+    if all(m.kind == "ctp" for m, _ in chain):
+        return  # already perfusion series; assemble_ctp chains them
+    uids = tuple(m.series_uid for m, _ in chain)
+    interval_s = float(np.median(np.diff(times_s)))
+    for m, own in chain:
+        first, last = (int(i) + 1 for i in np.searchsorted(times_s, own[[0, -1]]))
+        points = f"time point {first}" if first == last else f"time points {first}-{last}"
+        reason = (
+            f"{points} of {times_s.size} of one CT perfusion exported as "
+            f"{len(chain)} series (same frame of reference, orientation, matrix and "
+            f"{m.n_positions} slice positions; every {interval_s:.1f} s)"
+        )
+        replaced[m.series_uid] = dataclasses.replace(
+            m, kind="ctp", reason=reason, merged_series_uids=uids
+        )
+
+
+def _time_point_chains(
+    members: list[SeriesSummary], series: dict[str, list[InstanceHeader]]
+) -> tuple[list[list[tuple[SeriesSummary, np.ndarray]]], list[SeriesSummary]]:
+    """Chains of series close in time, and the series that repeat a chain's time points.
+
+    Each chain member comes with its sorted time points (s): the times of its images
+    at the first slice (all members share the slice positions, so every member has
+    images there). The repeats (a second reconstruction) are chained in a next pass.
+    """
+    timed = _time_points_s(members, series)
+    if timed is None:
+        return [], []  # no common clock: nothing can be said about their order
+    members, own_times = timed
+    chains: list[list[tuple[SeriesSummary, np.ndarray]]] = []
+    chain: list[tuple[SeriesSummary, np.ndarray]] = []
+    repeats: list[SeriesSummary] = []
+    order = sorted(
+        range(len(members)),
+        key=lambda i: (
+            float(own_times[i][0]),
+            members[i].series_number or 0,
+            members[i].series_uid,
+        ),
+    )
+    for i in order:
+        t = own_times[i]
+        held = np.concatenate([own for _, own in chain]) if chain else np.empty(0)
+        if chain and float(t[0]) - float(held.max()) > MAX_TIME_POINT_GAP_S:
+            chains.append(chain)
+            chain, held = [], np.empty(0)
+        if held.size and float(np.abs(np.subtract.outer(t, held)).min()) <= 1e-3:
+            repeats.append(members[i])  # the same moments again: a second reconstruction
+            continue
+        chain.append((members[i], t))
+    if chain:
+        chains.append(chain)
+    return chains, repeats
+
+
+def _time_points_s(
+    members: list[SeriesSummary], series: dict[str, list[InstanceHeader]]
+) -> tuple[list[SeriesSummary], list[np.ndarray]] | None:
+    """The sorted times (s) of each member's images at the first slice, on one clock.
+
+    The members' images are timed together (one time tag for all, midnight unwrapped);
+    when that fails because two members repeat the same moments (a tag cannot tell
+    repeated images apart then), each member is timed alone and members without any
+    time are left out. None when no member has a time.
+    """
+    instances = [h for m in members for h in series[m.series_uid]]
+    _, slice_of = cluster_positions(positions_along_normal(instances))
+    owner = np.repeat(np.arange(len(members)), [len(series[m.series_uid]) for m in members])
+    try:
+        times_all, _ = frame_times_s(instances, slice_of)
+    except ValueError:
+        kept, parts = [], []
+        for m in members:
+            own = series[m.series_uid]
+            _, own_slice = cluster_positions(positions_along_normal(own))
+            try:
+                times, _ = frame_times_s(own, own_slice)
+            except ValueError:
+                continue
+            kept.append(m)
+            parts.append(times[own_slice == 0])
+        if not kept:
+            return None
+        flat = unwrap_midnight(np.concatenate(parts))
+        bounds = np.cumsum([0] + [p.size for p in parts])
+        return kept, [np.sort(flat[a:b]) for a, b in itertools.pairwise(bounds)]
+    return members, [
+        np.sort(times_all[(slice_of == 0) & (owner == i)]) for i in range(len(members))
+    ]
 
 
 def build_inventory(headers: Sequence[InstanceHeader]) -> list[StudyInventory]:
@@ -234,6 +473,7 @@ def build_inventory(headers: Sequence[InstanceHeader]) -> list[StudyInventory]:
                     n_timepoints=n_times,
                 )
             )
+        summaries = merge_time_point_series(summaries, series)
         summaries.sort(key=lambda s: (s.series_number is None, s.series_number or 0, s.series_uid))
         instances_all = [h for s in series.values() for h in s]
         inventories.append(StudyInventory(study_uid, summaries, instances_all))

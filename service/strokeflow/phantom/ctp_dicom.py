@@ -1,9 +1,13 @@
 """Write a simulated CT perfusion study as a DICOM study (plus ``truth.json``).
 
-Series written: the perfusion series (optionally split in time over two series), and
+Series written: the perfusion series (optionally split in time over several series, down
+to one series per time point as dynamic-volume scanners and some PACS export it), and
 with ``extra_series`` the companions a real study carries, which an assembler must
 recognise and set aside: a non-contrast head CT, a 1 mm CT angiogram at the arterial
-peak and a localizer. All share the Study and the Frame of Reference.
+peak and a localizer. All share the Study and the Frame of Reference. With a gantry
+tilt the axial images are written as a tilted scanner writes them: the same pixels, the
+column direction turned about the patient's left-right axis, and the slices moved along
+the table axis (a sheared grid) so that the planes stay ``slice_mm`` apart.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def write_ctp_study(
     extra_series: bool = True,
     shuffle_names: bool = True,
     time_tag: TimeTag = "acquisition",
+    gantry_tilt_deg: float = 0.0,
 ) -> list[Path]:
     """Write the phantom as DICOM CT images and ``out_dir/truth.json``.
 
@@ -88,7 +93,8 @@ def write_ctp_study(
     transfer_syntax : {"explicit", "implicit", "rle", "jpegls", "jpeg2000"}
         Little-endian explicit/implicit VR, or lossless compression.
     split_series : int
-        Split the perfusion frames in time over this many series (same Frame of Reference).
+        Split the perfusion frames in time over this many series (same Frame of Reference);
+        the frame count writes one series per time point, described "... t01", "... t02".
     extra_series : bool
         Also write non-contrast CT, CT angiography and a localizer.
     shuffle_names : bool
@@ -96,6 +102,8 @@ def write_ctp_study(
     time_tag : {"acquisition", "content", "temporal_position"}
         Where the frame time goes: AcquisitionDate/Time, ContentDate/Time, or only
         TemporalPositionIdentifier + NumberOfTemporalPositions + TemporalResolution.
+    gantry_tilt_deg : float
+        Gantry tilt (GantryDetectorTilt) of the axial series, -30 to 30 degrees.
 
     Returns
     -------
@@ -105,7 +113,7 @@ def write_ctp_study(
     Raises
     ------
     ValueError
-        For an unknown transfer syntax or time tag, or an impossible split.
+        For an unknown transfer syntax or time tag, an impossible split or tilt.
     """
     if transfer_syntax not in _SYNTAXES:
         raise ValueError(
@@ -118,6 +126,8 @@ def write_ctp_study(
         raise ValueError(
             f"split_series must be 1..{n_frames} (the frame count); got {split_series}"
         )
+    if not -30.0 <= gantry_tilt_deg <= 30.0:
+        raise ValueError(f"gantry_tilt_deg must be within +-30 degrees; got {gantry_tilt_deg}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     options = phantom.options
@@ -138,12 +148,14 @@ def write_ctp_study(
         "FrameOfReferenceUID": uid("frame-of-reference"),
         "seed": seed,
         "syntax": _SYNTAXES[transfer_syntax],
+        "tilt_deg": float(gantry_tilt_deg),
     }
     paths: list[Path] = []
     stored = quantise_hu(phantom.hu)
     affine = phantom.affine_lps
     interval_ms = float(np.median(np.diff(phantom.times_s))) * 1000.0 if n_frames > 1 else 0.0
     series_of_frame = np.minimum(np.arange(n_frames) * split_series // n_frames, split_series - 1)
+    per_time_point = split_series == n_frames > 1
     for s in range(split_series):
         series_uid = uid("perfusion", s)
         frames = np.flatnonzero(series_of_frame == s)
@@ -151,14 +163,16 @@ def write_ctp_study(
             when = _STUDY_START + timedelta(seconds=float(phantom.times_s[f]))
             for z in range(n_slices):
                 ds = _base_dataset(study, uid("perfusion", f, z), series_uid, 3 + s)
-                ds.SeriesDescription = "CT PERFUSION 5mm"
+                ds.SeriesDescription = "CT PERFUSION 5mm" + (
+                    f" t{f + 1:02d}" if per_time_point else ""
+                )
                 ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
                 ds.KVP = "80"
                 ds.XRayTubeCurrent = 150
                 ds.ContrastBolusAgent = "IOHEXOL 350"
                 ds.AcquisitionNumber = int(f) + 1
                 ds.InstanceNumber = int(f) * n_slices + z + 1
-                _set_plane(ds, affine, z, options.slice_mm)
+                _set_plane(ds, affine, z, options.slice_mm, study["tilt_deg"], stored.shape[2:])
                 _set_time(ds, time_tag, when, int(f), n_frames, interval_ms)
                 ds.WindowCenter, ds.WindowWidth = "40", "80"
                 paths.append(names.write(ds, stored[f, z], out_dir, f"ctp_s{s}_t{f:03d}_z{z:03d}"))
@@ -172,6 +186,7 @@ def write_ctp_study(
         "split_series": split_series,
         "extra_series": extra_series,
         "time_tag": time_tag,
+        "gantry_tilt_deg": float(gantry_tilt_deg),
         "study_instance_uid": study["StudyInstanceUID"],
         "frame_of_reference_uid": study["FrameOfReferenceUID"],
         "perfusion_series_uids": [uid("perfusion", s) for s in range(split_series)],
@@ -233,13 +248,37 @@ def _base_dataset(
     return ds
 
 
-def _set_plane(ds: Dataset, affine: np.ndarray, z: int, thickness_mm: float) -> None:
-    position = affine @ np.array([0.0, 0.0, float(z), 1.0])
+def _set_plane(
+    ds: Dataset,
+    affine: np.ndarray,
+    z: int,
+    thickness_mm: float,
+    tilt_deg: float = 0.0,
+    shape_yx: tuple[int, ...] = (1, 1),
+) -> None:
+    """Plane of slice ``z`` of an axial grid, tilted about the left-right axis.
+
+    A tilted gantry keeps the slice centre on the table axis and turns the column
+    direction by the tilt; slices then follow each other along the table by
+    ``spacing / cos(tilt)``, which keeps the planes ``spacing`` apart (the sheared
+    grid a real tilted scanner writes, positive tilt as GE writes +18.5).
+    """
     row_dir = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
     col_dir = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
-    ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
-    ds.ImagePositionPatient = [_ds(v) for v in position[:3]]
     spacing = np.linalg.norm(affine[:3, :2], axis=0)
+    position = (affine @ np.array([0.0, 0.0, float(z), 1.0]))[:3]
+    if tilt_deg:
+        angle = np.radians(tilt_deg)
+        half_y, half_x = ((n - 1) / 2.0 for n in shape_yx)
+        # Centre of slice 0, then along the table (patient z) by spacing / cos(tilt).
+        centre = affine[:3, 3] + affine[:3, 0] * half_x + affine[:3, 1] * half_y
+        table_mm = z * float(np.linalg.norm(affine[:3, 2])) / np.cos(angle)
+        centre = centre + np.array([0.0, 0.0, table_mm])
+        col_dir = np.array([0.0, np.cos(angle), -np.sin(angle)])
+        position = centre - affine[:3, 0] * half_x - col_dir * spacing[1] * half_y
+        ds.GantryDetectorTilt = _ds(tilt_deg)
+    ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
+    ds.ImagePositionPatient = [_ds(v) for v in position]
     ds.PixelSpacing = [_ds(float(spacing[1])), _ds(float(spacing[0]))]
     ds.SliceThickness = _ds(thickness_mm)
     ds.SliceLocation = _ds(position[2])
@@ -304,7 +343,7 @@ def _write_extras(
         ds.KVP = "120"
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = z + 1
-        _set_plane(ds, affine, z, options.slice_mm)
+        _set_plane(ds, affine, z, options.slice_mm, study["tilt_deg"], ncct.shape[1:])
         ds.SliceThickness = _ds(options.slice_mm + 0.5)  # nominal, differs from the CTP
         ds.AcquisitionDate = first.strftime("%Y%m%d")
         ds.AcquisitionTime = first.strftime("%H%M%S.%f")
