@@ -51,7 +51,7 @@ from strokeflow.receive.storage import (
     sync_and_close,
     write_temp,
 )
-from strokeflow.store.repository import InstanceChange, InstanceRecord
+from strokeflow.store.repository import InstanceChange, InstanceRecord, versioned_path
 from strokeflow.store.studies import mark_released, note_instance
 
 LOG = logging.getLogger(__name__)
@@ -204,6 +204,8 @@ class Receiver:
             with self.sessions() as session, session.begin():
                 change = note_instance(session, record, self.clock())
                 synced.result()
+                if change is InstanceChange.REPLACED:  # never over an earlier version's file
+                    relpath = Path(versioned_path(record.path, record.sha256))
                 move_into_place(self.data_dir, tmp, relpath)
         except ValueError as exc:
             _discard(synced, tmp)

@@ -28,10 +28,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from strokeflow.store.models import Job, JobState, Study, StudyState
+from strokeflow.store.models import Instance, Job, JobInput, JobState, Series, Study, StudyState
 from strokeflow.store.repository import InstanceChange, InstanceRecord, lock_study, record_instance
 
 LOG = logging.getLogger(__name__)
@@ -245,6 +245,16 @@ def queue_complete(session: Session, now: datetime) -> list[Job]:
         jobs.append(job)
         LOG.info("study %s queued as job version %d", study.study_uid, study.version)
     session.flush()
+    for job in jobs:
+        # The version's inputs, fixed now: a later changed resend goes to new files.
+        session.execute(
+            insert(JobInput).from_select(
+                ["job_id", "path", "sha256"],
+                select(literal(job.id), Instance.path, Instance.sha256)
+                .join(Series, Instance.series_id == Series.id)
+                .where(Series.study_id == job.study_id),
+            )
+        )
     return jobs
 
 
