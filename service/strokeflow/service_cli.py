@@ -10,11 +10,12 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from strokeflow.config import Destination, Settings, load_settings
+from strokeflow.ports import PortInUseError, check_free, dicom_listen_port, http_listen_port
 from strokeflow.worker.policy import RetryPolicy
 
 app = typer.Typer(help="StrokeFlow service commands.", no_args_is_help=True, add_completion=False)
@@ -56,12 +57,29 @@ def listener(
 
     _logging(verbose)
     settings = _settings(config)
+    _exit_if_taken(settings, http=False)
     engine = make_engine(settings.effective_database_url)
     hook = enqueue_and_mark(open_queue(settings.effective_queue_url), make_session_factory(engine))
     try:
         run_listener(settings, on_queued=hook)
+    except PortInUseError as exc:
+        _port_error(exc)
     finally:
         engine.dispose()
+
+
+def _port_error(exc: PortInUseError) -> NoReturn:
+    typer.echo(f"error: {exc.strerror}", err=True)
+    raise typer.Exit(1) from None
+
+
+def _exit_if_taken(settings: Settings, *, http: bool) -> None:
+    """One line and exit 1 when a configured port is taken, before anything starts."""
+    ports = [dicom_listen_port(settings)] + ([http_listen_port(settings)] if http else [])
+    try:
+        check_free(ports)
+    except PortInUseError as exc:
+        _port_error(exc)
 
 
 def _logging(verbose: bool) -> None:
@@ -112,12 +130,14 @@ def serve(
     from strokeflow.web.server import start_web_server
     from strokeflow.worker.runner import run_serve
 
+    settings = _settings(config)
+    policy = _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s)
+    _exit_if_taken(settings, http=True)
     _logging(verbose)
-    run_serve(
-        _settings(config),
-        _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s),
-        start_http=start_web_server,
-    )
+    try:
+        run_serve(settings, policy, start_http=start_web_server)
+    except PortInUseError as exc:
+        _port_error(exc)
 
 
 def worker(

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.assemble.studies import mark_released, note_instance
 from strokeflow.config import Settings
+from strokeflow.ports import dicom_listen_port
 from strokeflow.receive.checks import (
     DATASET_DOES_NOT_MATCH,
     OUT_OF_RESOURCES,
@@ -349,7 +350,7 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAssociationServer:
-    """Start listening on ``settings.bind_address:dicom_port`` in a background thread.
+    """Start listening on ``settings.dicom_address:dicom_port`` in a background thread.
 
     Parameters
     ----------
@@ -361,15 +362,24 @@ def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAss
     -------
     ThreadedAssociationServer
         Call ``shutdown()`` to stop; ``server_address`` has the bound port (port 0 picks one).
+
+    Raises
+    ------
+    PortInUseError
+        The port is taken or the address is not this host's; the message names the setting.
     """
     settings = receiver.settings
     ae = make_ae(settings)
-    server = ae.make_server(
-        (settings.bind_address, settings.dicom_port),
-        evt_handlers=receiver.handlers,
-        ssl_context=make_ssl_context(settings),
-        server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
-    )
+    ssl_context = make_ssl_context(settings)
+    try:
+        server = ae.make_server(
+            (settings.dicom_address, settings.dicom_port),
+            evt_handlers=receiver.handlers,
+            ssl_context=ssl_context,
+            server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
+        )
+    except OSError as exc:
+        raise dicom_listen_port(settings).refusal(exc) from exc
     thread = threading.Thread(
         target=server.serve_forever, name=f"dicom-listener:{settings.dicom_port}", daemon=True
     )
@@ -378,7 +388,7 @@ def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAss
     LOG.info(
         "listening for DICOM as %s on %s:%d%s",
         settings.ae_title,
-        settings.bind_address,
+        settings.dicom_address,
         server.server_address[1],
         " (TLS)" if settings.tls_enabled else "",
     )
