@@ -34,7 +34,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.assemble.studies import mark_released, note_instance
+from strokeflow.assemble.studies import is_own_result, mark_released, note_instance
 from strokeflow.config import Settings
 from strokeflow.ports import dicom_listen_port
 from strokeflow.receive.checks import (
@@ -201,11 +201,17 @@ class Receiver:
             _discard(synced, tmp)
             return self._refuse(event, label, str(exc), exc.status, b"".join(parts))
         record = _instance_record(event, ds, relpath, parts, sha256.hexdigest())
-        with self._lock:
-            self._studies.setdefault(event.assoc, set()).add(record.study_uid)
+        manufacturer = text_value(ds, "Manufacturer", 64)
         try:
             with self.sessions() as session, session.begin():
-                change = note_instance(session, record, self.clock())
+                own = is_own_result(
+                    session, record.sop_class_uid, record.sop_instance_uid, manufacturer
+                )
+                if not own:
+                    # Our own results coming back release nothing: they reopen nothing.
+                    with self._lock:
+                        self._studies.setdefault(event.assoc, set()).add(record.study_uid)
+                change = note_instance(session, record, self.clock(), own_result=own)
                 synced.result()
                 move_into_place(self.data_dir, tmp, relpath)
         except ValueError as exc:
