@@ -7,7 +7,6 @@ Mount them on the main command line with :func:`register` (or run this module).
 from __future__ import annotations
 
 import json
-import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -83,10 +82,9 @@ def _exit_if_taken(settings: Settings, *, http: bool) -> None:
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
-    )
+    from strokeflow.logs import configure_logging
+
+    configure_logging(verbose)
 
 
 LeaseOption = Annotated[

@@ -306,6 +306,21 @@ def test_serve_analyses_a_study_and_orthanc_receives_the_results(
     assert job.started_at is not None and job.queued_at is not None
     assert job.queued_at <= job.started_at <= job.finished_at <= job.dispatched_at
     _check_pacs_holds_results(orthanc, database_url, job)
+    _check_log_is_per_study(tmp_path / "serve.log", len(phantom_study))
+
+
+#: Most log lines one study may take at INFO from start to stop of `serve`, whatever its
+#: number of images (measured: 17 for the phantom's 80 images, then 8 result objects).
+MAX_LOG_LINES_PER_STUDY = 40
+
+
+def _check_log_is_per_study(log: Path, images: int) -> None:
+    """Per-image messages are DEBUG: at INFO the log is a few lines per association/study."""
+    lines = log.read_text().splitlines()
+    assert len(lines) < MAX_LOG_LINES_PER_STUDY < images, "\n".join(lines)
+    summary = [line for line in lines if "association" in line and "ended:" in line]
+    assert len(summary) == 1 and f"{images} instances ({images} new)" in summary[0]
+    assert not any("Traceback" in line or " ERROR " in line for line in lines)
 
 
 def test_serve_with_postgresql_and_redis_delivers_to_orthanc(

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.assemble.studies import CompletionRules, release_orphaned, sweep
 from strokeflow.config import Settings
+from strokeflow.logs import configure_logging
 from strokeflow.ports import check_free, dicom_listen_port
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
@@ -93,9 +94,7 @@ def resume_orphaned(sessions: sessionmaker[Session]) -> int:
 
 def _receiver_process(settings_data: dict[str, Any], ready: Any, parent_pid: int) -> None:
     settings = Settings.model_validate(settings_data)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     # A plain threading.Event set by SIGTERM, not a multiprocessing one: a process killed
     # while holding a shared lock would leave the others waiting on it for ever.
     stop = threading.Event()

@@ -17,6 +17,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,6 +62,54 @@ LOG = logging.getLogger(__name__)
 
 
 @dataclass
+class AssociationTally:
+    """What one association sent: logged once, at INFO, when it ends (each instance is
+    logged at DEBUG only: a study is hundreds of them)."""
+
+    started_s: float = field(default_factory=time.monotonic)
+    #: Studies with new data from this association (released when it ends).
+    studies: set[str] = field(default_factory=set)
+    new: int = 0
+    replaced: int = 0
+    duplicates: int = 0
+    own_results: int = 0
+    refused: int = 0
+    failed: int = 0
+    size_bytes: int = 0
+
+    @property
+    def instances(self) -> int:
+        """C-STORE requests answered."""
+        return (
+            self.new
+            + self.replaced
+            + self.duplicates
+            + self.own_results
+            + self.refused
+            + self.failed
+        )
+
+    def summary(self) -> str:
+        """One line: counts, studies, size and duration."""
+        parts = [f"{self.new} new"]
+        for count, what in (
+            (self.replaced, "replaced"),
+            (self.duplicates, "identical resends"),
+            (self.own_results, "our own results (study not reopened)"),
+            (self.refused, "refused"),
+            (self.failed, "not stored (disk/database)"),
+        ):
+            if count:
+                parts.append(f"{count} {what}")
+        studies = ", ".join(sorted(self.studies)) or "none"
+        return (
+            f"{self.instances} instances ({', '.join(parts)}), "
+            f"{self.size_bytes / 1e6:.1f} MB in {time.monotonic() - self.started_s:.1f} s; "
+            f"studies {studies}"
+        )
+
+
+@dataclass
 class Receiver:
     """Everything one receiving process needs; its ``handlers`` are bound to the server."""
 
@@ -68,7 +117,7 @@ class Receiver:
     sessions: sessionmaker[Session]
     #: Time source, replaceable in tests.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    _studies: dict[Any, set[str]] = field(default_factory=dict, init=False, repr=False)
+    _tallies: dict[Any, AssociationTally] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _disk: ThreadPoolExecutor = field(init=False, repr=False)
 
@@ -93,6 +142,7 @@ class Receiver:
         return [
             (evt.EVT_CONN_OPEN, self.on_connection_open),
             (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_RELEASED, self.on_association_end),
@@ -162,6 +212,16 @@ class Receiver:
             # As pynetdicom's own refusals do: let the DUL send the A-ASSOCIATE-RJ, then stop.
             event.assoc.kill()
 
+    def on_accepted(self, event: Event) -> None:
+        """Start counting what the association sends."""
+        with self._lock:
+            self._tallies[event.assoc] = AssociationTally()
+        LOG.debug("association %s accepted", self._label(event))
+
+    def _tally(self, event: Event) -> AssociationTally:
+        with self._lock:
+            return self._tallies.setdefault(event.assoc, AssociationTally())
+
     def on_echo(self, event: Event) -> int:
         """Answer C-ECHO."""
         LOG.debug("association %s: C-ECHO", self._label(event))
@@ -191,6 +251,7 @@ class Receiver:
         try:
             tmp, fd = write_temp(self.data_dir, parts)
         except OSError as exc:
+            self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
         synced = self._disk.submit(sync_and_close, fd)
         sha256 = hashlib.sha256(parts[0])
@@ -207,10 +268,6 @@ class Receiver:
                 own = is_own_result(
                     session, record.sop_class_uid, record.sop_instance_uid, manufacturer
                 )
-                if not own:
-                    # Our own results coming back release nothing: they reopen nothing.
-                    with self._lock:
-                        self._studies.setdefault(event.assoc, set()).add(record.study_uid)
                 change = note_instance(session, record, self.clock(), own_result=own)
                 synced.result()
                 move_into_place(self.data_dir, tmp, relpath)
@@ -219,9 +276,11 @@ class Receiver:
             return self._refuse(event, label, str(exc), DATASET_DOES_NOT_MATCH, b"".join(parts))
         except OSError as exc:
             _discard(synced, tmp)
+            self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
         except SQLAlchemyError as exc:
             _discard(synced, tmp)
+            self._tally(event).failed += 1
             LOG.error(
                 "association %s: study %s instance %s not recorded, database error: %s",
                 label,
@@ -231,14 +290,27 @@ class Receiver:
             )
             return OUT_OF_RESOURCES
         LOG.debug(
-            "association %s: study %s instance %s %s",
+            "association %s: study %s instance %s %s%s",
             label,
             record.study_uid,
             record.sop_instance_uid,
             change.value,
+            " (our own result object)" if own else "",
         )
-        if change is InstanceChange.REPLACED:
-            LOG.info("study %s: instance %s replaced", record.study_uid, record.sop_instance_uid)
+        tally = self._tally(event)
+        with self._lock:
+            tally.size_bytes += record.size_bytes
+            if own and change is not InstanceChange.DUPLICATE:
+                # Our own results coming back release nothing: they reopen nothing.
+                tally.own_results += 1
+            elif change is InstanceChange.NEW:
+                tally.new += 1
+                tally.studies.add(record.study_uid)
+            elif change is InstanceChange.REPLACED:
+                tally.replaced += 1
+                tally.studies.add(record.study_uid)
+            else:
+                tally.duplicates += 1
         return SUCCESS
 
     @staticmethod
@@ -255,6 +327,7 @@ class Receiver:
     def _refuse(
         self, event: Event, label: str, reason: str, status: int, payload: bytes | None = None
     ) -> int:
+        self._tally(event).refused += 1
         try:
             data = payload if payload is not None else event.encoded_dataset(include_meta=True)
             where = quarantine(self.data_dir, data, f"association {label}: {reason}")
@@ -269,14 +342,21 @@ class Receiver:
         return status
 
     def on_association_end(self, event: Event) -> None:
-        """Mark the studies this association sent as released (the quiet period starts)."""
+        """Mark the studies this association sent as released (the quiet period starts) and
+        log what it sent, once (released, aborted and closed all end up here)."""
         with self._lock:
-            uids = self._studies.pop(event.assoc, set())
-        if not uids:
+            tally = self._tallies.pop(event.assoc, None)
+        if tally is None:
+            return
+        if tally.instances:
+            LOG.info("association %s ended: %s", self._label(event), tally.summary())
+        else:
+            LOG.debug("association %s ended without C-STORE", self._label(event))
+        if not tally.studies:
             return
         try:
             with self.sessions() as session, session.begin():
-                mark_released(session, uids, self.clock())
+                mark_released(session, tally.studies, self.clock())
         except SQLAlchemyError as exc:
             # The quiet timeout still completes these studies.
             LOG.error(

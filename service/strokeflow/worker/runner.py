@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
+from strokeflow.logs import configure_logging
 from strokeflow.ports import check_free, dicom_listen_port, http_listen_port
 from strokeflow.queue.jobqueue import JobQueue, open_queue
 from strokeflow.store.engine import make_engine, make_session_factory
@@ -24,8 +25,6 @@ from strokeflow.worker.maintenance import Maintenance, mark_enqueued
 from strokeflow.worker.policy import RetryPolicy
 
 LOG = logging.getLogger(__name__)
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 def enqueue_and_mark(queue: JobQueue, sessions: sessionmaker[Session]) -> Any:
@@ -98,7 +97,7 @@ def run_worker(
 
 
 def _worker_process(settings_data: dict[str, Any], policy: RetryPolicy, parent_pid: int) -> None:
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    configure_logging()
     settings = Settings.model_validate(settings_data)
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
