@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     max_associations: int = Field(16, ge=1)
     #: Associations are refused while the data directory has less free space than this.
     min_free_disk_mb: float = Field(1024.0, ge=0)
+    #: Send the result pages (Secondary Capture) RLE Lossless to destinations that accept
+    #: it (about a fifth of the size); off: always as written (uncompressed).
+    compress_pages: bool = True
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     #: CA bundle to verify client certificates; ``None`` does not ask for one.
@@ -219,6 +222,7 @@ class Settings(BaseSettings):
             "receiver_processes": self.receiver_processes,
             "max_associations": self.max_associations,
             "min_free_disk_mb": self.min_free_disk_mb,
+            "compress_pages": self.compress_pages,
             "tls_certificate": str(self.tls_certificate) if self.tls_certificate else None,
             "tls_key": str(self.tls_key) if self.tls_key else None,
             "tls_ca": str(self.tls_ca) if self.tls_ca else None,

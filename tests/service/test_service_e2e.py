@@ -16,13 +16,19 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
-from servicekit import Postgres, free_port, fresh_postgres_database, storescu, wait_for
+from servicekit import (
+    Orthanc,
+    Postgres,
+    free_port,
+    fresh_postgres_database,
+    storescu,
+    wait_for,
+)
 from sqlalchemy import select
 
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
@@ -33,77 +39,6 @@ from tools import require_tool
 
 #: The installed console script, next to the interpreter running the tests.
 STROKEFLOW = [str(Path(sys.executable).parent / "strokeflow")]
-PACS_AE = "ORTHANC"
-
-
-@dataclass
-class Orthanc:
-    """A throw-away Orthanc: DICOM on ``dicom_port``, REST on ``http_port``."""
-
-    binary: str
-    config: Path
-    dicom_port: int
-    http_port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.config.parent / "orthanc.log").open("ab")
-        self.process = subprocess.Popen([self.binary, str(self.config)], stdout=log, stderr=log)
-        wait_for(self._answers, 30, "Orthanc's REST API")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
-
-    def _answers(self) -> bool:
-        try:
-            self.get("/system")
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-        return True
-
-    def get(self, path: str) -> Any:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = response.read()
-        binary = path.endswith(("/file", "/preview"))
-        return body if binary else json.loads(body)
-
-    @property
-    def destination(self) -> str:
-        return f"{PACS_AE}@127.0.0.1:{self.dicom_port}"
-
-
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    """An Orthanc PACS that knows StrokeFlow's AE; stopped afterwards."""
-    binary = require_tool("Orthanc", "orthanc")
-    root = tmp_path / "orthanc"
-    root.mkdir()
-    dicom_port, http_port = free_port(), free_port()
-    config = {
-        "Name": "strokeflow-test-pacs",
-        "StorageDirectory": str(root / "storage"),
-        "IndexDirectory": str(root / "index"),
-        "DicomAet": PACS_AE,
-        "DicomPort": dicom_port,
-        "HttpPort": http_port,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": True,
-        "DicomModalities": {"strokeflow": ["STROKEFLOW", "127.0.0.1", 1]},
-        "Plugins": [],
-        "HttpServerEnabled": True,
-        "StableAge": 1,
-    }
-    path = root / "orthanc.json"
-    path.write_text(json.dumps(config))
-    server = Orthanc(binary, path, dicom_port, http_port)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
