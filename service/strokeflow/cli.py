@@ -5,11 +5,35 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from strokeflow import __version__
+
+
+def show_flags_without_metavar() -> None:
+    """Show on/off flags as ``--verbose``, not ``--verbose <bool>``: they take no value.
+
+    Typer renders every option's type in the help table, flags included; a flag's type
+    column is left empty here (``--help`` is one too).
+    """
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_flag_aware", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_bool_flag and self.metavar is None:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._flag_aware = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+show_flags_without_metavar()
 
 app = typer.Typer(
     help="StrokeFlow: CT/MR perfusion analysis for acute stroke (decision support, not a "

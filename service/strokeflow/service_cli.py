@@ -13,10 +13,12 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from strokeflow.cli import show_flags_without_metavar
 from strokeflow.config import Destination, Settings, load_settings
 from strokeflow.ports import PortInUseError, check_free, dicom_listen_port, http_listen_port
 from strokeflow.worker.policy import RetryPolicy
 
+show_flags_without_metavar()
 app = typer.Typer(help="StrokeFlow service commands.", no_args_is_help=True, add_completion=False)
 
 ConfigOption = Annotated[
@@ -46,7 +48,7 @@ def _destination(text: str, settings: Settings) -> Destination:
 
 def listener(
     config: ConfigOption = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Receive DICOM (C-STORE, C-ECHO) and complete studies until stopped."""
     from strokeflow.queue.jobqueue import open_queue
@@ -87,6 +89,9 @@ def _logging(verbose: bool) -> None:
     configure_logging(verbose)
 
 
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log at DEBUG: every image and DICOM message.")
+]
 LeaseOption = Annotated[
     float, typer.Option(help="Seconds a job is held without a heartbeat before re-queueing.")
 ]
@@ -122,7 +127,7 @@ def serve(
     max_attempts: AttemptsOption = _DEFAULT_POLICY.max_attempts,
     backoff_s: BackoffOption = _DEFAULT_POLICY.backoff_s,
     dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Listener, workers, dispatch and the web dashboard (HTTP port) in one command."""
     from strokeflow.web.server import start_web_server
@@ -144,7 +149,7 @@ def worker(
     max_attempts: AttemptsOption = _DEFAULT_POLICY.max_attempts,
     backoff_s: BackoffOption = _DEFAULT_POLICY.backoff_s,
     dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run analysis jobs from the queue (one process; start several for more)."""
     from strokeflow.worker.runner import run_worker
@@ -241,6 +246,13 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+#: Columns of `strokeflow jobs` (a header line, then one row per job).
+_JOB_ROW = "{:>6}  {:<4}  {:<10}  {:>7}  {:>9}  {:<19}  {:<19}  {}"
+_JOB_HEADER = _JOB_ROW.format(
+    "JOB", "VER", "STATE", "ATTEMPT", "INSTANCES", "QUEUED", "FINISHED", "STUDY UID"
+)
+
+
 def jobs(
     config: ConfigOption = None,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
@@ -289,15 +301,25 @@ def jobs(
                     )
                 else:
                     lines.append(
-                        f"{job.id:>6}  {study_uid}  v{job.version}  {job.state.value:<10}"
-                        f"  {job.instance_count:>5} inst  queued {_when(job.queued_at)}"
-                        f"  finished {_when(job.finished_at)}"
+                        _JOB_ROW.format(
+                            job.id,
+                            f"v{job.version}",
+                            job.state.value,
+                            job.attempts,
+                            job.instance_count,
+                            _when(job.queued_at),
+                            _when(job.finished_at),
+                            study_uid,
+                        )
                         + (f"  error: {job.error.splitlines()[0]}" if job.error else "")
                     )
     finally:
         engine.dispose()
     if not lines and not as_json:
         typer.echo("no jobs")
+        return
+    if not as_json:
+        typer.echo(_JOB_HEADER)
     for line in lines:
         typer.echo(line)
 
