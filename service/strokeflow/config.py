@@ -7,6 +7,7 @@ environment and either a comma-separated string or an array in TOML::
     # strokeflow.toml
     ae_title = "STROKEFLOW"
     dicom_port = 11112
+    http_bind_address = "127.0.0.1"   # dashboard behind a reverse proxy; DICOM on all
     destinations = ["PACS@10.0.0.5:104", "VIEWER@10.0.0.9:11112"]
     allowed_calling_aets = ["CT01", "CT02"]
 """
@@ -136,8 +137,14 @@ class Settings(BaseSettings):
     ae_title: str = "STROKEFLOW"
     dicom_port: int = Field(11112, ge=0, le=65535)
     http_port: int = Field(8080, ge=0, le=65535)
-    #: Address the DICOM and HTTP listeners bind to ("" or "0.0.0.0": every interface).
+    #: Address the DICOM and HTTP listeners bind to ("" or "0.0.0.0": every interface),
+    #: unless ``dicom_bind_address`` / ``http_bind_address`` say otherwise.
     bind_address: str = "0.0.0.0"
+    #: Address of the DICOM listener; ``None``: ``bind_address``.
+    dicom_bind_address: str | None = None
+    #: Address of the dashboard, API and /health (e.g. "127.0.0.1" behind a reverse proxy);
+    #: ``None``: ``bind_address``.
+    http_bind_address: str | None = None
     data_dir: Path = Path("./strokeflow-data")
     #: SQLAlchemy URL; ``None`` means SQLite ``<data_dir>/strokeflow.sqlite``.
     database_url: str | None = None
@@ -159,6 +166,9 @@ class Settings(BaseSettings):
     max_associations: int = Field(16, ge=1)
     #: Associations are refused while the data directory has less free space than this.
     min_free_disk_mb: float = Field(1024.0, ge=0)
+    #: Send the result pages (Secondary Capture) RLE Lossless to destinations that accept
+    #: it (about a fifth of the size); off: always as written (uncompressed).
+    compress_pages: bool = True
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     #: CA bundle to verify client certificates; ``None`` does not ask for one.
@@ -221,6 +231,16 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'queue.sqlite').resolve()}"
 
     @property
+    def dicom_address(self) -> str:
+        """The address the DICOM listener binds to."""
+        return self.bind_address if self.dicom_bind_address is None else self.dicom_bind_address
+
+    @property
+    def http_address(self) -> str:
+        """The address the HTTP server (dashboard, API, /health) binds to."""
+        return self.bind_address if self.http_bind_address is None else self.http_bind_address
+
+    @property
     def tls_enabled(self) -> bool:
         """Whether the DICOM listener speaks TLS."""
         return self.tls_certificate is not None
@@ -232,6 +252,8 @@ class Settings(BaseSettings):
             "dicom_port": self.dicom_port,
             "http_port": self.http_port,
             "bind_address": self.bind_address,
+            "dicom_bind_address": self.dicom_address,
+            "http_bind_address": self.http_address,
             "data_dir": str(self.data_dir.resolve()),
             "database_url": mask_url_password(self.effective_database_url),
             "queue_url": mask_url_password(self.effective_queue_url),
@@ -244,6 +266,7 @@ class Settings(BaseSettings):
             "receiver_processes": self.receiver_processes,
             "max_associations": self.max_associations,
             "min_free_disk_mb": self.min_free_disk_mb,
+            "compress_pages": self.compress_pages,
             "tls_certificate": str(self.tls_certificate) if self.tls_certificate else None,
             "tls_key": str(self.tls_key) if self.tls_key else None,
             "tls_ca": str(self.tls_ca) if self.tls_ca else None,

@@ -212,6 +212,7 @@ class JobRunner:
                     calling_ae_title=self.settings.ae_title,
                     policy=self.policy,
                     clock=self.clock,
+                    compress_pages=self.settings.compress_pages,
                 )
         return state
 
