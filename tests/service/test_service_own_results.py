@@ -18,12 +18,12 @@ import pytest
 from pydicom.uid import generate_uid
 from servicekit import storescu, wait_for
 from sqlalchemy import func, select
-from strokeflow.assemble.studies import CompletionRules, sweep
 
 from strokeflow.analyze import analyze_paths
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.store.models import Dispatch, DispatchState, Instance, Job, Study, StudyState
+from strokeflow.store.studies import CompletionRules, sweep
 
 RULES = CompletionRules(quiet_period_s=0.01, quiet_timeout_s=300.0)
 

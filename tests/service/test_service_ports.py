@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from servicekit import free_port
 from sqlalchemy.orm import Session, sessionmaker
-from strokeflow.worker.policy import RetryPolicy
 
 from strokeflow.config import Settings
 from strokeflow.ports import PortInUseError
+from strokeflow.queue.policy import RetryPolicy
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
