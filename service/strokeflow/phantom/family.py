@@ -50,7 +50,7 @@ FOV_MM = 200.0
 #: Outer semi-axes (X, Y, Z mm) and zone radii (core, >10 s, <10 s, >6 s, <6 s) per kind.
 _LESIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float, float, float]]] = {
     "small": ((30.0, 46.0, 26.0), (0.50, 0.56, 0.72, 0.87, 1.0)),
-    "medium": ((32.0, 50.0, 28.0), (0.58, 0.72, 0.82, 0.92, 1.0)),
+    "medium": ((32.0, 50.0, 28.0), (0.58, 0.76, 0.84, 0.92, 1.0)),
     "penumbral": ((30.0, 48.0, 26.0), (0.36, 0.52, 0.74, 0.90, 1.0)),
     "large_core": ((36.0, 58.0, 32.0), (0.74, 0.86, 0.91, 0.96, 1.0)),
     "severe": ((36.0, 58.0, 32.0), (0.52, 0.84, 0.90, 0.95, 1.0)),
