@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
@@ -59,6 +60,8 @@ class Tally:
     acknowledged: set[str] = field(default_factory=set)
     refused: int = 0
     failed_associations: int = 0
+    #: Why pynetdicom could not send a file at all, by message.
+    unsendable: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -103,7 +106,9 @@ def send_until_acknowledged(
     left = list(files)
     while left and time.monotonic() < deadline:
         ae = AE(ae_title=calling)
-        ae.add_requested_context(CTImageStorage)
+        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            # One syntax a context: the files go as they are, nothing converted.
+            ae.add_requested_context(CTImageStorage, syntax)
         assoc = ae.associate("127.0.0.1", port, ae_title="STROKEFLOW")
         if not assoc.is_established:
             with tally.lock:
@@ -115,11 +120,11 @@ def send_until_acknowledged(
                 path = left[0]
                 try:
                     status = assoc.send_c_store(path)
-                except (AttributeError, ValueError, OSError):
+                except (AttributeError, ValueError, OSError) as exc:
                     left.pop(0)
+                    reason = f"{type(exc).__name__}: {str(exc)[:80]}"
                     with tally.lock:
-                        tally.sent += 1
-                        tally.refused += 1
+                        tally.unsendable[reason] = tally.unsendable.get(reason, 0) + 1
                     continue
                 with tally.lock:
                     tally.sent += 1
@@ -361,6 +366,8 @@ def main() -> int:
         + ("" if mounted else " (not root: no tmpfs, episode skipped)")
         + f", fuzzed instances {len(fuzzed)}, failed associations {tally.failed_associations}"
     )
+    for reason, count in sorted(tally.unsendable.items(), key=lambda kv: -kv[1])[:3]:
+        print(f"not sendable ({count}x): {reason}")
     if supervisor is not None:
         print(
             f"peak RSS: listener {supervisor.peak_rss_mb['listener']:.0f} MB, worker "
