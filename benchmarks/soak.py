@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -232,7 +233,7 @@ def fill_disk(data_dir: Path, keep_free_mb: float) -> Path:
     return ballast
 
 
-def verify(database_url: str, data_dir: Path, tally: Tally) -> dict[str, int]:
+def verify(database_url: str, data_dir: Path, tally: Tally) -> dict[str, Any]:
     """Acknowledged instances with a row and a file whose SHA-256 matches; studies' jobs."""
     engine = make_engine(database_url)
     try:
@@ -261,6 +262,9 @@ def verify(database_url: str, data_dir: Path, tally: Tally) -> dict[str, int]:
             for js in by_study.values()
         ),
         "versions_over_one": sum(len(js) > 1 for js in by_study.values()),
+        "failures": [
+            f"job {j.id}: {(j.error or '')[:160]}" for j in jobs if j.state is JobState.FAILED
+        ],
     }
 
 
@@ -366,6 +370,8 @@ def main() -> int:
         + ("" if mounted else " (not root: no tmpfs, episode skipped)")
         + f", fuzzed instances {len(fuzzed)}, failed associations {tally.failed_associations}"
     )
+    for failure in figures["failures"]:
+        print(f"failed {failure}")
     for reason, count in sorted(tally.unsendable.items(), key=lambda kv: -kv[1])[:3]:
         print(f"not sendable ({count}x): {reason}")
     if supervisor is not None:
