@@ -334,6 +334,19 @@ def _binary_float(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
+def _converted(frame: Dataset, shared: Dataset | None, keyword: str) -> float | None:
+    """A classic attribute a legacy converted enhanced image keeps in its unassigned
+    per-frame (else shared) converted attributes."""
+    for groups, sequence in (
+        (frame, "UnassignedPerFrameConvertedAttributesSequence"),
+        (shared, "UnassignedSharedConvertedAttributesSequence"),
+    ):
+        item = _group_item(groups, None, sequence)
+        if item is not None and keyword in item:
+            return _binary_float(item, keyword)
+    return None
+
+
 def _group_item(frame: Dataset | None, shared: Dataset | None, sequence: str) -> Dataset | None:
     """First item of a functional group, from the frame's own groups, else the shared ones."""
     for groups in (frame, shared):
@@ -367,7 +380,16 @@ def _frame_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader] 
         position = None if plane is None else _floats(plane, "ImagePositionPatient", 3)
         orientation = None if orient is None else _floats(orient, "ImageOrientationPatient", 6)
         spacing = None if measures is None else _floats(measures, "PixelSpacing", 2)
-        b_value = None if diffusion is None else _binary_float(diffusion, "DiffusionBValue")
+        b_value = (
+            _converted(frame, shared, "DiffusionBValue")
+            if diffusion is None
+            else _binary_float(diffusion, "DiffusionBValue")
+        )
+        echo_ms = (
+            _converted(frame, shared, "EchoTime")
+            if echo is None
+            else _binary_float(echo, "EffectiveEchoTime")
+        )
         changes: dict[str, Any] = {
             "frame_index": index,
             "number_of_frames": header.number_of_frames,
@@ -375,7 +397,7 @@ def _frame_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader] 
             "position_mm": (position[0], position[1], position[2]) if position else None,
             "pixel_spacing_mm": (spacing[0], spacing[1]) if spacing else None,
             "b_value": None if b_value is None else (0.0 if b_value < B0_LIMIT_S_MM2 else b_value),
-            "echo_time_ms": None if echo is None else _binary_float(echo, "EffectiveEchoTime"),
+            "echo_time_ms": echo_ms,
             "pixel_offset": (
                 None if header.pixel_offset is None else header.pixel_offset + index * frame_bytes
             ),

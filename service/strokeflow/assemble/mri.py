@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
 from strokeflow.analysis.diffusion import mr_brain_mask
 from strokeflow.analysis.mri import DiffusionImages, MriAcquisition, ScannerAdc
@@ -66,10 +67,11 @@ B_VALUE_TOLERANCE = 10.0
 MIN_DWI_B_S_MM2 = 50.0
 #: b-values below this (s/mm²) are b = 0 (Philips writes 0.001-0.004 on b0 images).
 B0_BELOW_S_MM2 = 1.0
-#: Smallest drop of the brain's mean signal below its baseline that counts as the first
-#: pass of a contrast bolus. A DSC bolus darkens the whole brain by 20-40 % at its peak;
-#: BOLD and ASL fluctuate by 1-3 % and drift by a few percent over a run.
-MIN_BOLUS_DROP = 0.10
+#: Smallest drop of the brain's mean signal below its baseline (over at least two frames)
+#: that counts as the first pass of a contrast bolus. A DSC bolus darkens grey matter by
+#: 20-40 % and the whole slice (with CSF and white matter) by 10-25 % at its peak; BOLD
+#: and ASL fluctuate by 1-3 % and drift by a few percent over a run.
+MIN_BOLUS_DROP = 0.08
 _ADC_WORDS = re.compile(r"\bADC\b|apparent\s+diff", re.IGNORECASE)
 _EXP_ADC = re.compile(r"\b(E|EXP)ADC\b|exponential", re.IGNORECASE)
 _DWI_WORDS = re.compile(r"(?<![a-z])(DWI|DTI)(?![a-z])|diff|trace|tensor|dir\d+", re.IGNORECASE)
@@ -494,7 +496,8 @@ def first_pass_drop(images: list[InstanceHeader], index: np.ndarray) -> tuple[fl
     """Largest drop of the brain's mean signal below its baseline, on the middle slice.
 
     The baseline is the median of frames 2-6 (the first is before the T1 steady state);
-    the brain is the largest bright component of the slice's mean image.
+    the brain is the largest bright component of the slice's mean image; the curve is
+    median-filtered over 3 frames, so a drop must last two frames.
 
     Returns
     -------
@@ -525,7 +528,9 @@ def first_pass_drop(images: list[InstanceHeader], index: np.ndarray) -> tuple[fl
     brain = mr_brain_mask(mean[None], pixel_mm)[0]
     if np.count_nonzero(brain) < 20:
         raise ValueError("no tissue on the middle slice")
-    curve = frames[:, brain].mean(axis=1)
+    # A bolus darkens the brain for several frames; a 3-frame median ignores the single
+    # frame a movement or a spike darkens.
+    curve = ndimage.median_filter(frames[:, brain].mean(axis=1), size=3, mode="nearest")
     baseline = float(np.median(curve[1:6]))
     after = curve[2:]
     k = int(np.argmin(after))
