@@ -65,6 +65,9 @@ __all__ = [
 
 #: Lowest and highest b-value for which the 620 x10^-6 mm²/s core threshold holds.
 B_VALUE_RANGE_S_MM2 = (800.0, 1500.0)
+#: Bilateral symmetric low ADC from this volume on is a warning (the size of a false core
+#: that would matter); below it, an information.
+SYMMETRIC_LOW_ADC_WARNING_ML = 5.0
 #: Relative disagreement (median over tissue) between scanner and computed ADC flagged.
 MAX_ADC_DISAGREEMENT = 0.15
 
@@ -163,6 +166,9 @@ class MriAcquisition:
     warnings : tuple of str
         Assembly problems a person should know about.
     study_uid : str
+    series_used : tuple of (str, str)
+        Each series used, as ``(role and series number, what it is)``, e.g.
+        ``("DWI series 701", "trace b 1000, 12 directions")``, for the summary page.
     """
 
     dwi: DiffusionImages | None
@@ -173,6 +179,7 @@ class MriAcquisition:
     pwi_series_uids: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     study_uid: str = ""
+    series_used: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -505,7 +512,7 @@ def _core_flags(
         flags.append(
             QualityFlag(
                 "symmetric_low_adc",
-                "warning",
+                "warning" if symmetric_ml >= SYMMETRIC_LOW_ADC_WARNING_ML else "info",
                 f"{symmetric_ml:.1f} mL of bilateral, mirror-symmetric ADC < "
                 f"{settings.adc_core_threshold_um2_s:g} (deep white matter of a DTI, or "
                 "tissue at the edge of the field of view) not counted as core: check the ADC "

@@ -509,9 +509,6 @@ def read_frame(header: InstanceHeader, out: np.ndarray) -> None:
         the file (and the frame).
     """
     shape = header.stored_shape or (header.rows, header.columns)
-    where = str(header.path)
-    if header.frame_index is not None:
-        where += f" frame {header.frame_index + 1}"
     try:
         if header.pixel_offset is not None and header.bits_allocated in (8, 16, 32):
             dtype = np.dtype(f"<{'i' if header.pixel_signed else 'u'}{header.bits_allocated // 8}")
@@ -526,14 +523,21 @@ def read_frame(header: InstanceHeader, out: np.ndarray) -> None:
         else:
             pixels = pydicom.dcmread(header.path).pixel_array
     except Exception as exc:  # any decoder failure is a per-file problem, never fatal
-        raise ValueError(f"{where}: cannot decode pixel data ({exc})") from exc
+        raise ValueError(f"{_where(header)}: cannot decode pixel data ({exc})") from exc
     if pixels.shape != shape:
-        raise ValueError(f"{where}: pixel array {pixels.shape}, expected {shape}")
+        raise ValueError(f"{_where(header)}: pixel array {pixels.shape}, expected {shape}")
     if header.stored_shape is not None and header.frame_index is not None:
         pixels = _mosaic_tile(pixels, header.frame_index, header.rows, header.columns)
     np.multiply(pixels, header.rescale_slope, out=out, casting="unsafe")
     if header.rescale_intercept:
         out += np.float32(header.rescale_intercept)
+
+
+def _where(header: InstanceHeader) -> str:
+    """The file, and the frame or tile, for messages."""
+    if header.frame_index is None:
+        return str(header.path)
+    return f"{header.path} frame {header.frame_index + 1}"
 
 
 def _mosaic_tile(mosaic: np.ndarray, index: int, rows: int, columns: int) -> np.ndarray:

@@ -108,6 +108,8 @@ class MrSeriesRole:
         Objects of the series that were left out of it, with the reason.
     n_positions, n_timepoints : int
         Slice positions, and images per position.
+    n_directions : int
+        Images per slice of the highest b-shell of a diffusion series.
     """
 
     series_uid: str
@@ -119,6 +121,20 @@ class MrSeriesRole:
     left_out: tuple[str, ...] = ()
     n_positions: int = 0
     n_timepoints: int = 1
+    n_directions: int = 0
+
+    @property
+    def short(self) -> str:
+        """What the series is, in a few words (summary page)."""
+        if self.role == "dwi" and self.b_values and self.b_values[-1] > MIN_DWI_B_S_MM2:
+            shells = "/".join(f"{b:g}" for b in self.b_values)
+            dirs = f", {self.n_directions} dirs" if self.n_directions > 1 else ""
+            return f"trace b {shells}{dirs}"
+        if self.role == "dwi":
+            return "b0 only"
+        if self.role == "dsc":
+            return f"{self.n_timepoints} time points"
+        return "scanner map" if self.role == "adc" else self.role
 
 
 @dataclass(frozen=True)
@@ -287,6 +303,7 @@ def classify_mr_series(study: StudyInventory) -> list[MrSeriesRole]:
                 left_out,
                 n_positions,
                 n_times,
+                _directions(images, bs) if role == "dwi" else 0,
             )
         )
     return roles
@@ -423,9 +440,7 @@ def _classify_diffusion(
             n_repeats,
         )
     high = shells[-1]
-    sel = np.abs(bs - high) <= B_VALUE_TOLERANCE
-    per_slice = np.bincount(index[sel], minlength=n_positions)
-    n_dirs = int(np.median(per_slice[per_slice > 0]))
+    n_dirs = _directions(images, tuple(shells))
     made = (
         f"trace b = {high:g} s/mm², {n_dirs} directions combined (geometric mean)"
         if n_dirs > 1
@@ -434,6 +449,18 @@ def _classify_diffusion(
     listed = ", ".join(f"{b:g}" for b in shells)
     reason = f"{made}; b = {listed} s/mm², {n_positions} slices {tagged}"
     return "dwi", reason, tuple(shells), n_positions, n_repeats
+
+
+def _directions(images: list[InstanceHeader], shells: tuple[float, ...]) -> int:
+    """Images per slice of the highest b-shell (1: a scanner trace image)."""
+    if not shells or shells[-1] <= MIN_DWI_B_S_MM2:
+        return 0
+    bs = _b_values([_read_tags(h) for h in images])
+    if bs is None:
+        return 0
+    _, index = cluster_positions(positions_along_normal(images))
+    per_slice = np.bincount(index[np.abs(bs - shells[-1]) <= B_VALUE_TOLERANCE])
+    return int(np.median(per_slice[per_slice > 0]))
 
 
 def _b_values(tags: list[_MrTags]) -> np.ndarray | None:
@@ -607,6 +634,12 @@ def assemble_mri(
         te = _read_tags(kept[0]).echo_time_ms
         pwi = replace(acq.perfusion, echo_time_s=None if te is None else te / 1000.0)
         pwi_uids = (chosen.series_uid,)
+    used = {*dwi_uids, *pwi_uids, *([adc_uid] if adc_uid else [])}
+    series_used = tuple(
+        (f"{r.role.upper()} series {r.series_number}", r.short)
+        for r in roles
+        if r.series_uid in used
+    )
     return MriAcquisition(
         dwi=dwi,
         adc=adc,
@@ -616,6 +649,7 @@ def assemble_mri(
         pwi_series_uids=pwi_uids,
         warnings=tuple(warnings_),
         study_uid=study.study_uid,
+        series_used=series_used,
     )
 
 

@@ -11,6 +11,7 @@ outlines, +3 maps, +4 segmentation, +5 structured report.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -411,9 +412,11 @@ def build_result_objects(
     -------
     ResultObjects
     """
-    ordered = [
-        _complete_reference(ds) for ds in shared_orientation(sort_along_normal(source_images))
-    ]
+    ordered = sort_along_normal(source_images)
+    # Really different planes: the pages can still be made, and the SEG says why it is not.
+    with contextlib.suppress(ValueError):
+        ordered = shared_orientation(ordered)
+    ordered = [_complete_reference(ds) for ds in ordered]
     version = __version__
     title = content.title
     failures: list[str] = []

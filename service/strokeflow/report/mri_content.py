@@ -212,6 +212,9 @@ def mri_result_content(
         else "diffusion only (no DSC perfusion series)"
     )
     anatomy, window, anatomy_name = _anatomy(analysis, acquisition)
+    series = (
+        ", ".join(f"{name} ({what})" for name, what in acquisition.series_used) or "not recorded"
+    )
     summary = SummaryContent(
         title="MR stroke",
         header_lines=[],
@@ -228,7 +231,8 @@ def mri_result_content(
         else f"{PERFUSION_NOT_AVAILABLE}. Tmax, mismatch and the mismatch decisions "
         "need a DSC perfusion series.",
         footer_lines=[
-            f"Core: ADC < {thr:g} x10^-6 mm²/s ({analysis.adc_source} ADC). Method: {method}. "
+            f"Core: ADC < {thr:g} x10^-6 mm²/s ({analysis.adc_source} ADC) with DWI "
+            f"hyperintensity. Series: {series}. Method: {method}. "
             f"Lesion pages on the {anatomy_name}.",
             DISCLAIMER,
         ],
