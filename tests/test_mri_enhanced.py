@@ -115,3 +115,22 @@ def test_enhanced_ct_perfusion_gives_the_classic_volumes(tmp_path: Path) -> None
     classic_a, enhanced_a = _analysis(classic), _analysis(enhanced)
     for key in VOLUMES:
         assert enhanced_a[key] == pytest.approx(classic_a[key], abs=0.05), key
+
+
+def test_field_map_with_diffusion_b_value_zero_is_not_dwi(
+    mri_classic: Path, tmp_path: Path
+) -> None:
+    # Philips writes DiffusionBValue 0 on every image, field maps and ASL included.
+    folder = tmp_path / "fieldmap"
+    shutil.copytree(mri_classic, folder)
+    for path in sorted((folder / "flair").iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.DiffusionBValue = 0.0
+        ds.SeriesDescription = "B0_map_shimmed"
+        ds.save_as(path)
+    (study,) = build_inventory(scan_paths([folder])[0])
+    roles = {r.description: r for r in classify_mr_series(study)}
+    assert roles["B0_map_shimmed"].role == "other"
+    assert roles["B0_map_shimmed"].reason.startswith("static MR")
+    acquisition = assemble_mri(study)
+    assert acquisition is not None and len(acquisition.dwi_series_uids) == 1

@@ -258,7 +258,7 @@ def read_headers(path: Path) -> list[InstanceHeader] | DicomProblem | None:
                 header = _header_from_dataset(path, ds, syntax, offset)
                 if isinstance(header, DicomProblem):
                     return header
-                if header.number_of_frames > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+                if "PerFrameFunctionalGroupsSequence" in ds:
                     return _frame_headers(header, ds)
                 if "MOSAIC" in header.image_type and header.rows:
                     return _mosaic_headers(header, ds)

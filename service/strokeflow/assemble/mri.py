@@ -366,9 +366,9 @@ def _classify(
     diffusion_like = any(t.b_value is not None for t in probe) or _diffusion_evidence(images, probe)
     tags = [_read_tags(h) for h in images] if n_repeats > 1 or diffusion_like else probe
     evidence = _diffusion_evidence(images, tags)
-    if evidence and any(t.b_value is not None for t in tags):
-        return _classify_diffusion(images, tags, index, evidence, n_positions, n_repeats)
     high = [t.b_value for t in tags if t.b_value is not None and t.b_value > MIN_DWI_B_S_MM2]
+    if evidence and high:
+        return _classify_diffusion(images, tags, index, evidence, n_positions, n_repeats)
     if high:
         return (
             "other",
@@ -378,7 +378,12 @@ def _classify(
             n_positions,
             n_repeats,
         )
-    if evidence and n_repeats < MIN_DSC_FRAMES:
+    # Without diffusion weighting, only what the scanner calls the series makes it a
+    # diffusion b0 (Philips writes DiffusionBValue 0, even a direction, on ASL and DSC).
+    named = evidence.startswith(("ImageType", "description"))
+    if named and n_repeats < MIN_DSC_FRAMES:
+        if any(t.b_value is not None for t in tags):
+            return _classify_diffusion(images, tags, index, evidence, n_positions, n_repeats)
         return (
             "other",
             "diffusion images without a b-value (DiffusionBValue or Siemens/GE/Philips "
