@@ -134,3 +134,19 @@ def test_field_map_with_diffusion_b_value_zero_is_not_dwi(
     assert roles["B0_map_shimmed"].reason.startswith("static MR")
     acquisition = assemble_mri(study)
     assert acquisition is not None and len(acquisition.dwi_series_uids) == 1
+
+
+def test_enhanced_dwi_with_two_b_values_per_slice_gives_the_classic_core_and_a_seg(
+    mri_classic: Path, tmp_path: Path
+) -> None:
+    enhanced = tmp_path / "enhanced_dwi"
+    shutil.copytree(mri_classic, enhanced)
+    _enhance(sorted((enhanced / "dwi").iterdir()), enhanced / "dwi" / "enhanced.dcm", "MR")
+    outcome = analyze_paths([enhanced], tmp_path / "out", AnalyzeOptions(write_maps=False))
+    (analysis,) = outcome.results["studies"][0]["analyses"]
+    assert analysis["core_ml"] == pytest.approx(_analysis(mri_classic)["core_ml"], abs=0.05)
+    assert "dicom_errors" not in analysis
+    seg = pydicom.dcmread(tmp_path / "out" / analysis["dicom_dir"] / "9004_SEG_lesions.dcm")
+    # One frame per slice and segment (the source has two frames per slice).
+    n_slices = analysis["analysis_grid"]["shape_zyx"][0]
+    assert int(seg.NumberOfFrames) == n_slices * len(seg.SegmentSequence)

@@ -226,34 +226,32 @@ def source_geometry(datasets: Sequence[Dataset]) -> Geometry:
     return Geometry(affine)
 
 
-def _frames_geometry(ds: Dataset) -> tuple[Geometry, np.ndarray]:
-    """Grid of an enhanced image's frames sorted along the normal, and each frame's slice.
+def _frames_geometry(ds: Dataset) -> tuple[Geometry, np.ndarray, np.ndarray]:
+    """Grid of an enhanced image's slices (distinct frame positions, sorted along the
+    normal), the slice of every frame, and the position ``(n_slices, 3)`` of each slice.
 
-    Raises
-    ------
-    ValueError
-        If two frames share a position (a multi-frame image of several images per slice
-        cannot be the grid of one segmentation).
+    A frame is on a slice when its position along the normal is within 0.01 mm of it
+    (the b-values or time points of one slice share its position).
     """
     positions, orientations, (row_mm, col_mm) = frame_planes(ds)
     iop = orientations.mean(axis=0)
     normal = np.cross(iop[:3], iop[3:])
     along = positions @ normal
-    order = np.argsort(along)
-    if np.any(np.diff(along[order]) < 1e-3):
-        raise ValueError("frames of the source image share a slice position")
+    order = np.argsort(along, kind="stable")
+    new_slice = np.concatenate([[True], np.diff(along[order]) > 0.01])
+    slice_of = np.empty(len(order), dtype=np.intp)
+    slice_of[order] = np.cumsum(new_slice) - 1
+    slice_positions = positions[order[new_slice]]
+    n = len(slice_positions)
     affine = np.eye(4)
     affine[:3, 0] = iop[:3] * col_mm
     affine[:3, 1] = iop[3:] * row_mm
-    n = len(order)
     thickness = float(ds.get("SliceThickness", 1.0) or 1.0)
     affine[:3, 2] = (
-        (positions[order[-1]] - positions[order[0]]) / (n - 1) if n > 1 else normal * thickness
+        (slice_positions[-1] - slice_positions[0]) / (n - 1) if n > 1 else normal * thickness
     )
-    affine[:3, 3] = positions[order[0]]
-    slice_of = np.empty(n, dtype=np.intp)
-    slice_of[order] = np.arange(n)
-    return Geometry(affine), slice_of
+    affine[:3, 3] = slice_positions[0]
+    return Geometry(affine), slice_of, slice_positions
 
 
 def grid_lookup(
@@ -370,9 +368,18 @@ def build_segmentation(
     """
     ordered = shared_orientation(sort_along_normal(source_images))
     frame_slice = None
+    plane_positions = None
     if is_enhanced(ordered[0]):
-        target, frame_slice = _frames_geometry(ordered[0])
-        shape = (len(frame_slice), int(ordered[0].Rows), int(ordered[0].Columns))
+        target, frame_slice, slice_positions = _frames_geometry(ordered[0])
+        shape = (len(slice_positions), int(ordered[0].Rows), int(ordered[0].Columns))
+        if len(slice_positions) < len(frame_slice):
+            # Several frames per slice (b-values, time points): one SEG frame per slice,
+            # placed explicitly.
+            plane_positions = [
+                hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, tuple(p))
+                for p in slice_positions
+            ]
+            frame_slice = None
     else:
         target = source_geometry(ordered)
         shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
@@ -422,6 +429,7 @@ def build_segmentation(
         content_label="LESIONS",
         series_description=series_description,
         omit_empty_frames=False,
+        plane_positions=plane_positions,
     )
     seg.BodyPartExamined = "HEAD"
     return seg
