@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicomfactory import write_ct_volume
 from strokeflow.analyze import AnalyzeOptions, analyze_paths
 from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.mri import assemble_mri, classify_mr_series
@@ -150,3 +151,14 @@ def test_enhanced_dwi_with_two_b_values_per_slice_gives_the_classic_core_and_a_s
     # One frame per slice and segment (the source has two frames per slice).
     n_slices = analysis["analysis_grid"]["shape_zyx"][0]
     assert int(seg.NumberOfFrames) == n_slices * len(seg.SegmentSequence)
+
+
+def test_a_mosaic_without_its_csa_header_is_refused_not_read_as_one_slice(
+    tmp_path: Path,
+) -> None:
+    write_ct_volume(tmp_path, np.zeros((2, 8, 8)), image_type=("ORIGINAL", "PRIMARY", "MOSAIC"))
+    headers, problems = scan_paths([tmp_path])
+    assert headers == []
+    assert [p.reason for p in problems] == [
+        "ImageType MOSAIC without NumberOfImagesInMosaic in the CSA header"
+    ] * 2

@@ -426,7 +426,11 @@ def _mosaic_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader]
     try:
         wrapper = dicomwrappers.wrapper_from_data(ds)
         if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
-            return [header]
+            # Read whole, the tiled picture would pass for one slice: refuse it instead.
+            return DicomProblem(
+                str(header.path),
+                "ImageType MOSAIC without NumberOfImagesInMosaic in the CSA header",
+            )
         n_slices = int(wrapper.n_mosaic)
         tile_rows, tile_columns = (int(v) for v in wrapper.image_shape[:2])
         affine = np.asarray(wrapper.affine, dtype=np.float64)
