@@ -1,8 +1,10 @@
-"""Enhanced multi-frame DSC and CT perfusion give the classic results; BOLD is not DSC.
+"""Pixel containers and recognition on synthetic data: enhanced multi-frame DSC, DWI and
+CT perfusion give the classic results; BOLD is not DSC, a field map is not DWI, a mosaic
+without its CSA geometry is refused.
 
 The enhanced files are written by highdicom's legacy conversion (per-frame functional
-groups: plane position, frame acquisition time, rescale) from the phantoms' classic
-single-frame series, so the two forms hold the same pixels and times.
+groups: plane position, frame acquisition time, rescale, b-value) from the phantoms'
+classic single-frame series, so the two forms hold the same pixels and times.
 """
 
 from __future__ import annotations
