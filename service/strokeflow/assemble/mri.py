@@ -368,7 +368,7 @@ def _classify(
     evidence = _diffusion_evidence(images, tags)
     high = [t.b_value for t in tags if t.b_value is not None and t.b_value > MIN_DWI_B_S_MM2]
     if evidence and high:
-        return _classify_diffusion(images, tags, index, evidence, n_positions, n_repeats)
+        return _classify_diffusion(images, tags, evidence, n_positions, n_repeats)
     if high:
         return (
             "other",
@@ -383,7 +383,7 @@ def _classify(
     named = evidence.startswith(("ImageType", "description"))
     if named and n_repeats < MIN_DSC_FRAMES:
         if any(t.b_value is not None for t in tags):
-            return _classify_diffusion(images, tags, index, evidence, n_positions, n_repeats)
+            return _classify_diffusion(images, tags, evidence, n_positions, n_repeats)
         return (
             "other",
             "diffusion images without a b-value (DiffusionBValue or Siemens/GE/Philips "
@@ -415,7 +415,6 @@ def _classify(
 def _classify_diffusion(
     images: list[InstanceHeader],
     tags: list[_MrTags],
-    index: np.ndarray,
     evidence: str,
     n_positions: int,
     n_repeats: int,
@@ -439,7 +438,7 @@ def _classify_diffusion(
         return (
             "dwi",
             f"diffusion b0 only, b = {', '.join(f'{b:g}' for b in shells)} s/mm², "
-            f"{n_positions} slices {tagged}: used with the trace of the same acquisition",
+            f"{n_positions} slices {tagged}: the b0 of a trace series on the same grid",
             tuple(shells),
             n_positions,
             n_repeats,
