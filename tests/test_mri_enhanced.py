@@ -115,9 +115,15 @@ def test_enhanced_ct_perfusion_gives_the_classic_volumes(tmp_path: Path) -> None
     (study,) = build_inventory(scan_paths([enhanced])[0])
     (series,) = study.series
     assert series.kind == "ctp", series.reason
-    classic_a, enhanced_a = _analysis(classic), _analysis(enhanced)
+    classic_a = _analysis(classic)
+    outcome = analyze_paths([enhanced], tmp_path / "out", AnalyzeOptions(write_maps=False))
+    (enhanced_a,) = outcome.results["studies"][0]["analyses"]
     for key in VOLUMES:
         assert enhanced_a[key] == pytest.approx(classic_a[key], abs=0.05), key
+    # The result objects reference the enhanced image; the SEG has one frame per slice.
+    assert "dicom_errors" not in enhanced_a, enhanced_a.get("dicom_errors")
+    seg = pydicom.dcmread(tmp_path / "out" / enhanced_a["dicom_dir"] / "9004_SEG_lesions.dcm")
+    assert int(seg.NumberOfFrames) == 8 * len(seg.SegmentSequence)
 
 
 def test_field_map_with_diffusion_b_value_zero_is_not_dwi(
