@@ -81,11 +81,13 @@ def test_siemens_mosaic_is_unpacked_into_25_slices(tmp_path: Path) -> None:
 
 
 def test_canon_untagged_images_are_the_b0(tmp_path: Path) -> None:
-    study, _, _ = _analyse("canon_galan_dti", tmp_path)
+    study, analysis, _ = _analyse("canon_galan_dti", tmp_path)
     dti = _series(study, 7006)
     assert dti["kind"] == "dwi"
     assert "40 untagged images taken as b = 0" in dti["reason"]
     assert "b = 0, 1500 s/mm²" in dti["reason"]
+    assert analysis["adc"]["source"] == "computed"  # from those b0 and the b = 1500 trace
+    assert analysis["adc"]["b_value_s_mm2"] == 1500.0
 
 
 def test_siemens_xa30_enhanced_scanner_adc_is_used(tmp_path: Path) -> None:
