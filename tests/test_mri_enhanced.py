@@ -170,3 +170,20 @@ def test_a_mosaic_without_its_csa_header_is_refused_not_read_as_one_slice(
     assert [p.reason for p in problems] == [
         "ImageType MOSAIC without NumberOfImagesInMosaic in the CSA header"
     ] * 2
+
+
+def test_two_diffusion_acquisitions_are_never_pooled(mri_classic: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "repeat"
+    shutil.copytree(mri_classic, folder)
+    repeat_uid = hd.UID()
+    (folder / "dwi_repeat").mkdir()
+    for path in sorted((folder / "dwi").iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SeriesNumber = repeat_uid, 31
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = hd.UID()
+        ds.save_as(folder / "dwi_repeat" / path.name)
+    (study,) = build_inventory(scan_paths([folder])[0])
+    assert sum(r.role == "dwi" for r in classify_mr_series(study)) == 2
+    acquisition = assemble_mri(study)
+    assert acquisition is not None and len(acquisition.dwi_series_uids) == 1
+    assert any("a separate diffusion acquisition" in w for w in acquisition.warnings)
