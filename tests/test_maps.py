@@ -177,3 +177,22 @@ def test_noisy_curves_never_give_nan_tmax_inside_the_mask() -> None:
     maps = compute_maps(curves.astype(np.float32), aif, 1.0)
     assert np.isfinite(maps.tmax_s).all()
     assert np.isfinite(maps.cbf_ml_100g_min).all()
+
+
+@pytest.mark.parametrize("step_s", [1.0, 3.0])
+def test_tmax_of_a_box_residue_is_its_onset_not_a_point_of_its_plateau(step_s: float) -> None:
+    # A box residue is flat for its whole transit time: the maximum of the regularised
+    # oSVD residue lands anywhere on it, while the fitted residue model starts at the delay.
+    t = np.arange(0.0, 60.0 + step_s / 2, step_s)
+    aif = arterial_input(t, arrival_s=6.0, peak=400.0)
+    delays = np.array([2.0, 6.0, 9.5])
+    curves = np.stack(
+        [tissue_enhancement(t, aif, 30.0, 10.0, d, residue_kind="box") for d in delays], axis=1
+    )
+    noisy = _noisy(curves, 1.0, 20, seed=5)
+    fit = compute_maps(noisy, aif, step_s)
+    svd = compute_maps(noisy, aif, step_s, residue_fit=False)
+    fit_err = np.median(fit.tmax_s.reshape(3, 20), axis=1) - delays
+    svd_err = np.median(svd.tmax_s.reshape(3, 20), axis=1) - delays
+    assert np.all(np.abs(fit_err) < 1.0)
+    assert np.max(np.abs(svd_err)) > 2.0

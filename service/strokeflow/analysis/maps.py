@@ -35,6 +35,7 @@ from strokeflow.analysis.deconvolution import (
     osvd_deconvolver,
     ssvd_deconvolver,
 )
+from strokeflow.analysis.residue_fit import ResidueFitter, residue_fitter
 
 _FLOW_SCALE = HEMATOCRIT_FACTOR / BRAIN_DENSITY_G_PER_ML
 
@@ -78,6 +79,7 @@ def compute_maps(
     correct_tmax_lag: bool = True,
     correct_cbf_bias: bool = False,
     residue_window_s: tuple[float, float] | None = (12.0, 3.0),
+    residue_fit: bool = True,
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -117,6 +119,11 @@ def compute_maps(
         the arterial curve: the residue of tissue reached by the bolus cannot peak
         after the tissue curve does, and noise maxima elsewhere would otherwise inflate
         the CBF of low-flow tissue and scatter its Tmax. None searches all lags.
+    residue_fit : bool
+        oSVD only: take Tmax from a least-squares fit of a residue model seeded by the
+        oSVD residue (``analysis.residue_fit``) instead of the lag of the maximum of the
+        oSVD residue, which regularisation delays (and which wanders over the plateau of
+        a box-like residue). Replaces ``correct_tmax_lag`` where the fit finds a model.
 
     Returns
     -------
@@ -179,6 +186,7 @@ def compute_maps(
         if (method == "osvd" and (correct_tmax_lag or correct_cbf_bias))
         else None
     )
+    fitter = residue_fitter(a, step_s) if (method == "osvd" and residue_fit) else None
     nvox_total = flat.shape[1]
     outputs = {
         name: np.full(nvox_total, np.nan, dtype=np.float32)
@@ -203,6 +211,7 @@ def compute_maps(
             peak_window,
             correct_tmax_lag,
             correct_cbf_bias,
+            fitter,
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -229,6 +238,7 @@ def _chunk_maps(
     peak_window: tuple[float, float, float] | None,
     correct_tmax_lag: bool,
     correct_cbf_bias: bool,
+    fitter: ResidueFitter | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -259,6 +269,14 @@ def _chunk_maps(
                 mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
         if correct_tmax_lag:
             tmax_raw = tmax_raw - lag_s
+    if fitter is not None and dec.circulant:
+        # Seed: where the residue first rises to half its peak. The peak itself can lie
+        # anywhere on the plateau of a box-like residue; its rise marks the delay.
+        flow, delay_s = fitter.fit(curves, _half_rise_lag(k, peak_idx, dec) * step_s)
+        # Only the delay is taken: the fitted flow is not better than max k overall, as
+        # short transit times leave flow and residue shape unidentifiable
+        # (docs/deconvolution.md, benchmarks/deconvolution_family.py).
+        tmax_raw = np.where(flow > 0, delay_s, tmax_raw)
     tmax = np.clip(tmax_raw, 0.0, None)
     return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
 
@@ -316,6 +334,27 @@ def _bias_calibration(dec: Deconvolver, aif: np.ndarray, step_s: float) -> _Bias
         # What the voxel would report as MTT: CBV / CBF = MTT / peak ratio.
         measured[i] = np.maximum.accumulate(_CAL_MTT_S / peak_ratio[i])
     return _BiasCalibration(measured, np.minimum(peak_ratio, 1.0), lag_s)
+
+
+def _half_rise_lag(k: np.ndarray, peak_idx: np.ndarray, dec: Deconvolver) -> np.ndarray:
+    """Lag (samples) at which a circulant residue last crosses half its peak before it."""
+    n, length = dec.n_frames, dec.n_lags
+    # Lag order -(L - N) .. N - 1: the wrapped negative lags first.
+    ordered = np.concatenate([k[n:], k[:n]])
+    peak = np.where(peak_idx >= n, peak_idx - n, peak_idx + (length - n))
+    cols = np.arange(k.shape[1])
+    half = 0.5 * ordered[peak, cols]
+    j = np.arange(length)[:, None]
+    below = (ordered < half[None, :]) & (j < peak[None, :])
+    last = np.where(below, j, -1).max(axis=0)
+    # Linear interpolation of the crossing between the last sample below and the next.
+    nxt = np.clip(last + 1, 0, length - 1)
+    lo = ordered[np.clip(last, 0, length - 1), cols]
+    hi = ordered[nxt, cols]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where((last >= 0) & (hi > lo), (half - lo) / (hi - lo), 1.0)
+    crossing = np.where(last >= 0, last + np.clip(np.nan_to_num(frac), 0.0, 1.0), peak)
+    return crossing - (length - n)
 
 
 def _restrict_to_window(
