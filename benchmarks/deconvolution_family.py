@@ -177,7 +177,9 @@ def candidate_methods() -> dict[str, Method]:
         "oSVD OI 0.05": _maps_method(method="osvd", residue_fit=False, oscillation_index=0.05),
         "oSVD+peak-corr": _maps_method(method="osvd", residue_fit=False, correct_cbf_bias=True),
         "model fit CBF+Tmax": _model_fit_method(),
-        "oSVD CBF, fit Tmax": _maps_method(method="osvd", residue_fit=True),
+        "oSVD CBF, fit Tmax": _maps_method(residue_fit=True, flow_window_s=None),
+        "fit Tmax, k window 1/3": _maps_method(residue_fit=True, flow_window_s=(1.0, 3.0)),
+        "fit Tmax, k window 0.5/2": _maps_method(residue_fit=True, flow_window_s=(0.5, 2.0)),
     }
 
 

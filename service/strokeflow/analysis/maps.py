@@ -6,17 +6,28 @@ deconvolved, flow-scaled residue in 1/s and ``rho``/``k_H`` from ``constants``:
 * CBF [mL/100 g/min] = (k_H / rho) * 6000 * max k
 * CBV [mL/100 g]     = (k_H / rho) * 100 * integral C_t / integral C_a (area ratio)
 * MTT [s]            = 60 * CBV / CBF (central volume theorem)
-* Tmax [s]           = lag of the maximum of k, sub-frame by parabolic interpolation;
+* Tmax [s]           = onset of the residue (the time of its maximum, R(0) = 1) from a
+  least-squares fit of a residue model seeded by the oSVD (``analysis.residue_fit``);
   negative lags (tissue earlier than the arterial input) are clipped to 0.
-
-Regularisation bias correction (oSVD, on by default): truncating the SVD smooths k, which
-lowers its maximum (CBF underestimated, most for short transit times: -30 to -50 % at
-MTT 4 s) and moves it later (Tmax overestimated by 1-2 s). For this arterial input, every
-rung of the threshold ladder deconvolves noise-free exponential residues of known flow and
-MTT; the peak ratio and the lag it shows, looked up at the voxel's rung and measured MTT,
-are divided out of CBF and subtracted from Tmax. CBV (an area ratio) needs no correction.
 * TTP [s]            = time to peak of the temporally smoothed tissue curve, from the
   start of the uniform grid
+
+CBF is the maximum of the oSVD residue within -1..+3 s of that onset: the residue of
+tracer held in the tissue is largest at its onset, later only by the regularisation, and
+noise maxima further along the low tail of hypoperfused tissue would otherwise inflate
+its CBF. Choice by measurement: ``benchmarks/deconvolution_family.py``,
+``docs/deconvolution.md``.
+
+Without the fit (``residue_fit=False``, and for the sSVD), Tmax is the lag of the maximum
+of k, sub-frame by parabolic interpolation, less the regularisation lag (below).
+
+Regularisation bias correction (oSVD): truncating the SVD smooths k, which lowers its
+maximum (CBF underestimated, most for short transit times: -30 to -50 % at MTT 4 s) and
+moves it later (Tmax overestimated by 1-2 s). For this arterial input, every rung of the
+threshold ladder deconvolves noise-free exponential residues of known flow and MTT; the
+peak ratio and the lag it shows, looked up at the voxel's rung and measured MTT, are
+divided out of CBF (``correct_cbf_bias``, off by default) and subtracted from Tmax
+(``correct_tmax_lag``). CBV (an area ratio) needs no correction.
 """
 
 from __future__ import annotations
@@ -80,6 +91,7 @@ def compute_maps(
     correct_cbf_bias: bool = False,
     residue_window_s: tuple[float, float] | None = (12.0, 3.0),
     residue_fit: bool = True,
+    flow_window_s: tuple[float, float] | None = (1.0, 3.0),
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -124,6 +136,13 @@ def compute_maps(
         oSVD residue (``analysis.residue_fit``) instead of the lag of the maximum of the
         oSVD residue, which regularisation delays (and which wanders over the plateau of
         a box-like residue). Replaces ``correct_tmax_lag`` where the fit finds a model.
+    flow_window_s : (float, float) or None
+        With ``residue_fit``: CBF is the maximum of the oSVD residue between ``before``
+        seconds before and ``after`` seconds after the fitted onset (Tmax), where the
+        residue of a tracer that stays in the tissue peaks (at the onset, moved later by
+        the regularisation); maxima of noise further along the tail of a low, long residue
+        otherwise inflate the CBF of hypoperfused tissue. None keeps the wider
+        ``residue_window_s``.
 
     Returns
     -------
@@ -212,6 +231,7 @@ def compute_maps(
             correct_tmax_lag,
             correct_cbf_bias,
             fitter,
+            flow_window_s,
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -239,6 +259,7 @@ def _chunk_maps(
     correct_tmax_lag: bool,
     correct_cbf_bias: bool,
     fitter: ResidueFitter | None = None,
+    flow_window_s: tuple[float, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -277,6 +298,11 @@ def _chunk_maps(
         # short transit times leave flow and residue shape unidentifiable
         # (docs/deconvolution.md, benchmarks/deconvolution_family.py).
         tmax_raw = np.where(flow > 0, delay_s, tmax_raw)
+        if flow_window_s is not None:
+            near = _max_near_onset(k, tmax_raw, flow_window_s, dec, step_s)
+            cbf = _FLOW_SCALE * 6000.0 * np.clip(np.where(np.isfinite(near), near, k_max), 0, None)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
     tmax = np.clip(tmax_raw, 0.0, None)
     return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
 
@@ -334,6 +360,25 @@ def _bias_calibration(dec: Deconvolver, aif: np.ndarray, step_s: float) -> _Bias
         # What the voxel would report as MTT: CBV / CBF = MTT / peak ratio.
         measured[i] = np.maximum.accumulate(_CAL_MTT_S / peak_ratio[i])
     return _BiasCalibration(measured, np.minimum(peak_ratio, 1.0), lag_s)
+
+
+def _max_near_onset(
+    k: np.ndarray,
+    onset_s: np.ndarray,
+    window: tuple[float, float],
+    dec: Deconvolver,
+    step_s: float,
+) -> np.ndarray:
+    """Maximum of each circulant residue between ``window`` seconds around its onset."""
+    n, length = dec.n_frames, dec.n_lags
+    j = np.arange(length)
+    # Samples N..2N-1 of a circulant residue are negative lags.
+    lag_s = np.where(j >= n, j - length, j) * step_s
+    before_s, after_s = window
+    inside = (lag_s[:, None] >= (onset_s - before_s)[None, :]) & (
+        lag_s[:, None] <= (onset_s + after_s)[None, :]
+    )
+    return np.asarray(np.where(inside, k, -np.inf).max(axis=0))
 
 
 def _half_rise_lag(k: np.ndarray, peak_idx: np.ndarray, dec: Deconvolver) -> np.ndarray:

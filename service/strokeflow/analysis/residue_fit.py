@@ -37,9 +37,9 @@ from scipy.special import gammaincc
 
 #: Gamma shapes of the transit-time distribution: geometric from the exponential residue
 #: (1) to a near-box (large shape, narrow distribution around the MTT).
-FIT_SHAPES: tuple[float, ...] = (1.0, 2.2, 4.8, 10.6, 23.0)
-#: Mean transit times of the grid (s): geometric, ratio 1.3, 1 to 39 s.
-FIT_MTTS_S: tuple[float, ...] = tuple(float(1.3**i) for i in range(15))
+FIT_SHAPES: tuple[float, ...] = (1.0, 2.5, 6.25, 15.6)
+#: Mean transit times of the grid (s): geometric, ratio 1.4, 1 to 40 s.
+FIT_MTTS_S: tuple[float, ...] = tuple(float(1.4**i) for i in range(12))
 #: Delay grid step (s) and search half-width around the seed (s).
 FIT_DELAY_STEP_S = 0.5
 FIT_DELAY_HALF_WIDTH_S = 3.0
