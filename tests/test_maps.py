@@ -130,6 +130,8 @@ def test_compute_maps_reports_bad_inputs() -> None:
         compute_maps(conc, np.zeros(T_S.size), STEP_S)
     with pytest.raises(ValueError, match="mask"):
         compute_maps(conc, AIF, STEP_S, mask=np.ones(5, dtype=bool))
+    with pytest.raises(ValueError, match="flow_window_s"):
+        compute_maps(conc, AIF, STEP_S, flow_window_s=(-1.0, 3.0))
 
 
 def test_resample_irregular_dense_then_sparse_sampling() -> None:

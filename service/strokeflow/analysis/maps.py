@@ -153,8 +153,8 @@ def compute_maps(
     Raises
     ------
     ValueError
-        On inconsistent shapes, a non-positive step or chunk size, or an arterial input
-        without enhancement.
+        On inconsistent shapes, a non-positive step or chunk size, a negative flow window,
+        or an arterial input without enhancement.
     """
     conc = np.asarray(concentration)
     if conc.ndim not in (2, 4):
@@ -168,6 +168,8 @@ def compute_maps(
         raise ValueError(f"chunk_voxels must be at least 1; got {chunk_voxels}")
     if not step_s > 0:
         raise ValueError(f"step_s must be positive; got {step_s}")
+    if flow_window_s is not None and not min(flow_window_s) >= 0:
+        raise ValueError(f"flow_window_s must be two non-negative seconds; got {flow_window_s}")
 
     flat = conc.reshape(n, -1)
     if mask is None:
