@@ -162,7 +162,7 @@ def _model_fit_method() -> Method:
     """CBF and Tmax both from the residue-model fit (posterior means), seeded by the oSVD."""
 
     def run(conc: np.ndarray, aif: np.ndarray, step_s: float) -> tuple[np.ndarray, np.ndarray]:
-        maps = compute_maps(conc, aif, step_s, method="osvd", residue_fit=True)
+        maps = compute_maps(conc, aif, step_s, fitted_tmax=True)
         seed = maps.tmax_s.astype(np.float64)
         flow, delay = residue_fitter(aif, step_s).fit(conc, seed)
         cbf = (0.73 / 1.04) * 6000.0 * flow
@@ -178,9 +178,10 @@ def candidate_methods() -> dict[str, Method]:
         "oSVD OI 0.05": _maps_method(method="osvd", residue_fit=False, oscillation_index=0.05),
         "oSVD+peak-corr": _maps_method(method="osvd", residue_fit=False, correct_cbf_bias=True),
         "model fit CBF+Tmax": _model_fit_method(),
-        "oSVD CBF, fit Tmax": _maps_method(residue_fit=True, flow_window_s=None),
-        "fit Tmax, k window 1/3": _maps_method(residue_fit=True, flow_window_s=(1.0, 3.0)),
-        "fit Tmax, k window 0.5/2": _maps_method(residue_fit=True, flow_window_s=(0.5, 2.0)),
+        "oSVD CBF, fit Tmax": _maps_method(flow_window_s=None, fitted_tmax=True),
+        "fit Tmax, k window 1/3": _maps_method(flow_window_s=(1.0, 3.0), fitted_tmax=True),
+        "fit Tmax, k window 0.5/2": _maps_method(flow_window_s=(0.5, 2.0), fitted_tmax=True),
+        "default: k window 1/3": _maps_method(),
     }
 
 

@@ -6,20 +6,18 @@ deconvolved, flow-scaled residue in 1/s and ``rho``/``k_H`` from ``constants``:
 * CBF [mL/100 g/min] = (k_H / rho) * 6000 * max k
 * CBV [mL/100 g]     = (k_H / rho) * 100 * integral C_t / integral C_a (area ratio)
 * MTT [s]            = 60 * CBV / CBF (central volume theorem)
-* Tmax [s]           = onset of the residue (the time of its maximum, R(0) = 1) from a
-  least-squares fit of a residue model seeded by the oSVD (``analysis.residue_fit``);
-  negative lags (tissue earlier than the arterial input) are clipped to 0.
+* Tmax [s]           = lag of the maximum of k, sub-frame by parabolic interpolation, less
+  the regularisation lag (below); negative lags (tissue earlier than the arterial input)
+  are clipped to 0. Optionally (``fitted_tmax``) the onset of the residue from a
+  least-squares fit of a residue model seeded by the oSVD (``analysis.residue_fit``).
 * TTP [s]            = time to peak of the temporally smoothed tissue curve, from the
   start of the uniform grid
 
-CBF is the maximum of the oSVD residue within -1..+3 s of that onset: the residue of
-tracer held in the tissue is largest at its onset, later only by the regularisation, and
-noise maxima further along the low tail of hypoperfused tissue would otherwise inflate
-its CBF. Choice by measurement: ``benchmarks/deconvolution_family.py``,
+CBF is the maximum of the oSVD residue within -1..+3 s of the fitted onset: the residue
+of tracer held in the tissue is largest at its onset, later only by the regularisation,
+and noise maxima further along the low tail of hypoperfused tissue would otherwise
+inflate its CBF. Choice by measurement: ``benchmarks/deconvolution_family.py``,
 ``docs/deconvolution.md``.
-
-Without the fit (``residue_fit=False``, and for the sSVD), Tmax is the lag of the maximum
-of k, sub-frame by parabolic interpolation, less the regularisation lag (below).
 
 Regularisation bias correction (oSVD): truncating the SVD smooths k, which lowers its
 maximum (CBF underestimated, most for short transit times: -30 to -50 % at MTT 4 s) and
@@ -92,6 +90,7 @@ def compute_maps(
     residue_window_s: tuple[float, float] | None = (12.0, 3.0),
     residue_fit: bool = True,
     flow_window_s: tuple[float, float] | None = (1.0, 3.0),
+    fitted_tmax: bool = False,
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -132,17 +131,23 @@ def compute_maps(
         after the tissue curve does, and noise maxima elsewhere would otherwise inflate
         the CBF of low-flow tissue and scatter its Tmax. None searches all lags.
     residue_fit : bool
-        oSVD only: take Tmax from a least-squares fit of a residue model seeded by the
-        oSVD residue (``analysis.residue_fit``) instead of the lag of the maximum of the
-        oSVD residue, which regularisation delays (and which wanders over the plateau of
-        a box-like residue). Replaces ``correct_tmax_lag`` where the fit finds a model.
+        oSVD only: fit a residue model seeded by the oSVD residue
+        (``analysis.residue_fit``) to locate each residue's onset, which anchors the
+        CBF search (``flow_window_s``) and, with ``fitted_tmax``, gives Tmax.
     flow_window_s : (float, float) or None
         With ``residue_fit``: CBF is the maximum of the oSVD residue between ``before``
-        seconds before and ``after`` seconds after the fitted onset (Tmax), where the
-        residue of a tracer that stays in the tissue peaks (at the onset, moved later by
-        the regularisation); maxima of noise further along the tail of a low, long residue
+        seconds before and ``after`` seconds after the fitted onset, where the residue of
+        a tracer that stays in the tissue peaks (at the onset, moved later by the
+        regularisation); maxima of noise further along the tail of a low, long residue
         otherwise inflate the CBF of hypoperfused tissue. None keeps the wider
         ``residue_window_s``.
+    fitted_tmax : bool
+        With ``residue_fit``: Tmax is the fitted onset instead of the lag of the maximum
+        of the oSVD residue less its regularisation lag. Better on unmixed curves (box
+        residues, coarse sampling), but off by default: where spatial filtering or
+        partial volume mixes an earlier neighbour into a voxel, the single-delay model
+        follows the earlier rise (about 1 s early on the project's phantom; see
+        ``docs/deconvolution.md``).
 
     Returns
     -------
@@ -234,6 +239,7 @@ def compute_maps(
             correct_cbf_bias,
             fitter,
             flow_window_s,
+            fitted_tmax,
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -262,6 +268,7 @@ def _chunk_maps(
     correct_cbf_bias: bool,
     fitter: ResidueFitter | None = None,
     flow_window_s: tuple[float, float] | None = None,
+    fitted_tmax: bool = False,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -296,15 +303,17 @@ def _chunk_maps(
         # Seed: where the residue first rises to half its peak. The peak itself can lie
         # anywhere on the plateau of a box-like residue; its rise marks the delay.
         flow, delay_s = fitter.fit(curves, _half_rise_lag(k, peak_idx, dec) * step_s)
-        # Only the delay is taken: the fitted flow is not better than max k overall, as
+        # Only the onset is taken: the fitted flow is not better than max k overall, as
         # short transit times leave flow and residue shape unidentifiable
         # (docs/deconvolution.md, benchmarks/deconvolution_family.py).
-        tmax_raw = np.where(flow > 0, delay_s, tmax_raw)
+        onset_s = np.where(flow > 0, delay_s, tmax_raw)
         if flow_window_s is not None:
-            near = _max_near_onset(k, tmax_raw, flow_window_s, dec, step_s)
+            near = _max_near_onset(k, onset_s, flow_window_s, dec, step_s)
             cbf = _FLOW_SCALE * 6000.0 * np.clip(np.where(np.isfinite(near), near, k_max), 0, None)
             with np.errstate(divide="ignore", invalid="ignore"):
                 mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
+        if fitted_tmax:
+            tmax_raw = onset_s
     tmax = np.clip(tmax_raw, 0.0, None)
     return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
 
