@@ -173,6 +173,22 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     #: CA bundle to verify client certificates; ``None`` does not ask for one.
     tls_ca: Path | None = None
+    #: Dashboard: POST a JSON notification here when a result is ready or a job failed.
+    webhook_url: str | None = None
+    #: Include patient ID, accession number and Study UID in the notification.
+    webhook_patient_data: bool = False
+    #: Attempts per notification (the first one included).
+    webhook_max_attempts: int = Field(5, ge=1)
+    #: Delay before a notification's second attempt; doubles each time.
+    webhook_backoff_s: float = Field(2.0, ge=0)
+    #: Base of the links in notifications, as users reach the dashboard (the proxy's URL).
+    public_url: str = "http://localhost:8080"
+    #: Key signing the session cookie; ``None``: one generated in the data directory.
+    session_secret: str | None = None
+    #: Mark the session cookie ``Secure`` (behind an HTTPS reverse proxy).
+    secure_cookies: bool = False
+    #: A login lasts this long (s).
+    session_max_age_s: int = Field(12 * 3600, ge=60)
     #: What every worker analyses with (``[analysis.ctp]``, ``[analysis.mri]`` in TOML).
     analysis: AnalysisSection = Field(default_factory=AnalysisSection)
     #: Log lines as plain text or one JSON object per line (for log shippers).
@@ -274,6 +290,14 @@ class Settings(BaseSettings):
                 "ctp": dataclasses.asdict(self.analysis.ctp),
                 "mri": dataclasses.asdict(self.analysis.mri),
             },
+            "webhook_url": mask_url_password(self.webhook_url) if self.webhook_url else None,
+            "webhook_patient_data": self.webhook_patient_data,
+            "webhook_max_attempts": self.webhook_max_attempts,
+            "webhook_backoff_s": self.webhook_backoff_s,
+            "public_url": self.public_url,
+            "session_secret": "***" if self.session_secret else None,
+            "secure_cookies": self.secure_cookies,
+            "session_max_age_s": self.session_max_age_s,
             "log_format": self.log_format,
         }
 

@@ -61,7 +61,7 @@ def create_app(
     settings : Settings
         Data directory, database, destinations, DICOM port (for the listener check).
     options : WebOptions, optional
-        Webhook, public URL and cookie settings; default :meth:`WebOptions.from_env`.
+        Webhook, public URL and cookie settings; default those of ``settings``.
     sessions : sessionmaker, optional
         Database sessions; default a new engine on ``settings.effective_database_url``.
     enqueue, queue_pending : callable, optional
@@ -77,7 +77,7 @@ def create_app(
     -------
     FastAPI
     """
-    options = options or WebOptions.from_env()
+    options = options or WebOptions.from_settings(settings)
     engine = None
     if sessions is None:
         engine = make_engine(settings.effective_database_url)
