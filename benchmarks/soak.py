@@ -60,6 +60,8 @@ class Tally:
     sent: int = 0
     acknowledged: set[str] = field(default_factory=set)
     refused: int = 0
+    #: Refusals by C-STORE status.
+    refusals: dict[int, int] = field(default_factory=dict)
     failed_associations: int = 0
     #: Why pynetdicom could not send a file at all, by message.
     unsendable: dict[str, int] = field(default_factory=dict)
@@ -77,13 +79,13 @@ def make_studies(work: Path, count: int, seed: int) -> list[list[Path]]:
 
 
 def make_fuzzed(source: list[Path], folder: Path, count: int, rng: random.Random) -> list[Path]:
-    """Copies of instances with a study and SOP UIDs of their own and bytes flipped."""
+    """Copies of instances with study, series and SOP UIDs of their own and bytes flipped."""
     folder.mkdir(parents=True)
-    study_uid = pydicom.uid.generate_uid()
+    study_uid, series_uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     out = []
     for k in range(count):
         ds = pydicom.dcmread(rng.choice(source))
-        ds.StudyInstanceUID = study_uid
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
         path = folder / f"fuzz{k}.dcm"
         ds.save_as(path)
@@ -134,10 +136,12 @@ def send_until_acknowledged(
                 left.pop(0)
                 uid = _sop_uid(path)
                 with tally.lock:
-                    if int(status.Status) == 0:
+                    code = int(status.Status)
+                    if code == 0:
                         tally.acknowledged.add(uid)
                     else:
                         tally.refused += 1
+                        tally.refusals[code] = tally.refusals.get(code, 0) + 1
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -356,7 +360,9 @@ def main() -> int:
     print(f"soak: {elapsed_s / 60:.1f} min, {args.senders} senders, seed {args.seed}")
     print(
         f"instances: sent {tally.sent}, acknowledged {len(tally.acknowledged)}, "
-        f"refused {tally.refused}, stored {figures['stored']}, lost {figures['lost']}"
+        f"refused {tally.refused} "
+        f"({', '.join(f'0x{c:04X}: {n}' for c, n in sorted(tally.refusals.items())) or 'none'}), "
+        f"stored {figures['stored']}, lost {figures['lost']}"
     )
     print(
         f"studies: {figures['studies']} received, {figures['analysed']} analysed "
