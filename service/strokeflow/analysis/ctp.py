@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,13 +11,25 @@ from scipy import ndimage
 from scipy.ndimage import gaussian_filter1d
 
 from strokeflow.analysis.brainmask import BrainMasks, brain_masks
-from strokeflow.analysis.ctp_quality import acquisition_flags, input_flags, motion_flags
-from strokeflow.analysis.decisions import LesionMetrics, evaluate_decisions, lesion_metrics
+from strokeflow.analysis.ctp_quality import (
+    acquisition_flags,
+    input_flags,
+    motion_flags,
+    tissue_truncation_flag,
+    unwashed_tissue,
+)
+from strokeflow.analysis.decisions import (
+    LesionMetrics,
+    evaluate_assessable_decisions,
+    lesion_metrics,
+)
 from strokeflow.analysis.denoise import profile_bilateral
 from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres, side_name
 from strokeflow.analysis.inputs import (
     VascularCurve,
+    arterial_rise_index,
     bolus_arrival_index,
+    first_pass_start,
     partial_volume_scale,
     select_aif,
     select_vof,
@@ -26,6 +40,7 @@ from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, QualityLimits, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
+from strokeflow.analysis.slabs import SlabPlan, combine_slices, plan_slabs
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 
@@ -36,18 +51,74 @@ NORMAL_TMAX_S = 4.0
 #: bone (HU above BONE_HU), whose edge smears into its neighbours when motion is corrected.
 MAX_BLOOD_BASELINE_HU = 120.0
 BONE_HU = 300.0
+#: An arterial input peaking lower than this is noise, not a bolus: even a small artery
+#: at a quarter partial volume of a 300 HU first pass rises ~75 HU.
+MIN_AIF_PEAK_HU = 30.0
 
 
 class AnalysisError(Exception):
-    """The series cannot be analysed; the message says why in clinical terms."""
+    """The series cannot be analysed; the message says why in clinical terms.
+
+    Attributes
+    ----------
+    stage : str or None
+        Pipeline stage that failed (e.g. ``"deconvolution"``), when known.
+    """
+
+    def __init__(self, message: str, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+#: What each stage does, in the words of the error message when it fails.
+STAGE_TASKS = {
+    "slabs": "combining thin slices into analysis slabs",
+    "binning": "in-plane binning",
+    "motion": "motion correction",
+    "resample": "resampling to a uniform time grid",
+    "masks": "finding the brain and the bolus arrival",
+    "smoothing": "noise filtering",
+    "aif_vof": "finding the arterial input and venous output",
+    "deconvolution": "computing the perfusion maps (deconvolution)",
+    "lesions": "measuring the lesion volumes",
+}
+
+#: Numerical failures of array code that a stage turns into an AnalysisError.
+_NUMERICAL_ERRORS = (ValueError, ArithmeticError, IndexError, np.linalg.LinAlgError)
+
+
+@contextmanager
+def analysis_stage(name: str) -> Iterator[None]:
+    """Run one pipeline stage; its numerical failures become an ``AnalysisError``.
+
+    The error names the stage and keeps the original reason, so results.json can say
+    what could not be done instead of a traceback.
+    """
+    try:
+        yield
+    except AnalysisError as exc:
+        if exc.stage is None:
+            exc.stage = name
+        raise
+    except _NUMERICAL_ERRORS as exc:
+        task = STAGE_TASKS.get(name, name)
+        raise AnalysisError(f"{task} failed: {exc}", stage=name) from exc
+
+
+#: Tmax>10 s (and what is derived from it) when the tissue has not washed out.
+TRUNCATION_NOT_ASSESSABLE = "not assessable: scan too short"
 
 
 @dataclass
 class CtpAnalysis:
     """Everything the CTP pipeline produced for one acquisition.
 
-    Maps and masks are on the analysis grid ``geometry`` (after in-plane binning),
-    axis order ``(z, y, x)``.
+    Maps and masks are on the analysis grid ``geometry`` (after slab combination and
+    in-plane binning), axis order ``(z, y, x)``.
+
+    ``not_assessable`` maps quantities and decision keys that must not be asserted
+    (e.g. ``"tmax10_ml"``, ``"malignant_profile"``) to the reason; their decisions are
+    None.
     """
 
     geometry: Geometry
@@ -59,7 +130,7 @@ class CtpAnalysis:
     tmax10: np.ndarray
     baseline_hu: np.ndarray
     metrics: LesionMetrics
-    decisions: dict[str, bool]
+    decisions: dict[str, bool | None]
     lesion_side: str | None
     reference_cbf_ml_100g_min: float
     reference_description: str
@@ -69,12 +140,33 @@ class CtpAnalysis:
     grid_s: np.ndarray
     motion: MotionResult
     flags: list[QualityFlag]
+    slabs: SlabPlan
+    arrival_s: float = 0.0
+    unwashed_tissue_ml: float = 0.0
+    not_assessable: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def quality_ok(self) -> bool:
         """True when no flag is a warning or critical."""
         return quality_ok(self.flags)
+
+
+@dataclass
+class _Inputs:
+    """Baseline-dependent intermediate results, recomputed if the baseline is moved."""
+
+    arrival: int
+    baseline: np.ndarray
+    concentration: np.ndarray
+    masks: BrainMasks
+    smoothed: np.ndarray
+    hemis: Hemispheres
+    affected: int
+    aif: VascularCurve
+    vof: VascularCurve | None
+    aif_scale: float
+    aif_side: int
 
 
 def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) -> CtpAnalysis:
@@ -94,47 +186,84 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     Raises
     ------
     AnalysisError
-        When no brain, no arterial input or too few usable frames are found.
+        When no brain, no arterial input or too few usable frames are found, or a stage
+        fails numerically (``AnalysisError.stage`` names it).
     """
     settings = settings or CtpSettings()
     clock = StageClock()
     limits = QualityLimits()
     flags: list[QualityFlag] = []
 
-    _, dy, _ = series.geometry.voxel_size_mm
-    factor = max(1, round(settings.analysis_pixel_mm / dy))
-    signal = bin_inplane(series.signal, factor) if factor > 1 else series.signal.astype(np.float32)
-    geometry = series.geometry.downsampled(factor)
-    dz, pixel_mm, _ = geometry.voxel_size_mm
+    with analysis_stage("slabs"):
+        slabs = plan_slabs(
+            series.geometry.voxel_size_mm[0],
+            series.signal.shape[1],
+            settings.analysis_slab_mm,
+            settings.thin_slice_below_mm,
+        )
+        series = combine_slices(series, slabs)
+    if slabs.combined:
+        flags.append(
+            QualityFlag(
+                "thin_slices_combined",
+                "info",
+                f"{slabs.input_slice_mm:g} mm slices analysed as {slabs.slab_mm:g} mm slabs "
+                f"({slabs.slices_per_slab} slices averaged each"
+                + (
+                    f"; {slabs.dropped_slices} edge slice(s) left out)"
+                    if slabs.dropped_slices
+                    else ")"
+                ),
+            )
+        )
+    clock.lap("slabs")
+
+    with analysis_stage("binning"):
+        _, dy, _ = series.geometry.voxel_size_mm
+        factor = max(1, round(settings.analysis_pixel_mm / dy))
+        signal = (
+            bin_inplane(series.signal, factor) if factor > 1 else series.signal.astype(np.float32)
+        )
+        geometry = series.geometry.downsampled(factor)
+        dz, pixel_mm, _ = geometry.voxel_size_mm
     clock.lap("binning")
 
-    motion = correct_motion(
-        signal,
-        pixel_mm,
-        reference=0,
-        max_motion_mm=settings.max_motion_mm,
-        times_s=series.times_s.mean(axis=1),
-    )
-    keep = ~motion.excluded
-    if np.count_nonzero(keep) < 8:
-        raise AnalysisError(
-            f"only {np.count_nonzero(keep)} of {keep.size} frames are usable after motion "
-            "correction"
+    with analysis_stage("motion"):
+        motion = correct_motion(
+            signal,
+            pixel_mm,
+            reference=0,
+            max_motion_mm=settings.max_motion_mm,
+            times_s=series.times_s.mean(axis=1),
         )
-    flags.extend(motion_flags(motion, limits))
+        keep = ~motion.excluded
+        if np.count_nonzero(keep) < 8:
+            raise AnalysisError(
+                f"only {np.count_nonzero(keep)} of {keep.size} frames are usable after motion "
+                "correction"
+            )
+        flags.extend(motion_flags(motion, limits))
     clock.lap("motion")
 
-    uniform, grid_s = resample_uniform(
-        motion.corrected[keep], series.times_s[keep], settings.temporal_step_s
-    )
-    step = settings.temporal_step_s
+    with analysis_stage("resample"):
+        uniform, grid_s = resample_uniform(
+            motion.corrected[keep], series.times_s[keep], settings.temporal_step_s
+        )
+        step = settings.temporal_step_s
     clock.lap("resample")
 
-    first = uniform[: min(2, uniform.shape[0])].mean(axis=0)
-    prelim = brain_masks(first, (uniform - first).max(axis=0), pixel_mm, dz)
-    if not prelim.brain.any():
-        raise AnalysisError("no brain found inside the skull: is this a head CT perfusion?")
-    arrival = bolus_arrival_index(uniform, prelim.brain)
+    with analysis_stage("masks"):
+        arrival = _bolus_arrival(uniform, pixel_mm, dz)
+    clock.lap("masks")
+
+    inputs = _baseline_and_inputs(uniform, arrival, geometry, settings, clock)
+    # The baseline must hold no arterial first pass: if the chosen artery started to
+    # fill inside it, the baseline is cut before that rise and everything after redone.
+    with analysis_stage("aif_vof"):
+        start = first_pass_start(uniform, inputs.aif.voxels_zyx)
+    if start is not None and start - 1 < inputs.arrival and inputs.arrival > 1:
+        inputs = _baseline_and_inputs(uniform, max(1, start - 1), geometry, settings, clock)
+    arrival, masks, smoothed = inputs.arrival, inputs.masks, inputs.smoothed
     if arrival < limits.min_baseline_frames:
         flags.append(
             QualityFlag(
@@ -144,54 +273,49 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
                 "too few pre-contrast frames for a reliable baseline",
             )
         )
-    baseline = uniform[:arrival].mean(axis=0)
-    concentration = uniform - baseline
-    masks = brain_masks(baseline, concentration.max(axis=0), pixel_mm, dz)
-    clock.lap("masks")
-
-    sigma_px = settings.smoothing_sigma_mm / pixel_mm
-    smoothed = profile_bilateral(
-        concentration,
-        masks.tissue,
-        sigma_px=sigma_px,
-        radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
-        iterations=settings.smoothing_iterations,
-        strength=settings.smoothing_strength,
+    flags.extend(
+        input_flags(
+            inputs.aif, inputs.vof, inputs.aif_scale, inputs.aif_side, inputs.affected, limits
+        )
     )
-    if settings.temporal_sigma_s > 0:
-        sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
-        smoothed = gaussian_filter1d(smoothed, sigma_t, axis=0, mode="nearest")
-    clock.lap("smoothing")
 
-    hemis = find_hemispheres(masks.brain, geometry)
-    affected = preliminary_affected_side(smoothed, masks.tissue, hemis, step)
-    aif, vof, aif_scale, aif_side = _vascular_inputs(
-        concentration, masks, hemis, affected, geometry, step, baseline
-    )
-    flags.extend(input_flags(aif, vof, aif_scale, aif_side, affected, limits))
-    clock.lap("aif_vof")
-
-    aif_input = aif.curve * aif_scale
-    if settings.temporal_sigma_s > 0:
-        sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
-        aif_input = gaussian_filter1d(aif_input, sigma_t, mode="nearest")
-    maps = compute_maps(
-        smoothed,
-        aif_input.astype(np.float32),
-        step,
-        method="osvd",
-        oscillation_index=settings.oscillation_index,
-        mask=masks.tissue,
-        correct_cbf_bias=settings.correct_cbf_bias,
-    )
+    with analysis_stage("deconvolution"):
+        aif_input = inputs.aif.curve * inputs.aif_scale
+        if settings.temporal_sigma_s > 0:
+            sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
+            aif_input = gaussian_filter1d(aif_input, sigma_t, mode="nearest")
+        maps = compute_maps(
+            smoothed,
+            aif_input.astype(np.float32),
+            step,
+            method="osvd",
+            oscillation_index=settings.oscillation_index,
+            mask=masks.tissue,
+            correct_cbf_bias=settings.correct_cbf_bias,
+        )
     clock.lap("deconvolution")
 
-    result = _lesions(maps, masks, hemis, geometry, settings)
-    core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
-    vv = geometry.voxel_volume_ml
-    metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
-    decisions = evaluate_decisions(metrics)
-    flags.extend(acquisition_flags(series, masks, concentration, arrival, limits))
+    with analysis_stage("lesions"):
+        result = _lesions(maps, masks, inputs.hemis, geometry, settings)
+        core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
+        vv = geometry.voxel_volume_ml
+        metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
+        flags.extend(acquisition_flags(series, masks, inputs.concentration, arrival, limits))
+        unwashed_ml = volume_ml(unwashed_tissue(smoothed, masks.tissue, arrival, step), vv)
+        truncation = tissue_truncation_flag(
+            unwashed_ml, float(grid_s[-1] - grid_s[0]), settings.tmax_thresholds_s[1]
+        )
+        not_assessable: dict[str, str] = {}
+        if truncation is not None:
+            flags.append(truncation)
+            not_assessable = {
+                "tmax10_ml": TRUNCATION_NOT_ASSESSABLE,
+                "hypoperfusion_intensity_ratio": TRUNCATION_NOT_ASSESSABLE,
+            }
+        decisions = evaluate_assessable_decisions(metrics, not_assessable)
+        for key, met in decisions.items():
+            if met is None:
+                not_assessable[key] = TRUNCATION_NOT_ASSESSABLE
     clock.lap("lesions")
 
     return CtpAnalysis(
@@ -202,19 +326,112 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
         core=core,
         tmax6=tmax6,
         tmax10=tmax10,
-        baseline_hu=baseline,
+        baseline_hu=inputs.baseline,
         metrics=metrics,
         decisions=decisions,
         lesion_side=lesion_side,
         reference_cbf_ml_100g_min=ref_cbf,
         reference_description=ref_text,
-        aif=aif,
-        vof=vof,
-        aif_scale=aif_scale,
+        aif=inputs.aif,
+        vof=inputs.vof,
+        aif_scale=inputs.aif_scale,
         grid_s=grid_s,
         motion=motion,
         flags=flags,
+        slabs=slabs,
+        arrival_s=float(grid_s[arrival] - grid_s[0]),
+        unwashed_tissue_ml=round(unwashed_ml, 1),
+        not_assessable=not_assessable,
         timings_s=clock.timings,
+    )
+
+
+def _blood_search(baseline_hu: np.ndarray, masks: BrainMasks) -> np.ndarray:
+    """Voxels where arteries and veins may be sought: blood-like before contrast, no bone.
+
+    Vessels reach a voxel beyond the brain mask (the sinus lies against the skull).
+    Unenhanced blood is ~40 HU: voxels far denser before contrast share bone, whose
+    edge smears into them when motion is corrected.
+    """
+    blood_like = baseline_hu < MAX_BLOOD_BASELINE_HU
+    near_bone = ndimage.binary_dilation(
+        baseline_hu > BONE_HU, structure=np.ones((1, 3, 3), dtype=bool)
+    )
+    return np.asarray((masks.brain | masks.vessels) & blood_like & ~near_bone)
+
+
+def _bolus_arrival(uniform: np.ndarray, pixel_mm: float, dz_mm: float) -> int:
+    """First contrast frame: the earlier of the arterial rise and the brain-wide rise.
+
+    The brain-wide 99.5th percentile only moves when 0.5 % of the brain enhances, which a
+    small artery cannot do (it then waits for the sinus, seconds later, and the baseline
+    swallows the arterial first pass); the strongly enhancing blood-like voxels give
+    the arterial rise directly, the percentile is the fallback.
+    """
+    first = uniform[: min(2, uniform.shape[0])].mean(axis=0)
+    prelim = brain_masks(first, (uniform - first).max(axis=0), pixel_mm, dz_mm)
+    if not prelim.brain.any():
+        raise AnalysisError("no brain found inside the skull: is this a head CT perfusion?")
+    arrival = bolus_arrival_index(uniform, prelim.brain)
+    rise = arterial_rise_index(uniform, _blood_search(first, prelim))
+    if rise is not None:
+        # The frame before the first clear rise is still baseline (partial arrival).
+        arrival = min(arrival, max(1, rise - 1))
+    return arrival
+
+
+def _baseline_and_inputs(
+    uniform: np.ndarray,
+    arrival: int,
+    geometry: Geometry,
+    settings: CtpSettings,
+    clock: StageClock,
+) -> _Inputs:
+    """Baseline, masks, filtered curves and the vascular inputs for one bolus arrival."""
+    dz, pixel_mm, _ = geometry.voxel_size_mm
+    step = settings.temporal_step_s
+    with analysis_stage("masks"):
+        baseline = uniform[:arrival].mean(axis=0)
+        concentration = uniform - baseline
+        masks = brain_masks(baseline, concentration.max(axis=0), pixel_mm, dz)
+        if not masks.tissue.any():
+            raise AnalysisError("no analysable brain tissue found after baseline subtraction")
+    clock.lap("masks")
+
+    with analysis_stage("smoothing"):
+        sigma_px = settings.smoothing_sigma_mm / pixel_mm
+        smoothed = profile_bilateral(
+            concentration,
+            masks.tissue,
+            sigma_px=sigma_px,
+            radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
+            iterations=settings.smoothing_iterations,
+            strength=settings.smoothing_strength,
+        )
+        if settings.temporal_sigma_s > 0:
+            sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
+            smoothed = gaussian_filter1d(smoothed, sigma_t, axis=0, mode="nearest")
+    clock.lap("smoothing")
+
+    with analysis_stage("aif_vof"):
+        hemis = find_hemispheres(masks.brain, geometry)
+        affected = preliminary_affected_side(smoothed, masks.tissue, hemis, step)
+        aif, vof, aif_scale, aif_side = _vascular_inputs(
+            concentration, masks, hemis, affected, geometry, step, baseline
+        )
+    clock.lap("aif_vof")
+    return _Inputs(
+        arrival=arrival,
+        baseline=baseline,
+        concentration=concentration,
+        masks=masks,
+        smoothed=smoothed,
+        hemis=hemis,
+        affected=affected,
+        aif=aif,
+        vof=vof,
+        aif_scale=aif_scale,
+        aif_side=aif_side,
     )
 
 
@@ -250,14 +467,7 @@ def _vascular_inputs(
     baseline_hu: np.ndarray,
 ) -> tuple[VascularCurve, VascularCurve | None, float, int]:
     vv = geometry.voxel_volume_ml
-    # Vessels reach a voxel beyond the brain mask (the sinus lies against the skull).
-    # Unenhanced blood is ~40 HU: voxels far denser before contrast share bone, whose
-    # edge smears into them when motion is corrected.
-    blood_like = baseline_hu < MAX_BLOOD_BASELINE_HU
-    near_bone = ndimage.binary_dilation(
-        baseline_hu > BONE_HU, structure=np.ones((1, 3, 3), dtype=bool)
-    )
-    searchable = (masks.brain | masks.vessels) & blood_like & ~near_bone
+    searchable = _blood_search(baseline_hu, masks)
     aif = None
     aif_side = 0
     if affected != 0:
@@ -268,6 +478,12 @@ def _vascular_inputs(
         aif_side = 0
     if aif is None:
         raise AnalysisError("no arterial input found: no early, strongly enhancing vessel")
+    if aif.peak < MIN_AIF_PEAK_HU:
+        raise AnalysisError(
+            f"no contrast enhancement found: the earliest, strongest enhancing vessel rises "
+            f"only {aif.peak:.0f} HU (an artery rises by hundreds); was contrast injected "
+            "during this acquisition?"
+        )
     # The superior sagittal sinus runs posterior, near the midline.
     _, ny, nx = masks.brain.shape
     yy = np.arange(ny)[:, None]
