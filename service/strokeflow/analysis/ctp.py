@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +22,7 @@ from strokeflow.analysis.decisions import (
     lesion_metrics,
 )
 from strokeflow.analysis.denoise import profile_bilateral
-from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres, side_name
+from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres
 from strokeflow.analysis.inputs import (
     VascularCurve,
     arterial_rise_index,
@@ -34,18 +32,18 @@ from strokeflow.analysis.inputs import (
     select_aif,
     select_vof,
 )
-from strokeflow.analysis.lesions import clean_mask, volume_ml
+from strokeflow.analysis.lesions import ctp_lesion_masks, volume_ml
 from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, QualityLimits, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analysis.slabs import SlabPlan, combine_slices, plan_slabs
+from strokeflow.analysis.stages import AnalysisError, analysis_stage
+
+__all__ = ["AnalysisError", "CtpAnalysis", "analyse_ctp", "preliminary_affected_side"]
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
-
-#: Tissue with Tmax below this is "normally perfused" and serves as the rCBF reference.
-NORMAL_TMAX_S = 4.0
 
 #: Arterial and venous voxels must be blood-like before contrast (HU), and not touch
 #: bone (HU above BONE_HU), whose edge smears into its neighbours when motion is corrected.
@@ -54,55 +52,6 @@ BONE_HU = 300.0
 #: An arterial input peaking lower than this is noise, not a bolus: even a small artery
 #: at a quarter partial volume of a 300 HU first pass rises ~75 HU.
 MIN_AIF_PEAK_HU = 30.0
-
-
-class AnalysisError(Exception):
-    """The series cannot be analysed; the message says why in clinical terms.
-
-    Attributes
-    ----------
-    stage : str or None
-        Pipeline stage that failed (e.g. ``"deconvolution"``), when known.
-    """
-
-    def __init__(self, message: str, stage: str | None = None) -> None:
-        super().__init__(message)
-        self.stage = stage
-
-
-#: What each stage does, in the words of the error message when it fails.
-STAGE_TASKS = {
-    "slabs": "combining thin slices into analysis slabs",
-    "binning": "in-plane binning",
-    "motion": "motion correction",
-    "resample": "resampling to a uniform time grid",
-    "masks": "finding the brain and the bolus arrival",
-    "smoothing": "noise filtering",
-    "aif_vof": "finding the arterial input and venous output",
-    "deconvolution": "computing the perfusion maps (deconvolution)",
-    "lesions": "measuring the lesion volumes",
-}
-
-#: Numerical failures of array code that a stage turns into an AnalysisError.
-_NUMERICAL_ERRORS = (ValueError, ArithmeticError, IndexError, np.linalg.LinAlgError)
-
-
-@contextmanager
-def analysis_stage(name: str) -> Iterator[None]:
-    """Run one pipeline stage; its numerical failures become an ``AnalysisError``.
-
-    The error names the stage and keeps the original reason, so results.json can say
-    what could not be done instead of a traceback.
-    """
-    try:
-        yield
-    except AnalysisError as exc:
-        if exc.stage is None:
-            exc.stage = name
-        raise
-    except _NUMERICAL_ERRORS as exc:
-        task = STAGE_TASKS.get(name, name)
-        raise AnalysisError(f"{task} failed: {exc}", stage=name) from exc
 
 
 #: Tmax>10 s (and what is derived from it) when the tissue has not washed out.
@@ -296,7 +245,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     clock.lap("deconvolution")
 
     with analysis_stage("lesions"):
-        result = _lesions(maps, masks, inputs.hemis, geometry, settings)
+        result = ctp_lesion_masks(maps, masks, inputs.hemis, geometry, settings)
         core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
         vv = geometry.voxel_volume_ml
         metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
@@ -498,46 +447,3 @@ def _vascular_inputs(
         vof = select_vof(concentration, searchable, aif, step_s)
     scale = partial_volume_scale(aif, vof)
     return aif, vof, scale, aif_side
-
-
-def _lesions(
-    maps: PerfusionMaps,
-    masks: BrainMasks,
-    hemis: Hemispheres,
-    geometry: Geometry,
-    settings: CtpSettings,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str | None]:
-    tissue = masks.tissue
-    vv = geometry.voxel_volume_ml
-    tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
-    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
-    tmax6 = clean_mask(tmax > t6, tissue, vv, settings.min_cluster_ml)
-    tmax10 = clean_mask(tmax > t10, tissue, vv, settings.min_cluster_ml) & tmax6
-    n_left = np.count_nonzero(tmax6 & (hemis.side == LEFT))
-    n_right = np.count_nonzero(tmax6 & (hemis.side == RIGHT))
-    lesion = 0
-    if max(n_left, n_right) * vv >= 5.0:
-        lesion = LEFT if n_left >= n_right else RIGHT
-    cbf = np.nan_to_num(maps.cbf_ml_100g_min, nan=0.0)
-    normal = tissue & (tmax < NORMAL_TMAX_S)
-    if lesion != 0:
-        contralateral = normal & (hemis.side == -lesion)
-        reference_text = (
-            f"mean CBF of {side_name(-lesion)} (contralateral) hemisphere tissue "
-            f"with Tmax < {NORMAL_TMAX_S:g} s"
-        )
-    else:
-        contralateral = normal
-        reference_text = f"mean CBF of all brain tissue with Tmax < {NORMAL_TMAX_S:g} s"
-    if np.count_nonzero(contralateral) < 50:
-        contralateral = tissue
-        reference_text = "mean CBF of all brain tissue (too little normal tissue)"
-    reference = float(cbf[contralateral].mean())
-    rcbf = np.where(tissue, cbf / max(reference, 1e-6), np.nan).astype(np.float32)
-    raw_core = np.nan_to_num(rcbf, nan=1.0) < settings.core_rcbf_threshold
-    if settings.core_requires_tmax_s > 0:
-        raw_core &= tmax > settings.core_requires_tmax_s
-    core = clean_mask(raw_core, tissue, vv, settings.min_cluster_ml)
-    # Core is part of the hypoperfused tissue by definition.
-    tmax6 |= core
-    return core, tmax6, tmax10, rcbf, reference, reference_text, side_name(lesion)
