@@ -205,13 +205,16 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
         arrival = _bolus_arrival(uniform, pixel_mm, dz)
     clock.lap("masks")
 
-    inputs = _baseline_and_inputs(uniform, arrival, geometry, settings, clock)
+    acquired = (motion.corrected[keep], series.times_s[keep])
+    inputs = _baseline_and_inputs(uniform, acquired, arrival, geometry, settings, clock)
     # The baseline must hold no arterial first pass: if the chosen artery started to
     # fill inside it, the baseline is cut before that rise and everything after redone.
     with analysis_stage("aif_vof"):
         start = first_pass_start(uniform, inputs.aif.voxels_zyx)
     if start is not None and start - 1 < inputs.arrival and inputs.arrival > 1:
-        inputs = _baseline_and_inputs(uniform, max(1, start - 1), geometry, settings, clock)
+        inputs = _baseline_and_inputs(
+            uniform, acquired, max(1, start - 1), geometry, settings, clock
+        )
     arrival, masks, smoothed = inputs.arrival, inputs.masks, inputs.smoothed
     if arrival < limits.min_baseline_frames:
         flags.append(
@@ -331,6 +334,7 @@ def _bolus_arrival(uniform: np.ndarray, pixel_mm: float, dz_mm: float) -> int:
 
 def _baseline_and_inputs(
     uniform: np.ndarray,
+    acquired: tuple[np.ndarray, np.ndarray],
     arrival: int,
     geometry: Geometry,
     settings: CtpSettings,
@@ -349,14 +353,22 @@ def _baseline_and_inputs(
 
     with analysis_stage("smoothing"):
         sigma_px = settings.smoothing_sigma_mm / pixel_mm
-        smoothed = profile_bilateral(
-            concentration,
+        # Filtered on the acquired frames, where the noise is independent from frame to
+        # frame, then resampled: interpolating sparse frames first spreads each noise
+        # sample over several grid points, and that correlated noise takes over the
+        # leading principal components the filter compares and keeps, washing out the
+        # differences in timing between lesion zones (dense-then-sparse protocols).
+        frames, times_s = acquired
+        native = profile_bilateral(
+            frames - baseline,
             masks.tissue,
             sigma_px=sigma_px,
             radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
             iterations=settings.smoothing_iterations,
             strength=settings.smoothing_strength,
         )
+        smoothed, _ = resample_uniform(native, times_s, step)
+        del native
         if settings.temporal_sigma_s > 0:
             sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
             smoothed = gaussian_filter1d(smoothed, sigma_t, axis=0, mode="nearest")
