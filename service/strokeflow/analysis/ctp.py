@@ -52,6 +52,8 @@ BONE_HU = 300.0
 #: An arterial input peaking lower than this is noise, not a bolus: even a small artery
 #: at a quarter partial volume of a 300 HU first pass rises ~75 HU.
 MIN_AIF_PEAK_HU = 30.0
+#: Fewer time frames cannot sample a baseline, a first pass and its washout.
+MIN_FRAMES = 8
 
 
 #: Tmax>10 s (and what is derived from it) when the tissue has not washed out.
@@ -143,6 +145,12 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     limits = QualityLimits()
     flags: list[QualityFlag] = []
 
+    with analysis_stage("input"):
+        if series.signal.shape[0] < MIN_FRAMES:
+            raise AnalysisError(
+                f"only {series.signal.shape[0]} time frames: perfusion analysis needs at "
+                f"least {MIN_FRAMES}"
+            )
     with analysis_stage("slabs"):
         slabs = plan_slabs(
             series.geometry.voxel_size_mm[0],
@@ -186,7 +194,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
             times_s=series.times_s.mean(axis=1),
         )
         keep = ~motion.excluded
-        if np.count_nonzero(keep) < 8:
+        if np.count_nonzero(keep) < MIN_FRAMES:
             raise AnalysisError(
                 f"only {np.count_nonzero(keep)} of {keep.size} frames are usable after motion "
                 "correction"

@@ -29,6 +29,7 @@ class AnalysisError(Exception):
 
 #: What each stage does, in the words of the error message when it fails.
 STAGE_TASKS = {
+    "input": "checking the acquisition",
     "slabs": "combining thin slices into analysis slabs",
     "binning": "in-plane binning",
     "motion": "motion correction",
