@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -306,6 +307,45 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     )
 
 
+def variable_sampling(times_s: np.ndarray) -> bool:
+    """True when the frame interval changes during the scan (dense-then-sparse protocols).
+
+    Parameters
+    ----------
+    times_s : numpy.ndarray
+        ``(t, z)`` acquisition times of the frames used.
+
+    Returns
+    -------
+    bool
+        The 90th percentile of the frame intervals exceeds 1.5 x their 10th percentile
+        (percentiles, so that a frame or two dropped for motion do not count).
+    """
+    steps = np.diff(np.asarray(times_s, dtype=np.float64).mean(axis=1))
+    if steps.size < 4:
+        return False
+    low, high = np.percentile(steps, [10, 90])
+    return bool(high > 1.5 * low)
+
+
+def _resample_within(
+    signal: np.ndarray, mask: np.ndarray, times_s: np.ndarray, step_s: float
+) -> np.ndarray:
+    """The ``mask`` voxels of ``(t, z, y, x)`` ``signal`` on the uniform grid, ``(n, k)``.
+
+    Only the masked voxels are interpolated (the filter changed nothing else); each slice
+    keeps its clock, so the grid is the one :func:`resample_uniform` gives the series.
+    """
+    nt, nz = signal.shape[:2]
+    counts = mask.reshape(nz, -1).sum(axis=1)
+    width = max(1, int(counts.max()))
+    packed = np.zeros((nt, nz, 1, width), dtype=np.float32)
+    for z in range(nz):
+        packed[:, z, 0, : counts[z]] = signal[:, z][:, mask[z]]
+    uniform, _ = resample_uniform(packed, times_s, step_s)
+    return np.concatenate([uniform[:, z, 0, : counts[z]] for z in range(nz)], axis=1)
+
+
 def _blood_search(baseline_hu: np.ndarray, masks: BrainMasks) -> np.ndarray:
     """Voxels where arteries and veins may be sought: blood-like before contrast, no bone.
 
@@ -361,25 +401,32 @@ def _baseline_and_inputs(
 
     with analysis_stage("smoothing"):
         sigma_px = settings.smoothing_sigma_mm / pixel_mm
-        # Filtered on the acquired frames, where the noise is independent from frame to
-        # frame, then resampled: interpolating sparse frames first spreads each noise
-        # sample over several grid points, and that correlated noise takes over the
-        # leading principal components the filter compares and keeps, washing out the
-        # differences in timing between lesion zones (dense-then-sparse protocols).
-        frames, times_s = acquired
-        native = profile_bilateral(
-            frames - baseline,
-            masks.tissue,
+        tips = partial(
+            profile_bilateral,
             sigma_px=sigma_px,
             radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
             iterations=settings.smoothing_iterations,
             strength=settings.smoothing_strength,
         )
-        smoothed, _ = resample_uniform(native, times_s, step)
-        del native
+        frames, times_s = acquired
+        if variable_sampling(times_s):
+            # Filtered on the acquired frames, where the noise is independent from frame
+            # to frame, then resampled: interpolating the sparse frames first spreads each
+            # of their noise samples over several grid points, and that correlated noise
+            # takes over the leading principal components the filter compares and keeps,
+            # washing out the timing differences between lesion zones.
+            native = tips(frames - baseline, masks.tissue)
+            curves = _resample_within(native, masks.tissue, times_s, step)
+            del native
+        else:
+            curves = tips(concentration, masks.tissue)[:, masks.tissue]
         if settings.temporal_sigma_s > 0:
             sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
-            smoothed = gaussian_filter1d(smoothed, sigma_t, axis=0, mode="nearest")
+            curves = gaussian_filter1d(curves, sigma_t, axis=0, mode="nearest")
+        # Only tissue curves are filtered: every later step reads tissue voxels only.
+        smoothed = concentration.copy()
+        smoothed[:, masks.tissue] = curves
+        del curves
     clock.lap("smoothing")
 
     with analysis_stage("aif_vof"):
