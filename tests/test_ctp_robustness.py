@@ -202,6 +202,18 @@ def test_short_scan_summary_page_and_sr_say_not_assessable(
     assert any("scan too short" in p for p in content.findings.algorithm_parameters)
 
 
+def test_tissue_truncation_is_found_where_the_venous_tail_has_washed_out() -> None:
+    # 20 frames x 1.5 s = 28.5 s, arrival at 4 s: the sinus has washed out (no venous
+    # truncation flag), the tissue with Tmax 12 s has not: its Tmax, and the Tmax > 10 s
+    # volume with it, cannot be trusted.
+    analysis, _, _ = _analyse(seed=2, matrix=96, slices=6, frames=20, arterial_arrival_s=4.0)
+    codes = [f.code for f in analysis.flags]
+    assert "bolus_truncated" not in codes
+    assert "tissue_truncated" in codes
+    assert analysis.decisions["malignant_profile"] is None
+    assert _json(analysis)["hypoperfusion_intensity_ratio"] is None
+
+
 def test_full_length_scan_has_washed_out_tissue_and_asserts_everything() -> None:
     analysis, truth, _ = _analyse(seed=2, matrix=96, slices=6, arterial_arrival_s=5.0)
     assert "tissue_truncated" not in [f.code for f in analysis.flags]
