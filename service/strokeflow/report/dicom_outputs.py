@@ -222,7 +222,7 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
     volume_rows = [
         (f"Core (rCBF < {core_pct})", _fmt_ml(m.core_ml)),
         (f"Tmax > {t6:g} s", _fmt_ml(m.tmax6_ml)),
-        (f"Tmax > {t10:g} s", tmax10_na or _fmt_ml(m.tmax10_ml)),
+        (f"Tmax > {t10:g} s", "not assessable" if tmax10_na else _fmt_ml(m.tmax10_ml)),
         ("Mismatch volume", _fmt_ml(m.mismatch_ml)),
         ("Mismatch ratio", ratio_text),
         ("Hypoperfusion intensity ratio", hir_text),
@@ -243,9 +243,10 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
     if analysis.decisions.get("malignant_profile"):
         alerts.append(f"WARNING: {rules['malignant_profile'].name}")
     if tmax10_na is not None:
-        # Short enough for the page's alert line (60 characters).
-        parts = [f"Tmax>{t10:g} s", "HIR"] + (["malignant"] if "malignant_profile" in na else [])
-        alerts.append(f"{', '.join(parts)}: {tmax10_na}")
+        # Alerts fit the decision column (about 48 characters at their size).
+        alerts.append(f"Tmax>{t10:g} s, HIR: {tmax10_na}")
+        if "malignant_profile" in na:
+            alerts.append(f"{rules['malignant_profile'].name}: not assessable")
     if hir is not None and hir > HIR_POOR_COLLATERALS:
         alerts.append(f"HIR {hir:.2f} > {HIR_POOR_COLLATERALS:g}: poor collaterals likely")
     times = analysis.grid_s - analysis.grid_s[0]
