@@ -41,10 +41,10 @@ from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analysis.slabs import SlabPlan, combine_slices, plan_slabs
 from strokeflow.analysis.stages import AnalysisError, analysis_stage
-
-__all__ = ["AnalysisError", "CtpAnalysis", "analyse_ctp", "preliminary_affected_side"]
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
+
+__all__ = ["AnalysisError", "CtpAnalysis", "analyse_ctp", "preliminary_affected_side"]
 
 #: Arterial and venous voxels must be blood-like before contrast (HU), and not touch
 #: bone (HU above BONE_HU), whose edge smears into its neighbours when motion is corrected.
@@ -212,7 +212,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
 
     with analysis_stage("masks"):
         arrival = _bolus_arrival(uniform, pixel_mm, dz)
-    clock.lap("masks")
+    clock.lap("arrival")
 
     acquired = (motion.corrected[keep], series.times_s[keep])
     inputs = _baseline_and_inputs(uniform, acquired, arrival, geometry, settings, clock)
