@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from strokeflow import __version__
 from strokeflow.analysis.ctp import AnalysisError, analyse_ctp
-from strokeflow.analysis.mri import MriSettings, analyse_mri
+from strokeflow.analysis.mri import MriAcquisition, MriSettings, analyse_mri
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.assemble.ctp import (
     AssemblyError,
@@ -38,6 +41,8 @@ from strokeflow.report.results_json import ctp_analysis_json
 from strokeflow.report.results_json_mri import mri_analysis_json, write_mri_maps
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class NothingToAnalyseError(Exception):
@@ -95,6 +100,74 @@ def _series_entries(study: StudyInventory) -> list[dict[str, Any]]:
     ]
 
 
+class StageError(Exception):
+    """A stage outside the analysis proper (writing an output) failed.
+
+    Attributes
+    ----------
+    stage : str
+        E.g. ``"dicom_objects"``.
+    """
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+#: What the output stages do, in the words of the error message.
+_OUTPUT_TASKS = {
+    "results": "summarising the results",
+    "nifti": "writing the NIfTI maps",
+    "dicom_objects": "building and writing the DICOM result objects",
+}
+
+
+@contextmanager
+def _output_stage(name: str) -> Iterator[None]:
+    """Run an output stage; any failure becomes a ``StageError`` naming it."""
+    try:
+        yield
+    except Exception as exc:
+        raise StageError(name, f"{_OUTPUT_TASKS[name]} failed: {exc}") from exc
+
+
+def _failure(
+    kind: str, series_uids: Sequence[str], exc: Exception, cleanup: Sequence[Path]
+) -> dict[str, Any]:
+    """The results.json entry for an acquisition whose analysis failed.
+
+    Whatever the acquisition had written already is removed, so a half-finished result
+    is never sent on.
+    """
+    if isinstance(exc, (AnalysisError, StageError)):
+        stage, reason = exc.stage or "analysis", str(exc)
+    elif isinstance(exc, AssemblyError):  # recognised, but not analysable (too small, ...)
+        stage, reason = "assemble", str(exc)
+    else:
+        # A defect, not a property of the images: still an entry, never a traceback.
+        stage, reason = "analysis", f"unexpected error ({type(exc).__name__}): {exc}"
+    for folder in cleanup:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "kind": kind,
+        "series_instance_uids": list(series_uids),
+        "stage": stage,
+        "reason": reason,
+    }
+
+
+def _record_failure(entry: dict[str, Any], failure: dict[str, Any], label: str) -> None:
+    log.error(
+        "study %s %s: stage %s failed: %s",
+        entry["study_instance_uid"],
+        label,
+        failure["stage"],
+        failure["reason"],
+    )
+    entry["errors"].append(f"{label}: {failure['stage']}: {failure['reason']}")
+    entry["failures"].append(failure)
+
+
 def _analyse_ctp_acquisition(
     study: StudyInventory,
     acq: CtpAcquisition,
@@ -105,28 +178,85 @@ def _analyse_ctp_acquisition(
 ) -> dict[str, Any]:
     analysis = analyse_ctp(acq.perfusion, options.ctp)
     timings = {**timings, **analysis.timings_s}
-    result = ctp_analysis_json(analysis, acq.series_uids, options.ctp, timings, list(acq.warnings))
+    with _output_stage("results"):
+        result = ctp_analysis_json(
+            analysis, acq.series_uids, options.ctp, timings, list(acq.warnings)
+        )
     series_dir = Path(study.study_uid) / acq.series_uids[0]
     if options.write_maps:
         t0 = time.perf_counter()
-        written.extend(write_ctp_maps(analysis, out_dir / "maps" / series_dir))
+        with _output_stage("nifti"):
+            written.extend(write_ctp_maps(analysis, out_dir / "maps" / series_dir))
         result["maps_dir"] = str(Path("maps") / series_dir)
         timings["nifti"] = round(time.perf_counter() - t0, 3)
     if options.write_dicom:
         t0 = time.perf_counter()
+        # A result object that cannot be built is named, never costs the analysis.
         try:
             sources = load_source_references(acq.source_paths)
             objects = build_ctp_result_objects(analysis, sources, options.ctp)
-        except Exception as exc:  # a result object must never cost the analysis
+        except Exception as exc:
             result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
         else:
-            written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
+            with _output_stage("dicom_objects"):
+                written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
             result["dicom_dir"] = str(Path("dicom") / series_dir)
             if objects.failures:
                 result["dicom_errors"] = objects.failures
         timings["dicom_objects"] = round(time.perf_counter() - t0, 3)
     result["timings_s"] = timings
     return result
+
+
+def _analyse_mri_acquisition(
+    study: StudyInventory,
+    mri: MriAcquisition,
+    out_dir: Path,
+    options: AnalyzeOptions,
+    mri_timings: dict[str, float],
+    written: list[Path],
+) -> dict[str, Any]:
+    analysis = analyse_mri(mri, options.mri)
+    with _output_stage("results"):
+        result = mri_analysis_json(analysis, mri, options.mri, mri_timings, list(mri.warnings))
+    series_dir = Path(study.study_uid) / "mri"
+    if options.write_maps:
+        with _output_stage("nifti"):
+            written.extend(write_mri_maps(analysis, out_dir / "maps" / series_dir))
+        result["maps_dir"] = str(Path("maps") / series_dir)
+    if options.write_dicom:
+        t1 = time.perf_counter()
+        try:
+            sources = mri_source_references(study, mri)
+            content = mri_result_content(analysis, mri, options.mri)
+            objects = build_result_objects(content, sources)
+        except Exception as exc:
+            log.error("study %s: MRI result objects: %s", study.study_uid, exc)
+            result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
+        else:
+            with _output_stage("dicom_objects"):
+                written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
+            result["dicom_dir"] = str(Path("dicom") / series_dir)
+            if objects.failures:
+                result["dicom_errors"] = objects.failures
+        result["timings_s"]["dicom_objects"] = round(time.perf_counter() - t1, 3)
+    return result
+
+
+def _assemble(entry: dict[str, Any], label: str, assemble: Callable[[], _T], empty: _T) -> _T:
+    """Run an assembly step; its failure is recorded in ``entry`` and ``empty`` returned."""
+    try:
+        return assemble()
+    except AssemblyError as exc:
+        reason = str(exc)
+    except Exception as exc:
+        reason = f"unexpected error ({type(exc).__name__}): {exc}"
+    log.error("study %s: %s: %s", entry["study_instance_uid"], label, reason)
+    entry["errors"].append(reason if label == "CT perfusion" else f"{label}: {reason}")
+    entry["failures"].append(
+        {"kind": label, "series_instance_uids": [], "stage": "assemble", "reason": reason}
+    )
+    return empty
 
 
 def _analyse_study(
@@ -140,65 +270,58 @@ def _analyse_study(
         "study_instance_uid": study.study_uid,
         "analyses": [],
         "errors": [],
+        "failures": [],
     }
     t0 = time.perf_counter()
-    try:
-        acquisitions = assemble_ctp(study)
-    except AssemblyError as exc:
-        log.error("study %s: CT perfusion: %s", study.study_uid, exc)
-        entry["errors"].append(str(exc))
-        acquisitions = []
+    acquisitions: list[CtpAcquisition] = _assemble(
+        entry, "CT perfusion", lambda: assemble_ctp(study), []
+    )
     timings = {"read_and_index": round(read_s, 3), "assemble": 0.0}
     timings["assemble"] = round(time.perf_counter() - t0, 3)
     for acq in acquisitions:
+        series_dir = Path(study.study_uid) / acq.series_uids[0]
+        produced: list[Path] = []
         try:
             check_analysable(acq)
-            result = _analyse_ctp_acquisition(study, acq, out_dir, options, timings, written)
-        except (AssemblyError, AnalysisError) as exc:
-            log.error("study %s series %s: %s", study.study_uid, acq.series_uids, exc)
-            entry["errors"].append(f"{series_label(acq.series_uids)}: {exc}")
+            result = _analyse_ctp_acquisition(study, acq, out_dir, options, timings, produced)
+        except Exception as exc:
+            log.debug("study %s: CT perfusion analysis failed", study.study_uid, exc_info=True)
+            failure = _failure(
+                "ctp",
+                acq.series_uids,
+                exc,
+                [out_dir / "maps" / series_dir, out_dir / "dicom" / series_dir],
+            )
+            _record_failure(entry, failure, series_label(acq.series_uids))
             continue
+        written.extend(produced)
         entry["analyses"].append(result)
 
     t0 = time.perf_counter()
     roles = classify_mr_series(study)
     record_mr_roles(study, roles)
-    try:
-        mri = assemble_mri(study, roles)
-    except AssemblyError as exc:
-        log.error("study %s: MRI: %s", study.study_uid, exc)
-        entry["errors"].append(f"MRI: {exc}")
-        mri = None
+    mri = _assemble(entry, "MRI", lambda: assemble_mri(study, roles), None)
     if mri is not None:
         mri_timings = {"read_and_index": round(read_s, 3)}
         mri_timings["assemble"] = round(time.perf_counter() - t0, 3)
+        series_dir = Path(study.study_uid) / "mri"
+        produced = []
         try:
-            analysis = analyse_mri(mri, options.mri)
-        except AnalysisError as exc:
-            log.error("study %s: MRI: %s", study.study_uid, exc)
-            entry["errors"].append(f"MRI: {exc}")
+            result = _analyse_mri_acquisition(study, mri, out_dir, options, mri_timings, produced)
+        except Exception as exc:
+            log.debug("study %s: MRI analysis failed", study.study_uid, exc_info=True)
+            uids = [*mri.dwi_series_uids, *mri.pwi_series_uids]
+            if mri.adc_series_uid is not None:
+                uids.append(mri.adc_series_uid)
+            failure = _failure(
+                "mri", uids, exc, [out_dir / "maps" / series_dir, out_dir / "dicom" / series_dir]
+            )
+            _record_failure(entry, failure, "MRI")
         else:
-            result = mri_analysis_json(analysis, mri, options.mri, mri_timings, list(mri.warnings))
-            series_dir = Path(study.study_uid) / "mri"
-            if options.write_maps:
-                written.extend(write_mri_maps(analysis, out_dir / "maps" / series_dir))
-                result["maps_dir"] = str(Path("maps") / series_dir)
-            if options.write_dicom:
-                t1 = time.perf_counter()
-                try:
-                    sources = mri_source_references(study, mri)
-                    content = mri_result_content(analysis, mri, options.mri)
-                    objects = build_result_objects(content, sources)
-                except Exception as exc:  # a result object must never cost the analysis
-                    log.error("study %s: MRI result objects: %s", study.study_uid, exc)
-                    result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
-                else:
-                    written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
-                    result["dicom_dir"] = str(Path("dicom") / series_dir)
-                    if objects.failures:
-                        result["dicom_errors"] = objects.failures
-                result["timings_s"]["dicom_objects"] = round(time.perf_counter() - t1, 3)
+            written.extend(produced)
             entry["analyses"].append(result)
+    # After the MR recognition, which gives MR series their own kind and reason.
+    entry["series"] = _series_entries(study)
     for result in entry["analyses"]:
         log.info(
             "study %s: %s core %s mL, Tmax>6 %s mL, quality %s",
@@ -208,8 +331,6 @@ def _analyse_study(
             result["tmax6_ml"],
             "ok" if result["quality"]["ok"] else "NOT OK",
         )
-    # After the MR recognition, which gives MR series their own kind and reason.
-    entry["series"] = _series_entries(study)
     return entry
 
 

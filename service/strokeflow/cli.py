@@ -64,7 +64,11 @@ def analyze(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Analyse CT perfusion and MR stroke studies; write OUT/results.json, maps and DICOM."""
+    """Analyse CT perfusion and MR stroke studies; write OUT/results.json, maps and DICOM.
+
+    Exits 1 when nothing could be analysed or when the analysis of any acquisition failed
+    (each failure is an entry of ``errors`` and ``failures`` in results.json).
+    """
     from dataclasses import replace
 
     from strokeflow.analyze import AnalyzeOptions, NothingToAnalyseError, analyze_paths
@@ -93,7 +97,7 @@ def analyze(
     )
     try:
         outcome = analyze_paths(list(inputs), out, options)
-    except NothingToAnalyseError as exc:
+    except (NothingToAnalyseError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     for study in outcome.results["studies"]:
@@ -114,6 +118,8 @@ def analyze(
     for p in outcome.results["problems"]:
         typer.echo(f"skipped {p['path']}: {p['reason']}", err=True)
     typer.echo(f"wrote {outcome.results_path}")
+    if any(study["errors"] for study in outcome.results["studies"]):
+        raise typer.Exit(1)
 
 
 @phantom_app.command("ctp")

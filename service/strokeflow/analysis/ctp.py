@@ -3,51 +3,74 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
 from scipy.ndimage import gaussian_filter1d
 
 from strokeflow.analysis.brainmask import BrainMasks, brain_masks
-from strokeflow.analysis.ctp_quality import acquisition_flags, input_flags, motion_flags
-from strokeflow.analysis.decisions import LesionMetrics, evaluate_decisions, lesion_metrics
+from strokeflow.analysis.ctp_quality import (
+    acquisition_flags,
+    input_flags,
+    motion_flags,
+    tissue_truncation_flag,
+    unwashed_tissue,
+)
+from strokeflow.analysis.decisions import (
+    LesionMetrics,
+    evaluate_assessable_decisions,
+    lesion_metrics,
+)
 from strokeflow.analysis.denoise import profile_bilateral
-from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres, side_name
+from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres
 from strokeflow.analysis.inputs import (
     VascularCurve,
+    arterial_rise_index,
     bolus_arrival_index,
+    first_pass_start,
     partial_volume_scale,
     select_aif,
     select_vof,
 )
-from strokeflow.analysis.lesions import clean_mask, volume_ml
+from strokeflow.analysis.lesions import ctp_lesion_masks, volume_ml
 from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, QualityLimits, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
+from strokeflow.analysis.slabs import SlabPlan, combine_slices, plan_slabs
+from strokeflow.analysis.stages import AnalysisError, analysis_stage
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 
-#: Tissue with Tmax below this is "normally perfused" and serves as the rCBF reference.
-NORMAL_TMAX_S = 4.0
+__all__ = ["AnalysisError", "CtpAnalysis", "analyse_ctp", "preliminary_affected_side"]
 
 #: Arterial and venous voxels must be blood-like before contrast (HU), and not touch
 #: bone (HU above BONE_HU), whose edge smears into its neighbours when motion is corrected.
 MAX_BLOOD_BASELINE_HU = 120.0
 BONE_HU = 300.0
+#: An arterial input peaking lower than this is noise, not a bolus: even a small artery
+#: at a quarter partial volume of a 300 HU first pass rises ~75 HU.
+MIN_AIF_PEAK_HU = 30.0
+#: Fewer time frames cannot sample a baseline, a first pass and its washout.
+MIN_FRAMES = 8
 
 
-class AnalysisError(Exception):
-    """The series cannot be analysed; the message says why in clinical terms."""
+#: Tmax>10 s (and what is derived from it) when the tissue has not washed out.
+TRUNCATION_NOT_ASSESSABLE = "not assessable: scan too short"
 
 
 @dataclass
 class CtpAnalysis:
     """Everything the CTP pipeline produced for one acquisition.
 
-    Maps and masks are on the analysis grid ``geometry`` (after in-plane binning),
-    axis order ``(z, y, x)``.
+    Maps and masks are on the analysis grid ``geometry`` (after slab combination and
+    in-plane binning), axis order ``(z, y, x)``.
+
+    ``not_assessable`` maps quantities and decision keys that must not be asserted
+    (e.g. ``"tmax10_ml"``, ``"malignant_profile"``) to the reason; their decisions are
+    None.
     """
 
     geometry: Geometry
@@ -59,7 +82,7 @@ class CtpAnalysis:
     tmax10: np.ndarray
     baseline_hu: np.ndarray
     metrics: LesionMetrics
-    decisions: dict[str, bool]
+    decisions: dict[str, bool | None]
     lesion_side: str | None
     reference_cbf_ml_100g_min: float
     reference_description: str
@@ -69,12 +92,33 @@ class CtpAnalysis:
     grid_s: np.ndarray
     motion: MotionResult
     flags: list[QualityFlag]
+    slabs: SlabPlan
+    arrival_s: float = 0.0
+    unwashed_tissue_ml: float = 0.0
+    not_assessable: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def quality_ok(self) -> bool:
         """True when no flag is a warning or critical."""
         return quality_ok(self.flags)
+
+
+@dataclass
+class _Inputs:
+    """Baseline-dependent intermediate results, recomputed if the baseline is moved."""
+
+    arrival: int
+    baseline: np.ndarray
+    concentration: np.ndarray
+    masks: BrainMasks
+    smoothed: np.ndarray
+    hemis: Hemispheres
+    affected: int
+    aif: VascularCurve
+    vof: VascularCurve | None
+    aif_scale: float
+    aif_side: int
 
 
 def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) -> CtpAnalysis:
@@ -94,47 +138,93 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
     Raises
     ------
     AnalysisError
-        When no brain, no arterial input or too few usable frames are found.
+        When no brain, no arterial input or too few usable frames are found, or a stage
+        fails numerically (``AnalysisError.stage`` names it).
     """
     settings = settings or CtpSettings()
     clock = StageClock()
     limits = QualityLimits()
     flags: list[QualityFlag] = []
 
-    _, dy, _ = series.geometry.voxel_size_mm
-    factor = max(1, round(settings.analysis_pixel_mm / dy))
-    signal = bin_inplane(series.signal, factor) if factor > 1 else series.signal.astype(np.float32)
-    geometry = series.geometry.downsampled(factor)
-    dz, pixel_mm, _ = geometry.voxel_size_mm
+    with analysis_stage("input"):
+        if series.signal.shape[0] < MIN_FRAMES:
+            raise AnalysisError(
+                f"only {series.signal.shape[0]} time frames: perfusion analysis needs at "
+                f"least {MIN_FRAMES}"
+            )
+    with analysis_stage("slabs"):
+        slabs = plan_slabs(
+            series.geometry.voxel_size_mm[0],
+            series.signal.shape[1],
+            settings.analysis_slab_mm,
+            settings.thin_slice_below_mm,
+        )
+        series = combine_slices(series, slabs)
+    if slabs.combined:
+        flags.append(
+            QualityFlag(
+                "thin_slices_combined",
+                "info",
+                f"{slabs.input_slice_mm:g} mm slices analysed as {slabs.slab_mm:g} mm slabs "
+                f"({slabs.slices_per_slab} slices averaged each"
+                + (
+                    f"; {slabs.dropped_slices} edge slice(s) left out)"
+                    if slabs.dropped_slices
+                    else ")"
+                ),
+            )
+        )
+    clock.lap("slabs")
+
+    with analysis_stage("binning"):
+        _, dy, _ = series.geometry.voxel_size_mm
+        factor = max(1, round(settings.analysis_pixel_mm / dy))
+        signal = (
+            bin_inplane(series.signal, factor) if factor > 1 else series.signal.astype(np.float32)
+        )
+        geometry = series.geometry.downsampled(factor)
+        dz, pixel_mm, _ = geometry.voxel_size_mm
     clock.lap("binning")
 
-    motion = correct_motion(
-        signal,
-        pixel_mm,
-        reference=0,
-        max_motion_mm=settings.max_motion_mm,
-        times_s=series.times_s.mean(axis=1),
-    )
-    keep = ~motion.excluded
-    if np.count_nonzero(keep) < 8:
-        raise AnalysisError(
-            f"only {np.count_nonzero(keep)} of {keep.size} frames are usable after motion "
-            "correction"
+    with analysis_stage("motion"):
+        motion = correct_motion(
+            signal,
+            pixel_mm,
+            reference=0,
+            max_motion_mm=settings.max_motion_mm,
+            times_s=series.times_s.mean(axis=1),
         )
-    flags.extend(motion_flags(motion, limits))
+        keep = ~motion.excluded
+        if np.count_nonzero(keep) < MIN_FRAMES:
+            raise AnalysisError(
+                f"only {np.count_nonzero(keep)} of {keep.size} frames are usable after motion "
+                "correction"
+            )
+        flags.extend(motion_flags(motion, limits))
     clock.lap("motion")
 
-    uniform, grid_s = resample_uniform(
-        motion.corrected[keep], series.times_s[keep], settings.temporal_step_s
-    )
-    step = settings.temporal_step_s
+    with analysis_stage("resample"):
+        uniform, grid_s = resample_uniform(
+            motion.corrected[keep], series.times_s[keep], settings.temporal_step_s
+        )
+        step = settings.temporal_step_s
     clock.lap("resample")
 
-    first = uniform[: min(2, uniform.shape[0])].mean(axis=0)
-    prelim = brain_masks(first, (uniform - first).max(axis=0), pixel_mm, dz)
-    if not prelim.brain.any():
-        raise AnalysisError("no brain found inside the skull: is this a head CT perfusion?")
-    arrival = bolus_arrival_index(uniform, prelim.brain)
+    with analysis_stage("masks"):
+        arrival = _bolus_arrival(uniform, pixel_mm, dz)
+    clock.lap("arrival")
+
+    acquired = (motion.corrected[keep], series.times_s[keep])
+    inputs = _baseline_and_inputs(uniform, acquired, arrival, geometry, settings, clock)
+    # The baseline must hold no arterial first pass: if the chosen artery started to
+    # fill inside it, the baseline is cut before that rise and everything after redone.
+    with analysis_stage("aif_vof"):
+        start = first_pass_start(uniform, inputs.aif.voxels_zyx)
+    if start is not None and start - 1 < inputs.arrival and inputs.arrival > 1:
+        inputs = _baseline_and_inputs(
+            uniform, acquired, max(1, start - 1), geometry, settings, clock
+        )
+    arrival, masks, smoothed = inputs.arrival, inputs.masks, inputs.smoothed
     if arrival < limits.min_baseline_frames:
         flags.append(
             QualityFlag(
@@ -144,54 +234,49 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
                 "too few pre-contrast frames for a reliable baseline",
             )
         )
-    baseline = uniform[:arrival].mean(axis=0)
-    concentration = uniform - baseline
-    masks = brain_masks(baseline, concentration.max(axis=0), pixel_mm, dz)
-    clock.lap("masks")
-
-    sigma_px = settings.smoothing_sigma_mm / pixel_mm
-    smoothed = profile_bilateral(
-        concentration,
-        masks.tissue,
-        sigma_px=sigma_px,
-        radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
-        iterations=settings.smoothing_iterations,
-        strength=settings.smoothing_strength,
+    flags.extend(
+        input_flags(
+            inputs.aif, inputs.vof, inputs.aif_scale, inputs.aif_side, inputs.affected, limits
+        )
     )
-    if settings.temporal_sigma_s > 0:
-        sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
-        smoothed = gaussian_filter1d(smoothed, sigma_t, axis=0, mode="nearest")
-    clock.lap("smoothing")
 
-    hemis = find_hemispheres(masks.brain, geometry)
-    affected = preliminary_affected_side(smoothed, masks.tissue, hemis, step)
-    aif, vof, aif_scale, aif_side = _vascular_inputs(
-        concentration, masks, hemis, affected, geometry, step, baseline
-    )
-    flags.extend(input_flags(aif, vof, aif_scale, aif_side, affected, limits))
-    clock.lap("aif_vof")
-
-    aif_input = aif.curve * aif_scale
-    if settings.temporal_sigma_s > 0:
-        sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
-        aif_input = gaussian_filter1d(aif_input, sigma_t, mode="nearest")
-    maps = compute_maps(
-        smoothed,
-        aif_input.astype(np.float32),
-        step,
-        method="osvd",
-        oscillation_index=settings.oscillation_index,
-        mask=masks.tissue,
-        correct_cbf_bias=settings.correct_cbf_bias,
-    )
+    with analysis_stage("deconvolution"):
+        aif_input = inputs.aif.curve * inputs.aif_scale
+        if settings.temporal_sigma_s > 0:
+            sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
+            aif_input = gaussian_filter1d(aif_input, sigma_t, mode="nearest")
+        maps = compute_maps(
+            smoothed,
+            aif_input.astype(np.float32),
+            step,
+            method="osvd",
+            oscillation_index=settings.oscillation_index,
+            mask=masks.tissue,
+            correct_cbf_bias=settings.correct_cbf_bias,
+        )
     clock.lap("deconvolution")
 
-    result = _lesions(maps, masks, hemis, geometry, settings)
-    core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
-    vv = geometry.voxel_volume_ml
-    metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
-    decisions = evaluate_decisions(metrics)
-    flags.extend(acquisition_flags(series, masks, concentration, arrival, limits))
+    with analysis_stage("lesions"):
+        result = ctp_lesion_masks(maps, masks, inputs.hemis, geometry, settings)
+        core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
+        vv = geometry.voxel_volume_ml
+        metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
+        flags.extend(acquisition_flags(series, masks, inputs.concentration, arrival, limits))
+        unwashed_ml = volume_ml(unwashed_tissue(smoothed, masks.tissue, arrival, step), vv)
+        truncation = tissue_truncation_flag(
+            unwashed_ml, float(grid_s[-1] - grid_s[0]), settings.tmax_thresholds_s[1]
+        )
+        not_assessable: dict[str, str] = {}
+        if truncation is not None:
+            flags.append(truncation)
+            not_assessable = {
+                "tmax10_ml": TRUNCATION_NOT_ASSESSABLE,
+                "hypoperfusion_intensity_ratio": TRUNCATION_NOT_ASSESSABLE,
+            }
+        decisions = evaluate_assessable_decisions(metrics, not_assessable)
+        for key, met in decisions.items():
+            if met is None:
+                not_assessable[key] = TRUNCATION_NOT_ASSESSABLE
     clock.lap("lesions")
 
     return CtpAnalysis(
@@ -202,19 +287,167 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
         core=core,
         tmax6=tmax6,
         tmax10=tmax10,
-        baseline_hu=baseline,
+        baseline_hu=inputs.baseline,
         metrics=metrics,
         decisions=decisions,
         lesion_side=lesion_side,
         reference_cbf_ml_100g_min=ref_cbf,
         reference_description=ref_text,
-        aif=aif,
-        vof=vof,
-        aif_scale=aif_scale,
+        aif=inputs.aif,
+        vof=inputs.vof,
+        aif_scale=inputs.aif_scale,
         grid_s=grid_s,
         motion=motion,
         flags=flags,
+        slabs=slabs,
+        arrival_s=float(grid_s[arrival] - grid_s[0]),
+        unwashed_tissue_ml=round(unwashed_ml, 1),
+        not_assessable=not_assessable,
         timings_s=clock.timings,
+    )
+
+
+def variable_sampling(times_s: np.ndarray) -> bool:
+    """True when the frame interval changes during the scan (dense-then-sparse protocols).
+
+    Parameters
+    ----------
+    times_s : numpy.ndarray
+        ``(t, z)`` acquisition times of the frames used.
+
+    Returns
+    -------
+    bool
+        The 90th percentile of the frame intervals exceeds 1.5 x their 10th percentile
+        (percentiles, so that a frame or two dropped for motion do not count).
+    """
+    steps = np.diff(np.asarray(times_s, dtype=np.float64).mean(axis=1))
+    if steps.size < 4:
+        return False
+    low, high = np.percentile(steps, [10, 90])
+    return bool(high > 1.5 * low)
+
+
+def _resample_within(
+    signal: np.ndarray, mask: np.ndarray, times_s: np.ndarray, step_s: float
+) -> np.ndarray:
+    """The ``mask`` voxels of ``(t, z, y, x)`` ``signal`` on the uniform grid, ``(n, k)``.
+
+    Only the masked voxels are interpolated (the filter changed nothing else); each slice
+    keeps its clock, so the grid is the one :func:`resample_uniform` gives the series.
+    """
+    nt, nz = signal.shape[:2]
+    counts = mask.reshape(nz, -1).sum(axis=1)
+    width = max(1, int(counts.max()))
+    packed = np.zeros((nt, nz, 1, width), dtype=np.float32)
+    for z in range(nz):
+        packed[:, z, 0, : counts[z]] = signal[:, z][:, mask[z]]
+    uniform, _ = resample_uniform(packed, times_s, step_s)
+    return np.concatenate([uniform[:, z, 0, : counts[z]] for z in range(nz)], axis=1)
+
+
+def _blood_search(baseline_hu: np.ndarray, masks: BrainMasks) -> np.ndarray:
+    """Voxels where arteries and veins may be sought: blood-like before contrast, no bone.
+
+    Vessels reach a voxel beyond the brain mask (the sinus lies against the skull).
+    Unenhanced blood is ~40 HU: voxels far denser before contrast share bone, whose
+    edge smears into them when motion is corrected.
+    """
+    blood_like = baseline_hu < MAX_BLOOD_BASELINE_HU
+    near_bone = ndimage.binary_dilation(
+        baseline_hu > BONE_HU, structure=np.ones((1, 3, 3), dtype=bool)
+    )
+    return np.asarray((masks.brain | masks.vessels) & blood_like & ~near_bone)
+
+
+def _bolus_arrival(uniform: np.ndarray, pixel_mm: float, dz_mm: float) -> int:
+    """First contrast frame: the earlier of the arterial rise and the brain-wide rise.
+
+    The brain-wide 99.5th percentile only moves when 0.5 % of the brain enhances, which a
+    small artery cannot do (it then waits for the sinus, seconds later, and the baseline
+    swallows the arterial first pass); the strongly enhancing blood-like voxels give
+    the arterial rise directly, the percentile is the fallback.
+    """
+    first = uniform[: min(2, uniform.shape[0])].mean(axis=0)
+    prelim = brain_masks(first, (uniform - first).max(axis=0), pixel_mm, dz_mm)
+    if not prelim.brain.any():
+        raise AnalysisError("no brain found inside the skull: is this a head CT perfusion?")
+    arrival = bolus_arrival_index(uniform, prelim.brain)
+    rise = arterial_rise_index(uniform, _blood_search(first, prelim))
+    if rise is not None:
+        # The frame before the first clear rise is still baseline (partial arrival).
+        arrival = min(arrival, max(1, rise - 1))
+    return arrival
+
+
+def _baseline_and_inputs(
+    uniform: np.ndarray,
+    acquired: tuple[np.ndarray, np.ndarray],
+    arrival: int,
+    geometry: Geometry,
+    settings: CtpSettings,
+    clock: StageClock,
+) -> _Inputs:
+    """Baseline, masks, filtered curves and the vascular inputs for one bolus arrival."""
+    dz, pixel_mm, _ = geometry.voxel_size_mm
+    step = settings.temporal_step_s
+    with analysis_stage("masks"):
+        baseline = uniform[:arrival].mean(axis=0)
+        concentration = uniform - baseline
+        masks = brain_masks(baseline, concentration.max(axis=0), pixel_mm, dz)
+        if not masks.tissue.any():
+            raise AnalysisError("no analysable brain tissue found after baseline subtraction")
+    clock.lap("masks")
+
+    with analysis_stage("smoothing"):
+        sigma_px = settings.smoothing_sigma_mm / pixel_mm
+        tips = partial(
+            profile_bilateral,
+            sigma_px=sigma_px,
+            radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
+            iterations=settings.smoothing_iterations,
+            strength=settings.smoothing_strength,
+        )
+        frames, times_s = acquired
+        if variable_sampling(times_s):
+            # Filtered on the acquired frames, where the noise is independent from frame
+            # to frame, then resampled: interpolating the sparse frames first spreads each
+            # of their noise samples over several grid points, and that correlated noise
+            # takes over the leading principal components the filter compares and keeps,
+            # washing out the timing differences between lesion zones.
+            native = tips(frames - baseline, masks.tissue)
+            curves = _resample_within(native, masks.tissue, times_s, step)
+            del native
+        else:
+            curves = tips(concentration, masks.tissue)[:, masks.tissue]
+        if settings.temporal_sigma_s > 0:
+            sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
+            curves = gaussian_filter1d(curves, sigma_t, axis=0, mode="nearest")
+        # Only tissue curves are filtered: every later step reads tissue voxels only.
+        smoothed = concentration.copy()
+        smoothed[:, masks.tissue] = curves
+        del curves
+    clock.lap("smoothing")
+
+    with analysis_stage("aif_vof"):
+        hemis = find_hemispheres(masks.brain, geometry)
+        affected = preliminary_affected_side(smoothed, masks.tissue, hemis, step)
+        aif, vof, aif_scale, aif_side = _vascular_inputs(
+            concentration, masks, hemis, affected, geometry, step, baseline
+        )
+    clock.lap("aif_vof")
+    return _Inputs(
+        arrival=arrival,
+        baseline=baseline,
+        concentration=concentration,
+        masks=masks,
+        smoothed=smoothed,
+        hemis=hemis,
+        affected=affected,
+        aif=aif,
+        vof=vof,
+        aif_scale=aif_scale,
+        aif_side=aif_side,
     )
 
 
@@ -250,14 +483,7 @@ def _vascular_inputs(
     baseline_hu: np.ndarray,
 ) -> tuple[VascularCurve, VascularCurve | None, float, int]:
     vv = geometry.voxel_volume_ml
-    # Vessels reach a voxel beyond the brain mask (the sinus lies against the skull).
-    # Unenhanced blood is ~40 HU: voxels far denser before contrast share bone, whose
-    # edge smears into them when motion is corrected.
-    blood_like = baseline_hu < MAX_BLOOD_BASELINE_HU
-    near_bone = ndimage.binary_dilation(
-        baseline_hu > BONE_HU, structure=np.ones((1, 3, 3), dtype=bool)
-    )
-    searchable = (masks.brain | masks.vessels) & blood_like & ~near_bone
+    searchable = _blood_search(baseline_hu, masks)
     aif = None
     aif_side = 0
     if affected != 0:
@@ -268,6 +494,12 @@ def _vascular_inputs(
         aif_side = 0
     if aif is None:
         raise AnalysisError("no arterial input found: no early, strongly enhancing vessel")
+    if aif.peak < MIN_AIF_PEAK_HU:
+        raise AnalysisError(
+            f"no contrast enhancement found: the earliest, strongest enhancing vessel rises "
+            f"only {aif.peak:.0f} HU (an artery rises by hundreds); was contrast injected "
+            "during this acquisition?"
+        )
     # The superior sagittal sinus runs posterior, near the midline.
     _, ny, nx = masks.brain.shape
     yy = np.arange(ny)[:, None]
@@ -282,46 +514,3 @@ def _vascular_inputs(
         vof = select_vof(concentration, searchable, aif, step_s)
     scale = partial_volume_scale(aif, vof)
     return aif, vof, scale, aif_side
-
-
-def _lesions(
-    maps: PerfusionMaps,
-    masks: BrainMasks,
-    hemis: Hemispheres,
-    geometry: Geometry,
-    settings: CtpSettings,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str | None]:
-    tissue = masks.tissue
-    vv = geometry.voxel_volume_ml
-    tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
-    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
-    tmax6 = clean_mask(tmax > t6, tissue, vv, settings.min_cluster_ml)
-    tmax10 = clean_mask(tmax > t10, tissue, vv, settings.min_cluster_ml) & tmax6
-    n_left = np.count_nonzero(tmax6 & (hemis.side == LEFT))
-    n_right = np.count_nonzero(tmax6 & (hemis.side == RIGHT))
-    lesion = 0
-    if max(n_left, n_right) * vv >= 5.0:
-        lesion = LEFT if n_left >= n_right else RIGHT
-    cbf = np.nan_to_num(maps.cbf_ml_100g_min, nan=0.0)
-    normal = tissue & (tmax < NORMAL_TMAX_S)
-    if lesion != 0:
-        contralateral = normal & (hemis.side == -lesion)
-        reference_text = (
-            f"mean CBF of {side_name(-lesion)} (contralateral) hemisphere tissue "
-            f"with Tmax < {NORMAL_TMAX_S:g} s"
-        )
-    else:
-        contralateral = normal
-        reference_text = f"mean CBF of all brain tissue with Tmax < {NORMAL_TMAX_S:g} s"
-    if np.count_nonzero(contralateral) < 50:
-        contralateral = tissue
-        reference_text = "mean CBF of all brain tissue (too little normal tissue)"
-    reference = float(cbf[contralateral].mean())
-    rcbf = np.where(tissue, cbf / max(reference, 1e-6), np.nan).astype(np.float32)
-    raw_core = np.nan_to_num(rcbf, nan=1.0) < settings.core_rcbf_threshold
-    if settings.core_requires_tmax_s > 0:
-        raw_core &= tmax > settings.core_requires_tmax_s
-    core = clean_mask(raw_core, tissue, vv, settings.min_cluster_ml)
-    # Core is part of the hypoperfused tissue by definition.
-    tmax6 |= core
-    return core, tmax6, tmax10, rcbf, reference, reference_text, side_name(lesion)

@@ -10,6 +10,17 @@ from strokeflow.analysis.motion import MotionResult
 from strokeflow.analysis.quality import QualityFlag, QualityLimits
 from strokeflow.analysis.volume import PerfusionSeries
 
+#: A tissue curve has washed out when, over the last ``TAIL_WINDOW_S`` of the scan, it is
+#: back below this fraction of its peak; one that is still above has not completed its
+#: first pass (or not even peaked), so its CBV, MTT and Tmax are cut short.
+MAX_TISSUE_TAIL_FRACTION = 0.75
+TAIL_WINDOW_S = 2.0
+#: Only curves whose peak stands this far above their own baseline noise are judged:
+#: the tail of a curve lost in noise says nothing about the scan length.
+MIN_JUDGED_PEAK_SNR = 5.0
+#: Tissue volume whose curves have not washed out that makes the scan too short.
+MAX_UNWASHED_TISSUE_ML = 5.0
+
 
 def motion_flags(motion: MotionResult, limits: QualityLimits) -> list[QualityFlag]:
     """Frames excluded for uncorrectable motion, and motion that was corrected."""
@@ -127,3 +138,59 @@ def acquisition_flags(
                 )
             )
     return flags
+
+
+def unwashed_tissue(
+    smoothed: np.ndarray, tissue: np.ndarray, arrival: int, step_s: float
+) -> np.ndarray:
+    """Tissue voxels whose curve has not peaked and washed out before the last frame.
+
+    Parameters
+    ----------
+    smoothed : numpy.ndarray
+        ``(n, z, y, x)`` filtered tissue enhancement on the uniform grid.
+    tissue : numpy.ndarray
+        ``(z, y, x)`` bool analysable tissue.
+    arrival : int
+        First contrast frame (the frames before it give each voxel's noise).
+    step_s : float
+        Grid step.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(z, y, x)`` bool: judged voxels (peak above ``MIN_JUDGED_PEAK_SNR`` x noise) whose
+        mean over the last ``TAIL_WINDOW_S`` is above ``MAX_TISSUE_TAIL_FRACTION`` of the peak.
+    """
+    out = np.zeros(tissue.shape, dtype=bool)
+    curves = smoothed[:, tissue]
+    n = curves.shape[0]
+    if curves.shape[1] == 0 or n < 4:
+        return out
+    peak = curves.max(axis=0)
+    tail = curves[-max(1, round(TAIL_WINDOW_S / step_s)) :].mean(axis=0)
+    if arrival >= 3:
+        noise = curves[:arrival].std(axis=0, ddof=1)
+    else:
+        # Too few baseline frames: frame-to-frame differences, which hold the noise
+        # (times sqrt 2) and little of the slow bolus.
+        noise = np.diff(curves, axis=0).std(axis=0, ddof=1) / np.sqrt(2.0)
+    judged = peak > MIN_JUDGED_PEAK_SNR * np.maximum(noise, 1e-6)
+    out[tissue] = judged & (tail > MAX_TISSUE_TAIL_FRACTION * peak)
+    return out
+
+
+def tissue_truncation_flag(
+    unwashed_ml: float, last_frame_s: float, tmax_threshold_s: float
+) -> QualityFlag | None:
+    """Critical flag when too much tissue has not washed out at the end of the scan."""
+    if unwashed_ml < MAX_UNWASHED_TISSUE_ML:
+        return None
+    return QualityFlag(
+        "tissue_truncated",
+        "critical",
+        f"scan too short for the tissue: {unwashed_ml:.0f} mL of brain tissue has not peaked "
+        f"and washed out by the last frame ({last_frame_s:.0f} s); Tmax is underestimated "
+        f"there, so Tmax > {tmax_threshold_s:g} s, the hypoperfusion intensity ratio and the "
+        "malignant profile are not assessable; core and Tmax > 6 s may be underestimated",
+    )

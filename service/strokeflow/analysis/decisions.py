@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
@@ -28,7 +28,7 @@ class Criterion:
     op: str
     threshold: float
 
-    def holds(self, values: dict[str, float]) -> bool:
+    def holds(self, values: Mapping[str, float]) -> bool:
         """True when the criterion is met by ``values``."""
         return _OPS[self.op](values[self.quantity], self.threshold)
 
@@ -51,6 +51,19 @@ class RuleSet:
         """Apply the rule to the lesion metrics."""
         results = [c.holds(values) for c in self.criteria]
         return any(results) if self.any_of else all(results)
+
+    def evaluate_known(self, values: Mapping[str, float]) -> bool | None:
+        """Apply the rule when some quantities may be unknown (absent from ``values``).
+
+        Three-valued (Kleene) logic: a criterion on an unknown quantity is unknown; the
+        rule is still decided when the known criteria settle it (one false criterion of
+        an "all of" rule, one true criterion of an "any of" rule), and None otherwise.
+        """
+        results = [c.holds(values) if c.quantity in values else None for c in self.criteria]
+        settling = bool(self.any_of)
+        if settling in results:
+            return settling
+        return None if None in results else not settling
 
     def describe(self) -> str:
         """Human-readable rule, e.g. ``core_ml < 70 and mismatch_ml >= 15``."""
@@ -170,6 +183,29 @@ def evaluate_decisions(metrics: LesionMetrics) -> dict[str, bool]:
     """Apply every rule set in ``RULE_SETS``; keys are the rule sets' ``key``."""
     values = metrics.decision_inputs()
     return {rule.key: rule.evaluate(values) for rule in RULE_SETS}
+
+
+def evaluate_assessable_decisions(
+    metrics: LesionMetrics, not_assessable: Collection[str]
+) -> dict[str, bool | None]:
+    """Apply every rule set when some quantities cannot be assessed.
+
+    Parameters
+    ----------
+    metrics : LesionMetrics
+        The measured volumes and ratios.
+    not_assessable : collection of str
+        Decision inputs (keys of ``LesionMetrics.decision_inputs``, e.g. ``"tmax10_ml"``)
+        that must not be relied on, e.g. because the scan ended before the tissue washed out.
+
+    Returns
+    -------
+    dict of str to bool or None
+        Keyed like ``RULE_SETS``; None where the rule depends on an unassessable quantity
+        and the others do not settle it.
+    """
+    values = {k: v for k, v in metrics.decision_inputs().items() if k not in not_assessable}
+    return {rule.key: rule.evaluate_known(values) for rule in RULE_SETS}
 
 
 def rule_table() -> dict[str, dict[str, str]]:

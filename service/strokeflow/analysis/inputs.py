@@ -74,6 +74,106 @@ def bolus_arrival_index(signal: np.ndarray, brain: np.ndarray) -> int:
     return max(1, int(above[0]) - 1) if above.size else 1
 
 
+#: A voxel has risen when its enhancement exceeds this fraction of its own peak and stays
+#: above it for ``_RISE_FRAMES`` frames: the start of the first pass, not a noise spike.
+_RISE_FRACTION = 0.15
+_RISE_FRAMES = 3
+
+
+def rise_index(curves: np.ndarray) -> np.ndarray:
+    """First frame of each curve's sustained rise above 15 % of its own peak.
+
+    Parameters
+    ----------
+    curves : numpy.ndarray
+        ``(n, k)`` enhancement curves (signal minus an early baseline).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(k,)`` int frame indices; ``n`` where a curve never rises.
+    """
+    n = curves.shape[0]
+    # A 3-frame running mean keeps a single noisy frame from starting the rise.
+    padded = np.concatenate([curves[:1], curves, curves[-1:]], axis=0)
+    smooth = (padded[:-2] + padded[1:-1] + padded[2:]) / 3.0
+    above = smooth > _RISE_FRACTION * smooth.max(axis=0)
+    run = min(_RISE_FRAMES, n)
+    sustained = above[: n - run + 1].copy()
+    for lag in range(1, run):
+        sustained &= above[lag : n - run + 1 + lag]
+    first = np.where(sustained.any(axis=0), sustained.argmax(axis=0), n)
+    return np.asarray(first, dtype=np.intp)
+
+
+def arterial_rise_index(signal: np.ndarray, search: np.ndarray, min_voxels: int = 3) -> int | None:
+    """Frame in which the earliest strongly enhancing voxels of ``search`` start to rise.
+
+    Arteries fill first, but a small artery is too few voxels to move a brain-wide
+    percentile: the arrival is taken from the strongly enhancing voxels themselves
+    (enhancement above a quarter of the strongest: arteries and veins, never tissue),
+    as the ``min_voxels``-th earliest rise among them, so that a few noisy voxels do not
+    make it early and a late-filling vein cannot make it late.
+
+    Parameters
+    ----------
+    signal : numpy.ndarray
+        ``(n, z, y, x)`` signal on the uniform time grid (enhancement is positive).
+    search : numpy.ndarray
+        ``(z, y, x)`` bool blood-like voxels (brain and vessels, no bone).
+    min_voxels : int
+        How many voxels must have risen.
+
+    Returns
+    -------
+    int or None
+        Frame index of the rise; None when fewer than ``min_voxels`` voxels enhance strongly.
+    """
+    curves = signal[:, search]
+    if curves.shape[1] < min_voxels or curves.shape[0] < 4:
+        return None
+    early = np.median(curves[: min(3, curves.shape[0])], axis=0)
+    enhancement = curves - early
+    peak = enhancement.max(axis=0)
+    # The 99.9th percentile, not the maximum: one corrupt voxel must not set the scale.
+    top = float(np.percentile(peak, 99.9))
+    if top <= 0:
+        return None
+    strong = peak > 0.25 * top
+    if np.count_nonzero(strong) < min_voxels:
+        return None
+    rises = np.sort(rise_index(enhancement[:, strong]))
+    first = int(rises[min_voxels - 1])
+    return first if first < curves.shape[0] else None
+
+
+def first_pass_start(signal: np.ndarray, voxels_zyx: np.ndarray) -> int | None:
+    """Frame in which the mean raw curve of the given voxels starts its first pass.
+
+    Used to check that the baseline frames hold no arterial first pass: measured on the
+    signal itself, so a baseline that swallowed the rise cannot hide it.
+
+    Parameters
+    ----------
+    signal : numpy.ndarray
+        ``(n, z, y, x)`` signal on the uniform time grid.
+    voxels_zyx : numpy.ndarray
+        ``(k, 3)`` voxel indices (e.g. ``VascularCurve.voxels_zyx``).
+
+    Returns
+    -------
+    int or None
+        Frame index; None when the curve does not rise.
+    """
+    z, y, x = (np.asarray(voxels_zyx, dtype=np.intp)[:, i] for i in range(3))
+    curve = signal[:, z, y, x].astype(np.float64).mean(axis=1)
+    enhancement = curve - float(np.median(curve[: min(3, curve.size)]))
+    if enhancement.max() <= 0:
+        return None
+    first = int(rise_index(enhancement[:, None])[0])
+    return first if first < curve.size else None
+
+
 def _features(curves: np.ndarray, step_s: float) -> tuple[np.ndarray, ...]:
     """Peak, time to peak, FWHM and tail fraction of ``(n, k)`` curves."""
     peak = curves.max(axis=0)

@@ -5,6 +5,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from strokeflow.analysis.brainmask import BrainMasks
+from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, side_name
+from strokeflow.analysis.maps import PerfusionMaps
+from strokeflow.analysis.settings import CtpSettings
+from strokeflow.analysis.volume import Geometry
+
+#: Tissue with Tmax below this is "normally perfused" and serves as the rCBF reference.
+NORMAL_TMAX_S = 4.0
+
 
 def clean_mask(
     mask: np.ndarray, allowed: np.ndarray, voxel_volume_ml: float, min_cluster_ml: float
@@ -48,3 +57,55 @@ def clean_mask(
 def volume_ml(mask: np.ndarray, voxel_volume_ml: float) -> float:
     """Volume of a boolean mask in mL."""
     return float(np.count_nonzero(mask)) * voxel_volume_ml
+
+
+def ctp_lesion_masks(
+    maps: PerfusionMaps,
+    masks: BrainMasks,
+    hemis: Hemispheres,
+    geometry: Geometry,
+    settings: CtpSettings,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str | None]:
+    """Core, Tmax > 6 s and Tmax > 10 s masks of a CT perfusion analysis, and rCBF.
+
+    Returns
+    -------
+    tuple
+        ``(core, tmax6, tmax10, rcbf, reference_cbf, reference_text, lesion_side)``:
+        bool ``(z, y, x)`` masks (the core is included in Tmax > 6 s), the relative CBF
+        map, the reference CBF (mL/100 g/min) and how it was taken, and the lesion side.
+    """
+    tissue = masks.tissue
+    vv = geometry.voxel_volume_ml
+    tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
+    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
+    tmax6 = clean_mask(tmax > t6, tissue, vv, settings.min_cluster_ml)
+    tmax10 = clean_mask(tmax > t10, tissue, vv, settings.min_cluster_ml) & tmax6
+    n_left = np.count_nonzero(tmax6 & (hemis.side == LEFT))
+    n_right = np.count_nonzero(tmax6 & (hemis.side == RIGHT))
+    lesion = 0
+    if max(n_left, n_right) * vv >= 5.0:
+        lesion = LEFT if n_left >= n_right else RIGHT
+    cbf = np.nan_to_num(maps.cbf_ml_100g_min, nan=0.0)
+    normal = tissue & (tmax < NORMAL_TMAX_S)
+    if lesion != 0:
+        contralateral = normal & (hemis.side == -lesion)
+        reference_text = (
+            f"mean CBF of {side_name(-lesion)} (contralateral) hemisphere tissue "
+            f"with Tmax < {NORMAL_TMAX_S:g} s"
+        )
+    else:
+        contralateral = normal
+        reference_text = f"mean CBF of all brain tissue with Tmax < {NORMAL_TMAX_S:g} s"
+    if np.count_nonzero(contralateral) < 50:
+        contralateral = tissue
+        reference_text = "mean CBF of all brain tissue (too little normal tissue)"
+    reference = float(cbf[contralateral].mean())
+    rcbf = np.where(tissue, cbf / max(reference, 1e-6), np.nan).astype(np.float32)
+    raw_core = np.nan_to_num(rcbf, nan=1.0) < settings.core_rcbf_threshold
+    if settings.core_requires_tmax_s > 0:
+        raw_core &= tmax > settings.core_requires_tmax_s
+    core = clean_mask(raw_core, tissue, vv, settings.min_cluster_ml)
+    # Core is part of the hypoperfused tissue by definition.
+    tmax6 |= core
+    return core, tmax6, tmax10, rcbf, reference, reference_text, side_name(lesion)

@@ -20,6 +20,11 @@ class CtpSettings:
         Tmax>10 s used by the decisions).
     analysis_pixel_mm : float
         Target in-plane pixel size after binning (noise reduction and speed).
+    analysis_slab_mm : float
+        Target thickness of the analysis slabs that thin slices are averaged into.
+    thin_slice_below_mm : float
+        Input slices thinner than this are combined into ``analysis_slab_mm`` slabs
+        (whole groups of adjacent slices), before any noise filtering.
     smoothing_sigma_mm : float
         Spatial sigma of the time-profile bilateral filter (edge-preserving smoothing).
     smoothing_iterations : int
@@ -49,6 +54,8 @@ class CtpSettings:
     core_requires_tmax_s: float = 6.0
     tmax_thresholds_s: tuple[float, ...] = (6.0, 10.0)
     analysis_pixel_mm: float = 1.8
+    analysis_slab_mm: float = 5.0
+    thin_slice_below_mm: float = 3.0
     smoothing_sigma_mm: float = 4.5
     smoothing_iterations: int = 3
     smoothing_strength: float = 0.5

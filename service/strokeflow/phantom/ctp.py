@@ -124,8 +124,10 @@ class CtpPhantomOptions:
     frames : int
         Number of time frames before truncation by ``scan_duration_s``.
     timing : {"regular", "irregular"}
-        Regular: every ``frame_interval_s``. Irregular: ~1 s frames for the first 30 s,
-        then ~3 s, with a little jitter.
+        Regular: every ``frame_interval_s``. Irregular (dense-then-sparse): ~1 s frames
+        for the first ``dense_phase_s``, then ~3 s, with a little jitter.
+    dense_phase_s : float
+        Length of the dense (~1 s) phase of irregular timing.
     frame_interval_s : float
         Sampling interval of regular timing.
     scan_duration_s : float or None
@@ -133,7 +135,8 @@ class CtpPhantomOptions:
     noise_hu : float or None
         Gaussian noise sigma per voxel and frame; None: a clinical 80 kV perfusion
         protocol, 12 HU at 0.45 mm pixels and 5 mm slices, scaled by 0.45 / pixel_mm
-        (3 HU at the default 1.8 mm). An ultra-low-dose scan is ~20 HU at 0.45 mm.
+        and sqrt(5 mm / slice_mm) (3 HU at the default 1.8 mm and 5 mm; a 1 mm slice
+        collects a fifth of the photons). An ultra-low-dose scan is ~20 HU at 0.45 mm.
     lesion : {"none", "standard", "large", "malignant"}
         Lesion size class (see docs/phantom.md for the volumes).
     lesion_side : {"left", "right"}
@@ -146,6 +149,15 @@ class CtpPhantomOptions:
         Peak of the first pass of the true arterial enhancement.
     residue_kind : {"exponential", "box", "linear"}
         Residue function of every tissue.
+    arterial_arrival_s : float
+        Time the arterial first pass starts on the scan clock (early arrival: good
+        cardiac output or a late scan start; late: low cardiac output).
+    bolus_width_scale : float
+        Widens (> 1) the arterial first pass in time at the same area (so a lower peak)
+        and delays its recirculation alike: 2 is the wide, low bolus of low cardiac output.
+    artery_radius_scale : float
+        Scales the radius of every artery; below ~0.6 the arteries cover less than
+        0.5 % of the brain (small, partial-volumed arteries).
     """
 
     seed: int = 0
@@ -163,6 +175,10 @@ class CtpPhantomOptions:
     motion: Literal["none", "moderate", "severe"] = "none"
     aif_peak_hu: float = 400.0
     residue_kind: Literal["exponential", "box", "linear"] = "exponential"
+    dense_phase_s: float = 30.0
+    arterial_arrival_s: float = ARTERIAL_ARRIVAL_S
+    bolus_width_scale: float = 1.0
+    artery_radius_scale: float = 1.0
 
     @property
     def pixel_mm(self) -> float:
@@ -174,7 +190,7 @@ class CtpPhantomOptions:
         """The noise sigma actually used (``noise_hu`` or the clinical default)."""
         if self.noise_hu is not None:
             return float(self.noise_hu)
-        return CLINICAL_NOISE_HU_AT_045MM * 0.45 / self.pixel_mm
+        return CLINICAL_NOISE_HU_AT_045MM * 0.45 / self.pixel_mm * np.sqrt(5.0 / self.slice_mm)
 
 
 @dataclass(frozen=True)
@@ -276,7 +292,7 @@ def frame_times_s(options: CtpPhantomOptions) -> np.ndarray:
         steps = np.empty(max(options.frames - 1, 0))
         t = 0.0
         for i in range(steps.size):
-            step = 1.0 if t < 30.0 else 3.0
+            step = 1.0 if t < options.dense_phase_s else 3.0
             steps[i] = step + rng.uniform(-0.1, 0.1) * step
             t += steps[i]
         times = np.concatenate([[0.0], np.cumsum(steps)])
@@ -410,10 +426,11 @@ def render_static(
     return _render(anatomy, class_map(anatomy.labels, zones), curves, time_s), affine
 
 
-def arterial_peak_time_s() -> float:
+def arterial_peak_time_s(options: CtpPhantomOptions | None = None) -> float:
     """Time of the first-pass arterial peak on the phantom's clock (for CT angiography)."""
+    options = options or CtpPhantomOptions()
     # gamma_variate peaks at t0 + alpha * beta.
-    return ARTERIAL_ARRIVAL_S + AIF_ALPHA * AIF_BETA_S
+    return options.arterial_arrival_s + AIF_ALPHA * AIF_BETA_S * options.bolus_width_scale
 
 
 def _check(options: CtpPhantomOptions) -> None:
@@ -428,6 +445,10 @@ def _check(options: CtpPhantomOptions) -> None:
         )
     if options.slice_mm <= 0 or options.frame_interval_s <= 0:
         raise ValueError("slice_mm and frame_interval_s must be positive")
+    if options.bolus_width_scale <= 0 or options.artery_radius_scale <= 0:
+        raise ValueError("bolus_width_scale and artery_radius_scale must be positive")
+    if options.arterial_arrival_s < 0 or options.dense_phase_s < 0:
+        raise ValueError("arterial_arrival_s and dense_phase_s must not be negative")
 
 
 def _slab_centre_mm(options: CtpPhantomOptions) -> float:
@@ -568,7 +589,7 @@ def head_anatomy(options: CtpPhantomOptions, z_mm: np.ndarray, pose: Pose | None
                 pieces.append((np.hypot(X - side * 41.0, Y - y_sylvian + 2.0), 1.7, True))
                 pieces.append((np.hypot(X - side * 45.0, Y - y_sylvian - 5.0), 1.7, True))
             for dist, radius, distal in pieces:
-                pv = ARTERY_PV * _partial_volume(dist, radius, px)
+                pv = ARTERY_PV * _partial_volume(dist, radius * options.artery_radius_scale, px)
                 if distal and side == occluded_sign:
                     pv_o = np.maximum(pv_o, pv)
                 else:
@@ -671,8 +692,16 @@ def _tissue_parameters(
 def perfusion_curves(options: CtpPhantomOptions, labels: np.ndarray, end_s: float) -> Curves:
     """Arterial, venous, occluded-MCA and per-class tissue curves on a 0.1 s grid."""
     fine = np.arange(0.0, end_s + 0.1 + 1e-9, 0.1)
+    width = options.bolus_width_scale
+    # A wider bolus of the same dose is lower: the peak scales as 1 / width, so the
+    # arterial area (and every tissue's enhancement per unit CBV) is kept.
     arterial = arterial_input(
-        fine, ARTERIAL_ARRIVAL_S, options.aif_peak_hu, alpha=AIF_ALPHA, beta_s=AIF_BETA_S
+        fine,
+        options.arterial_arrival_s,
+        options.aif_peak_hu / width,
+        alpha=AIF_ALPHA,
+        beta_s=AIF_BETA_S * width,
+        recirculation_delay_s=9.0 * width,
     )
     occluded = OCCLUDED_FRACTION * venous_outflow(fine, arterial, OCCLUDED_DELAY_S, 3.0)
     venous = venous_outflow(fine, arterial, VENOUS_DELAY_S, VENOUS_DISPERSION_S)

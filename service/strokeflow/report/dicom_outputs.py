@@ -223,21 +223,32 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
             f"Tmax > {t6:g} s region outside the core",
         ),
     ]
+    na = analysis.not_assessable
+    tmax10_na = na.get("tmax10_ml")
+    undecided = [f"Tmax > {t10:g} s", "hypoperfusion intensity ratio"] + [
+        r.name for r in RULE_SETS if r.key in na
+    ]
+    if tmax10_na is not None:
+        # Not asserted: no Tmax > 10 s segment or volume in the SEG and the SR.
+        regions = [r for r in regions if r.key != "tmax10"]
     ratio_text = "no core (infinite)" if m.mismatch_ratio is None else f"{m.mismatch_ratio:.1f}"
-    hir_text = (
-        "-"
-        if m.hypoperfusion_intensity_ratio is None
-        else (f"{m.hypoperfusion_intensity_ratio:.2f}")
-    )
+    hir = None if "hypoperfusion_intensity_ratio" in na else m.hypoperfusion_intensity_ratio
+    hir_text = "-" if hir is None else f"{hir:.2f}"
+    if "hypoperfusion_intensity_ratio" in na:
+        hir_text = "not assessable"
     volume_rows = [
         (f"Core (rCBF < {core_pct})", _fmt_ml(m.core_ml)),
         (f"Tmax > {t6:g} s", _fmt_ml(m.tmax6_ml)),
-        (f"Tmax > {t10:g} s", _fmt_ml(m.tmax10_ml)),
+        (f"Tmax > {t10:g} s", "not assessable" if tmax10_na else _fmt_ml(m.tmax10_ml)),
         ("Mismatch volume", _fmt_ml(m.mismatch_ml)),
         ("Mismatch ratio", ratio_text),
         ("Hypoperfusion intensity ratio", hir_text),
         ("Lesion side", (analysis.lesion_side or "none detected").upper()),
     ]
+    slabs = analysis.slabs
+    slab_text = f"{slabs.slab_mm:g} mm ({slabs.slices_per_slab} x {slabs.input_slice_mm:g} mm)"
+    if slabs.combined:
+        volume_rows.append(("Analysis slabs", slab_text))
     rules = {r.key: r for r in RULE_SETS}
     order = ["defuse3", "extend", "defuse2"]
     decisions = [
@@ -248,7 +259,11 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
     alerts = []
     if analysis.decisions.get("malignant_profile"):
         alerts.append(f"WARNING: {rules['malignant_profile'].name}")
-    hir = m.hypoperfusion_intensity_ratio
+    if tmax10_na is not None:
+        # Alerts fit the decision column (about 48 characters at their size).
+        alerts.append(f"Tmax>{t10:g} s, HIR: {tmax10_na}")
+        if "malignant_profile" in na:
+            alerts.append(f"{rules['malignant_profile'].name}: not assessable")
     if hir is not None and hir > HIR_POOR_COLLATERALS:
         alerts.append(f"HIR {hir:.2f} > {HIR_POOR_COLLATERALS:g}: poor collaterals likely")
     times = analysis.grid_s - analysis.grid_s[0]
@@ -322,6 +337,8 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
             f"hypoperfusion: Tmax > {t6:g} s and Tmax > {t10:g} s",
             f"minimum cluster volume: {settings.min_cluster_ml:g} mL",
             f"rCBF reference: {analysis.reference_description}",
+            *([f"analysis slabs: {slab_text}"] if slabs.combined else []),
+            *([f"{', '.join(undecided)}: {tmax10_na}"] if tmax10_na is not None else []),
         ],
     )
     return ResultContent(
