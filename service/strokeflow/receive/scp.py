@@ -43,6 +43,7 @@ from strokeflow.receive.checks import (
     read_dataset,
     text_value,
 )
+from strokeflow.receive.limits import ConnectionLimits, LimitedAssociationServer
 from strokeflow.receive.part10 import part10_header
 from strokeflow.receive.storage import (
     free_disk_mb,
@@ -309,7 +310,7 @@ def _instance_record(
     )
 
 
-class _ReusePortServer(ThreadedAssociationServer):
+class _ReusePortServer(LimitedAssociationServer):
     """Lets several receiving processes listen on one port; the kernel spreads connections."""
 
     def server_bind(self) -> None:
@@ -322,11 +323,13 @@ class _ReusePortServer(ThreadedAssociationServer):
 def make_ae(settings: Settings) -> AE:
     """The application entity: every storage SOP class with every transfer syntax."""
     ae = AE(ae_title=settings.ae_title)
-    ae.maximum_pdu_size = 0  # unlimited
+    # Advertised to senders; receive/limits.py refuses a PDU declaring more.
+    ae.maximum_pdu_size = settings.max_pdu_receive_bytes
     ae.maximum_associations = settings.max_associations
     ae.require_called_aet = False  # checked in Receiver.on_requested, with a logged reason
     ae.dimse_timeout = 120
-    ae.network_timeout = 120
+    ae.acse_timeout = settings.association_request_timeout_s
+    ae.network_timeout = settings.idle_association_timeout_s
     for context in StoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -366,7 +369,8 @@ def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAss
         (settings.bind_address, settings.dicom_port),
         evt_handlers=receiver.handlers,
         ssl_context=make_ssl_context(settings),
-        server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
+        server_class=_ReusePortServer if reuse_port else LimitedAssociationServer,
+        limits=ConnectionLimits.from_settings(settings),
     )
     thread = threading.Thread(
         target=server.serve_forever, name=f"dicom-listener:{settings.dicom_port}", daemon=True
