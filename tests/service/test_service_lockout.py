@@ -60,6 +60,11 @@ def echo_throughout(port: int, window_s: float, source: str = CLIENT) -> list[fl
     return latencies
 
 
+def baseline_echo_s(port: int) -> float:
+    """Slowest of a few C-ECHOs before the attack: the reference for this machine now."""
+    return max(echo_throughout(port, 1.0))
+
+
 def _connect(source: str, port: int) -> socket.socket:
     sock = socket.socket()
     sock.bind((source, 0))
@@ -83,6 +88,7 @@ def _closed_by_peer(sock: socket.socket, timeout_s: float) -> bool:
 def test_silent_connections_do_not_lock_others_out(make_listener: Callable[..., Any]) -> None:
     listener = make_listener()  # default limits: what a deployment gets
     request_timeout_s = listener.settings.association_request_timeout_s
+    baseline_s = baseline_echo_s(listener.port)
     silent = []
     dropped_s: list[float] = []
 
@@ -111,7 +117,8 @@ def test_silent_connections_do_not_lock_others_out(make_listener: Callable[..., 
     assert request_timeout_s - 0.5 < dropped_s[-1] < request_timeout_s + 2.0, dropped_s
     assert echo_latency_s(listener.port, ATTACKER) is not None  # the host may come back
     print(
-        f"silent x17: echo max {max(latencies):.3f} s over {len(latencies)} echoes; "
+        f"silent x17: echo max {max(latencies):.3f} s over {len(latencies)} echoes "
+        f"(before: {baseline_s:.3f} s); "
         f"{len(silent) - per_host} closed within {dropped_s[len(silent) - per_host - 1]:.3f} s, "
         f"the rest after {dropped_s[-1]:.2f} s"
     )
@@ -140,8 +147,9 @@ def test_idle_associations_are_limited_per_host_and_closed(
     make_listener: Callable[..., Any],
 ) -> None:
     listener = make_listener(idle_association_timeout_s=4.0, max_associations_per_host=8)
-    held = [_idle_association(listener.port) for _ in range(16)]
+    baseline_s = baseline_echo_s(listener.port)
     started = time.monotonic()
+    held = [_idle_association(listener.port) for _ in range(16)]
     try:
         established = [a for a in held if a.is_established]
         assert len(established) == 8  # the host's limit; the others were closed at once
@@ -160,13 +168,14 @@ def test_idle_associations_are_limited_per_host_and_closed(
             if assoc.is_established:
                 assoc.abort()
     print(
-        f"idle x16: 8 held, echo max {max(latencies):.3f} s; "
+        f"idle x16: 8 held, echo max {max(latencies):.3f} s (before: {baseline_s:.3f} s); "
         f"closed after {closed_after_s:.1f} s (timeout 4 s)"
     )
 
 
 def test_garbage_connections_are_dropped_at_once(make_listener: Callable[..., Any]) -> None:
     listener = make_listener()
+    baseline_s = baseline_echo_s(listener.port)
     rng = np.random.default_rng(14)
     payloads = [rng.bytes(int(rng.integers(1, 512))) for _ in range(20)]
     # One that starts like an A-ASSOCIATE-RQ and is garbage after: pynetdicom's decoder
@@ -192,7 +201,10 @@ def test_garbage_connections_are_dropped_at_once(make_listener: Callable[..., An
     assert max(closed) < 1.0, closed
     latencies.append(echo_latency_s(listener.port, ATTACKER) or ECHO_LIMIT_S)
     assert max(latencies) < ECHO_LIMIT_S
-    print(f"garbage x21: each closed within {max(closed):.3f} s; echo max {max(latencies):.3f} s")
+    print(
+        f"garbage x21: each closed within {max(closed):.3f} s; echo max {max(latencies):.3f} s "
+        f"(before: {baseline_s:.3f} s)"
+    )
 
 
 def _rss_bytes() -> int:

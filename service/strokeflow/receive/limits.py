@@ -57,7 +57,7 @@ _A_ASSOCIATE_RQ = b"\x01"
 #: A PDV item header (4-byte length, context ID, control byte): senders differ on whether
 #: the maximum length counts it, so a P-DATA-TF may exceed the maximum by that much.
 _PDV_HEADER_BYTES = 6
-#: How often the same peer's refusals are logged at WARNING (the rest at DEBUG).
+#: How often the same peer's refusals of one kind are logged loudly (the rest at DEBUG).
 _WARN_EVERY_S = 10.0
 
 
@@ -88,6 +88,28 @@ class ConnectionLimits:
         return max(data_limit, NON_DATA_PDU_BYTES)
 
 
+class _Throttle:
+    """Logs each peer's refusals of one kind at most once per ``_WARN_EVERY_S`` at ``level``,
+    the rest at DEBUG: a flood of attacking connections must not flood the log too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], float] = {}
+
+    def log(self, level: int, peer: str, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            loud = now - self._last.get((peer, kind), -_WARN_EVERY_S) >= _WARN_EVERY_S
+            if loud:
+                if len(self._last) > 4096:  # peers come and go; keep the table small
+                    self._last.clear()
+                self._last[(peer, kind)] = now
+        LOG.log(level if loud else logging.DEBUG, message, *args)
+
+
+_THROTTLE = _Throttle()
+
+
 class _Slot:
     """One connection's place in its host's count; released once, whichever path ends it."""
 
@@ -113,20 +135,17 @@ class _HostSlots:
         self.per_host = per_host
         self.lock = threading.Lock()
         self.open: Counter[str] = Counter()
-        self._warned: dict[str, float] = {}
 
     def take(self, host: str) -> _Slot | None:
         """A slot for a new connection from ``host``, or ``None`` when it has too many."""
         with self.lock:
-            if self.open[host] >= self.per_host:
-                warn = time.monotonic() - self._warned.get(host, -_WARN_EVERY_S) >= _WARN_EVERY_S
-                if warn:
-                    self._warned[host] = time.monotonic()
-            else:
+            if self.open[host] < self.per_host:
                 self.open[host] += 1
                 return _Slot(self, host)
-        LOG.log(
-            logging.WARNING if warn else logging.DEBUG,
+        _THROTTLE.log(
+            logging.WARNING,
+            host,
+            "per-host",
             "connection from %s closed: it already has %d open (max_associations_per_host)",
             host,
             self.per_host,
@@ -239,7 +258,14 @@ class LimitedRequestHandler(RequestHandler):
             try:
                 sock.do_handshake()
             except (OSError, ValueError) as exc:
-                LOG.warning("connection from %s closed: TLS handshake failed: %s", peer, exc)
+                _THROTTLE.log(
+                    logging.WARNING,
+                    peer,
+                    "tls",
+                    "connection from %s closed: TLS handshake failed: %s",
+                    peer,
+                    exc,
+                )
                 self.server.shutdown_request(sock)
                 return
         if not _starts_association_request(sock, peer, limits.request_timeout_s):
@@ -262,7 +288,10 @@ def _starts_association_request(sock: socket.socket, peer: str, timeout_s: float
     if not pending:
         readable, _, _ = select.select([sock], [], [], timeout_s)
         if not readable:
-            LOG.info(
+            _THROTTLE.log(
+                logging.INFO,
+                peer,
+                "silent",
                 "connection from %s closed: no A-ASSOCIATE-RQ within %.0f s "
                 "(association_request_timeout_s)",
                 peer,
@@ -280,7 +309,10 @@ def _starts_association_request(sock: socket.socket, peer: str, timeout_s: float
         LOG.debug("connection from %s closed before its A-ASSOCIATE-RQ", peer)
         return False
     if first != _A_ASSOCIATE_RQ:
-        LOG.warning(
+        _THROTTLE.log(
+            logging.WARNING,
+            peer,
+            "garbage",
             "connection from %s closed: its first PDU (type 0x%02X) is not an A-ASSOCIATE-RQ",
             peer,
             first[0],
