@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     #: Largest P-DATA-TF PDU accepted, advertised as our maximum length; a PDU declaring more
     #: (beyond its 6-byte PDV header) is refused from its header and the association aborted.
     max_pdu_receive_bytes: int = Field(1 << 20, ge=4096, le=(1 << 32) - 1)
+    #: Largest data set one C-STORE may carry (pynetdicom assembles it in memory, so this
+    #: bounds memory per association); a larger one aborts the association as it arrives.
+    max_dataset_bytes: int = Field(1 << 30, ge=1 << 20)
     #: Associations are refused while the data directory has less free space than this.
     min_free_disk_mb: float = Field(1024.0, ge=0)
     tls_certificate: Path | None = None
@@ -259,6 +262,7 @@ class Settings(BaseSettings):
             "association_request_timeout_s": self.association_request_timeout_s,
             "idle_association_timeout_s": self.idle_association_timeout_s,
             "max_pdu_receive_bytes": self.max_pdu_receive_bytes,
+            "max_dataset_bytes": self.max_dataset_bytes,
             "min_free_disk_mb": self.min_free_disk_mb,
             "tls_certificate": str(self.tls_certificate) if self.tls_certificate else None,
             "tls_key": str(self.tls_key) if self.tls_key else None,

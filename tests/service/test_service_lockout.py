@@ -316,3 +316,52 @@ def test_a_silent_connection_does_not_stop_tls_handshakes(
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
         assert time.monotonic() - start < ECHO_LIMIT_S
+
+
+def _dataset_fragments(context_id: int, fragment_bytes: int) -> bytes:
+    """One P-DATA-TF PDU carrying one data set fragment (not the last) of zeros."""
+    pdv = struct.pack(">LBB", fragment_bytes + 2, context_id, 0x00) + bytes(fragment_bytes)
+    return b"\x04\x00" + struct.pack(">L", len(pdv)) + pdv
+
+
+def test_a_data_set_beyond_the_maximum_is_refused_as_it_arrives(
+    make_listener: Callable[..., Any],
+) -> None:
+    # Every PDU within the maximum, but one data set without end: pynetdicom would
+    # assemble it in memory.
+    listener = make_listener(max_dataset_bytes=16 << 20)
+    ae = AE(ae_title="BIGSET")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate(ATTACKER, listener.port, ae_title="STROKEFLOW")
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert raw is not None
+    pdu = _dataset_fragments(assoc.accepted_contexts[0].context_id or 1, (1 << 20) - 6)
+    streamed = 0
+    with _peak_rss() as rss:
+        try:
+            while streamed < 300 << 20:
+                raw.sendall(pdu)
+                streamed += len(pdu)
+        except OSError:
+            pass
+        wait_for(lambda: assoc.is_aborted, timeout_s=5.0, what="the A-ABORT")
+    growth = rss[1] - rss[0]
+    assert streamed < 48 << 20, f"{streamed >> 20} MiB were taken before the abort"
+    assert growth < 64 << 20, f"RSS grew by {growth >> 20} MiB"
+    assert echo_latency_s(listener.port) is not None
+    print(
+        f"endless data set (limit 16 MiB): aborted after {streamed >> 20} MiB; "
+        f"RSS {rss[0] >> 20} -> peak {rss[1] >> 20} MiB"
+    )
+
+
+def test_data_sets_up_to_the_maximum_are_stored_and_larger_ones_refused(
+    make_listener: Callable[..., Any], tmp_path: Path
+) -> None:
+    listener = make_listener(max_dataset_bytes=1 << 20)
+    small = write_ct_files(tmp_path / "small", 2, size=512)  # 512 KiB each: the count resets
+    assert pynetdicom_store(listener.port, small) == [0x0000, 0x0000]
+    large = write_ct_files(tmp_path / "large", 1, study="study-b", size=1024)  # 2 MiB
+    assert pynetdicom_store(listener.port, large) == [None]  # aborted, not answered
+    assert echo_latency_s(listener.port) is not None

@@ -17,7 +17,9 @@ rather than by patching pynetdicom:
 - an established association idle for ``idle_association_timeout_s`` is aborted (pynetdicom's
   network timeout), and no single read or write may stall for longer (the socket timeout);
 - a PDU declaring more than ``max_pdu_receive_bytes`` (what we advertise as our maximum
-  length) is refused from its 6-byte header: A-ABORT, connection closed, body never read.
+  length) is refused from its 6-byte header: A-ABORT, connection closed, body never read;
+  so is a data set whose fragments add up to more than ``max_dataset_bytes`` (pynetdicom
+  assembles each data set in memory), at the fragment header that crosses it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ConnectionLimits:
     request_timeout_s: float
     idle_timeout_s: float
     max_pdu_bytes: int
+    max_dataset_bytes: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -78,6 +81,7 @@ class ConnectionLimits:
             request_timeout_s=settings.association_request_timeout_s,
             idle_timeout_s=settings.idle_association_timeout_s,
             max_pdu_bytes=settings.max_pdu_receive_bytes,
+            max_dataset_bytes=settings.max_dataset_bytes,
         )
 
     def pdu_limit(self, pdu_type: int) -> int:
@@ -168,6 +172,10 @@ class _PduGuard(socket.socket):
     peer: str = ""
     _header: bytes = b""
     _body_left: int = 0
+    _in_p_data: bool = False
+    _pdv_header: bytes = b""
+    _pdv_left: int = 0
+    _dataset_bytes: int = 0
     _refused: bool = False
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
@@ -186,9 +194,11 @@ class _PduGuard(socket.socket):
         view = memoryview(data)
         while view:
             if self._body_left:
-                taken = min(self._body_left, len(view))
-                self._body_left -= taken
-                view = view[taken:]
+                body = view[: self._body_left]
+                if self._in_p_data and not self._pdvs_within_limit(body):
+                    return False
+                self._body_left -= len(body)
+                view = view[len(body) :]
                 continue
             need = 6 - len(self._header)
             self._header += bytes(view[:need])
@@ -208,6 +218,46 @@ class _PduGuard(socket.socket):
                 )
                 return False
             self._body_left = length
+            # PDV items never span PDUs: a malformed one is pynetdicom's to refuse.
+            self._in_p_data = pdu_type == _P_DATA_TF
+            self._pdv_header, self._pdv_left = b"", 0
+        return True
+
+    def _pdvs_within_limit(self, body: memoryview) -> bool:
+        """Follow the PDV items of a P-DATA-TF body; count one data set's fragments.
+
+        pynetdicom assembles a data set in memory from its fragments, however many PDUs
+        they come in; a data set whose fragments add up to more than ``max_dataset_bytes``
+        is refused at the fragment header that crosses it.
+        """
+        assert self.limits is not None
+        while body:
+            if self._pdv_left:
+                taken = min(self._pdv_left, len(body))
+                self._pdv_left -= taken
+                body = body[taken:]
+                continue
+            need = 6 - len(self._pdv_header)
+            self._pdv_header += bytes(body[:need])
+            body = body[need:]
+            if len(self._pdv_header) < 6:
+                return True
+            item_length, _, control = struct.unpack(">LBB", self._pdv_header)
+            self._pdv_header = b""
+            self._pdv_left = max(item_length - 2, 0)  # after context ID and control byte
+            if control & 0x01:
+                continue  # a command fragment: small, bounded by the PDU limit
+            self._dataset_bytes += self._pdv_left
+            if self._dataset_bytes > self.limits.max_dataset_bytes:
+                LOG.warning(
+                    "connection from %s aborted: a data set of more than %d bytes is being "
+                    "sent (max_dataset_bytes)",
+                    self.peer,
+                    self.limits.max_dataset_bytes,
+                )
+                return False
+            if control & 0x02:
+                self._dataset_bytes = 0  # its last fragment
         return True
 
     def _refuse(self) -> None:
