@@ -316,6 +316,15 @@ def test_a_silent_connection_does_not_stop_tls_handshakes(
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
         assert time.monotonic() - start < ECHO_LIMIT_S
+    # The PDU limit holds inside TLS too.
+    big = ae.associate(
+        ATTACKER, listener.port, ae_title="STROKEFLOW", tls_args=(client, "strokeflow")
+    )
+    assert big.is_established
+    tls_socket = big.dul.socket.socket  # type: ignore[union-attr]
+    assert tls_socket is not None
+    tls_socket.sendall(b"\x04\x00" + struct.pack(">L", 1 << 30) + bytes(1 << 20))
+    wait_for(lambda: big.is_aborted, timeout_s=5.0, what="the A-ABORT over TLS")
 
 
 def _dataset_fragments(context_id: int, fragment_bytes: int) -> bytes:

@@ -1,10 +1,10 @@
-"""Limits that keep one peer from locking the DICOM listener out, and bound memory per PDU.
+"""Limits that keep one peer from locking the DICOM listener out and bound its memory.
 
 pynetdicom counts every accepted connection as an association from the moment it is
 accepted, waits 30 s for an A-ASSOCIATE-RQ that may never come, and reads a PDU of any
 declared length into memory. Seventeen silent connections therefore refused everyone for
 30 s, and one P-DATA-TF claiming 1 GiB was buffered whole. :class:`LimitedAssociationServer`
-puts four limits in front of it, all with the standard library's own hooks
+puts these limits in front of it, all with the standard library's own hooks
 (``socketserver.verify_request``, a ``socket.socket`` subclass, ``SSLContext.sslsocket_class``)
 rather than by patching pynetdicom:
 
