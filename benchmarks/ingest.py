@@ -39,8 +39,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,6 +55,7 @@ from typing import Any
 import pydicom
 from sqlalchemy import func, select
 
+from harness import Server, free_port, listening, strokeflow_env, wait_until
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.store.engine import make_engine, make_session_factory
@@ -104,78 +103,9 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE,
 """
 
 
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    """Poll ``condition`` every 0.1 s; exit naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def listening(port: int) -> bool:
-    """Whether something accepts TCP connections on loopback ``port``."""
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Server:
-    """A server process in its own process group (its children are stopped with it)."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
-        self.name, self.log = name, log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                argv, stdout=out, stderr=out, env=env, start_new_session=True
-            )
-
-    def check_alive(self) -> bool:
-        """True while running; exits with the log's tail when the server died."""
-        if self.process.poll() is None:
-            return True
-        tail = self.log.read_text(errors="replace")[-2000:]
-        raise SystemExit(f"{self.name} exited with code {self.process.returncode}:\n{tail}")
-
-    def stop(self) -> None:
-        """SIGTERM the group, SIGKILL it after 30 s."""
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-
-
 def dcmtk_env() -> dict[str, str]:
     """The environment for DCMTK tools: Nagle's algorithm off (see the module docstring)."""
     return dict(os.environ, TCP_NODELAY="1")
-
-
-def strokeflow_env(data_dir: Path, port: int, **values: object) -> dict[str, str]:
-    """The environment of a ``strokeflow`` process: loopback, its own data folder."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STROKEFLOW_")}
-    env.update(
-        {
-            "STROKEFLOW_DATA_DIR": str(data_dir),
-            "STROKEFLOW_DICOM_PORT": str(port),
-            "STROKEFLOW_BIND_ADDRESS": "127.0.0.1",
-            "STROKEFLOW_MIN_FREE_DISK_MB": "0",
-        }
-    )
-    env.update({f"STROKEFLOW_{k.upper()}": str(v) for k, v in values.items()})
-    return env
 
 
 @dataclass(frozen=True)

@@ -217,11 +217,11 @@ def test_gantry_tilt_is_named_in_the_reason(tmp_path: Path) -> None:
     assert series.reason.endswith("; gantry tilt 20.0 deg (sheared grid)")
 
 
-def test_enhanced_multiframe_ct_is_other_with_reason(tmp_path: Path) -> None:
+def test_enhanced_ct_without_functional_groups_is_other_with_reason(tmp_path: Path) -> None:
     write_ct_volume(tmp_path, np.zeros((2, 4, 4)), extra={"SOPClassUID": ENHANCED_CT_IMAGE_STORAGE})
     (study,) = build_inventory(scan_paths([tmp_path])[0])
     assert study.series[0].kind == "other"
-    assert study.series[0].reason == "multi-frame CT perfusion is not supported yet"
+    assert study.series[0].reason == "multi-frame CT without per-frame functional groups"
 
 
 def test_two_studies_are_kept_apart(tmp_path: Path) -> None:

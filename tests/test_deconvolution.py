@@ -14,6 +14,7 @@ from strokeflow.analysis.deconvolution import (
     ssvd_deconvolver,
 )
 from strokeflow.analysis.maps import compute_maps
+from strokeflow.analysis.residue_fit import residue_fitter
 from strokeflow.phantom.physics import arterial_input, tissue_enhancement
 
 STEP_S = 1.0
@@ -129,3 +130,20 @@ def test_wrong_number_of_frames_is_reported() -> None:
     dec = ssvd_deconvolver(AIF, STEP_S)
     with pytest.raises(ValueError, match="60 frames"):
         dec.residues(np.zeros((50, 3)))
+
+
+def test_residue_fit_recovers_flow_and_delay_of_noise_free_exponential_residues() -> None:
+    delays = np.array([0.0, 2.3, 5.5, 9.7])
+    curves = np.stack([tissue_enhancement(T_S, AIF, 30.0, 5.0, delay_s=d) for d in delays], 1)
+    flow, delay = residue_fitter(AIF, STEP_S).fit(curves, delays + 1.5)
+    flow_per_s = (1.04 / 0.73) * 30.0 / 6000.0
+    np.testing.assert_allclose(flow, flow_per_s, rtol=0.05)
+    np.testing.assert_allclose(delay, delays, atol=0.3)
+
+
+def test_residue_fit_finds_no_model_for_a_curve_without_enhancement() -> None:
+    flow, delay = residue_fitter(AIF, STEP_S).fit(-np.ones((T_S.size, 1)), np.array([4.0]))
+    assert flow[0] == 0.0
+    assert delay[0] == 4.0
+    with pytest.raises(ValueError, match="positive enhancement"):
+        residue_fitter(np.zeros(T_S.size), STEP_S)

@@ -7,6 +7,7 @@ one fails the test.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import subprocess
 from pathlib import Path
@@ -219,3 +220,44 @@ def test_summary_without_perfusion_says_so_and_decides_nothing(dwi_only: BuiltMr
     page = dwi_only.objects.summary[0].pixel_array
     # The orange notice fills the empty curve area.
     assert _colour_fraction(_region_pixels(page, "curves"), (255, 160, 32), tol=40) > 0.01
+
+
+def _with_orientation_offset(
+    sources: list[pydicom.Dataset], offset: float
+) -> list[pydicom.Dataset]:
+    """Copies of the sources with the row cosines of the middle slice nudged by ``offset``."""
+    out = [copy.deepcopy(ds) for ds in sources]
+    middle = out[len(out) // 2]
+    iop = [float(v) for v in middle.ImageOrientationPatient]
+    iop[1] += offset
+    middle.ImageOrientationPatient = [f"{v:.12g}" for v in iop]
+    return out
+
+
+def test_orientation_rounding_noise_between_slices_is_one_orientation(
+    dwi_only: BuiltMri, tmp_path: Path
+) -> None:
+    # GE writes each slice's orientation from its own sums: differences in the 8th decimal.
+    sources = _with_orientation_offset(dwi_only.sources, 3e-8)
+    objects = build_result_objects(dwi_only.content, sources)
+    assert objects.failures == []
+    assert objects.seg is not None and objects.sr is not None
+    shared = objects.seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    assert [float(v) for v in shared.ImageOrientationPatient] == pytest.approx(
+        [float(v) for v in dwi_only.sources[0].ImageOrientationPatient], abs=1e-7
+    )
+
+
+def test_a_result_object_that_fails_is_named_and_the_others_are_kept(
+    dwi_only: BuiltMri, tmp_path: Path
+) -> None:
+    # One slice of another plane: no segmentation can share it, the pages still can.
+    sources = _with_orientation_offset(dwi_only.sources, 0.05)
+    objects = build_result_objects(dwi_only.content, sources)
+    assert objects.seg is None and objects.sr is None
+    assert objects.failures[0].startswith("lesion segmentation (SEG) not written: ")
+    assert "orientation" in objects.failures[0]
+    assert "measurement report (SR)" in objects.failures[1]
+    assert objects.summary and objects.lesions and objects.maps
+    names = {p.name for p in write_result_objects(objects, tmp_path)}
+    assert any("SC_summary" in n for n in names) and not any("SEG" in n for n in names)

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
+import ast
+import itertools
+from pathlib import Path
 
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
+
+from strokeflow.analysis.decisions import RULE_SETS
 from strokeflow.analysis.volume import Geometry
 from strokeflow.report.panels import (
     colour_lut,
@@ -13,12 +22,16 @@ from strokeflow.report.panels import (
 )
 from strokeflow.report.render import (
     CORE_RGB,
+    PAGE_HEIGHT_PX,
+    PAGE_WIDTH_PX,
     SUMMARY_REGIONS,
+    Curve,
     Decision,
     MapSpec,
     Outline,
     SummaryContent,
     render_summary_page,
+    summary_figure,
 )
 from strokeflow.report.segmentation import mask_to_grid
 
@@ -119,3 +132,129 @@ def test_summary_page_says_n_a_for_undecidable_rules_not_no() -> None:
     # "n/a" is grey; a YES would be cyan (0, 224, 255).
     cyan = np.all(np.abs(decisions.astype(int) - np.array([0, 224, 255])) <= 40, axis=-1)
     assert not cyan.any()
+
+
+ANALYSIS = Path(__file__).resolve().parents[1] / "service" / "strokeflow" / "analysis"
+#: Stands for a number or a name filled in at run time: longer than any real one.
+FILLED = "9999.9"
+#: Stands for text the flag quotes from elsewhere (motion messages, an exception).
+QUOTED = "quoted text from another module that the flag repeats, of some length"
+
+
+def _message(node: ast.expr, appended: dict[str, list[ast.expr]]) -> str:
+    """The longest text a flag's message expression can produce."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_message(v, appended) for v in node.values)
+    if isinstance(node, ast.FormattedValue):
+        # A formatted number is short; an exception or a name quoted whole may be long.
+        return FILLED if node.format_spec is not None else QUOTED
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _message(node.left, appended) + _message(node.right, appended)
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "join"
+        and isinstance(node.func.value, ast.Constant)
+    ):
+        (items,) = node.args
+        if isinstance(items, ast.Name) and items.id in appended:
+            # Every problem the function can list, all at once.
+            parts = [_message(p, appended) for p in appended[items.id]]
+        else:
+            parts = [QUOTED] * 3
+        return str(node.func.value.value).join(parts)
+    return QUOTED
+
+
+def flag_texts(module: str) -> list[str]:
+    """Every QualityFlag an analysis module can raise, as the summary page lists it."""
+    tree = ast.parse((ANALYSIS / module).read_text())
+    texts = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        appended: dict[str, list[ast.expr]] = {}
+        for node in ast.walk(function):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "append"
+                and isinstance(node.func.value, ast.Name)
+                and node.args
+                and not isinstance(node.args[0], ast.Call)
+            ):
+                appended.setdefault(node.func.value.id, []).append(node.args[0])
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "QualityFlag":
+                severity = _message(node.args[1], appended)
+                texts.append(f"{severity.upper()}: {_message(node.args[2], appended)}")
+    return texts
+
+
+def _page_texts(content: SummaryContent) -> tuple[Figure, list[Text]]:
+    fig = Figure(figsize=(PAGE_WIDTH_PX / 100, PAGE_HEIGHT_PX / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    summary_figure(content, fig, canvas)
+    canvas.draw()
+    return fig, [t for t in fig.texts if t.get_text().strip()]
+
+
+def _long_content(lines: list[str], *, perfusion: bool) -> SummaryContent:
+    rules = [Decision(r.name, True, "rule text") for r in RULE_SETS]
+    return SummaryContent(
+        title="CT perfusion" if perfusion else "MR stroke",
+        header_lines=["Patient: X", "Study: Y"],
+        decisions=rules,
+        alerts=[f"WARNING: {rules[-1].name}", "HIR 0.55 > 0.4: poor collaterals likely"]
+        + ([] if perfusion else ["Perfusion not available: core only"]),
+        volume_rows=[
+            ("Core (rCBF < 30 %)", "123.4 mL"),
+            ("Tmax > 6 s", "234.5 mL"),
+            ("Tmax > 10 s", "123.4 mL"),
+            ("Mismatch", "111.1 mL"),
+            ("Mismatch ratio", "1.90"),
+            ("HIR", "0.55"),
+        ],
+        quality_ok=False,
+        quality_lines=lines,
+        curves=[Curve("AIF", np.arange(30.0), np.sin(np.arange(30.0)), "slice 2", (255, 0, 0))]
+        if perfusion
+        else [],
+        notice="" if perfusion else "Perfusion not available: core only",
+        footer_lines=["Method: oSVD. " * 8, "Decision support only. " * 6],
+    )
+
+
+@pytest.mark.parametrize(
+    ("modules", "perfusion"),
+    [(["ctp.py", "ctp_quality.py"], True), (["mri.py"], False), (["mri.py"], True)],
+)
+def test_every_quality_flag_is_shown_in_full_on_the_summary_page(
+    modules: list[str], perfusion: bool
+) -> None:
+    lines = [text for module in modules for text in flag_texts(module)]
+    assert len(lines) >= 8 and max(map(len, lines)) > 150  # the parser found the long ones
+    content = _long_content(lines, perfusion=perfusion)
+    fig, texts = _page_texts(content)
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    page = fig.bbox
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for text, box in zip(texts, boxes, strict=True):
+        assert box.x0 >= page.x0 and box.x1 <= page.x1, text.get_text()
+        assert box.y0 >= page.y0 and box.y1 <= page.y1, text.get_text()
+        assert text.get_fontsize() >= 6
+    for i, j in itertools.combinations(range(len(texts)), 2):
+        # Overlapping text would hide part of a warning.
+        assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
+    shown = " ".join(" ".join(t.get_text().split()) for t in texts)
+    for line in [*lines, *content.alerts]:
+        assert " ".join(("! " + line).split()) in shown or " ".join(line.split()) in shown, line
+    assert "…" not in shown
+
+
+def test_a_short_finding_is_shown_in_full_in_the_banner_too() -> None:
+    content = _long_content(["WARNING: head motion up to 4.2 mm was corrected"], perfusion=True)
+    _, texts = _page_texts(content)
+    assert any(t.get_text().startswith("WARNING: head motion up to 4.2 mm") for t in texts)

@@ -24,7 +24,7 @@ from strokeflow.assemble.ctp import (
     series_label,
 )
 from strokeflow.assemble.files import scan_paths
-from strokeflow.assemble.mri import assemble_mri
+from strokeflow.assemble.mri import assemble_mri, classify_mr_series, record_mr_roles
 from strokeflow.assemble.series import StudyInventory, build_inventory
 from strokeflow.report.dicom_outputs import (
     build_ctp_result_objects,
@@ -32,7 +32,7 @@ from strokeflow.report.dicom_outputs import (
     load_source_references,
     write_result_objects,
 )
-from strokeflow.report.mri_content import mri_result_content, mri_source_paths
+from strokeflow.report.mri_content import mri_result_content, mri_source_references
 from strokeflow.report.nifti import write_ctp_maps
 from strokeflow.report.results_json import ctp_analysis_json
 from strokeflow.report.results_json_mri import mri_analysis_json, write_mri_maps
@@ -114,10 +114,16 @@ def _analyse_ctp_acquisition(
         timings["nifti"] = round(time.perf_counter() - t0, 3)
     if options.write_dicom:
         t0 = time.perf_counter()
-        sources = load_source_references(acq.source_paths)
-        objects = build_ctp_result_objects(analysis, sources, options.ctp)
-        written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
-        result["dicom_dir"] = str(Path("dicom") / series_dir)
+        try:
+            sources = load_source_references(acq.source_paths)
+            objects = build_ctp_result_objects(analysis, sources, options.ctp)
+        except Exception as exc:  # a result object must never cost the analysis
+            result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
+        else:
+            written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
+            result["dicom_dir"] = str(Path("dicom") / series_dir)
+            if objects.failures:
+                result["dicom_errors"] = objects.failures
         timings["dicom_objects"] = round(time.perf_counter() - t0, 3)
     result["timings_s"] = timings
     return result
@@ -134,7 +140,6 @@ def _analyse_study(
         "study_instance_uid": study.study_uid,
         "analyses": [],
         "errors": [],
-        "series": _series_entries(study),
     }
     t0 = time.perf_counter()
     try:
@@ -156,8 +161,10 @@ def _analyse_study(
         entry["analyses"].append(result)
 
     t0 = time.perf_counter()
+    roles = classify_mr_series(study)
+    record_mr_roles(study, roles)
     try:
-        mri = assemble_mri(study)
+        mri = assemble_mri(study, roles)
     except AssemblyError as exc:
         log.error("study %s: MRI: %s", study.study_uid, exc)
         entry["errors"].append(f"MRI: {exc}")
@@ -178,11 +185,18 @@ def _analyse_study(
                 result["maps_dir"] = str(Path("maps") / series_dir)
             if options.write_dicom:
                 t1 = time.perf_counter()
-                sources = load_source_references(mri_source_paths(study, mri))
-                content = mri_result_content(analysis, mri, options.mri)
-                objects = build_result_objects(content, sources)
-                written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
-                result["dicom_dir"] = str(Path("dicom") / series_dir)
+                try:
+                    sources = mri_source_references(study, mri)
+                    content = mri_result_content(analysis, mri, options.mri)
+                    objects = build_result_objects(content, sources)
+                except Exception as exc:  # a result object must never cost the analysis
+                    log.error("study %s: MRI result objects: %s", study.study_uid, exc)
+                    result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
+                else:
+                    written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
+                    result["dicom_dir"] = str(Path("dicom") / series_dir)
+                    if objects.failures:
+                        result["dicom_errors"] = objects.failures
                 result["timings_s"]["dicom_objects"] = round(time.perf_counter() - t1, 3)
             entry["analyses"].append(result)
     for result in entry["analyses"]:
@@ -194,6 +208,8 @@ def _analyse_study(
             result["tmax6_ml"],
             "ok" if result["quality"]["ok"] else "NOT OK",
         )
+    # After the MR recognition, which gives MR series their own kind and reason.
+    entry["series"] = _series_entries(study)
     return entry
 
 

@@ -9,7 +9,10 @@ from typing import Annotated, Literal
 import typer
 
 from strokeflow import __version__
+from strokeflow.clihelp import show_flags_without_metavar
 from strokeflow.logsetup import configure_logging
+
+show_flags_without_metavar()
 
 app = typer.Typer(
     help="StrokeFlow: CT/MR perfusion analysis for acute stroke (decision support, not a "

@@ -7,6 +7,7 @@ environment and either a comma-separated string or an array in TOML::
     # strokeflow.toml
     ae_title = "STROKEFLOW"
     dicom_port = 11112
+    http_bind_address = "127.0.0.1"   # dashboard behind a reverse proxy; DICOM on all
     destinations = ["PACS@10.0.0.5:104", "VIEWER@10.0.0.9:11112"]
     allowed_calling_aets = ["CT01", "CT02"]
 """
@@ -136,8 +137,14 @@ class Settings(BaseSettings):
     ae_title: str = "STROKEFLOW"
     dicom_port: int = Field(11112, ge=0, le=65535)
     http_port: int = Field(8080, ge=0, le=65535)
-    #: Address the DICOM and HTTP listeners bind to ("" or "0.0.0.0": every interface).
+    #: Address the DICOM and HTTP listeners bind to ("" or "0.0.0.0": every interface),
+    #: unless ``dicom_bind_address`` / ``http_bind_address`` say otherwise.
     bind_address: str = "0.0.0.0"
+    #: Address of the DICOM listener; ``None``: ``bind_address``.
+    dicom_bind_address: str | None = None
+    #: Address of the dashboard, API and /health (e.g. "127.0.0.1" behind a reverse proxy);
+    #: ``None``: ``bind_address``.
+    http_bind_address: str | None = None
     data_dir: Path = Path("./strokeflow-data")
     #: SQLAlchemy URL; ``None`` means SQLite ``<data_dir>/strokeflow.sqlite``.
     database_url: str | None = None
@@ -174,10 +181,29 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(1 << 30, ge=1 << 20)
     #: Associations are refused while the data directory has less free space than this.
     min_free_disk_mb: float = Field(1024.0, ge=0)
+    #: Send the result pages (Secondary Capture) RLE Lossless to destinations that accept
+    #: it (about a fifth of the size); off: always as written (uncompressed).
+    compress_pages: bool = True
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     #: CA bundle to verify client certificates; ``None`` does not ask for one.
     tls_ca: Path | None = None
+    #: Dashboard: POST a JSON notification here when a result is ready or a job failed.
+    webhook_url: str | None = None
+    #: Include patient ID, accession number and Study UID in the notification.
+    webhook_patient_data: bool = False
+    #: Attempts per notification (the first one included).
+    webhook_max_attempts: int = Field(5, ge=1)
+    #: Delay before a notification's second attempt; doubles each time.
+    webhook_backoff_s: float = Field(2.0, ge=0)
+    #: Base of the links in notifications, as users reach the dashboard (the proxy's URL).
+    public_url: str = "http://localhost:8080"
+    #: Key signing the session cookie; ``None``: one generated in the data directory.
+    session_secret: str | None = None
+    #: Mark the session cookie ``Secure`` (behind an HTTPS reverse proxy).
+    secure_cookies: bool = False
+    #: A login lasts this long (s).
+    session_max_age_s: int = Field(12 * 3600, ge=60)
     #: What every worker analyses with (``[analysis.ctp]``, ``[analysis.mri]`` in TOML).
     analysis: AnalysisSection = Field(default_factory=AnalysisSection)
     #: Log lines as plain text or one JSON object per line (for log shippers).
@@ -236,6 +262,16 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'queue.sqlite').resolve()}"
 
     @property
+    def dicom_address(self) -> str:
+        """The address the DICOM listener binds to."""
+        return self.bind_address if self.dicom_bind_address is None else self.dicom_bind_address
+
+    @property
+    def http_address(self) -> str:
+        """The address the HTTP server (dashboard, API, /health) binds to."""
+        return self.bind_address if self.http_bind_address is None else self.http_bind_address
+
+    @property
     def tls_enabled(self) -> bool:
         """Whether the DICOM listener speaks TLS."""
         return self.tls_certificate is not None
@@ -247,6 +283,8 @@ class Settings(BaseSettings):
             "dicom_port": self.dicom_port,
             "http_port": self.http_port,
             "bind_address": self.bind_address,
+            "dicom_bind_address": self.dicom_address,
+            "http_bind_address": self.http_address,
             "data_dir": str(self.data_dir.resolve()),
             "database_url": mask_url_password(self.effective_database_url),
             "queue_url": mask_url_password(self.effective_queue_url),
@@ -264,6 +302,7 @@ class Settings(BaseSettings):
             "max_pdu_receive_bytes": self.max_pdu_receive_bytes,
             "max_dataset_bytes": self.max_dataset_bytes,
             "min_free_disk_mb": self.min_free_disk_mb,
+            "compress_pages": self.compress_pages,
             "tls_certificate": str(self.tls_certificate) if self.tls_certificate else None,
             "tls_key": str(self.tls_key) if self.tls_key else None,
             "tls_ca": str(self.tls_ca) if self.tls_ca else None,
@@ -271,6 +310,14 @@ class Settings(BaseSettings):
                 "ctp": dataclasses.asdict(self.analysis.ctp),
                 "mri": dataclasses.asdict(self.analysis.mri),
             },
+            "webhook_url": mask_url_password(self.webhook_url) if self.webhook_url else None,
+            "webhook_patient_data": self.webhook_patient_data,
+            "webhook_max_attempts": self.webhook_max_attempts,
+            "webhook_backoff_s": self.webhook_backoff_s,
+            "public_url": self.public_url,
+            "session_secret": "***" if self.session_secret else None,
+            "secure_cookies": self.secure_cookies,
+            "session_max_age_s": self.session_max_age_s,
             "log_format": self.log_format,
         }
 

@@ -13,6 +13,11 @@ their warnings (pydicom: "Invalid value for VR PN: 'DOE^JOHN'", highdicom: 'The 
 "DOE" is unlikely to represent ...'): warnings are captured into logging, and every quoted
 value in the lines of those libraries is replaced by ``'…'`` before it is written.
 
+At INFO a study through the service is a handful of lines (the association's summary,
+completion, the job, the delivery); what happens per image (pynetdicom's "Received Store
+Request", highdicom's attribute copies, each stored instance) is at DEBUG, and the
+libraries in :data:`CHATTY_LOGGERS` log at WARNING unless ``verbose``.
+
 Lines are text by default, or one JSON object per line for log shippers
 (``log_format = "json"``).
 """
@@ -35,6 +40,8 @@ CONTEXT_FIELDS = ("job_id", "study_uid", "stage")
 LogFormat = Literal["text", "json"]
 
 _CONTEXT: ContextVar[dict[str, str]] = ContextVar("strokeflow_log_context")
+#: Libraries that narrate every DIMSE message, attribute or task at INFO.
+CHATTY_LOGGERS = ("pynetdicom", "highdicom", "alembic", "huey")
 #: Loggers whose lines may quote DICOM element values: captured warnings, the DICOM
 #: libraries' own loggers, and ours that report what a received or read file held.
 _VALUE_QUOTING_LOGGERS = (
@@ -163,6 +170,6 @@ def configure_logging(
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # Library warnings become log lines, so that the filters above see them too.
     logging.captureWarnings(True)
-    # highdicom narrates every attribute it copies; keep its warnings only.
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     return handler

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
+from strokeflow.clihelp import show_flags_without_metavar
 from strokeflow.config import Destination, Settings, load_settings
 from strokeflow.logsetup import configure_logging
+from strokeflow.ports import PortInUseError, check_free, dicom_listen_port, http_listen_port
 from strokeflow.queue.policy import RetryPolicy
 
+show_flags_without_metavar()
 app = typer.Typer(help="StrokeFlow service commands.", no_args_is_help=True, add_completion=False)
 
 ConfigOption = Annotated[
@@ -46,7 +49,7 @@ def _destination(text: str, settings: Settings) -> Destination:
 
 def listener(
     config: ConfigOption = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Receive DICOM (C-STORE, C-ECHO) and complete studies until stopped."""
     from strokeflow.queue.jobqueue import open_queue
@@ -56,10 +59,13 @@ def listener(
 
     settings = _settings(config)
     _logging(verbose, settings)
+    _exit_if_taken(settings, http=False)
     engine = make_engine(settings.effective_database_url)
     hook = enqueue_and_mark(open_queue(settings.effective_queue_url), make_session_factory(engine))
     try:
         run_listener(settings, on_queued=hook)
+    except PortInUseError as exc:
+        _port_error(exc)
     finally:
         engine.dispose()
 
@@ -68,6 +74,23 @@ def _logging(verbose: bool, settings: Settings) -> None:
     configure_logging(verbose=verbose, log_format=settings.log_format)
 
 
+def _port_error(exc: PortInUseError) -> NoReturn:
+    typer.echo(f"error: {exc.strerror}", err=True)
+    raise typer.Exit(1) from None
+
+
+def _exit_if_taken(settings: Settings, *, http: bool) -> None:
+    """One line and exit 1 when a configured port is taken, before anything starts."""
+    ports = [dicom_listen_port(settings)] + ([http_listen_port(settings)] if http else [])
+    try:
+        check_free(ports)
+    except PortInUseError as exc:
+        _port_error(exc)
+
+
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log at DEBUG: every image and DICOM message.")
+]
 LeaseOption = Annotated[
     float, typer.Option(help="Seconds a job is held without a heartbeat before re-queueing.")
 ]
@@ -103,19 +126,20 @@ def serve(
     max_attempts: AttemptsOption = _DEFAULT_POLICY.max_attempts,
     backoff_s: BackoffOption = _DEFAULT_POLICY.backoff_s,
     dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Listener, workers, dispatch and the web dashboard (HTTP port) in one command."""
     from strokeflow.web.server import start_web_server
     from strokeflow.worker.runner import run_serve
 
     settings = _settings(config)
+    policy = _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s)
+    _exit_if_taken(settings, http=True)
     _logging(verbose, settings)
-    run_serve(
-        settings,
-        _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s),
-        start_http=start_web_server,
-    )
+    try:
+        run_serve(settings, policy, start_http=start_web_server)
+    except PortInUseError as exc:
+        _port_error(exc)
 
 
 def worker(
@@ -124,7 +148,7 @@ def worker(
     max_attempts: AttemptsOption = _DEFAULT_POLICY.max_attempts,
     backoff_s: BackoffOption = _DEFAULT_POLICY.backoff_s,
     dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run analysis jobs from the queue (one process; start several for more)."""
     from strokeflow.worker.runner import run_worker
@@ -222,6 +246,13 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
+#: Columns of `strokeflow jobs` (a header line, then one row per job).
+_JOB_ROW = "{:>6}  {:<4}  {:<10}  {:>7}  {:>9}  {:<19}  {:<19}  {}"
+_JOB_HEADER = _JOB_ROW.format(
+    "JOB", "VER", "STATE", "ATTEMPT", "INSTANCES", "QUEUED", "FINISHED", "STUDY UID"
+)
+
+
 def jobs(
     config: ConfigOption = None,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
@@ -270,15 +301,25 @@ def jobs(
                     )
                 else:
                     lines.append(
-                        f"{job.id:>6}  {study_uid}  v{job.version}  {job.state.value:<10}"
-                        f"  {job.instance_count:>5} inst  queued {_when(job.queued_at)}"
-                        f"  finished {_when(job.finished_at)}"
+                        _JOB_ROW.format(
+                            job.id,
+                            f"v{job.version}",
+                            job.state.value,
+                            job.attempts,
+                            job.instance_count,
+                            _when(job.queued_at),
+                            _when(job.finished_at),
+                            study_uid,
+                        )
                         + (f"  error: {job.error.splitlines()[0]}" if job.error else "")
                     )
     finally:
         engine.dispose()
     if not lines and not as_json:
         typer.echo("no jobs")
+        return
+    if not as_json:
+        typer.echo(_JOB_HEADER)
     for line in lines:
         typer.echo(line)
 

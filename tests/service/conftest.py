@@ -3,6 +3,7 @@ started here), in-process DICOM listeners on free loopback ports."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,14 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servicekit import Postgres, free_port, fresh_postgres_database, pg_bin, write_ct_files
+from servicekit import (
+    PACS_AE,
+    Orthanc,
+    Postgres,
+    free_port,
+    fresh_postgres_database,
+    pg_bin,
+    write_ct_files,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
-from tools import tool_missing
+from tools import require_tool, tool_missing
 
 
 @pytest.fixture(autouse=True)
@@ -155,3 +164,33 @@ def make_listener(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
 @pytest.fixture
 def listener(make_listener: Callable[..., Listener]) -> Listener:
     return make_listener()
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    """An Orthanc PACS that knows StrokeFlow's AE; stopped afterwards."""
+    binary = require_tool("Orthanc", "orthanc")
+    root = tmp_path / "orthanc"
+    root.mkdir()
+    dicom_port, http_port = free_port(), free_port()
+    config = {
+        "Name": "strokeflow-test-pacs",
+        "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "index"),
+        "DicomAet": PACS_AE,
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": True,
+        "DicomModalities": {"strokeflow": ["STROKEFLOW", "127.0.0.1", 1]},
+        "Plugins": [],
+        "HttpServerEnabled": True,
+        "StableAge": 1,
+    }
+    path = root / "orthanc.json"
+    path.write_text(json.dumps(config))
+    server = Orthanc(binary, path, dicom_port, http_port)
+    server.start()
+    yield server
+    server.stop()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import glob
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,3 +149,46 @@ def fresh_postgres_database(server: Postgres) -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return server.url(name)
+
+
+PACS_AE = "ORTHANC"
+
+
+@dataclass
+class Orthanc:
+    """A throw-away Orthanc: DICOM on ``dicom_port``, REST on ``http_port``."""
+
+    binary: str
+    config: Path
+    dicom_port: int
+    http_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.config.parent / "orthanc.log").open("ab")
+        self.process = subprocess.Popen([self.binary, str(self.config)], stdout=log, stderr=log)
+        wait_for(self._answers, 30, "Orthanc's REST API")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def _answers(self) -> bool:
+        try:
+            self.get("/system")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        return True
+
+    def get(self, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+        binary = path.endswith(("/file", "/preview"))
+        return body if binary else json.loads(body)
+
+    @property
+    def destination(self) -> str:
+        return f"{PACS_AE}@127.0.0.1:{self.dicom_port}"

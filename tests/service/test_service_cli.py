@@ -87,6 +87,36 @@ def test_complete_forces_a_study_and_jobs_lists_it(
     assert runner.invoke(app, ["jobs", "--state", "failed"]).output.strip() == "no jobs"
     assert runner.invoke(app, ["jobs", "--state", "bogus"]).exit_code == 2
 
+    header, row = runner.invoke(app, ["jobs"]).output.splitlines()
+    assert header.split() == [
+        "JOB",
+        "VER",
+        "STATE",
+        "ATTEMPT",
+        "INSTANCES",
+        "QUEUED",
+        "FINISHED",
+        "STUDY",
+        "UID",
+    ]
+    # Each value stands in its column.
+    assert row.index("queued") == header.index("STATE") and row.endswith("1.2.3")
+    assert row.split()[:5] == ["1", "v1", "queued", "0", "1"]
+
+
+@pytest.mark.parametrize("command", ["serve", "listener", "worker", "jobs"])
+def test_help_shows_flags_without_a_bool_metavar(command: str) -> None:
+    shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "120"}).output
+    assert "--help" in shown and "<bool>" not in shown
+    assert "<int>" in shown or "<path>" in shown  # options with a value keep their type
+
+
+def test_analyze_help_shows_flags_without_a_bool_metavar() -> None:
+    from strokeflow.cli import app as main_app
+
+    shown = runner.invoke(main_app, ["analyze", "--help"], env={"COLUMNS": "120"}).output
+    assert "--no-maps" in shown and "<bool>" not in shown and "<float>" in shown
+
 
 def test_echo_and_send_to_a_listener(listener, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     dest = f"STROKEFLOW@127.0.0.1:{listener.port}"

@@ -11,17 +11,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from servicekit import free_port
+from servicekit import Orthanc, free_port
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.analyze import analyze_paths
 from strokeflow.config import Destination
 from strokeflow.dispatch import dispatch_due, dispatch_job, plan_dispatch
-from strokeflow.dispatch.store_scu import is_permanent_failure
+from strokeflow.dispatch.store_scu import StoreItem, is_permanent_failure, store_objects
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.queue.policy import RetryPolicy
@@ -54,6 +62,8 @@ class Pacs:
 
     port: int
     received: list[Dataset] = field(default_factory=list)
+    #: Transfer syntax of each received object.
+    syntaxes: list[str] = field(default_factory=list)
     associations: int = 0
     status: int = 0x0000
 
@@ -66,16 +76,23 @@ class Pacs:
 def make_pacs() -> Iterator[Callable[..., Pacs]]:
     servers: list[Any] = []
 
-    def start(*, without: tuple[str, ...] = (), port: int | None = None) -> Pacs:
+    def start(*, without: tuple[str, ...] = (), port: int | None = None, rle: bool = False) -> Pacs:
         pacs = Pacs(port or free_port())
         ae = AE(ae_title="PACS")
+        extra = [RLELossless] if rle else []
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax not in without:
-                ae.add_supported_context(context.abstract_syntax)
+                ae.add_supported_context(
+                    context.abstract_syntax,
+                    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, *extra],
+                )
 
         def on_store(event: Any) -> int:
             if pacs.status == 0:
-                pacs.received.append(event.dataset)
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+                pacs.received.append(ds)
+                pacs.syntaxes.append(str(event.context.transfer_syntax))
             return pacs.status
 
         def on_assoc(_event: Any) -> None:
@@ -291,3 +308,66 @@ def test_failure_statuses_are_split_into_transient_and_permanent(
     status: int | None, permanent: bool
 ) -> None:
     assert is_permanent_failure(status) is permanent
+
+
+def _pages(files: list[Path]) -> list[Path]:
+    return [p for p in files if str(dcmread(p, stop_before_pixels=True).SOPClassUID) == SC]
+
+
+SC = SecondaryCaptureImageStorage
+
+
+def _items(files: list[Path]) -> list[StoreItem]:
+    items = []
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        items.append(StoreItem(path, str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+    return items
+
+
+def test_pages_reach_orthanc_rle_compressed_with_the_same_pixels(
+    orthanc: Orthanc, result_files: list[Path]
+) -> None:
+    pages = _pages(result_files)
+    assert pages and all(
+        dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        for p in pages
+    )
+    dest = Destination.parse(orthanc.destination)
+    outcomes = store_objects(_items(result_files), dest, "STROKEFLOW")
+    assert all(o.stored for o in outcomes), [o.error for o in outcomes]
+    stored = {}
+    for orthanc_id in orthanc.get("/instances"):
+        tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
+        stored[tags["SOPInstanceUID"]] = orthanc_id
+    assert len(stored) == len(result_files), (len(stored), len(result_files), outcomes)
+    written = sent = 0
+    for page in pages:
+        original = dcmread(page)
+        with tempfile.NamedTemporaryFile(suffix=".dcm") as handle:
+            handle.write(orthanc.get(f"/instances/{stored[original.SOPInstanceUID]}/file"))
+            handle.flush()
+            received = dcmread(handle.name)
+        assert received.file_meta.TransferSyntaxUID == RLELossless
+        np.testing.assert_array_equal(received.pixel_array, original.pixel_array)
+        written += page.stat().st_size
+        sent += len(received.PixelData)
+    assert sent < written / 2, (sent, written)
+
+
+def test_pages_go_as_written_where_rle_is_not_accepted_or_compression_is_off(
+    make_pacs: Callable[..., Pacs], result_files: list[Path]
+) -> None:
+    pages = _pages(result_files)
+    plain = make_pacs()
+    assert all(o.stored for o in store_objects(_items(pages), plain.destination, "SF"))
+    assert set(plain.syntaxes) == {ExplicitVRLittleEndian}
+    for page, received in zip(pages, plain.received, strict=True):
+        np.testing.assert_array_equal(received.pixel_array, dcmread(page).pixel_array)
+    willing = make_pacs(rle=True)
+    off = store_objects(_items(pages), willing.destination, "SF", compress_pages=False)
+    assert all(o.stored for o in off) and set(willing.syntaxes) == {ExplicitVRLittleEndian}
+    on = store_objects(_items(pages), willing.destination, "SF")
+    assert all(o.stored for o in on) and willing.syntaxes[len(pages) :] == [RLELossless] * len(
+        pages
+    )

@@ -6,17 +6,26 @@ deconvolved, flow-scaled residue in 1/s and ``rho``/``k_H`` from ``constants``:
 * CBF [mL/100 g/min] = (k_H / rho) * 6000 * max k
 * CBV [mL/100 g]     = (k_H / rho) * 100 * integral C_t / integral C_a (area ratio)
 * MTT [s]            = 60 * CBV / CBF (central volume theorem)
-* Tmax [s]           = lag of the maximum of k, sub-frame by parabolic interpolation;
-  negative lags (tissue earlier than the arterial input) are clipped to 0.
-
-Regularisation bias correction (oSVD, on by default): truncating the SVD smooths k, which
-lowers its maximum (CBF underestimated, most for short transit times: -30 to -50 % at
-MTT 4 s) and moves it later (Tmax overestimated by 1-2 s). For this arterial input, every
-rung of the threshold ladder deconvolves noise-free exponential residues of known flow and
-MTT; the peak ratio and the lag it shows, looked up at the voxel's rung and measured MTT,
-are divided out of CBF and subtracted from Tmax. CBV (an area ratio) needs no correction.
+* Tmax [s]           = lag of the maximum of k, sub-frame by parabolic interpolation, less
+  the regularisation lag (below); negative lags (tissue earlier than the arterial input)
+  are clipped to 0. Optionally (``fitted_tmax``) the onset of the residue from a
+  least-squares fit of a residue model seeded by the oSVD (``analysis.residue_fit``).
 * TTP [s]            = time to peak of the temporally smoothed tissue curve, from the
   start of the uniform grid
+
+CBF is the maximum of the oSVD residue within -1..+3 s of the fitted onset: the residue
+of tracer held in the tissue is largest at its onset, later only by the regularisation,
+and noise maxima further along the low tail of hypoperfused tissue would otherwise
+inflate its CBF. Choice by measurement: ``benchmarks/deconvolution_family.py``,
+``docs/deconvolution.md``.
+
+Regularisation bias correction (oSVD): truncating the SVD smooths k, which lowers its
+maximum (CBF underestimated, most for short transit times: -30 to -50 % at MTT 4 s) and
+moves it later (Tmax overestimated by 1-2 s). For this arterial input, every rung of the
+threshold ladder deconvolves noise-free exponential residues of known flow and MTT; the
+peak ratio and the lag it shows, looked up at the voxel's rung and measured MTT, are
+divided out of CBF (``correct_cbf_bias``, off by default) and subtracted from Tmax
+(``correct_tmax_lag``). CBV (an area ratio) needs no correction.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from strokeflow.analysis.deconvolution import (
     osvd_deconvolver,
     ssvd_deconvolver,
 )
+from strokeflow.analysis.residue_fit import ResidueFitter, residue_fitter
 
 _FLOW_SCALE = HEMATOCRIT_FACTOR / BRAIN_DENSITY_G_PER_ML
 
@@ -78,6 +88,9 @@ def compute_maps(
     correct_tmax_lag: bool = True,
     correct_cbf_bias: bool = False,
     residue_window_s: tuple[float, float] | None = (12.0, 3.0),
+    residue_fit: bool = True,
+    flow_window_s: tuple[float, float] | None = (1.0, 3.0),
+    fitted_tmax: bool = False,
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -117,6 +130,24 @@ def compute_maps(
         the arterial curve: the residue of tissue reached by the bolus cannot peak
         after the tissue curve does, and noise maxima elsewhere would otherwise inflate
         the CBF of low-flow tissue and scatter its Tmax. None searches all lags.
+    residue_fit : bool
+        oSVD only: fit a residue model seeded by the oSVD residue
+        (``analysis.residue_fit``) to locate each residue's onset, which anchors the
+        CBF search (``flow_window_s``) and, with ``fitted_tmax``, gives Tmax.
+    flow_window_s : (float, float) or None
+        With ``residue_fit``: CBF is the maximum of the oSVD residue between ``before``
+        seconds before and ``after`` seconds after the fitted onset, where the residue of
+        a tracer that stays in the tissue peaks (at the onset, moved later by the
+        regularisation); maxima of noise further along the tail of a low, long residue
+        otherwise inflate the CBF of hypoperfused tissue. None keeps the wider
+        ``residue_window_s``.
+    fitted_tmax : bool
+        With ``residue_fit``: Tmax is the fitted onset instead of the lag of the maximum
+        of the oSVD residue less its regularisation lag. Better on unmixed curves (box
+        residues, coarse sampling), but off by default: where spatial filtering or
+        partial volume mixes an earlier neighbour into a voxel, the single-delay model
+        follows the earlier rise (about 1 s early on the project's phantom; see
+        ``docs/deconvolution.md``).
 
     Returns
     -------
@@ -127,8 +158,8 @@ def compute_maps(
     Raises
     ------
     ValueError
-        On inconsistent shapes, a non-positive step or chunk size, or an arterial input
-        without enhancement.
+        On inconsistent shapes, a non-positive step or chunk size, a negative flow window,
+        or an arterial input without enhancement.
     """
     conc = np.asarray(concentration)
     if conc.ndim not in (2, 4):
@@ -142,6 +173,8 @@ def compute_maps(
         raise ValueError(f"chunk_voxels must be at least 1; got {chunk_voxels}")
     if not step_s > 0:
         raise ValueError(f"step_s must be positive; got {step_s}")
+    if flow_window_s is not None and not min(flow_window_s) >= 0:
+        raise ValueError(f"flow_window_s must be two non-negative seconds; got {flow_window_s}")
 
     flat = conc.reshape(n, -1)
     if mask is None:
@@ -179,6 +212,7 @@ def compute_maps(
         if (method == "osvd" and (correct_tmax_lag or correct_cbf_bias))
         else None
     )
+    fitter = residue_fitter(a, step_s) if (method == "osvd" and residue_fit) else None
     nvox_total = flat.shape[1]
     outputs = {
         name: np.full(nvox_total, np.nan, dtype=np.float32)
@@ -203,6 +237,9 @@ def compute_maps(
             peak_window,
             correct_tmax_lag,
             correct_cbf_bias,
+            fitter,
+            flow_window_s,
+            fitted_tmax,
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -229,6 +266,9 @@ def _chunk_maps(
     peak_window: tuple[float, float, float] | None,
     correct_tmax_lag: bool,
     correct_cbf_bias: bool,
+    fitter: ResidueFitter | None = None,
+    flow_window_s: tuple[float, float] | None = None,
+    fitted_tmax: bool = False,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -259,6 +299,21 @@ def _chunk_maps(
                 mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
         if correct_tmax_lag:
             tmax_raw = tmax_raw - lag_s
+    if fitter is not None and dec.circulant:
+        # Seed: where the residue first rises to half its peak. The peak itself can lie
+        # anywhere on the plateau of a box-like residue; its rise marks the delay.
+        flow, delay_s = fitter.fit(curves, _half_rise_lag(k, peak_idx, dec) * step_s)
+        # Only the onset is taken: the fitted flow is not better than max k overall, as
+        # short transit times leave flow and residue shape unidentifiable
+        # (docs/deconvolution.md, benchmarks/deconvolution_family.py).
+        onset_s = np.where(flow > 0, delay_s, tmax_raw)
+        if flow_window_s is not None:
+            near = _max_near_onset(k, onset_s, flow_window_s, dec, step_s)
+            cbf = _FLOW_SCALE * 6000.0 * np.clip(np.where(np.isfinite(near), near, k_max), 0, None)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
+        if fitted_tmax:
+            tmax_raw = onset_s
     tmax = np.clip(tmax_raw, 0.0, None)
     return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
 
@@ -316,6 +371,46 @@ def _bias_calibration(dec: Deconvolver, aif: np.ndarray, step_s: float) -> _Bias
         # What the voxel would report as MTT: CBV / CBF = MTT / peak ratio.
         measured[i] = np.maximum.accumulate(_CAL_MTT_S / peak_ratio[i])
     return _BiasCalibration(measured, np.minimum(peak_ratio, 1.0), lag_s)
+
+
+def _max_near_onset(
+    k: np.ndarray,
+    onset_s: np.ndarray,
+    window: tuple[float, float],
+    dec: Deconvolver,
+    step_s: float,
+) -> np.ndarray:
+    """Maximum of each circulant residue between ``window`` seconds around its onset."""
+    n, length = dec.n_frames, dec.n_lags
+    j = np.arange(length)
+    # Samples N..2N-1 of a circulant residue are negative lags.
+    lag_s = np.where(j >= n, j - length, j) * step_s
+    before_s, after_s = window
+    inside = (lag_s[:, None] >= (onset_s - before_s)[None, :]) & (
+        lag_s[:, None] <= (onset_s + after_s)[None, :]
+    )
+    return np.asarray(np.where(inside, k, -np.inf).max(axis=0))
+
+
+def _half_rise_lag(k: np.ndarray, peak_idx: np.ndarray, dec: Deconvolver) -> np.ndarray:
+    """Lag (samples) at which a circulant residue last crosses half its peak before it."""
+    n, length = dec.n_frames, dec.n_lags
+    # Lag order -(L - N) .. N - 1: the wrapped negative lags first.
+    ordered = np.concatenate([k[n:], k[:n]])
+    peak = np.where(peak_idx >= n, peak_idx - n, peak_idx + (length - n))
+    cols = np.arange(k.shape[1])
+    half = 0.5 * ordered[peak, cols]
+    j = np.arange(length)[:, None]
+    below = (ordered < half[None, :]) & (j < peak[None, :])
+    last = np.where(below, j, -1).max(axis=0)
+    # Linear interpolation of the crossing between the last sample below and the next.
+    nxt = np.clip(last + 1, 0, length - 1)
+    lo = ordered[np.clip(last, 0, length - 1), cols]
+    hi = ordered[nxt, cols]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where((last >= 0) & (hi > lo), (half - lo) / (hi - lo), 1.0)
+    crossing = np.where(last >= 0, last + np.clip(np.nan_to_num(frac), 0.0, 1.0), peak)
+    return crossing - (length - n)
 
 
 def _restrict_to_window(

@@ -31,6 +31,7 @@ from strokeflow.analysis.denoise import smooth_within_mask
 from strokeflow.analysis.diffusion import (
     CORE_ADC_THRESHOLD_UM2_S,
     CSF_ADC_UM2_S,
+    DiffusionCore,
     adc_core,
     adc_from_dwi,
     mr_brain_mask,
@@ -64,6 +65,9 @@ __all__ = [
 
 #: Lowest and highest b-value for which the 620 x10^-6 mm²/s core threshold holds.
 B_VALUE_RANGE_S_MM2 = (800.0, 1500.0)
+#: Bilateral symmetric low ADC from this volume on is a warning (the size of a false core
+#: that would matter); below it, an information.
+SYMMETRIC_LOW_ADC_WARNING_ML = 5.0
 #: Relative disagreement (median over tissue) between scanner and computed ADC flagged.
 MAX_ADC_DISAGREEMENT = 0.15
 
@@ -162,6 +166,9 @@ class MriAcquisition:
     warnings : tuple of str
         Assembly problems a person should know about.
     study_uid : str
+    series_used : tuple of (str, str)
+        Each series used, as ``(role and series number, what it is)``, e.g.
+        ``("DWI series 701", "trace b 1000, 12 directions")``, for the summary page.
     """
 
     dwi: DiffusionImages | None
@@ -172,6 +179,7 @@ class MriAcquisition:
     pwi_series_uids: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     study_uid: str = ""
+    series_used: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -377,16 +385,19 @@ def _side(mask: np.ndarray, hemis: Hemispheres, vv: float) -> str | None:
 def _diffusion(acq: MriAcquisition, settings: MriSettings, flags: list[QualityFlag]) -> _Diffusion:
     computed = None
     b_high = None
-    if acq.dwi is not None:
-        bs = sorted(acq.dwi.by_b_value)
-        if bs[0] > 50.0 or bs[-1] < 300.0:
-            raise AnalysisError(
-                f"DWI b-values {', '.join(f'{b:g}' for b in bs)} s/mm²: a b0 (<= 50) and a "
-                "high b-value (~1000) are needed for the ADC"
-            )
+    trace = None  # high-b trace DWI on the diffusion box, for the hyperintensity test
+    dwi = acq.dwi
+    bs = sorted(dwi.by_b_value) if dwi is not None else []
+    has_b0 = bool(bs) and bs[0] <= 50.0 and bs[-1] >= 300.0
+    if dwi is not None and not has_b0 and acq.adc is None:
+        raise AnalysisError(
+            f"DWI b-values {', '.join(f'{b:g}' for b in bs)} s/mm²: a b0 (<= 50) and a "
+            "high b-value (~1000) are needed for the ADC"
+        )
+    if dwi is not None and has_b0:
         b_high = bs[-1]
-        full_geometry = acq.dwi.geometry
-        b0 = acq.dwi.by_b_value[bs[0]]
+        full_geometry = dwi.geometry
+        b0 = dwi.by_b_value[bs[0]]
         full_brain = mr_brain_mask(b0, full_geometry.voxel_size_mm[1])
         if not full_brain.any():
             raise AnalysisError("no brain found in the diffusion images")
@@ -395,19 +406,8 @@ def _diffusion(acq: MriAcquisition, settings: MriSettings, flags: list[QualityFl
         geometry = _cropped(full_geometry, box[0].start, box[1].start)
         brain = full_brain[:, box[0], box[1]]
         reference = b0[:, box[0], box[1]]
-        b_image = acq.dwi.by_b_value[b_high][:, box[0], box[1]]
-        computed = adc_from_dwi(reference, b_image, b_high - bs[0], brain)
-        low, high = B_VALUE_RANGE_S_MM2
-        if not low <= b_high <= high:
-            flags.append(
-                QualityFlag(
-                    "b_value",
-                    "warning",
-                    f"highest b-value is {b_high:g} s/mm²: the ADC < "
-                    f"{settings.adc_core_threshold_um2_s:g} core threshold is validated for "
-                    "b = 1000 s/mm²",
-                )
-            )
+        trace = dwi.by_b_value[b_high][:, box[0], box[1]]
+        computed = adc_from_dwi(reference, trace, b_high - bs[0], brain)
     else:
         assert acq.adc is not None
         full_geometry = acq.adc.geometry
@@ -419,17 +419,28 @@ def _diffusion(acq: MriAcquisition, settings: MriSettings, flags: list[QualityFl
         geometry = _cropped(full_geometry, box[0].start, box[1].start)
         brain = full_brain[:, box[0], box[1]]
         reference = adc_image[:, box[0], box[1]]
+        if dwi is not None and bs and bs[-1] >= 300.0:
+            # A trace-weighted series without its b0 (Siemens XA writes them apart): no
+            # ADC from it, but its signal still tells restricted diffusion from anatomy.
+            b_high = bs[-1]
+            trace = _on_grid(
+                dwi.by_b_value[b_high], dwi.geometry, full_geometry, full_brain.shape, box
+            )
+    if b_high is not None:
+        low, high = B_VALUE_RANGE_S_MM2
+        if not low <= b_high <= high:
+            flags.append(
+                QualityFlag(
+                    "b_value",
+                    "warning",
+                    f"highest b-value is {b_high:g} s/mm²: the ADC < "
+                    f"{settings.adc_core_threshold_um2_s:g} core threshold is validated for "
+                    "b = 1000 s/mm²",
+                )
+            )
 
     if acq.adc is not None:
-        values = acq.adc.values
-        if (
-            acq.adc.geometry.affine_lps.shape != (4, 4)
-            or not np.allclose(acq.adc.geometry.affine_lps, full_geometry.affine_lps, atol=1e-3)
-            or values.shape != full_brain.shape
-        ):
-            values = resample(values, acq.adc.geometry, geometry, brain.shape, order=1)
-        else:
-            values = values[:, box[0], box[1]]
+        values = _on_grid(acq.adc.values, acq.adc.geometry, full_geometry, full_brain.shape, box)
         try:
             adc, units = scanner_adc_um2_s(values, brain)
         except ValueError as exc:
@@ -447,14 +458,16 @@ def _diffusion(acq: MriAcquisition, settings: MriSettings, flags: list[QualityFl
         assert computed is not None
         adc, units, source = computed, "x10^-6 mm²/s", "computed"
 
-    core, tissue = adc_core(
+    found = adc_core(
         adc,
         brain,
-        geometry.voxel_volume_ml,
+        geometry,
+        dwi_trace=trace,
         threshold_um2_s=settings.adc_core_threshold_um2_s,
         min_cluster_ml=settings.min_cluster_ml,
         csf_adc_um2_s=settings.csf_adc_um2_s,
     )
+    flags.extend(_core_flags(found, trace is not None, geometry.voxel_volume_ml, settings))
     return _Diffusion(
         full_geometry,
         full_brain.shape,
@@ -466,9 +479,65 @@ def _diffusion(acq: MriAcquisition, settings: MriSettings, flags: list[QualityFl
         units,
         b_high,
         brain,
-        tissue,
-        core,
+        found.tissue,
+        found.core,
     )
+
+
+def _on_grid(
+    values: np.ndarray,
+    geometry: Geometry,
+    full_geometry: Geometry,
+    full_shape: tuple[int, ...],
+    box: tuple[slice, slice],
+) -> np.ndarray:
+    """A ``(z, y, x)`` image of another series on the diffusion box (resampled if needed)."""
+    if (
+        geometry.affine_lps.shape == (4, 4)
+        and np.allclose(geometry.affine_lps, full_geometry.affine_lps, atol=1e-3)
+        and values.shape == full_shape
+    ):
+        return np.asarray(values[:, box[0], box[1]])
+    target = _cropped(full_geometry, box[0].start, box[1].start)
+    shape = (full_shape[0], box[0].stop - box[0].start, box[1].stop - box[1].start)
+    return resample(values, geometry, target, shape, order=1)
+
+
+def _core_flags(
+    found: DiffusionCore, has_trace: bool, voxel_volume_ml: float, settings: MriSettings
+) -> list[QualityFlag]:
+    flags = []
+    symmetric_ml = volume_ml(found.symmetric, voxel_volume_ml)
+    if symmetric_ml >= settings.min_cluster_ml:
+        flags.append(
+            QualityFlag(
+                "symmetric_low_adc",
+                "warning" if symmetric_ml >= SYMMETRIC_LOW_ADC_WARNING_ML else "info",
+                f"{symmetric_ml:.1f} mL of bilateral, mirror-symmetric ADC < "
+                f"{settings.adc_core_threshold_um2_s:g} (deep white matter of a DTI, or "
+                "tissue at the edge of the field of view) not counted as core: check the ADC "
+                "map",
+            )
+        )
+    if found.not_bright_ml >= settings.min_cluster_ml:
+        flags.append(
+            QualityFlag(
+                "low_adc_without_dwi_signal",
+                "info",
+                f"{found.not_bright_ml:.1f} mL with ADC < {settings.adc_core_threshold_um2_s:g} "
+                "but a DWI no brighter than the contralateral tissue: not restricted diffusion, "
+                "not counted as core",
+            )
+        )
+    if not has_trace:
+        flags.append(
+            QualityFlag(
+                "core_without_dwi",
+                "info",
+                "no trace-weighted DWI: the core is defined by the ADC map alone",
+            )
+        )
+    return flags
 
 
 def _compare_adc(

@@ -5,6 +5,17 @@ data is remembered so that :func:`read_frame` can later map it straight from the
 without a second header parse (5x faster than pydicom for native little-endian data).
 Compressed transfer syntaxes (RLE, JPEG-LS, JPEG 2000, ...) go through pydicom and its
 installed decoder plugins.
+
+One file can hold several images, and then yields one header per image (``frame_index``):
+
+* enhanced multi-frame MR and CT: every frame's position, orientation, pixel spacing,
+  rescale, b-value, echo time and acquisition time are read from its per-frame (or the
+  shared) functional groups with pydicom, so the frames pass through the assembly like
+  classic images;
+* Siemens mosaic (ImageType MOSAIC): the tiles of the stored image are the slices, and
+  their true positions come from the Siemens CSA header through nibabel's
+  ``nibabel.nicom`` (the mosaic's own ImagePositionPatient is that of the whole tiled
+  image, not of any slice).
 """
 
 from __future__ import annotations
@@ -12,20 +23,30 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
+import pydicom.pixels
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+with warnings.catch_warnings():
+    # nibabel calls its DICOM readers experimental; only the CSA mosaic geometry of
+    # MosaicWrapper is used, which dcm2niix's test collections exercise.
+    warnings.simplefilter("ignore", UserWarning)
+    from nibabel.nicom import dicomwrappers
+
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _NATIVE_LITTLE_ENDIAN = {str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian)}
+#: Per-frame b-values below this (s/mm²) are b = 0: Philips writes 0.001-0.004 on the
+#: b0 images of some DTI protocols.
+B0_LIMIT_S_MM2 = 0.01
 
 
 @dataclass(frozen=True)
@@ -43,6 +64,13 @@ class InstanceHeader:
     Times are kept as the raw DICOM strings; ``strokeflow.assemble.series`` decides
     which of them to trust. ``pixel_offset`` is the byte offset of the pixel values
     of native little-endian files (None: decode with pydicom).
+
+    A file holding several images gives one header per image: ``frame_index`` is the
+    frame of an enhanced multi-frame file or the tile of a Siemens mosaic (None for a
+    single-frame file), ``rows``/``columns``/``position_mm`` are those of that image, and
+    ``stored_shape`` is the (rows, columns) of the stored mosaic. ``b_value`` and
+    ``echo_time_ms`` are filled from an enhanced file's functional groups (None: read
+    from the file's own tags when needed).
     """
 
     path: Path
@@ -84,6 +112,15 @@ class InstanceHeader:
     pixel_signed: bool = False
     samples_per_pixel: int = 1
     pixel_offset: int | None = None
+    frame_index: int | None = None
+    stored_shape: tuple[int, int] | None = None
+    b_value: float | None = None
+    echo_time_ms: float | None = None
+
+    @property
+    def image_key(self) -> tuple[str, int]:
+        """SOP instance and frame: what identifies one image (a copied file repeats it)."""
+        return self.sop_uid, -1 if self.frame_index is None else self.frame_index
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -193,14 +230,16 @@ def _pixel_offset(fp: Any, ds: Dataset, syntax: str, file_size: int) -> int | No
     return offset
 
 
-def read_header(path: Path) -> InstanceHeader | DicomProblem | None:
-    """Parse one file's header.
+def read_headers(path: Path) -> list[InstanceHeader] | DicomProblem | None:
+    """Parse one file's header: one :class:`InstanceHeader` per image it holds.
 
     Returns
     -------
-    InstanceHeader, DicomProblem or None
-        None for a file that is not DICOM at all (no ``DICM`` preamble and does not
-        parse as raw DICOM either): such files are ignored silently.
+    list of InstanceHeader, DicomProblem or None
+        One header for a single-frame file, one per frame (enhanced multi-frame) or tile
+        (Siemens mosaic) otherwise. None for a file that is not DICOM at all (no ``DICM``
+        preamble and does not parse as raw DICOM either): such files are ignored
+        silently.
     """
     try:
         size = path.stat().st_size
@@ -216,7 +255,14 @@ def read_header(path: Path) -> InstanceHeader | DicomProblem | None:
                     return None  # a media index, not an image
                 syntax = str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
                 offset = _pixel_offset(fp, ds, syntax, size) if _us(ds, "Rows", 0) else None
-                return _header_from_dataset(path, ds, syntax, offset)
+                header = _header_from_dataset(path, ds, syntax, offset)
+                if isinstance(header, DicomProblem):
+                    return header
+                if "PerFrameFunctionalGroupsSequence" in ds:
+                    return _frame_headers(header, ds)
+                if "MOSAIC" in header.image_type and header.rows:
+                    return _mosaic_headers(header, ds)
+                return [header]
             except Exception as exc:  # a corrupt file must never stop the scan
                 if not has_preamble:
                     return None
@@ -279,6 +325,131 @@ def _header_from_dataset(
     )
 
 
+def _binary_float(ds: Dataset, keyword: str) -> float | None:
+    """A binary (FD/FL) element through pydicom's conversion (raw bytes are not text)."""
+    try:
+        value = ds.get(keyword)
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _converted(frame: Dataset, shared: Dataset | None, keyword: str) -> float | None:
+    """A classic attribute a legacy converted enhanced image keeps in its unassigned
+    per-frame (else shared) converted attributes."""
+    for groups, sequence in (
+        (frame, "UnassignedPerFrameConvertedAttributesSequence"),
+        (shared, "UnassignedSharedConvertedAttributesSequence"),
+    ):
+        item = _group_item(groups, None, sequence)
+        if item is not None and keyword in item:
+            return _binary_float(item, keyword)
+    return None
+
+
+def _group_item(frame: Dataset | None, shared: Dataset | None, sequence: str) -> Dataset | None:
+    """First item of a functional group, from the frame's own groups, else the shared ones."""
+    for groups in (frame, shared):
+        if groups is not None and sequence in groups and len(groups[sequence].value):
+            item: Dataset = groups[sequence].value[0]
+            return item
+    return None
+
+
+def _frame_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader] | DicomProblem:
+    """One header per frame of an enhanced multi-frame image (its functional groups)."""
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    if len(per_frame) != header.number_of_frames:
+        return DicomProblem(
+            str(header.path),
+            f"{header.number_of_frames} frames but {len(per_frame)} per-frame functional groups",
+        )
+    frame_bytes = header.rows * header.columns * header.bits_allocated // 8
+    frame_bytes *= header.samples_per_pixel
+    headers = []
+    for index, frame in enumerate(per_frame):
+        plane = _group_item(frame, shared, "PlanePositionSequence")
+        orient = _group_item(frame, shared, "PlaneOrientationSequence")
+        measures = _group_item(frame, shared, "PixelMeasuresSequence")
+        rescale = _group_item(frame, shared, "PixelValueTransformationSequence")
+        content = _group_item(frame, shared, "FrameContentSequence")
+        diffusion = _group_item(frame, shared, "MRDiffusionSequence")
+        echo = _group_item(frame, shared, "MREchoSequence")
+        position = None if plane is None else _floats(plane, "ImagePositionPatient", 3)
+        orientation = None if orient is None else _floats(orient, "ImageOrientationPatient", 6)
+        spacing = None if measures is None else _floats(measures, "PixelSpacing", 2)
+        b_value = (
+            _converted(frame, shared, "DiffusionBValue")
+            if diffusion is None
+            else _binary_float(diffusion, "DiffusionBValue")
+        )
+        echo_ms = (
+            _converted(frame, shared, "EchoTime")
+            if echo is None
+            else _binary_float(echo, "EffectiveEchoTime")
+        )
+        changes: dict[str, Any] = {
+            "frame_index": index,
+            "number_of_frames": header.number_of_frames,
+            "orientation": orientation,
+            "position_mm": (position[0], position[1], position[2]) if position else None,
+            "pixel_spacing_mm": (spacing[0], spacing[1]) if spacing else None,
+            "b_value": None if b_value is None else (0.0 if b_value < B0_LIMIT_S_MM2 else b_value),
+            "echo_time_ms": echo_ms,
+            "pixel_offset": (
+                None if header.pixel_offset is None else header.pixel_offset + index * frame_bytes
+            ),
+        }
+        if measures is not None and _float(measures, "SliceThickness") is not None:
+            changes["slice_thickness_mm"] = _float(measures, "SliceThickness")
+        if rescale is not None and _float(rescale, "RescaleSlope") is not None:
+            changes["rescale_slope"] = _float(rescale, "RescaleSlope") or 1.0
+            changes["rescale_intercept"] = _float(rescale, "RescaleIntercept") or 0.0
+        if content is not None:
+            changes["acquisition_datetime"] = _str(content, "FrameAcquisitionDateTime")
+            temporal = _int(content, "TemporalPositionIndex")
+            if temporal is not None:
+                changes["temporal_position"] = temporal
+        headers.append(replace(header, **changes))
+    return headers
+
+
+def _mosaic_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader] | DicomProblem:
+    """One header per slice of a Siemens mosaic, placed by the CSA header (nibabel).
+
+    Raises
+    ------
+    Nothing: a mosaic nibabel cannot read is a DicomProblem naming the reason.
+    """
+    try:
+        wrapper = dicomwrappers.wrapper_from_data(ds)
+        if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
+            # Read whole, the tiled picture would pass for one slice: refuse it instead.
+            return DicomProblem(
+                str(header.path),
+                "ImageType MOSAIC without NumberOfImagesInMosaic in the CSA header",
+            )
+        n_slices = int(wrapper.n_mosaic)
+        tile_rows, tile_columns = (int(v) for v in wrapper.image_shape[:2])
+        affine = np.asarray(wrapper.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel raises many types on a damaged CSA header
+        return DicomProblem(str(header.path), f"Siemens mosaic without a usable CSA header: {exc}")
+    origin, step = affine[:3, 3], affine[:3, 2]
+    return [
+        replace(
+            header,
+            frame_index=k,
+            rows=tile_rows,
+            columns=tile_columns,
+            stored_shape=(header.rows, header.columns),
+            position_mm=tuple(float(v) for v in origin + k * step),  # type: ignore[arg-type]
+        )
+        for k in range(n_slices)
+    ]
+
+
 def scan_paths(paths: Sequence[Path]) -> tuple[list[InstanceHeader], list[DicomProblem]]:
     """Read the headers of every DICOM file in ``paths`` (files or folders, recursive).
 
@@ -303,25 +474,30 @@ def scan_paths(paths: Sequence[Path]) -> tuple[list[InstanceHeader], list[DicomP
     """
     headers: list[InstanceHeader] = []
     problems: list[DicomProblem] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, int]] = set()
     for path in iter_files(paths):
         with warnings.catch_warnings():
             # pydicom warns about every non-conformant value; the problems that matter
             # are returned as DicomProblem instead of flooding the log.
             warnings.simplefilter("ignore")
-            result = read_header(path)
+            result = read_headers(path)
         if result is None:
             continue
         if isinstance(result, DicomProblem):
             problems.append(result)
-        elif result.sop_uid not in seen:
-            seen.add(result.sop_uid)
-            headers.append(result)
+            continue
+        for header in result:
+            if header.image_key not in seen:
+                seen.add(header.image_key)
+                headers.append(header)
     return headers, problems
 
 
 def read_frame(header: InstanceHeader, out: np.ndarray) -> None:
-    """Decode one single-frame image into ``out`` as rescaled float32 (HU for CT).
+    """Decode one image into ``out`` as rescaled float32 (HU for CT).
+
+    The image is the file's only one, the frame ``header.frame_index`` of an enhanced
+    multi-frame file, or that tile of a Siemens mosaic.
 
     Parameters
     ----------
@@ -334,9 +510,9 @@ def read_frame(header: InstanceHeader, out: np.ndarray) -> None:
     ------
     ValueError
         If the pixel data cannot be decoded or has the wrong shape; the message names
-        the file.
+        the file (and the frame).
     """
-    shape = (header.rows, header.columns)
+    shape = header.stored_shape or (header.rows, header.columns)
     try:
         if header.pixel_offset is not None and header.bits_allocated in (8, 16, 32):
             dtype = np.dtype(f"<{'i' if header.pixel_signed else 'u'}{header.bits_allocated // 8}")
@@ -346,16 +522,33 @@ def read_frame(header: InstanceHeader, out: np.ndarray) -> None:
             if raw.size != shape[0] * shape[1]:
                 raise ValueError(f"{raw.size} of {shape[0] * shape[1]} pixels present")
             pixels = _apply_bits_stored(raw.reshape(shape), header)
+        elif header.number_of_frames > 1 and header.frame_index is not None:
+            pixels = pydicom.pixels.pixel_array(header.path, index=header.frame_index)
         else:
-            ds = pydicom.dcmread(header.path)
-            pixels = ds.pixel_array
+            pixels = pydicom.dcmread(header.path).pixel_array
     except Exception as exc:  # any decoder failure is a per-file problem, never fatal
-        raise ValueError(f"{header.path}: cannot decode pixel data ({exc})") from exc
+        raise ValueError(f"{_where(header)}: cannot decode pixel data ({exc})") from exc
     if pixels.shape != shape:
-        raise ValueError(f"{header.path}: pixel array {pixels.shape}, expected {shape}")
+        raise ValueError(f"{_where(header)}: pixel array {pixels.shape}, expected {shape}")
+    if header.stored_shape is not None and header.frame_index is not None:
+        pixels = _mosaic_tile(pixels, header.frame_index, header.rows, header.columns)
     np.multiply(pixels, header.rescale_slope, out=out, casting="unsafe")
     if header.rescale_intercept:
         out += np.float32(header.rescale_intercept)
+
+
+def _where(header: InstanceHeader) -> str:
+    """The file, and the frame or tile, for messages."""
+    if header.frame_index is None:
+        return str(header.path)
+    return f"{header.path} frame {header.frame_index + 1}"
+
+
+def _mosaic_tile(mosaic: np.ndarray, index: int, rows: int, columns: int) -> np.ndarray:
+    """Tile ``index`` of a mosaic, tiles filled row by row from the top left."""
+    per_row = mosaic.shape[1] // columns
+    r, c = divmod(index, per_row)
+    return mosaic[r * rows : (r + 1) * rows, c * columns : (c + 1) * columns]
 
 
 def _apply_bits_stored(pixels: np.ndarray, header: InstanceHeader) -> np.ndarray:

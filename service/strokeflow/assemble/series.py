@@ -30,7 +30,6 @@ from strokeflow.assemble.files import InstanceHeader
 MIN_CTP_FRAMES = 5
 #: Slice positions closer than this along the normal are the same slice.
 POSITION_TOLERANCE_MM = 0.01
-ENHANCED_CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2.1"
 #: Consecutive time points of a perfusion exported one series per time point are at most
 #: this far apart: sparse tails sample every 3-5 s, while an NCCT precedes a CTA or a
 #: perfusion by minutes and multiphase CTA phases come in threes.
@@ -38,6 +37,16 @@ MAX_TIME_POINT_GAP_S = 15.0
 #: A stacking direction further than this from the slice normal is a gantry tilt.
 MIN_TILT_DEG = 0.5
 _NUMBERING = re.compile(r"[\d.:,;_#()\[\]/-]+")
+#: Enhanced (and legacy converted enhanced) CT and MR image storage: multi-frame IODs
+#: whose frames are placed by per-frame functional groups.
+ENHANCED_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.2.1",
+        "1.2.840.10008.5.1.4.1.1.2.2",
+        "1.2.840.10008.5.1.4.1.1.4.1",
+        "1.2.840.10008.5.1.4.1.1.4.4",
+    }
+)
 _CTA_WORDS = re.compile(r"\b(CTA|ANGIO\w*|ARTERIAL)\b", re.IGNORECASE)
 _DAY_S = 86400.0
 
@@ -196,15 +205,30 @@ def _geometry_note(headers: Sequence[InstanceHeader], z_mm: np.ndarray) -> str:
     return "".join(f"; {n}" for n in notes)
 
 
+def unexpanded_multiframe(h: InstanceHeader) -> bool:
+    """A multi-frame object whose frames could not be read as images of their own.
+
+    Enhanced files arrive as one header per frame (:mod:`strokeflow.assemble.files`);
+    what is left is a multi-frame object without per-frame functional groups (US, NM),
+    or one claiming an enhanced class without them.
+    """
+    return h.frame_index is None and (
+        h.number_of_frames > 1 or h.sop_class_uid in ENHANCED_SOP_CLASSES
+    )
+
+
 def _classify(instances: list[InstanceHeader]) -> tuple[str, str, int, int]:
     """Return (kind, reason, n_positions, n_timepoints) for one series."""
     first = instances[0]
     if any(h.rows == 0 for h in instances):
         return "other", f"no image data (modality {first.modality or 'unknown'})", 0, 1
-    if first.sop_class_uid == ENHANCED_CT_SOP_CLASS or any(
-        h.number_of_frames > 1 for h in instances
-    ):
-        return "other", "multi-frame CT perfusion is not supported yet", 1, 1
+    if any(unexpanded_multiframe(h) for h in instances):
+        return (
+            "other",
+            f"multi-frame {first.modality or 'image'} without per-frame functional groups",
+            1,
+            1,
+        )
     if first.modality != "CT":
         return "other", f"modality {first.modality or 'unknown'} is not CT", 1, 1
     if any("LOCALIZER" in h.image_type or "SCOUT" in h.image_type for h in instances):

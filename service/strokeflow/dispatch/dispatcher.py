@@ -133,6 +133,7 @@ def dispatch_job(
     calling_ae_title: str,
     policy: RetryPolicy,
     clock: Clock = _utcnow,
+    compress_pages: bool = True,
 ) -> DispatchSummary | None:
     """Send the job's due pending objects, one association per destination.
 
@@ -149,6 +150,8 @@ def dispatch_job(
     policy : RetryPolicy
     clock : callable
         Aware UTC now.
+    compress_pages : bool
+        Secondary Capture pages go RLE Lossless where a destination accepts it.
 
     Returns
     -------
@@ -182,7 +185,9 @@ def dispatch_job(
                     for r in dest_rows
                 ]
                 try:
-                    outcomes = store_objects(items, dest, calling_ae_title)
+                    outcomes = store_objects(
+                        items, dest, calling_ae_title, compress_pages=compress_pages
+                    )
                 except (DicomNetworkError, OSError) as exc:
                     LOG.warning("job %d: %s; %d objects will be retried", job_id, exc, len(items))
                     outcomes = [ObjectOutcome(False, None, str(exc)) for _ in items]
@@ -232,6 +237,7 @@ def dispatch_due(
     calling_ae_title: str,
     policy: RetryPolicy,
     clock: Clock = _utcnow,
+    compress_pages: bool = True,
 ) -> list[DispatchSummary]:
     """Run :func:`dispatch_job` for every succeeded job with pending rows now due."""
     now = clock()
@@ -258,6 +264,7 @@ def dispatch_due(
             calling_ae_title=calling_ae_title,
             policy=policy,
             clock=clock,
+            compress_pages=compress_pages,
         )
         if summary is not None:
             done.append(summary)

@@ -1,5 +1,11 @@
 """One association per destination: C-STORE objects, check every response, fall back to
-another SR class when the destination does not take the original one."""
+another SR class when the destination does not take the original one.
+
+Secondary Capture pages are written uncompressed (every PACS takes that) and, unless told
+otherwise, sent RLE Lossless to a destination that accepts it for their class (a page is
+5.8 MB uncompressed, 0.1-1 MB in RLE); the association proposes both, so a destination
+that takes only the uncompressed syntax gets the page as written.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,13 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -106,7 +118,16 @@ def _candidates(ds: Dataset, accepted: set[str]) -> list[tuple[str, Dataset | No
     return found
 
 
-def _requested_contexts(ae: AE, datasets: list[Dataset]) -> None:
+def _compressible(ds: Dataset) -> bool:
+    """A Secondary Capture page stored uncompressed: worth sending RLE Lossless."""
+    return (
+        str(ds.SOPClassUID) == SecondaryCaptureImageStorage
+        and "PixelData" in ds
+        and not ds.file_meta.TransferSyntaxUID.is_compressed
+    )
+
+
+def _requested_contexts(ae: AE, datasets: list[Dataset], compress_pages: bool) -> None:
     classes: dict[str, list[str]] = {}
     for ds in datasets:
         sop_class = str(ds.SOPClassUID)
@@ -114,15 +135,25 @@ def _requested_contexts(ae: AE, datasets: list[Dataset]) -> None:
         wanted = [sop_class]
         if sop_class in _SR_CLASSES:
             wanted = [SR_SOP_CLASSES[name] for name in SR_FALLBACK_ORDER]
+        offered = [syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        if compress_pages and _compressible(ds):
+            offered.insert(0, RLELossless)
         for cls in wanted:
             syntaxes = classes.setdefault(cls, [])
-            for ts in (syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            for ts in offered:
                 if ts not in syntaxes:
                     syntaxes.append(ts)
     for cls, syntaxes in classes.items():
         # One context per syntax, so a destination can refuse one and accept another.
         for ts in syntaxes:
             ae.add_requested_context(cls, ts)
+
+
+def _rle(ds: Dataset) -> Dataset:
+    """A copy of an uncompressed page, RLE Lossless (same UIDs: the same object)."""
+    packed = copy.deepcopy(ds)
+    packed.compress(RLELossless, generate_instance_uid=False)
+    return packed
 
 
 def _encoded_for(ds: Dataset, sop_class: str, accepted: set[tuple[str, str]]) -> Dataset:
@@ -177,7 +208,11 @@ def _send_one(
 
 
 def store_objects(
-    items: list[StoreItem], destination: Destination, calling_ae_title: str
+    items: list[StoreItem],
+    destination: Destination,
+    calling_ae_title: str,
+    *,
+    compress_pages: bool = True,
 ) -> list[ObjectOutcome]:
     """C-STORE ``items`` to ``destination`` over one association, checking every answer.
 
@@ -186,6 +221,9 @@ def store_objects(
     items : list of StoreItem
     destination : Destination
     calling_ae_title : str
+    compress_pages : bool
+        Send uncompressed Secondary Capture pages RLE Lossless where the destination
+        accepts it for their class (as written otherwise).
 
     Returns
     -------
@@ -200,7 +238,7 @@ def store_objects(
     datasets: list[Dataset] = [dcmread(item.path) for item in items]
     ae = AE(ae_title=calling_ae_title)
     ae.maximum_pdu_size = 0
-    _requested_contexts(ae, datasets)
+    _requested_contexts(ae, datasets, compress_pages)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         what = "rejected the association" if assoc.is_rejected else "could not be reached"
@@ -208,6 +246,9 @@ def store_objects(
     accepted = {
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
     }
+    if compress_pages and (SecondaryCaptureImageStorage, RLELossless) in accepted:
+        datasets = [_rle(ds) if _compressible(ds) else ds for ds in datasets]
+        LOG.debug("%s takes RLE Lossless: pages sent compressed", destination)
     outcomes: list[ObjectOutcome] = []
     try:
         for item, ds in zip(items, datasets, strict=True):

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
 from strokeflow.logsetup import configure_logging
+from strokeflow.ports import check_free, dicom_listen_port
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
@@ -112,7 +113,11 @@ def _receiver_process(settings_data: dict[str, Any], ready: Any, parent_pid: int
 
 
 def run_listener(
-    settings: Settings, *, on_queued: OnQueued | None = None, stop: threading.Event | None = None
+    settings: Settings,
+    *,
+    on_queued: OnQueued | None = None,
+    stop: threading.Event | None = None,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Receive and complete studies until SIGTERM/SIGINT (or ``stop`` is set).
 
@@ -123,7 +128,15 @@ def run_listener(
         Told the ids of new jobs (e.g. to put them on the task queue).
     stop : threading.Event, optional
         Set it to stop (tests); otherwise signals stop the listener.
+    on_listening : callable, optional
+        Called once the DICOM port is bound (``serve`` starts its workers then).
+
+    Raises
+    ------
+    PortInUseError
+        The DICOM port is taken (checked first, before the database is touched).
     """
+    check_free([dicom_listen_port(settings)])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sessions = prepare_database(settings)
     stop = stop or threading.Event()
@@ -140,9 +153,15 @@ def run_listener(
     if settings.receiver_processes == 1:
         sys.setswitchinterval(RECEIVER_SWITCH_INTERVAL_S)
         receiver = Receiver(settings, sessions)
-        server = start_server(receiver)
+        try:
+            server = start_server(receiver)
+        except OSError:
+            receiver.close()
+            raise
         resume_orphaned(sessions)
         try:
+            if on_listening is not None:
+                on_listening()
             sweeper.run(stop)
         finally:
             server.shutdown()
@@ -171,6 +190,8 @@ def run_listener(
                 if stop.is_set():
                     return
         resume_orphaned(sessions)
+        if on_listening is not None:
+            on_listening()
         sweeper.run(stop)
     finally:
         for child in children:

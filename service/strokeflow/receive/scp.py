@@ -17,6 +17,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
 from strokeflow.dicomnet.status import DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES, SUCCESS
+from strokeflow.ports import dicom_listen_port
 from strokeflow.receive.checks import (
     InstanceRefusedError,
     check_content,
@@ -52,10 +54,58 @@ from strokeflow.receive.storage import (
     sync_and_close,
     write_temp,
 )
-from strokeflow.store.repository import InstanceChange, InstanceRecord
-from strokeflow.store.studies import mark_released, note_instance
+from strokeflow.store.repository import InstanceChange, InstanceRecord, versioned_path
+from strokeflow.store.studies import is_own_result, mark_released, note_instance
 
 LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class AssociationTally:
+    """What one association sent: logged once, at INFO, when it ends (each instance is
+    logged at DEBUG only: a study is hundreds of them)."""
+
+    started_s: float = field(default_factory=time.monotonic)
+    #: Studies with new data from this association (released when it ends).
+    studies: set[str] = field(default_factory=set)
+    new: int = 0
+    replaced: int = 0
+    duplicates: int = 0
+    own_results: int = 0
+    refused: int = 0
+    failed: int = 0
+    size_bytes: int = 0
+
+    @property
+    def instances(self) -> int:
+        """C-STORE requests answered."""
+        return (
+            self.new
+            + self.replaced
+            + self.duplicates
+            + self.own_results
+            + self.refused
+            + self.failed
+        )
+
+    def summary(self) -> str:
+        """One line: counts, studies, size and duration."""
+        parts = [f"{self.new} new"]
+        for count, what in (
+            (self.replaced, "replaced"),
+            (self.duplicates, "identical resends"),
+            (self.own_results, "our own results (study not reopened)"),
+            (self.refused, "refused"),
+            (self.failed, "not stored (disk/database)"),
+        ):
+            if count:
+                parts.append(f"{count} {what}")
+        studies = ", ".join(sorted(self.studies)) or "none"
+        return (
+            f"{self.instances} instances ({', '.join(parts)}), "
+            f"{self.size_bytes / 1e6:.1f} MB in {time.monotonic() - self.started_s:.1f} s; "
+            f"studies {studies}"
+        )
 
 
 @dataclass
@@ -66,7 +116,7 @@ class Receiver:
     sessions: sessionmaker[Session]
     #: Time source, replaceable in tests.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    _studies: dict[Any, set[str]] = field(default_factory=dict, init=False, repr=False)
+    _tallies: dict[Any, AssociationTally] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _disk: ThreadPoolExecutor = field(init=False, repr=False)
 
@@ -91,6 +141,7 @@ class Receiver:
         return [
             (evt.EVT_CONN_OPEN, self.on_connection_open),
             (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_RELEASED, self.on_association_end),
@@ -160,6 +211,16 @@ class Receiver:
             # As pynetdicom's own refusals do: let the DUL send the A-ASSOCIATE-RJ, then stop.
             event.assoc.kill()
 
+    def on_accepted(self, event: Event) -> None:
+        """Start counting what the association sends."""
+        with self._lock:
+            self._tallies[event.assoc] = AssociationTally()
+        LOG.debug("association %s accepted", self._label(event))
+
+    def _tally(self, event: Event) -> AssociationTally:
+        with self._lock:
+            return self._tallies.setdefault(event.assoc, AssociationTally())
+
     def on_echo(self, event: Event) -> int:
         """Answer C-ECHO."""
         LOG.debug("association %s: C-ECHO", self._label(event))
@@ -189,6 +250,7 @@ class Receiver:
         try:
             tmp, fd = write_temp(self.data_dir, parts)
         except OSError as exc:
+            self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
         synced = self._disk.submit(sync_and_close, fd)
         sha256 = hashlib.sha256(parts[0])
@@ -199,21 +261,27 @@ class Receiver:
             _discard(synced, tmp)
             return self._refuse(event, label, str(exc), exc.status, b"".join(parts))
         record = _instance_record(event, ds, relpath, parts, sha256.hexdigest())
-        with self._lock:
-            self._studies.setdefault(event.assoc, set()).add(record.study_uid)
+        manufacturer = text_value(ds, "Manufacturer", 64)
         try:
             with self.sessions() as session, session.begin():
-                change = note_instance(session, record, self.clock())
+                own = is_own_result(
+                    session, record.sop_class_uid, record.sop_instance_uid, manufacturer
+                )
+                change = note_instance(session, record, self.clock(), own_result=own)
                 synced.result()
+                if change is InstanceChange.REPLACED:  # never over an earlier version's file
+                    relpath = Path(versioned_path(record.path, record.sha256))
                 move_into_place(self.data_dir, tmp, relpath)
         except ValueError as exc:
             _discard(synced, tmp)
             return self._refuse(event, label, str(exc), DATASET_DOES_NOT_MATCH, b"".join(parts))
         except OSError as exc:
             _discard(synced, tmp)
+            self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
         except SQLAlchemyError as exc:
             _discard(synced, tmp)
+            self._tally(event).failed += 1
             LOG.error(
                 "association %s: study %s instance %s not recorded, database error: %s",
                 label,
@@ -223,14 +291,27 @@ class Receiver:
             )
             return OUT_OF_RESOURCES
         LOG.debug(
-            "association %s: study %s instance %s %s",
+            "association %s: study %s instance %s %s%s",
             label,
             record.study_uid,
             record.sop_instance_uid,
             change.value,
+            " (our own result object)" if own else "",
         )
-        if change is InstanceChange.REPLACED:
-            LOG.info("study %s: instance %s replaced", record.study_uid, record.sop_instance_uid)
+        tally = self._tally(event)
+        with self._lock:
+            tally.size_bytes += record.size_bytes
+            if own and change is not InstanceChange.DUPLICATE:
+                # Our own results coming back release nothing: they reopen nothing.
+                tally.own_results += 1
+            elif change is InstanceChange.NEW:
+                tally.new += 1
+                tally.studies.add(record.study_uid)
+            elif change is InstanceChange.REPLACED:
+                tally.replaced += 1
+                tally.studies.add(record.study_uid)
+            else:
+                tally.duplicates += 1
         return SUCCESS
 
     @staticmethod
@@ -247,6 +328,7 @@ class Receiver:
     def _refuse(
         self, event: Event, label: str, reason: str, status: int, payload: bytes | None = None
     ) -> int:
+        self._tally(event).refused += 1
         try:
             data = payload if payload is not None else event.encoded_dataset(include_meta=True)
             where = quarantine(self.data_dir, data, f"association {label}: {reason}")
@@ -261,14 +343,21 @@ class Receiver:
         return status
 
     def on_association_end(self, event: Event) -> None:
-        """Mark the studies this association sent as released (the quiet period starts)."""
+        """Mark the studies this association sent as released (the quiet period starts) and
+        log what it sent, once (released, aborted and closed all end up here)."""
         with self._lock:
-            uids = self._studies.pop(event.assoc, set())
-        if not uids:
+            tally = self._tallies.pop(event.assoc, None)
+        if tally is None:
+            return
+        if tally.instances:
+            LOG.info("association %s ended: %s", self._label(event), tally.summary())
+        else:
+            LOG.debug("association %s ended without C-STORE", self._label(event))
+        if not tally.studies:
             return
         try:
             with self.sessions() as session, session.begin():
-                mark_released(session, uids, self.clock())
+                mark_released(session, tally.studies, self.clock())
         except SQLAlchemyError as exc:
             # The quiet timeout still completes these studies.
             LOG.error(
@@ -350,7 +439,7 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAssociationServer:
-    """Start listening on ``settings.bind_address:dicom_port`` in a background thread.
+    """Start listening on ``settings.dicom_address:dicom_port`` in a background thread.
 
     Parameters
     ----------
@@ -362,16 +451,25 @@ def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAss
     -------
     ThreadedAssociationServer
         Call ``shutdown()`` to stop; ``server_address`` has the bound port (port 0 picks one).
+
+    Raises
+    ------
+    PortInUseError
+        The port is taken or the address is not this host's; the message names the setting.
     """
     settings = receiver.settings
     ae = make_ae(settings)
-    server = ae.make_server(
-        (settings.bind_address, settings.dicom_port),
-        evt_handlers=receiver.handlers,
-        ssl_context=make_ssl_context(settings),
-        server_class=_ReusePortServer if reuse_port else LimitedAssociationServer,
-        limits=ConnectionLimits.from_settings(settings),
-    )
+    ssl_context = make_ssl_context(settings)
+    try:
+        server = ae.make_server(
+            (settings.dicom_address, settings.dicom_port),
+            evt_handlers=receiver.handlers,
+            ssl_context=ssl_context,
+            server_class=_ReusePortServer if reuse_port else LimitedAssociationServer,
+            limits=ConnectionLimits.from_settings(settings),
+        )
+    except OSError as exc:
+        raise dicom_listen_port(settings).refusal(exc) from exc
     thread = threading.Thread(
         target=server.serve_forever, name=f"dicom-listener:{settings.dicom_port}", daemon=True
     )
@@ -380,7 +478,7 @@ def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAss
     LOG.info(
         "listening for DICOM as %s on %s:%d%s",
         settings.ae_title,
-        settings.bind_address,
+        settings.dicom_address,
         server.server_address[1],
         " (TLS)" if settings.tls_enabled else "",
     )

@@ -11,11 +11,14 @@ outlines, +3 maps, +4 segmentation, +5 structured report.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -42,7 +45,12 @@ from strokeflow.report.render import (
     render_summary_page,
 )
 from strokeflow.report.secondary_capture import build_secondary_captures
-from strokeflow.report.segmentation import Region, build_segmentation, sort_along_normal
+from strokeflow.report.segmentation import (
+    Region,
+    build_segmentation,
+    shared_orientation,
+    sort_along_normal,
+)
 from strokeflow.report.source_references import (  # re-exported for callers
     load_source_references as load_source_references,
 )
@@ -57,6 +65,9 @@ from strokeflow.report.structured_report import (
     coding_scheme_identification,
     private_code,
 )
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CT_PERFUSION_HEAD = Code("39142-5", "LN", "CT perfusion head with contrast IV")
 CT_PERFUSION_METHOD = Code(
@@ -109,17 +120,23 @@ class ResultContent:
 
 @dataclass
 class ResultObjects:
-    """The DICOM objects of one analysis."""
+    """The DICOM objects of one analysis.
+
+    An object that could not be built is absent (an empty list, or None) and
+    ``failures`` names it with the reason; the others are complete.
+    """
 
     summary: list[Dataset]
     lesions: list[Dataset]
     maps: list[Dataset]
-    seg: Dataset
-    sr: Dataset
+    seg: Dataset | None
+    sr: Dataset | None
+    failures: list[str] = dataclasses.field(default_factory=list)
 
     def all(self) -> list[Dataset]:
-        """Every object, in the order they are written."""
-        return [*self.summary, *self.lesions, *self.maps, self.seg, self.sr]
+        """Every object built, in the order they are written."""
+        tail = [ds for ds in (self.seg, self.sr) if ds is not None]
+        return [*self.summary, *self.lesions, *self.maps, *tail]
 
 
 #: Last line of every summary page.
@@ -395,24 +412,24 @@ def build_result_objects(
     -------
     ResultObjects
     """
-    ordered = [_complete_reference(ds) for ds in sort_along_normal(source_images)]
+    ordered = sort_along_normal(source_images)
+    # Really different planes: the pages can still be made, and the SEG says why it is not.
+    with contextlib.suppress(ValueError):
+        ordered = shared_orientation(ordered)
+    ordered = [_complete_reference(ds) for ds in ordered]
     version = __version__
     title = content.title
-    summary_content = dataclasses.replace(content.summary, header_lines=_header_lines(ordered[0]))
-    summary_pages = [render_summary_page(summary_content)]
-    by_key = {r.key: r for r in content.regions}
-    outlines = [
-        Outline(by_key[k].label, by_key[k].mask_zyx, by_key[k].colour_rgb) for k in content.outlined
-    ]
-    lesion_pages = render_lesion_pages(
-        content.anatomy_zyx,
-        outlines,
-        content.geometry,
-        title=f"{title}: lesions",
-        window=content.anatomy_window,
-        head_zyx=content.anatomy_head_zyx,
-    )
-    map_pages = render_map_pages(content.maps, content.geometry, title=title)
+    failures: list[str] = []
+
+    def attempt(name: str, build: Callable[[], _T]) -> _T | None:
+        # One object failing (a source the toolkit refuses, a page that cannot be drawn)
+        # must cost only that object: the others and results.json are still written.
+        try:
+            return build()
+        except Exception as exc:
+            log.warning("result object %s not built: %s", name, exc)
+            failures.append(f"{name} not written: {exc}")
+            return None
 
     def sc(pages: list[np.ndarray], offset: int, what: str) -> list[Dataset]:
         return build_secondary_captures(
@@ -425,30 +442,70 @@ def build_result_objects(
             transfer_syntax_uid=sc_transfer_syntax,
         )
 
-    seg = build_segmentation(
-        content.regions,
-        ordered,
-        content.geometry,
-        series_description=f"StrokeFlow {title} lesion segmentation"[:64],
-        series_number=series_number_base + 4,
-        software_version=version,
-    )
-    seg.CodingSchemeIdentificationSequence = coding_scheme_identification()
-    report = build_measurement_report(content.findings, seg, software_version=version)
-    sr = build_structured_report(
-        report,
-        [*ordered, seg],
-        procedure=content.findings.procedure,
-        series_description=f"StrokeFlow {title} measurements"[:64],
-        series_number=series_number_base + 5,
-        encoding=sr_encoding,
-    )
+    def summary() -> list[Dataset]:
+        page = dataclasses.replace(content.summary, header_lines=_header_lines(ordered[0]))
+        return sc([render_summary_page(page)], 1, "summary")
+
+    def lesions() -> list[Dataset]:
+        by_key = {r.key: r for r in content.regions}
+        outlines = [
+            Outline(by_key[k].label, by_key[k].mask_zyx, by_key[k].colour_rgb)
+            for k in content.outlined
+        ]
+        pages = render_lesion_pages(
+            content.anatomy_zyx,
+            outlines,
+            content.geometry,
+            title=f"{title}: lesions",
+            window=content.anatomy_window,
+            head_zyx=content.anatomy_head_zyx,
+        )
+        return sc(pages, 2, "lesions")
+
+    def maps() -> list[Dataset]:
+        return sc(render_map_pages(content.maps, content.geometry, title=title), 3, "maps")
+
+    def segmentation() -> Dataset:
+        seg = build_segmentation(
+            content.regions,
+            ordered,
+            content.geometry,
+            series_description=f"StrokeFlow {title} lesion segmentation"[:64],
+            series_number=series_number_base + 4,
+            software_version=version,
+        )
+        seg.CodingSchemeIdentificationSequence = coding_scheme_identification()
+        return seg
+
+    summary_objects = attempt("summary page (Secondary Capture)", summary) or []
+    lesion_objects = attempt("lesion pages (Secondary Capture)", lesions) or []
+    map_objects = attempt("map pages (Secondary Capture)", maps) or []
+    seg = attempt("lesion segmentation (SEG)", segmentation)
+    sr = None
+    if seg is None:
+        failures.append("measurement report (SR) not written: it references the SEG")
+    else:
+        seg_done = seg
+
+        def structured_report() -> Dataset:
+            report = build_measurement_report(content.findings, seg_done, software_version=version)
+            return build_structured_report(
+                report,
+                [*ordered, seg_done],
+                procedure=content.findings.procedure,
+                series_description=f"StrokeFlow {title} measurements"[:64],
+                series_number=series_number_base + 5,
+                encoding=sr_encoding,
+            )
+
+        sr = attempt("measurement report (SR)", structured_report)
     objects = ResultObjects(
-        summary=sc(summary_pages, 1, "summary"),
-        lesions=sc(lesion_pages, 2, "lesions"),
-        maps=sc(map_pages, 3, "maps"),
+        summary=summary_objects,
+        lesions=lesion_objects,
+        maps=map_objects,
         seg=seg,
         sr=sr,
+        failures=failures,
     )
     # Study-level attributes highdicom does not copy: every object of the study must
     # agree with the source (dcentvfy compares them).
@@ -491,6 +548,8 @@ def write_result_objects(objects: ResultObjects, out_dir: Path) -> list[Path]:
     ]
     paths = []
     for name, ds in named:
+        if ds is None:
+            continue
         path = out_dir / f"{ds.SeriesNumber}_{name}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

@@ -9,13 +9,17 @@ reported; the Tmax volumes and the mismatch decisions are "n/a", never "NO".
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
 from strokeflow.analysis.mri import MriAcquisition, MriAnalysis, MriSettings
+from strokeflow.assemble.files import InstanceHeader
 from strokeflow.assemble.series import StudyInventory
 from strokeflow.report.dicom_outputs import (
     DISCLAIMER,
@@ -23,6 +27,7 @@ from strokeflow.report.dicom_outputs import (
     MISMATCH_RGB,
     ResultContent,
     flag_lines,
+    load_source_references,
     location_text,
 )
 from strokeflow.report.render import (
@@ -207,6 +212,9 @@ def mri_result_content(
         else "diffusion only (no DSC perfusion series)"
     )
     anatomy, window, anatomy_name = _anatomy(analysis, acquisition)
+    series = (
+        ", ".join(f"{name} ({what})" for name, what in acquisition.series_used) or "not recorded"
+    )
     summary = SummaryContent(
         title="MR stroke",
         header_lines=[],
@@ -223,7 +231,8 @@ def mri_result_content(
         else f"{PERFUSION_NOT_AVAILABLE}. Tmax, mismatch and the mismatch decisions "
         "need a DSC perfusion series.",
         footer_lines=[
-            f"Core: ADC < {thr:g} x10^-6 mm²/s ({analysis.adc_source} ADC). Method: {method}. "
+            f"Core: ADC < {thr:g} x10^-6 mm²/s ({analysis.adc_source} ADC) with DWI "
+            f"hyperintensity. Series: {series}. Method: {method}. "
             f"Lesion pages on the {anatomy_name}.",
             DISCLAIMER,
         ],
@@ -291,6 +300,31 @@ def mri_result_content(
     )
 
 
+def _source_headers(study: StudyInventory, acquisition: MriAcquisition) -> list[InstanceHeader]:
+    """Images of the diffusion series whose grid the MR results lie on (see
+    :func:`mri_source_paths`)."""
+    if acquisition.dwi is not None and acquisition.dwi_series_uids:
+        uids = list(acquisition.dwi_series_uids)
+        shape = acquisition.dwi.by_b_value[max(acquisition.dwi.by_b_value)].shape
+    elif acquisition.adc is not None and acquisition.adc_series_uid is not None:
+        uids = [acquisition.adc_series_uid]
+        shape = acquisition.adc.values.shape
+    else:
+        raise ValueError(f"study {study.study_uid}: no DWI or ADC series to reference")
+    best: list[InstanceHeader] = []
+    best_positions = -1
+    for uid in uids:
+        kept = [
+            h
+            for h in study.instances_of(uid)
+            if (h.rows, h.columns) == shape[1:] and h.position_mm is not None
+        ]
+        positions = len({tuple(round(v, 2) for v in h.position_mm or ()) for h in kept})
+        if positions >= best_positions:
+            best, best_positions = kept, positions
+    return best
+
+
 def mri_source_paths(study: StudyInventory, acquisition: MriAcquisition) -> list[Path]:
     """Files of the diffusion series whose grid the MR results lie on.
 
@@ -308,29 +342,45 @@ def mri_source_paths(study: StudyInventory, acquisition: MriAcquisition) -> list
     Returns
     -------
     list of Path
+        Each file once (a multi-frame or mosaic file holds several slices).
 
     Raises
     ------
     ValueError
         If the acquisition has no diffusion series.
     """
-    if acquisition.dwi is not None and acquisition.dwi_series_uids:
-        uids = list(acquisition.dwi_series_uids)
-        shape = acquisition.dwi.by_b_value[max(acquisition.dwi.by_b_value)].shape
-    elif acquisition.adc is not None and acquisition.adc_series_uid is not None:
-        uids = [acquisition.adc_series_uid]
-        shape = acquisition.adc.values.shape
-    else:
-        raise ValueError(f"study {study.study_uid}: no DWI or ADC series to reference")
-    best: list[Path] = []
-    best_positions = -1
-    for uid in uids:
-        kept = [
-            h
-            for h in study.instances_of(uid)
-            if (h.rows, h.columns) == shape[1:] and h.position_mm is not None
-        ]
-        positions = len({tuple(round(v, 2) for v in h.position_mm or ()) for h in kept})
-        if positions >= best_positions:
-            best, best_positions = [h.path for h in kept], positions
-    return best
+    return list(dict.fromkeys(h.path for h in _source_headers(study, acquisition)))
+
+
+def mri_source_references(study: StudyInventory, acquisition: MriAcquisition) -> list[Dataset]:
+    """Headers the MR result objects reference: one per slice, or one multi-frame image.
+
+    Classic images: the earliest image at each slice position
+    (:func:`~strokeflow.report.dicom_outputs.load_source_references`). An enhanced
+    multi-frame image is referenced as itself. A Siemens mosaic holds every slice in one
+    image whose own position is that of the tiled picture: each slice is referenced by
+    a copy of the mosaic's header that carries the slice's true geometry (from the CSA
+    header, as assembled), so that every object lies where the slices are.
+
+    Raises
+    ------
+    ValueError
+        If the acquisition has no diffusion series or its files cannot be read.
+    """
+    headers = _source_headers(study, acquisition)
+    if all(h.frame_index is None for h in headers):
+        return load_source_references([h.path for h in headers])
+    first = min(headers, key=lambda h: (h.instance_number or 0, str(h.path)))
+    ds = pydicom.dcmread(first.path, stop_before_pixels=True)
+    if first.stored_shape is None:
+        return [ds]  # enhanced multi-frame: its functional groups place every frame
+    tiles = sorted((h for h in headers if h.path == first.path), key=lambda h: h.frame_index or 0)
+    out: list[Dataset] = []
+    for h in tiles:
+        tile = copy.deepcopy(ds)
+        assert h.position_mm is not None and h.orientation is not None
+        tile.ImagePositionPatient = [f"{v:.6f}" for v in h.position_mm]
+        tile.ImageOrientationPatient = [f"{v:.8f}" for v in h.orientation]
+        tile.Rows, tile.Columns = h.rows, h.columns
+        out.append(tile)
+    return out

@@ -13,8 +13,9 @@ import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Rectangle
 
 from strokeflow.analysis.volume import Geometry
@@ -219,6 +220,63 @@ def render_summary_page(content: SummaryContent) -> np.ndarray:
         ``(PAGE_HEIGHT_PX, PAGE_WIDTH_PX, 3)`` uint8 RGB.
     """
     fig, canvas = _figure()
+    summary_figure(content, fig, canvas)
+    return _to_rgb(fig, canvas)
+
+
+#: Sizes (pt) the warnings and alerts may shrink to, largest first. A warning on a page sent
+#: to PACS is never cut: the text gets smaller (rarely below 10 pt) instead.
+_WARNING_SIZES_PT = (14.0, 13.0, 12.0, 11.0, 10.0, 9.0, 8.0, 7.0, 6.0)
+_ALERT_SIZES_PT = (20.0, 18.0, 16.0, 14.0, 12.0)
+#: Line pitch as a multiple of the font size.
+_LINE_PITCH = 1.4
+#: Where the warnings may go: the left column below the volumes, then the right column
+#: below the curves (left, right, top fractions); both end above the footer.
+_WARNINGS_BOTTOM = 0.92
+_RIGHT_COLUMN = (0.56, 0.98, 0.72)
+_LEFT_COLUMN_X = (0.02, 0.52)
+
+
+def _pitch(size_pt: float) -> float:
+    """Line pitch of ``size_pt`` text as a fraction of the page height."""
+    return size_pt * _LINE_PITCH * _DPI / 72.0 / PAGE_HEIGHT_PX
+
+
+def _wrap_px(
+    text: str, width_px: float, size_pt: float, renderer: RendererAgg, bold: bool = False
+) -> list[str]:
+    """Greedy word wrap of ``text`` to lines no wider than ``width_px`` as drawn."""
+    prop = FontProperties(size=size_pt, weight="bold" if bold else "normal")
+
+    def fits(line: str) -> bool:
+        width, _, _ = renderer.get_text_width_height_descent(line, prop, ismath=False)
+        return bool(width <= width_px)
+
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if fits(candidate):
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        # A word wider than the line (a UID, a path) is cut between characters.
+        while not fits(word) and len(word) > 1:
+            cut = len(word) - 1
+            while cut > 1 and not fits(word[:cut]):
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    return lines
+
+
+def summary_figure(content: SummaryContent, fig: Figure, canvas: FigureCanvasAgg) -> None:
+    """Draw the summary page onto ``fig`` (tests measure its text extents)."""
+    renderer = canvas.get_renderer()
     _box(fig, "header", "#1c2a3a")
     fig.text(
         0.015,
@@ -251,10 +309,14 @@ def render_summary_page(content: SummaryContent) -> np.ndarray:
     )
     fig.text(0.015, _fy(0.137), banner, color=TEXT, fontsize=22, fontweight="bold", va="center")
     if content.quality_lines:
-        first = content.quality_lines[0]
-        more = len(content.quality_lines) - 1
-        text = _clip(first, 120) + (f"  (+{more} more, see below)" if more else "")
-        fig.text(0.015, _fy(0.168), text, color=TEXT, fontsize=14, va="center")
+        fig.text(
+            0.015,
+            _fy(0.168),
+            _banner_line(content.quality_lines, renderer),
+            color=TEXT,
+            fontsize=14,
+            va="center",
+        )
 
     y = 0.225
     for k, decision in enumerate(content.decisions):
@@ -286,36 +348,26 @@ def render_summary_page(content: SummaryContent) -> np.ndarray:
             y += 0.075
         else:
             y += 0.04
-    for alert in content.alerts:
-        colour = "#ff4040" if alert.upper().startswith("WARNING") else "#ffa020"
-        fig.text(
-            0.02,
-            _fy(y),
-            _clip(alert, 60),
-            color=colour,
-            fontsize=20,
-            fontweight="bold",
-            va="center",
-        )
-        y += 0.04
+    y = _draw_alerts(fig, content.alerts, y, renderer)
 
-    y = 0.48
+    # The volumes follow the alerts (at least where they always stood).
+    y = max(0.48, y + 0.02)
     for label, value in content.volume_rows:
         fig.text(0.02, _fy(y), label, color=TEXT, fontsize=22, va="center")
         fig.text(
             0.50, _fy(y), value, color=TEXT, fontsize=24, fontweight="bold", va="center", ha="right"
         )
         y += 0.05
-    if bad:
-        for line in content.quality_lines[: max(0, int((0.91 - y) / 0.028))]:
-            fig.text(
-                0.02, _fy(y), "! " + _clip(line, 85), color="#ff6060", fontsize=14, va="center"
-            )
-            y += 0.028
+    curves_room = True
+    if content.quality_lines:
+        # y is one row pitch below the last volume row: start just under its text.
+        # Below the curves, below the notice, or the whole right column when it is empty.
+        right_top = _RIGHT_COLUMN[2] if content.curves else (0.50 if content.notice else 0.20)
+        curves_room = _draw_warnings(fig, content.quality_lines, y - 0.02, right_top, bad, renderer)
 
-    if content.curves:
+    if content.curves and curves_room:
         _curve_axes(fig, content)
-    if content.notice:
+    if content.notice and curves_room:
         left, top, _, _ = SUMMARY_REGIONS["curves"]
         for i, line in enumerate(textwrap.wrap(content.notice, 27)[:4]):
             fig.text(
@@ -331,11 +383,102 @@ def render_summary_page(content: SummaryContent) -> np.ndarray:
     wrapped = [part for line in content.footer_lines for part in textwrap.wrap(line, 160)]
     for i, line in enumerate(wrapped[:3]):
         fig.text(0.015, _fy(0.940 + 0.022 * i), line, color=MUTED, fontsize=13, va="center")
-    return _to_rgb(fig, canvas)
 
 
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def _banner_line(lines: list[str], renderer: RendererAgg) -> str:
+    """The banner's second line: the first finding in full when it fits, else a count."""
+    more = len(lines) - 1
+    first = lines[0] + (f"  (+{more} more, see below)" if more else "  (see below)")
+    width, _, _ = renderer.get_text_width_height_descent(
+        first, FontProperties(size=14), ismath=False
+    )
+    if width <= 0.97 * PAGE_WIDTH_PX:
+        return first
+    return f"{len(lines)} quality finding{'s' if len(lines) > 1 else ''}, in full below"
+
+
+def _draw_alerts(fig: Figure, alerts: list[str], y: float, renderer: RendererAgg) -> float:
+    """The red/orange alerts under the decisions, wrapped; returns the y below them."""
+    if not alerts:
+        return y
+    left, right = _LEFT_COLUMN_X
+    width_px = (right - left) * PAGE_WIDTH_PX
+    # Shrink only when the alerts would push the volumes far down the page.
+    for size in _ALERT_SIZES_PT:
+        wrapped = [_wrap_px(a, width_px, size, renderer, bold=True) for a in alerts]
+        if y + _pitch(size) * sum(map(len, wrapped)) <= 0.50:
+            break
+    pitch = _pitch(size)
+    for alert, lines in zip(alerts, wrapped, strict=True):
+        colour = "#ff4040" if alert.upper().startswith("WARNING") else "#ffa020"
+        for line in lines:
+            fig.text(
+                left, _fy(y), line, color=colour, fontsize=size, fontweight="bold", va="center"
+            )
+            y += pitch
+    return y
+
+
+def _warning_rows(
+    lines: list[str], columns: list[tuple[float, float, float]], renderer: RendererAgg
+) -> tuple[float, list[str], list[int]] | None:
+    """The largest size at which every finding fits ``columns``: (size, rows, rows per
+    column); ``None`` when even the smallest size does not fit."""
+    width_px = min(right - left for left, right, _ in columns) * PAGE_WIDTH_PX
+    for size in _WARNING_SIZES_PT:
+        pitch = _pitch(size)
+        rows: list[str] = []
+        for line in lines:
+            wrapped = _wrap_px("! " + line, width_px, size, renderer)
+            rows.extend([wrapped[0], *("   " + part for part in wrapped[1:])])
+        capacity = [max(0, int((_WARNINGS_BOTTOM - top) / pitch)) for _, _, top in columns]
+        if len(rows) <= sum(capacity):
+            return size, rows, capacity
+    return None
+
+
+def _draw_warnings(
+    fig: Figure,
+    lines: list[str],
+    top: float,
+    right_top: float,
+    bad: bool,
+    renderer: RendererAgg,
+) -> bool:
+    """Every quality finding in full: the left column below ``top``, then the right one
+    below the curves, at the largest size that fits; nothing is ever cut.
+
+    Returns
+    -------
+    bool
+        Whether the curve plot still has its place. When the findings do not fit even at
+        the smallest size, the right column is theirs from the top and the curves go.
+    """
+    left_column = (*_LEFT_COLUMN_X, top)
+    right_column = (_RIGHT_COLUMN[0], _RIGHT_COLUMN[1], right_top)
+    layout = _warning_rows(lines, [left_column, right_column], renderer)
+    curves = layout is not None
+    if layout is None:
+        whole = (_RIGHT_COLUMN[0], _RIGHT_COLUMN[1], SUMMARY_REGIONS["curves"][1])
+        layout = _warning_rows(lines, [left_column, whole], renderer)
+        if layout is None:
+            raise ValueError(
+                f"{len(lines)} quality findings ({sum(map(len, lines))} characters) do not "
+                "fit on the summary page even at 6 pt"
+            )
+        columns = [left_column, whole]
+    else:
+        columns = [left_column, right_column]
+    size, rows, capacity = layout
+    pitch = _pitch(size)
+    colour = "#ff6060" if bad else TEXT
+    placed = 0
+    for (left, _, column_top), room in zip(columns, capacity, strict=True):
+        for k, row in enumerate(rows[placed : placed + room]):
+            y = _fy(column_top + pitch * (k + 0.5))
+            fig.text(left, y, row, color=colour, fontsize=size, va="center")
+        placed += room
+    return curves
 
 
 def _curve_axes(fig: Figure, content: SummaryContent) -> None:

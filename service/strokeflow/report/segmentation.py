@@ -9,6 +9,7 @@ contains its centre.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,10 @@ from strokeflow.analysis.volume import Geometry
 #: Private coding scheme for concepts DICOM has no code for (declared in every object).
 PRIVATE_SCHEME = "99STRKFLW"
 PRIVATE_SCHEME_NAME = "StrokeFlow private concepts"
+
+#: Largest difference between direction cosines that is rounding noise, not another plane
+#: (1e-4 is a 0.006 degree tilt).
+ORIENTATION_TOLERANCE = 1e-4
 
 MORPHOLOGICALLY_ALTERED = Code("49755003", "SCT", "Morphologically Altered Structure")
 
@@ -68,6 +73,8 @@ def sort_along_normal(datasets: Sequence[Dataset]) -> list[Dataset]:
     """
     if not datasets:
         raise ValueError("no source images given")
+    if len(datasets) == 1 and is_enhanced(datasets[0]):
+        return list(datasets)  # one multi-frame image: its frames are placed by their groups
     for ds in datasets:
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             raise ValueError(
@@ -81,6 +88,109 @@ def sort_along_normal(datasets: Sequence[Dataset]) -> list[Dataset]:
     if len(set(positions)) != len(positions):
         raise ValueError("two source images share a slice position; give one per slice")
     return keyed
+
+
+def is_enhanced(ds: Dataset) -> bool:
+    """Whether an image places its frames by per-frame functional groups."""
+    return "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+    for groups in (
+        ds.PerFrameFunctionalGroupsSequence[index],
+        ds.get("SharedFunctionalGroupsSequence", [None])[0],
+    ):
+        if groups is not None and sequence in groups and len(groups[sequence].value):
+            item: Dataset = groups[sequence][0]
+            return item
+    return None
+
+
+def frame_planes(ds: Dataset) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Per-frame positions ``(n, 3)`` and orientations ``(n, 6)``, and the pixel spacing,
+    of an enhanced multi-frame image.
+
+    Raises
+    ------
+    ValueError
+        If a frame has no plane position or orientation.
+    """
+    positions, orientations = [], []
+    spacing: tuple[float, float] | None = None
+    for i in range(len(ds.PerFrameFunctionalGroupsSequence)):
+        plane = _group(ds, i, "PlanePositionSequence")
+        orient = _group(ds, i, "PlaneOrientationSequence")
+        measures = _group(ds, i, "PixelMeasuresSequence")
+        if plane is None or orient is None or measures is None:
+            raise ValueError(f"frame {i + 1} has no plane position, orientation or pixel spacing")
+        positions.append([float(v) for v in plane.ImagePositionPatient])
+        orientations.append([float(v) for v in orient.ImageOrientationPatient])
+        if spacing is None:
+            spacing = (float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1]))
+    assert spacing is not None
+    return np.array(positions), np.array(orientations), spacing
+
+
+def _shared_frame_orientation(ds: Dataset, mean: list[str]) -> Dataset:
+    """A copy of an enhanced image with one shared orientation and pixel measures (what
+    DICOM toolkits require of a source), its frames' positions untouched."""
+    out = copy.deepcopy(ds)
+    measures = _group(out, 0, "PixelMeasuresSequence")
+    for frame in out.PerFrameFunctionalGroupsSequence:
+        for keyword in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+            if keyword in frame:
+                del frame[keyword]
+    if "SharedFunctionalGroupsSequence" not in out or not out.SharedFunctionalGroupsSequence:
+        out.SharedFunctionalGroupsSequence = [Dataset()]
+    shared = out.SharedFunctionalGroupsSequence[0]
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = mean
+    shared.PlaneOrientationSequence = [orientation]
+    if measures is not None:
+        shared.PixelMeasuresSequence = [measures]
+    return out
+
+
+def shared_orientation(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The images with one ImageOrientationPatient: the series' mean, when they differ only
+    by rounding.
+
+    Scanners write the orientation of each slice from its own floating-point sums (GE
+    differs in the 8th decimal between slices of one oblique series); DICOM toolkits
+    require the orientation of a plane to be shared exactly. Changed images are copies.
+
+    Raises
+    ------
+    ValueError
+        If two orientations differ by more than :data:`ORIENTATION_TOLERANCE` (really
+        different planes, which no object can share).
+    """
+    if not datasets:
+        return []
+    enhanced = len(datasets) == 1 and is_enhanced(datasets[0])
+    if enhanced:
+        iops = frame_planes(datasets[0])[1]
+    else:
+        iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
+    spread = float(np.max(np.abs(iops - iops[0])))
+    if spread == 0.0 and not enhanced:
+        return list(datasets)
+    if spread > ORIENTATION_TOLERANCE:
+        raise ValueError(
+            f"source images of different orientations (differing by up to {spread:.2g}); "
+            "one plane is needed"
+        )
+    mean = iops.mean(axis=0)
+    row, col = mean[:3] / np.linalg.norm(mean[:3]), mean[3:] / np.linalg.norm(mean[3:])
+    text = [f"{v:.10g}" for v in (*row, *col)]
+    if enhanced:
+        return [_shared_frame_orientation(datasets[0], text)]
+    out = []
+    for ds in datasets:
+        copy_ = copy.deepcopy(ds)
+        copy_.ImageOrientationPatient = text
+        out.append(copy_)
+    return out
 
 
 def source_geometry(datasets: Sequence[Dataset]) -> Geometry:
@@ -98,6 +208,8 @@ def source_geometry(datasets: Sequence[Dataset]) -> Geometry:
     """
     ordered = sort_along_normal(datasets)
     first = ordered[0]
+    if is_enhanced(first):
+        return _frames_geometry(first)[0]
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
     affine = np.eye(4)
@@ -112,6 +224,34 @@ def source_geometry(datasets: Sequence[Dataset]) -> Geometry:
         affine[:3, 2] = np.cross(iop[:3], iop[3:]) * thickness
     affine[:3, 3] = origin
     return Geometry(affine)
+
+
+def _frames_geometry(ds: Dataset) -> tuple[Geometry, np.ndarray, np.ndarray]:
+    """Grid of an enhanced image's slices (distinct frame positions, sorted along the
+    normal), the slice of every frame, and the position ``(n_slices, 3)`` of each slice.
+
+    A frame is on a slice when its position along the normal is within 0.01 mm of it
+    (the b-values or time points of one slice share its position).
+    """
+    positions, orientations, (row_mm, col_mm) = frame_planes(ds)
+    iop = orientations.mean(axis=0)
+    normal = np.cross(iop[:3], iop[3:])
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    new_slice = np.concatenate([[True], np.diff(along[order]) > 0.01])
+    slice_of = np.empty(len(order), dtype=np.intp)
+    slice_of[order] = np.cumsum(new_slice) - 1
+    slice_positions = positions[order[new_slice]]
+    n = len(slice_positions)
+    affine = np.eye(4)
+    affine[:3, 0] = iop[:3] * col_mm
+    affine[:3, 1] = iop[3:] * row_mm
+    thickness = float(ds.get("SliceThickness", 1.0) or 1.0)
+    affine[:3, 2] = (
+        (slice_positions[-1] - slice_positions[0]) / (n - 1) if n > 1 else normal * thickness
+    )
+    affine[:3, 3] = slice_positions[0]
+    return Geometry(affine), slice_of, slice_positions
 
 
 def grid_lookup(
@@ -226,9 +366,23 @@ def build_segmentation(
     pydicom.Dataset
         A highdicom Segmentation, same study and frame of reference as the source.
     """
-    ordered = sort_along_normal(source_images)
-    target = source_geometry(ordered)
-    shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
+    ordered = shared_orientation(sort_along_normal(source_images))
+    frame_slice = None
+    plane_positions = None
+    if is_enhanced(ordered[0]):
+        target, frame_slice, slice_positions = _frames_geometry(ordered[0])
+        shape = (len(slice_positions), int(ordered[0].Rows), int(ordered[0].Columns))
+        if len(slice_positions) < len(frame_slice):
+            # Several frames per slice (b-values, time points): one SEG frame per slice,
+            # placed explicitly.
+            plane_positions = [
+                hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, tuple(p))
+                for p in slice_positions
+            ]
+            frame_slice = None
+    else:
+        target = source_geometry(ordered)
+        shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
     pixels = np.zeros((*shape, len(regions)), dtype=bool)
     if regions:
         lookup = grid_lookup(analysis_geometry, regions[0].mask_zyx.shape, target, shape)
@@ -236,6 +390,8 @@ def build_segmentation(
         pixels[..., k] = mask_to_grid(
             region.mask_zyx, analysis_geometry, target, shape, lookup=lookup
         )
+    if frame_slice is not None:
+        pixels = pixels[frame_slice]  # in the source's frame order, as highdicom pairs them
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name,
         version=software_version,
@@ -273,6 +429,7 @@ def build_segmentation(
         content_label="LESIONS",
         series_description=series_description,
         omit_empty_frames=False,
+        plane_positions=plane_positions,
     )
     seg.BodyPartExamined = "HEAD"
     return seg

@@ -16,7 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from strokeflow.assemble.series import parse_da_s, parse_dt_s, parse_tm_s
-from strokeflow.report.segmentation import sort_along_normal
+from strokeflow.report.segmentation import is_enhanced, sort_along_normal
 
 
 def _time_key(ds: Dataset) -> tuple[float, int]:
@@ -55,7 +55,8 @@ def load_source_references(source_paths: Sequence[Path]) -> list[Dataset]:
     Returns
     -------
     list of pydicom.Dataset
-        One header per slice (no pixel data), ordered along the slice normal.
+        One header per slice (no pixel data), ordered along the slice normal; or the
+        enhanced multi-frame image itself.
 
     Raises
     ------
@@ -63,8 +64,10 @@ def load_source_references(source_paths: Sequence[Path]) -> list[Dataset]:
         If no file has a position and orientation.
     """
     best: dict[float, tuple[tuple[float, int], Dataset]] = {}
-    for path in source_paths:
+    for path in dict.fromkeys(source_paths):  # a multi-frame file is named once per frame
         ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if is_enhanced(ds):
+            return [ds]  # one enhanced image: its functional groups place every frame
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
             continue
         iop = np.asarray(ds.ImageOrientationPatient, dtype=float)

@@ -163,6 +163,23 @@ class Instance(Base):
     times_received: Mapped[int] = mapped_column(Integer, default=1)
 
 
+class JobInput(Base):
+    """One file a job version analyses, fixed when the version is queued.
+
+    A changed resend of an instance is stored under a new path,
+    so an earlier version's files stay, and a retry of that version analyses them again
+    (:func:`strokeflow.store.repository.versioned_path`).
+    """
+
+    __tablename__ = "job_inputs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: Relative to the data directory, as :attr:`Instance.path` was when the job was queued.
+    path: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
 class Job(Base):
     """One analysis of one version of a study."""
 

@@ -19,7 +19,15 @@ from sqlalchemy import Connection, Table, and_, bindparam, case, func, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from strokeflow.store.models import Instance, Job, JobState, Series, Study, StudyState
+from strokeflow.store.models import (
+    Instance,
+    Job,
+    JobInput,
+    JobState,
+    Series,
+    Study,
+    StudyState,
+)
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,19 @@ def _series_id(conn: Connection, sql: _Statements, record: InstanceRecord, study
     return int(row.id)
 
 
+def versioned_path(path: str, sha256: str) -> str:
+    """Where a changed resend of the instance stored at ``path`` goes.
+
+    Beside the older file, named with the new content's hash (``<sop>_<16 hex>.dcm``;
+    UIDs hold only digits and dots, so ``_`` cannot be part of one), never over it: an
+    earlier job version keeps its own inputs.
+    """
+    folder, _, name = path.rpartition("/")
+    stem, dot, suffix = name.rpartition(".")
+    sop = stem.split("_")[0]
+    return f"{folder}/{sop}_{sha256[:16]}{dot}{suffix}"
+
+
 def _store_instance(
     conn: Connection, sql: _Statements, record: InstanceRecord, series_id: int, now: datetime
 ) -> InstanceChange:
@@ -256,6 +277,7 @@ def _store_instance(
     change = InstanceChange.DUPLICATE
     if known.sha256 != record.sha256:
         values.update(
+            path=versioned_path(record.path, record.sha256),
             sha256=record.sha256,
             size_bytes=record.size_bytes,
             transfer_syntax_uid=record.transfer_syntax_uid,
@@ -329,7 +351,40 @@ def record_instance(
             "expected": record.expected_study_instances or None,
         },
     )
+    if change is InstanceChange.REPLACED:
+        # A corrected resend (a fixed PatientID, say): the study's identity follows the
+        # newest instance; the older versions' files and results keep what they had.
+        identity = {
+            "patient_id": record.patient_id,
+            "accession_number": record.accession_number,
+            "study_date": record.study_date,
+            "study_description": record.study_description,
+        }
+        changed = {k: v for k, v in identity.items() if v is not None}
+        if changed:
+            conn.execute(update(Study).where(Study.id == row.id).values(**changed))
     return status, change
+
+
+def job_inputs(session: Session, job_id: int, study_id: int) -> list[tuple[str, str]]:
+    """``(path, sha256)`` of the files a job version analyses, fixed when it was queued.
+
+    Jobs queued before inputs were recorded (no rows) analyse the study's current files.
+    """
+    rows = session.execute(
+        select(JobInput.path, JobInput.sha256)
+        .where(JobInput.job_id == job_id)
+        .order_by(JobInput.path)
+    ).all()
+    if rows:
+        return [(r.path, r.sha256) for r in rows]
+    current = session.execute(
+        select(Instance.path, Instance.sha256)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == study_id)
+        .order_by(Instance.path)
+    ).all()
+    return [(r.path, r.sha256) for r in current]
 
 
 def get_study(session: Session, study_uid: str) -> Study | None:

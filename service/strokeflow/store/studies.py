@@ -15,6 +15,10 @@ version is created. An instance that arrives after that (new, or a changed resen
 the study back to *receiving*; when it completes again the next job has version n + 1.
 Nothing is dropped and identical resends change nothing.
 
+StrokeFlow's own result objects coming back (a PACS that routes the whole study back, a
+user who re-sends it) are stored but change no state (:func:`is_own_result`): the study is
+not reopened, so no new job version analyses it again and sends the results once more.
+
 Because the state is in SQL, a restarted listener resumes half-received studies:
 :func:`release_orphaned` marks them released (their associations died with the old
 process) as of the restart, so the quiet period, counted from the restart, gives an
@@ -28,13 +32,42 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
+from sqlalchemy import and_, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from strokeflow.store.models import Job, JobState, Study, StudyState
+from strokeflow.store.models import (
+    Dispatch,
+    Instance,
+    Job,
+    JobInput,
+    JobState,
+    Series,
+    Study,
+    StudyState,
+)
 from strokeflow.store.repository import InstanceChange, InstanceRecord, lock_study, record_instance
 
 LOG = logging.getLogger(__name__)
+
+#: The manufacturer our result objects carry (report/: SC, SR, SEG).
+OWN_MANUFACTURER = "StrokeFlow"
+#: The SOP classes StrokeFlow writes its results in (SR in any of its fallback classes).
+RESULT_SOP_CLASSES = frozenset(
+    {
+        SecondaryCaptureImageStorage,
+        SegmentationStorage,
+        ComprehensiveSRStorage,
+        Comprehensive3DSRStorage,
+        EnhancedSRStorage,
+    }
+)
 
 
 class StudyStateError(ValueError):
@@ -53,12 +86,52 @@ class CompletionRules:
             raise ValueError("quiet periods must be positive")
 
 
-def note_instance(session: Session, record: InstanceRecord, now: datetime) -> InstanceChange:
+def is_own_result(
+    session: Session, sop_class_uid: str, sop_instance_uid: str, manufacturer: str | None
+) -> bool:
+    """Whether an instance is one of StrokeFlow's own result objects.
+
+    It is when it is of a result class (SC, SEG, SR) and either carries our manufacturer
+    or was dispatched by us (its SOP Instance UID, or that of the SR class it was sent
+    as, is in a dispatch row), which holds even if a PACS rewrote the manufacturer.
+
+    Parameters
+    ----------
+    session : Session
+    sop_class_uid, sop_instance_uid : str
+    manufacturer : str, optional
+        The instance's Manufacturer (0008,0070).
+
+    Returns
+    -------
+    bool
+    """
+    if sop_class_uid not in RESULT_SOP_CLASSES:
+        return False
+    if manufacturer == OWN_MANUFACTURER:
+        return True
+    dispatched = session.execute(
+        select(Dispatch.id)
+        .where(
+            or_(
+                Dispatch.sop_instance_uid == sop_instance_uid,
+                Dispatch.sent_sop_instance_uid == sop_instance_uid,
+            )
+        )
+        .limit(1)
+    ).first()
+    return dispatched is not None
+
+
+def note_instance(
+    session: Session, record: InstanceRecord, now: datetime, *, own_result: bool = False
+) -> InstanceChange:
     """Record a stored instance and move its study's state accordingly (caller commits).
 
     A new or changed instance keeps (or puts back) the study in *receiving* and marks it
     as having an association in progress; an identical resend changes nothing. A study
-    whose announced instance count is reached completes at once.
+    whose announced instance count is reached completes at once. One of our own result
+    objects (``own_result``, see :func:`is_own_result`) is recorded and changes nothing.
 
     Parameters
     ----------
@@ -66,6 +139,8 @@ def note_instance(session: Session, record: InstanceRecord, now: datetime) -> In
     record : InstanceRecord
     now : datetime
         Aware UTC reception time.
+    own_result : bool
+        The instance is a StrokeFlow result object.
 
     Returns
     -------
@@ -73,6 +148,14 @@ def note_instance(session: Session, record: InstanceRecord, now: datetime) -> In
     """
     study, change = record_instance(session, record, now)
     if change is InstanceChange.DUPLICATE:
+        return change
+    if own_result:
+        LOG.debug(
+            "study %s: our own result object %s stored; the study stays %s",
+            study.study_uid,
+            record.sop_instance_uid,
+            study.state.value,
+        )
         return change
     values: dict[str, object] = {}
     if study.state is not StudyState.RECEIVING:
@@ -245,6 +328,16 @@ def queue_complete(session: Session, now: datetime) -> list[Job]:
         jobs.append(job)
         LOG.info("study %s queued as job version %d", study.study_uid, study.version)
     session.flush()
+    for job in jobs:
+        # The version's inputs, fixed now: a later changed resend goes to new files.
+        session.execute(
+            insert(JobInput).from_select(
+                ["job_id", "path", "sha256"],
+                select(literal(job.id), Instance.path, Instance.sha256)
+                .join(Series, Instance.series_id == Series.id)
+                .where(Series.study_id == job.study_id),
+            )
+        )
     return jobs
 
 

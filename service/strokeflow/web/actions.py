@@ -60,6 +60,10 @@ def retry(session: Session, job_id: int, now: datetime) -> tuple[str, list[int]]
         raise ActionError(f"job {job_id} is already {job.state.value}; wait for it to finish")
     job.state = JobState.QUEUED
     job.queued_at = now
+    # The previous attempt's stage times would read as this attempt's on the timeline.
+    job.started_at = None
+    job.finished_at = None
+    job.dispatched_at = None
     job.next_attempt_at = None
     job.enqueued_at = None
     job.lease_until = None

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.sessions import SessionMiddleware
+from swagger_ui_bundle import swagger_ui_path
 
 from strokeflow.config import Settings
 from strokeflow.store.engine import make_engine, make_session_factory
@@ -59,7 +61,7 @@ def create_app(
     settings : Settings
         Data directory, database, destinations, DICOM port (for the listener check).
     options : WebOptions, optional
-        Webhook, public URL and cookie settings; default :meth:`WebOptions.from_env`.
+        Webhook, public URL and cookie settings; default those of ``settings``.
     sessions : sessionmaker, optional
         Database sessions; default a new engine on ``settings.effective_database_url``.
     enqueue, queue_pending : callable, optional
@@ -75,7 +77,7 @@ def create_app(
     -------
     FastAPI
     """
-    options = options or WebOptions.from_env()
+    options = options or WebOptions.from_settings(settings)
     engine = None
     if sessions is None:
         engine = make_engine(settings.effective_database_url)
@@ -120,7 +122,8 @@ def create_app(
         summary="Acute-stroke perfusion analysis service: jobs, studies and results",
         version=_version(),
         lifespan=lifespan,
-        docs_url="/api/docs",
+        # Served below from the package's own Swagger UI copy: no CDN, works offline.
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -135,7 +138,19 @@ def create_app(
         same_site="strict",
         https_only=options.secure_cookies,
     )
+    app.mount("/static/swagger-ui", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> Response:
+        # Hospital networks are often closed: every asset comes from this server.
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="StrokeFlow API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+        )
 
     @app.exception_handler(LoginRequiredError)
     async def _to_login(request: Request, exc: LoginRequiredError) -> Response:

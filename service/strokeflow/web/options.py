@@ -1,18 +1,11 @@
-"""Settings of the dashboard that ``strokeflow.config.Settings`` does not (yet) carry.
-
-Read from ``STROKEFLOW_*`` environment variables by :meth:`WebOptions.from_env`, or built
-directly (tests, the ``serve`` command).
-"""
+"""The dashboard's options: its part of :class:`strokeflow.config.Settings`
+(:meth:`WebOptions.from_settings`), or built directly in tests."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+from strokeflow.config import Settings
 
 
 @dataclass(frozen=True)
@@ -49,37 +42,15 @@ class WebOptions:
     session_max_age_s: int = 12 * 3600
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> WebOptions:
-        """Read ``STROKEFLOW_WEBHOOK_URL``, ``STROKEFLOW_WEBHOOK_PATIENT_DATA``,
-        ``STROKEFLOW_WEBHOOK_MAX_ATTEMPTS``, ``STROKEFLOW_WEBHOOK_BACKOFF_S``,
-        ``STROKEFLOW_PUBLIC_URL``, ``STROKEFLOW_SESSION_SECRET``,
-        ``STROKEFLOW_SECURE_COOKIES``.
-
-        Raises
-        ------
-        ValueError
-            A number that does not parse, naming the variable.
-        """
-        env = os.environ if environ is None else environ
-        defaults = cls()
-
-        def number(name: str, default: float) -> float:
-            text = env.get(name)
-            if not text:
-                return default
-            try:
-                return float(text)
-            except ValueError as exc:
-                raise ValueError(f"{name}={text!r} is not a number") from exc
-
+    def from_settings(cls, settings: Settings) -> WebOptions:
+        """The dashboard's part of the one configuration (environment and TOML alike)."""
         return cls(
-            webhook_url=env.get("STROKEFLOW_WEBHOOK_URL") or None,
-            webhook_patient_data=_flag(env.get("STROKEFLOW_WEBHOOK_PATIENT_DATA")),
-            webhook_max_attempts=max(
-                1, int(number("STROKEFLOW_WEBHOOK_MAX_ATTEMPTS", defaults.webhook_max_attempts))
-            ),
-            webhook_backoff_s=number("STROKEFLOW_WEBHOOK_BACKOFF_S", defaults.webhook_backoff_s),
-            public_url=(env.get("STROKEFLOW_PUBLIC_URL") or defaults.public_url).rstrip("/"),
-            session_secret=env.get("STROKEFLOW_SESSION_SECRET") or None,
-            secure_cookies=_flag(env.get("STROKEFLOW_SECURE_COOKIES")),
+            webhook_url=settings.webhook_url or None,
+            webhook_patient_data=settings.webhook_patient_data,
+            webhook_max_attempts=settings.webhook_max_attempts,
+            webhook_backoff_s=settings.webhook_backoff_s,
+            public_url=settings.public_url.rstrip("/"),
+            session_secret=settings.session_secret or None,
+            secure_cookies=settings.secure_cookies,
+            session_max_age_s=settings.session_max_age_s,
         )

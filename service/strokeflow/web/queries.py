@@ -123,15 +123,33 @@ def main_analysis(results: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def timeline(job: Job) -> list[Stage]:
-    """The job's stages with the seconds elapsed since the previous known one."""
+    """The job's stages with the seconds elapsed since the previous known one.
+
+    A stage time earlier than the one before it belongs to an earlier attempt (a job
+    queued again keeps its old start until the worker starts it anew): it is shown as
+    not reached yet, never as a negative step.
+    """
     stages = []
     previous: datetime | None = None
     for name, attr in STAGES:
         at = getattr(job, attr)
+        if at is not None and previous is not None and at < previous:
+            at = None
         since = round((at - previous).total_seconds(), 1) if at and previous else None
         stages.append(Stage(name=name, at=at, since_previous_s=since))
         previous = at or previous
     return stages
+
+
+def current_attempt(job: Job) -> int:
+    """The attempt a job is on: the next one while it waits in the queue, else the last."""
+    if job.state is JobState.QUEUED:
+        return job.attempts + 1
+    return max(job.attempts, 1)
+
+
+#: What each analysis kind thresholds its core on (results.json "kind").
+CORE_MEASURES = {"ctp": "rCBF", "mri": "ADC"}
 
 
 def _flags(analysis: dict[str, Any] | None) -> tuple[bool | None, list[QualityFlag]]:
@@ -163,6 +181,7 @@ def _summary(job: Job, study: Study, ok: bool | None, flags: list[QualityFlag]) 
         version=job.version,
         state=job.state.value,
         attempts=job.attempts,
+        current_attempt=current_attempt(job),
         instances=job.instance_count,
         patient_id=study.patient_id,
         accession_number=study.accession_number,
@@ -265,6 +284,7 @@ def job_detail(session: Session, job: Job, data_dir: Path) -> JobDetail:
         next_attempt_at=job.next_attempt_at,
         results_path=job.results_path,
         analysis_kind=analysis.get("kind") if analysis else None,
+        core_measure=CORE_MEASURES.get(str(analysis.get("kind"))) if analysis else None,
         lesion_side=analysis.get("lesion_side") if analysis else None,
         hypoperfusion_intensity_ratio=(
             analysis.get("hypoperfusion_intensity_ratio") if analysis else None

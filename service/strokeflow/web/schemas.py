@@ -30,7 +30,10 @@ class JobSummary(BaseModel):
     study_uid: str
     version: int
     state: str
-    attempts: int
+    attempts: int = Field(description="Analysis attempts started so far")
+    current_attempt: int = Field(
+        description="The attempt the job is on: the next one while queued, else the last"
+    )
     instances: int
     patient_id: str | None
     accession_number: str | None
@@ -91,6 +94,9 @@ class JobDetail(JobSummary):
     next_attempt_at: datetime | None
     results_path: str | None
     analysis_kind: str | None
+    core_measure: str | None = Field(
+        description="What the core volume is thresholded on: rCBF (CT perfusion) or ADC (MR)"
+    )
     lesion_side: str | None
     hypoperfusion_intensity_ratio: float | None
     aif: Curve | None

@@ -11,6 +11,7 @@ import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
+from strokeflow.ports import bind_listening, http_listen_port
 from strokeflow.web.app import create_app
 
 
@@ -38,8 +39,10 @@ def start_web_server(
 
     Raises
     ------
+    PortInUseError
+        The port is taken or the address is not this host's (the message names the setting).
     RuntimeError
-        If the server has not started within 15 s (port taken, bad address).
+        If the server has not started within 15 s.
     """
     app = create_app(
         settings,
@@ -49,21 +52,29 @@ def start_web_server(
         health_extra=health_extra,
         migrate=False,
     )
+    listen = http_listen_port(settings)
+    try:
+        # Bound here, not in uvicorn's thread: a taken port is then an error of this call,
+        # raised before serve starts its workers, instead of a log line and a dead thread.
+        sock = bind_listening(listen.host, listen.port)
+    except OSError as exc:
+        raise listen.refusal(exc) from exc
     config = uvicorn.Config(
         app,
-        host=settings.bind_address,
-        port=settings.http_port,
+        host=listen.host,
+        port=listen.port,
         log_level="warning",
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="strokeflow-web", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="strokeflow-web", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + 15.0
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the web dashboard did not start on {settings.bind_address}:{settings.http_port}"
-            )
+            sock.close()
+            raise RuntimeError(f"the web dashboard did not start on {listen.host}:{listen.port}")
         time.sleep(0.05)
     return WebServer(server, thread)

@@ -83,7 +83,9 @@ def system_status(
     echo : callable
         The C-ECHO used (tests replace it).
     """
-    host = "127.0.0.1" if settings.bind_address in ("", "0.0.0.0", "::") else settings.bind_address
+    host = (
+        "127.0.0.1" if settings.dicom_address in ("", "0.0.0.0", "::") else settings.dicom_address
+    )
     own = Destination(settings.ae_title, host, settings.dicom_port)
     with ThreadPoolExecutor(max_workers=8) as pool:
         listener_future = pool.submit(echo, own, settings.ae_title)

@@ -33,7 +33,8 @@ from strokeflow.dispatch.dispatcher import dispatch_job, plan_dispatch
 from strokeflow.logsetup import log_context
 from strokeflow.queue.policy import RetryPolicy
 from strokeflow.receive.storage import free_disk_mb
-from strokeflow.store.models import Instance, Job, JobState, Series, Study
+from strokeflow.store.models import Job, JobState, Study
+from strokeflow.store.repository import job_inputs
 
 LOG = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class JobRunner:
                     calling_ae_title=self.settings.ae_title,
                     policy=self.policy,
                     clock=self.clock,
+                    compress_pages=self.settings.compress_pages,
                 )
         return state
 
@@ -220,13 +222,8 @@ class JobRunner:
             assert job is not None
             study = session.get(Study, job.study_id)
             assert study is not None
-            paths = session.scalars(
-                select(Instance.path)
-                .join(Series, Instance.series_id == Series.id)
-                .where(Series.study_id == study.id)
-                .order_by(Instance.path)
-            ).all()
-            return study.study_uid, job.version, [self.settings.data_dir / p for p in paths]
+            inputs = job_inputs(session, job_id, study.id)
+            return study.study_uid, job.version, [self.settings.data_dir / p for p, _ in inputs]
 
     def _execute(self, job_id: int) -> JobState:
         data_dir = self.settings.data_dir

@@ -167,6 +167,7 @@ class Maintenance:
                 calling_ae_title=self.settings.ae_title,
                 policy=self.policy,
                 clock=self.clock,
+                compress_pages=self.settings.compress_pages,
             )
         return due
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
 from strokeflow.logsetup import configure_logging
+from strokeflow.ports import check_free, dicom_listen_port, http_listen_port
 from strokeflow.queue.jobqueue import JobQueue, open_queue
 from strokeflow.queue.policy import RetryPolicy
 from strokeflow.receive.storage import free_disk_mb
@@ -208,16 +209,18 @@ def run_serve(
     """
     from strokeflow.receive.listener import run_listener
 
+    # Before anything else (and before any log line): a taken port is one clear error.
+    check_free([dicom_listen_port(settings), http_listen_port(settings)])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.effective_database_url)
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
     queue = open_queue(settings.effective_queue_url)
     stop = stop or threading.Event()
-    pool = WorkerPool(settings, policy, settings.worker_count)
+    pools: list[WorkerPool] = []
 
     def extra() -> dict[str, Any]:
-        alive = pool.alive()
+        alive = pools[0].alive() if pools else 0
         disk = disk_state(settings)
         return {
             "healthy": alive > 0 and disk["state"] == "ok",
@@ -225,7 +228,7 @@ def run_serve(
             "workers": {
                 "alive": alive,
                 "configured": settings.worker_count,
-                "restarts": pool.restarts,
+                "restarts": pools[0].restarts if pools else 0,
             },
             "queue_pending": queue.pending(),
         }
@@ -233,13 +236,19 @@ def run_serve(
     hook = enqueue_and_mark(queue, sessions)
     health: HttpHandle
     if start_http is None:
-        health = start_health_server(settings.bind_address, settings.http_port, sessions, extra)
+        listen = http_listen_port(settings)
+        try:
+            health = start_health_server(listen.host, listen.port, sessions, extra)
+        except OSError as exc:
+            engine.dispose()
+            raise listen.refusal(exc) from exc
     else:
-        health = start_http(settings, sessions, hook, queue.pending, extra)
+        try:
+            health = start_http(settings, sessions, hook, queue.pending, extra)
+        except BaseException:
+            engine.dispose()
+            raise
     threads = [
-        threading.Thread(
-            target=pool.supervise, args=(stop,), name="strokeflow-supervisor", daemon=True
-        ),
         threading.Thread(
             target=Maintenance(settings, sessions, hook, policy).run,
             args=(stop,),
@@ -247,14 +256,26 @@ def run_serve(
             daemon=True,
         ),
     ]
-    for thread in threads:
-        thread.start()
+
+    def start_workers() -> None:
+        # Only once both ports are ours: a serve that cannot listen starts no worker.
+        pool = WorkerPool(settings, policy, settings.worker_count)
+        pools.append(pool)
+        supervisor = threading.Thread(
+            target=pool.supervise, args=(stop,), name="strokeflow-supervisor", daemon=True
+        )
+        threads.append(supervisor)
+        supervisor.start()
+        threads[0].start()
+
     try:
-        run_listener(settings, on_queued=hook, stop=stop)
+        run_listener(settings, on_queued=hook, stop=stop, on_listening=start_workers)
     finally:
         stop.set()
         health.shutdown()
         for thread in threads:
-            thread.join(timeout=10)
-        pool.stop()
+            if thread.is_alive():
+                thread.join(timeout=10)
+        for pool in pools:
+            pool.stop()
         engine.dispose()

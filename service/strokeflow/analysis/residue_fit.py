@@ -1,0 +1,227 @@
+"""Least-squares fit of a residue model to tissue curves, seeded by the SVD.
+
+The lag of the maximum of a truncated-SVD residue is a biased Tmax: regularisation
+smooths the jump at the residue's onset into a peak that comes later (more so at coarse
+sampling and in noisy voxels), and the maximum of a box-like residue can land anywhere on
+its plateau (several seconds late). Here each tissue curve is instead matched to a
+dictionary of model tissue curves ``F * (C_a conv R)(t - d)``, with ``R`` the survival
+function of a gamma distribution of transit times (shape 1 is the exponential residue;
+large shapes approach the box), over a grid of shapes, mean transit times and delays.
+
+For each model curve the flow ``F`` is the linear least-squares solution, so a model's
+residual is ``|c|^2 - p^2`` with ``p`` the projection of the tissue curve on the unit-norm
+model curve: one matrix product per group of voxels gives every residual. The delays
+searched are a window around a seed from the SVD residue (where it rises to half its
+peak), which keeps that product small. At each delay the best shape and transit time are
+kept (profile likelihood); the delay and flow returned are the likelihood-weighted means
+over the delays of the window, with the noise variance estimated from the best fit's
+residual, so that near-equal fits are averaged rather than left to whichever noise makes
+best.
+
+Model curves are convolved on a grid four times finer than the sampling (the arterial
+input linearly interpolated, the midpoint rule), so a residue that starts with a jump
+between samples is represented without the discretisation error of the SVD's matrix.
+
+The fitted flow is returned but ``analysis.maps`` does not use it: at transit times short
+against the arterial bolus, flow, transit time, shape and delay trade off along a ridge of
+near-equal fits (only CBV and the first moment of the curve are determined), so any flow
+estimate there depends on the residue shape assumed; see ``docs/deconvolution.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import gammaincc
+
+#: Gamma shapes of the transit-time distribution: geometric from the exponential residue
+#: (1) to a near-box (large shape, narrow distribution around the MTT).
+FIT_SHAPES: tuple[float, ...] = (1.0, 2.5, 6.25, 15.6)
+#: Mean transit times of the grid (s): geometric, ratio 1.4, 1 to 40 s.
+FIT_MTTS_S: tuple[float, ...] = tuple(float(1.4**i) for i in range(12))
+#: Delay grid step (s) and search half-width around the seed (s).
+FIT_DELAY_STEP_S = 0.5
+FIT_DELAY_HALF_WIDTH_S = 3.0
+#: Delays of the table (s): tissue up to 3 s earlier than the arterial input (an input
+#: measured downstream of the tissue's supply) to 24 s later.
+_MIN_DELAY_S = -3.0
+_MAX_DELAY_S = 24.0
+_OVERSAMPLE = 4
+_BLOCK_VOXELS = 4096
+
+
+@dataclass(frozen=True)
+class ResidueFitter:
+    """Model tissue curves of one arterial input, ready to fit many voxels.
+
+    Attributes
+    ----------
+    atoms : numpy.ndarray
+        ``(n_delays, N, n_models)`` float32 unit-norm model tissue curves; the model axis
+        runs over (shape, MTT) pairs.
+    norms : numpy.ndarray
+        ``(n_delays, n_models)`` float64 norms of the unit-flow curves before
+        normalisation: ``F = projection / norm``.
+    delays_s : numpy.ndarray
+        ``(n_delays,)`` delays of the table in seconds.
+    half_width : int
+        Delay grid points searched either side of the seed.
+    """
+
+    atoms: np.ndarray
+    norms: np.ndarray
+    delays_s: np.ndarray
+    half_width: int
+
+    def fit(self, curves: np.ndarray, seed_delay_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flow-scaled residue height and delay of the best model for each voxel.
+
+        Parameters
+        ----------
+        curves : numpy.ndarray
+            ``(N, nvox)`` tissue enhancement, in the units of the arterial input.
+        seed_delay_s : numpy.ndarray
+            ``(nvox,)`` delay (s) around which the search window is centred.
+
+        Returns
+        -------
+        flow_per_s : numpy.ndarray
+            ``(nvox,)`` float64 ``F`` (1/s), 0 where no model correlates positively.
+        delay_s : numpy.ndarray
+            ``(nvox,)`` float64 delay of the best model (s); the seed where ``F`` is 0.
+        """
+        c = np.asarray(curves, dtype=np.float32)
+        n_delays = self.delays_s.size
+        h = self.half_width
+        step = float(self.delays_s[1] - self.delays_s[0])
+        seed = np.nan_to_num(np.asarray(seed_delay_s, dtype=np.float64), nan=0.0)
+        centre = np.rint((seed - self.delays_s[0]) / step).astype(np.intp)
+        centre = np.clip(centre, h, n_delays - 1 - h)
+        flow = np.zeros(c.shape[1])
+        delay = seed.copy()
+        for ci in np.unique(centre):
+            group = np.flatnonzero(centre == ci)
+            window = slice(ci - h, ci + h + 1)
+            # (N, window * models): every model at every delay of the window.
+            atoms = self.atoms[window].transpose(1, 0, 2).reshape(c.shape[0], -1)
+            norms = self.norms[window]
+            for start in range(0, group.size, _BLOCK_VOXELS):
+                vox = group[start : start + _BLOCK_VOXELS]
+                f, d = self._fit_block(atoms, norms, c[:, vox])
+                found = f > 0
+                flow[vox] = f
+                delay[vox[found]] = self.delays_s[ci - h] + d[found] * step
+        return flow, delay
+
+    @staticmethod
+    def _fit_block(
+        atoms: np.ndarray, norms: np.ndarray, c: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior-mean flow and delay index of a block, over the delays of the window."""
+        n_win, n_models = norms.shape
+        proj = (atoms.T @ c).reshape(n_win, n_models, c.shape[1])
+        # Profile over the models: the best shape and transit time at each delay.
+        best_model = np.argmax(proj, axis=1)
+        p_delay = np.take_along_axis(proj, best_model[:, None, :], axis=1)[:, 0]
+        flow_delay = p_delay / norms[np.arange(n_win)[:, None], best_model]
+        p_best = p_delay.max(axis=0)
+        # Residual sum of squares at delay i is |c|^2 - p_i^2; the noise variance is
+        # estimated from the best fit's residual (N - 3 degrees of freedom).
+        sse_min = np.maximum((c * c).sum(axis=0) - p_best * p_best, 0.0)
+        var = np.maximum(sse_min / max(c.shape[0] - 3, 1), 1e-12)
+        # Near-equal fits at neighbouring delays (noise; flow, transit time and delay
+        # trading off at short transit times) are averaged by their likelihood rather
+        # than left to whichever noise makes best.
+        positive = p_delay > 0
+        log_w = (np.where(positive, p_delay, 0.0) ** 2 - p_best**2) / (2.0 * var)
+        w = np.exp(log_w) * positive
+        wsum = w.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = (w * flow_delay).sum(axis=0) / wsum
+            d = (w * np.arange(n_win)[:, None]).sum(axis=0) / wsum
+        found = (p_best > 0) & (wsum > 0)
+        return np.where(found, f, 0.0), np.where(found, d, 0.0)
+
+
+def residue_fitter(
+    aif: np.ndarray,
+    step_s: float,
+    *,
+    shapes: tuple[float, ...] = FIT_SHAPES,
+    mtts_s: tuple[float, ...] = FIT_MTTS_S,
+    delay_step_s: float = FIT_DELAY_STEP_S,
+    half_width_s: float = FIT_DELAY_HALF_WIDTH_S,
+) -> ResidueFitter:
+    """Dictionary of model tissue curves for one arterial input.
+
+    Parameters
+    ----------
+    aif : numpy.ndarray
+        ``(N,)`` arterial enhancement on the uniform grid.
+    step_s : float
+        Grid step in seconds.
+    shapes : tuple of float
+        Gamma shapes of the transit-time distribution.
+    mtts_s : tuple of float
+        Mean transit times of the grid (s).
+    delay_step_s, half_width_s : float
+        Delay grid step and search half-width around the seed (s).
+
+    Returns
+    -------
+    ResidueFitter
+
+    Raises
+    ------
+    ValueError
+        If the arterial input is not a finite curve with positive enhancement, or a
+        grid is empty or non-positive.
+    """
+    a = np.asarray(aif, dtype=np.float64)
+    if a.ndim != 1 or a.size < 3 or not np.all(np.isfinite(a)) or a.max() <= 0:
+        raise ValueError("arterial input must be a finite 1D curve with positive enhancement")
+    if not step_s > 0 or not delay_step_s > 0 or not half_width_s >= delay_step_s:
+        raise ValueError(
+            f"steps must be positive and the half-width at least one step; got step {step_s}, "
+            f"delay step {delay_step_s}, half-width {half_width_s}"
+        )
+    if not shapes or not mtts_s or min(shapes) <= 0 or min(mtts_s) <= 0:
+        raise ValueError("shapes and MTTs must be non-empty and positive")
+    n = a.size
+    t = np.arange(n) * step_s
+    fine_dt = step_s / _OVERSAMPLE
+    # The table is built beyond the last sample so that negative delays (shifts to the
+    # left) still find model values; the input is held at its last value there.
+    extra_s = -_MIN_DELAY_S + step_s
+    fine = np.arange(0.0, t[-1] + extra_s + fine_dt / 2, fine_dt)
+    # Midpoint rule: the residue at (j + 1/2) dt meets the input at t - (j + 1/2) dt, so
+    # the input is taken half a fine step early (a residue starting with a jump would
+    # otherwise gain half a fine step of area).
+    a_fine = np.interp(fine - 0.5 * fine_dt, t, a)
+    tau = (np.arange(fine.size) + 0.5) * fine_dt
+    models = []
+    for shape in shapes:
+        for mtt in mtts_s:
+            models.append(gammaincc(shape, shape * tau / mtt))
+    r = np.stack(models, axis=1)  # (fine, models)
+    spec = np.fft.rfft(a_fine, 2 * fine.size)[:, None] * np.fft.rfft(r, 2 * fine.size, axis=0)
+    conv = np.fft.irfft(spec, 2 * fine.size, axis=0)[: fine.size] * fine_dt
+    delays = np.arange(_MIN_DELAY_S, _MAX_DELAY_S + delay_step_s / 2, delay_step_s)
+    table = np.empty((delays.size, n, r.shape[1]))
+    for i, d in enumerate(delays):
+        pos = (t - d) / fine_dt
+        lo = np.clip(np.floor(pos).astype(np.intp), 0, fine.size - 2)
+        w = np.clip(pos - lo, 0.0, 1.0)[:, None]
+        shifted = (1.0 - w) * conv[lo] + w * conv[lo + 1]
+        shifted[t - d < 0] = 0.0
+        table[i] = shifted
+    norms = np.linalg.norm(table, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        atoms = np.where(norms[:, None, :] > 0, table / norms[:, None, :], 0.0)
+    return ResidueFitter(
+        atoms=np.ascontiguousarray(atoms, dtype=np.float32),
+        norms=np.where(norms > 0, norms, np.inf),
+        delays_s=delays,
+        half_width=max(1, round(half_width_s / delay_step_s)),
+    )
