@@ -164,6 +164,21 @@ class Settings(BaseSettings):
     receiver_processes: int = Field(1, ge=1, le=64)
     #: Simultaneous associations per receiving process.
     max_associations: int = Field(16, ge=1)
+    #: Simultaneous connections from one peer IP address per receiving process; more are
+    #: closed at once, so that one peer cannot take every association from the others.
+    max_associations_per_host: int = Field(8, ge=1)
+    #: A connection that has not started its A-ASSOCIATE-RQ (nor finished its TLS handshake)
+    #: this long after connecting is closed (the ACSE timeout).
+    association_request_timeout_s: float = Field(5.0, gt=0)
+    #: An association that sends nothing for this long is aborted; no read or write may
+    #: stall longer either (the network timeout).
+    idle_association_timeout_s: float = Field(60.0, gt=0)
+    #: Largest P-DATA-TF PDU accepted, advertised as our maximum length; a PDU declaring more
+    #: (beyond its 6-byte PDV header) is refused from its header and the association aborted.
+    max_pdu_receive_bytes: int = Field(1 << 20, ge=4096, le=(1 << 32) - 1)
+    #: Largest data set one C-STORE may carry (pynetdicom assembles it in memory, so this
+    #: bounds memory per association); a larger one aborts the association as it arrives.
+    max_dataset_bytes: int = Field(1 << 30, ge=1 << 20)
     #: Associations are refused while the data directory has less free space than this.
     min_free_disk_mb: float = Field(1024.0, ge=0)
     #: Send the result pages (Secondary Capture) RLE Lossless to destinations that accept
@@ -281,6 +296,11 @@ class Settings(BaseSettings):
             "worker_count": self.worker_count,
             "receiver_processes": self.receiver_processes,
             "max_associations": self.max_associations,
+            "max_associations_per_host": self.max_associations_per_host,
+            "association_request_timeout_s": self.association_request_timeout_s,
+            "idle_association_timeout_s": self.idle_association_timeout_s,
+            "max_pdu_receive_bytes": self.max_pdu_receive_bytes,
+            "max_dataset_bytes": self.max_dataset_bytes,
             "min_free_disk_mb": self.min_free_disk_mb,
             "compress_pages": self.compress_pages,
             "tls_certificate": str(self.tls_certificate) if self.tls_certificate else None,

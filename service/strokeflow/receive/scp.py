@@ -45,6 +45,7 @@ from strokeflow.receive.checks import (
     read_dataset,
     text_value,
 )
+from strokeflow.receive.limits import ConnectionLimits, LimitedAssociationServer
 from strokeflow.receive.part10 import part10_header
 from strokeflow.receive.storage import (
     free_disk_mb,
@@ -398,7 +399,7 @@ def _instance_record(
     )
 
 
-class _ReusePortServer(ThreadedAssociationServer):
+class _ReusePortServer(LimitedAssociationServer):
     """Lets several receiving processes listen on one port; the kernel spreads connections."""
 
     def server_bind(self) -> None:
@@ -411,11 +412,13 @@ class _ReusePortServer(ThreadedAssociationServer):
 def make_ae(settings: Settings) -> AE:
     """The application entity: every storage SOP class with every transfer syntax."""
     ae = AE(ae_title=settings.ae_title)
-    ae.maximum_pdu_size = 0  # unlimited
+    # Advertised to senders; receive/limits.py refuses a PDU declaring more.
+    ae.maximum_pdu_size = settings.max_pdu_receive_bytes
     ae.maximum_associations = settings.max_associations
     ae.require_called_aet = False  # checked in Receiver.on_requested, with a logged reason
     ae.dimse_timeout = 120
-    ae.network_timeout = 120
+    ae.acse_timeout = settings.association_request_timeout_s
+    ae.network_timeout = settings.idle_association_timeout_s
     for context in StoragePresentationContexts:
         if context.abstract_syntax is not None:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -462,7 +465,8 @@ def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAss
             (settings.dicom_address, settings.dicom_port),
             evt_handlers=receiver.handlers,
             ssl_context=ssl_context,
-            server_class=_ReusePortServer if reuse_port else ThreadedAssociationServer,
+            server_class=_ReusePortServer if reuse_port else LimitedAssociationServer,
+            limits=ConnectionLimits.from_settings(settings),
         )
     except OSError as exc:
         raise dicom_listen_port(settings).refusal(exc) from exc
