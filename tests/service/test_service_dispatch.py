@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -371,3 +372,43 @@ def test_pages_go_as_written_where_rle_is_not_accepted_or_compression_is_off(
     assert all(o.stored for o in on) and willing.syntaxes[len(pages) :] == [RLELossless] * len(
         pages
     )
+
+
+def test_an_attempt_is_counted_before_its_objects_are_sent(
+    sessions: sessionmaker[Session], result_files: list[Path], tmp_path: Path
+) -> None:
+    """A worker killed while a PACS holds its answer has used the attempt all the same."""
+    import threading
+
+    release = threading.Event()
+    port = free_port()
+    ae = AE(ae_title="PACS")
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, [ExplicitVRLittleEndian])
+
+    def slow_store(_event: Any) -> int:
+        release.wait(30)
+        return 0x0000
+
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_store)]
+    )
+    dest = Destination("PACS", "127.0.0.1", port)
+    job_id = _succeeded_job(sessions, result_files[:1], tmp_path / "data", [dest])
+    sender = threading.Thread(
+        target=_send, args=(sessions, job_id, [dest], tmp_path / "data", T0), daemon=True
+    )
+    try:
+        sender.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _rows(sessions, job_id)[0].attempts == 0:
+            time.sleep(0.05)
+        # The object is on its way and unanswered: the attempt is already on record.
+        (row,) = _rows(sessions, job_id)
+        assert row.attempts == 1 and row.state is DispatchState.PENDING
+    finally:
+        release.set()
+        sender.join(timeout=30)
+        server.shutdown()
+    (row,) = _rows(sessions, job_id)
+    assert row.state is DispatchState.SENT and row.attempts == 1

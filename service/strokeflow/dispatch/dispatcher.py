@@ -102,7 +102,7 @@ def _record(
     policy: RetryPolicy,
     summary: DispatchSummary,
 ) -> None:
-    row.attempts += 1
+    # ``row.attempts`` was counted before the send (see dispatch_job).
     row.status = outcome.status
     row.sent_sop_class_uid = outcome.sent_sop_class_uid
     if outcome.stored:
@@ -174,6 +174,10 @@ def dispatch_job(
                     )
                     .order_by(Dispatch.id)
                 ).all()
+                # Counted (and committed) before sending: a worker killed mid-send has
+                # still used the attempt, so a PACS that crashes it cannot be tried forever.
+                for row in rows:
+                    row.attempts += 1
             by_dest: dict[str, list[Dispatch]] = {}
             for row in rows:
                 by_dest.setdefault(row.destination, []).append(row)
