@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from strokeflow.store.models import Base, UtcDateTime
@@ -28,6 +28,8 @@ class User(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     #: A disabled user keeps its audit history but cannot log in.
     disabled: Mapped[bool] = mapped_column(default=False)
+    #: May manage the other users on the dashboard's Users page.
+    is_admin: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class AuditEntry(Base):

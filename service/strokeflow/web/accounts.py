@@ -104,6 +104,23 @@ def set_disabled(session: Session, username: str, disabled: bool, now: datetime)
         revoke_user_sessions(session, username, now)
 
 
+def set_admin(session: Session, username: str, admin: bool) -> None:
+    """Let ``username`` manage the other users on the dashboard, or not (caller commits).
+
+    Raises
+    ------
+    UserError
+        No such user.
+    """
+    _existing(session, username).is_admin = admin
+
+
+def is_admin(session: Session, username: str) -> bool:
+    """Whether ``username`` is an enabled administrator."""
+    user = session.scalars(select(User).where(User.username == username)).one_or_none()
+    return user is not None and user.is_admin and not user.disabled
+
+
 def remove_user(session: Session, username: str) -> None:
     """Delete ``username`` and its sessions; its audit history stays (caller commits).
 

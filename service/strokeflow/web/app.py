@@ -167,9 +167,11 @@ def create_app(
 
     from strokeflow.web.routes_api import router as api_router
     from strokeflow.web.routes_pages import router as page_router
+    from strokeflow.web.routes_users import router as users_router
 
     app.include_router(api_router)
     app.include_router(page_router)
+    app.include_router(users_router)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -1,4 +1,4 @@
-"""``strokeflow user add|passwd|disable|enable|remove|list``: local users of the dashboard."""
+"""``strokeflow user add|passwd|disable|enable|remove|admin|list``: local users of the dashboard."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def add(
             help="Asked for when not given (or $STROKEFLOW_NEW_USER_PASSWORD).",
         ),
     ] = "",
+    admin: Annotated[
+        bool, typer.Option("--admin", help="May manage the other users on the dashboard.")
+    ] = False,
 ) -> None:
     """Create a dashboard user (password hashed with scrypt)."""
     from strokeflow.web.accounts import UserError, add_user, record_action
@@ -54,7 +57,7 @@ def add(
     now = datetime.now(UTC)
     try:
         with sessions() as session, session.begin():
-            add_user(session, username, password, now)
+            add_user(session, username, password, now).is_admin = admin
             record_action(session, "cli", "user_add", now, target=f"user:{username}")
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -160,6 +163,24 @@ def remove(
     )
 
 
+@user_app.command("admin")
+def admin(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    config: ConfigOption = None,
+    revoke: Annotated[bool, typer.Option("--revoke", help="Take the right away.")] = False,
+) -> None:
+    """Let a user manage the other users on the dashboard (or, with --revoke, no more)."""
+    from strokeflow.web.accounts import set_admin
+
+    _change(
+        config,
+        username,
+        "user_admin_revoke" if revoke else "user_admin",
+        lambda session, _now: set_admin(session, username, not revoke),
+        f"user {username} {'is no administrator' if revoke else 'is an administrator'}",
+    )
+
+
 @user_app.command("list")
 def list_(config: ConfigOption = None) -> None:
     """List dashboard users with their last login."""
@@ -170,7 +191,7 @@ def list_(config: ConfigOption = None) -> None:
         with sessions() as session:
             rows = [
                 (
-                    u.username,
+                    u.username + (" (admin)" if u.is_admin else ""),
                     "disabled" if u.disabled else "enabled",
                     u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never",
                 )

@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from strokeflow.store.models import Job, JobState
 from strokeflow.web import actions
-from strokeflow.web.accounts import recent_actions, record_action
+from strokeflow.web.accounts import is_admin, recent_actions, record_action
 from strokeflow.web.auth import (
     SESSION_ID,
     SESSION_USER,
@@ -49,11 +49,18 @@ def page_user(request: Request) -> str:
 User = Annotated[str, Depends(page_user)]
 
 
-def _render(
+def render_page(
     ctx: WebContext, request: Request, name: str, values: dict[str, Any], status_code: int = 200
 ) -> HTMLResponse:
+    """A dashboard page: the template with the user, CSRF token, flash and admin flag."""
+    user = session_user(request)
+    admin = False
+    if user is not None:
+        with ctx.sessions() as session:
+            admin = is_admin(session, user)
     values = {
-        "user": session_user(request),
+        "user": user,
+        "admin": admin,
         "csrf": csrf_token(request),
         "flash": request.session.pop("flash", None),
         **values,
@@ -70,7 +77,7 @@ def _safe_next(url: str | None) -> str:
 
 @router.get("/login")
 def login_form(request: Request, ctx: Ctx, next: str = "/") -> HTMLResponse:
-    return _render(ctx, request, "login.html", {"next": _safe_next(next), "error": None})
+    return render_page(ctx, request, "login.html", {"next": _safe_next(next), "error": None})
 
 
 @router.post("/login")
@@ -95,7 +102,7 @@ def login(
             session_max_age_s=ctx.options.session_max_age_s,
         )
     except LoginThrottledError as exc:
-        return _render(
+        return render_page(
             ctx,
             request,
             "login.html",
@@ -103,7 +110,7 @@ def login(
             status_code=status.HTTP_429_TOO_MANY_REQUESTS,
         )
     if user is None:
-        return _render(
+        return render_page(
             ctx,
             request,
             "login.html",
@@ -168,7 +175,7 @@ def jobs_page(request: Request, ctx: Ctx, user: User) -> HTMLResponse:
             }
             for s in studies_in_reception(session)
         ]
-    return _render(
+    return render_page(
         ctx,
         request,
         "jobs.html",
@@ -195,7 +202,7 @@ def job_page(job_id: int, request: Request, ctx: Ctx, user: User) -> HTMLRespons
         for label, colour, curve in (("AIF", "#c0392b", detail.aif), ("VOF", "#2471a3", detail.vof))
         if curve is not None
     ]
-    return _render(
+    return render_page(
         ctx,
         request,
         "job.html",
@@ -310,4 +317,4 @@ def system_page(request: Request, ctx: Ctx, user: User) -> HTMLResponse:
             health_extra=ctx.health_extra,
         )
         audit = recent_actions(session, limit=30)
-    return _render(ctx, request, "system.html", {"system": report, "audit": audit})
+    return render_page(ctx, request, "system.html", {"system": report, "audit": audit})
