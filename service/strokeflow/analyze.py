@@ -30,6 +30,7 @@ from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.mri import assemble_mri, classify_mr_series, record_mr_roles
 from strokeflow.assemble.series import StudyInventory, build_inventory
 from strokeflow.report.dicom_outputs import (
+    ResultObjects,
     build_ctp_result_objects,
     build_result_objects,
     load_source_references,
@@ -191,21 +192,41 @@ def _analyse_ctp_acquisition(
         timings["nifti"] = round(time.perf_counter() - t0, 3)
     if options.write_dicom:
         t0 = time.perf_counter()
-        # A result object that cannot be built is named, never costs the analysis.
-        try:
+
+        def build() -> ResultObjects:
             sources = load_source_references(acq.source_paths)
-            objects = build_ctp_result_objects(analysis, sources, options.ctp)
-        except Exception as exc:
-            result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
-        else:
-            with _output_stage("dicom_objects"):
-                written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
-            result["dicom_dir"] = str(Path("dicom") / series_dir)
-            if objects.failures:
-                result["dicom_errors"] = objects.failures
+            return build_ctp_result_objects(analysis, sources, options.ctp)
+
+        _result_objects(result, build, out_dir, series_dir, written)
         timings["dicom_objects"] = round(time.perf_counter() - t0, 3)
     result["timings_s"] = timings
     return result
+
+
+def _result_objects(
+    result: dict[str, Any],
+    build: Callable[[], ResultObjects],
+    out_dir: Path,
+    series_dir: Path,
+    written: list[Path],
+) -> None:
+    """Build and write one acquisition's DICOM result objects.
+
+    An object that cannot be built is named in ``result["dicom_errors"]`` and never costs
+    the analysis (results.json and the other objects stay); a write failure is an output
+    stage failure like any other.
+    """
+    try:
+        objects = build()
+    except Exception as exc:
+        log.error("result objects not built: %s", exc)
+        result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
+        return
+    with _output_stage("dicom_objects"):
+        written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
+    result["dicom_dir"] = str(Path("dicom") / series_dir)
+    if objects.failures:
+        result["dicom_errors"] = objects.failures
 
 
 def _analyse_mri_acquisition(
@@ -226,19 +247,13 @@ def _analyse_mri_acquisition(
         result["maps_dir"] = str(Path("maps") / series_dir)
     if options.write_dicom:
         t1 = time.perf_counter()
-        try:
+
+        def build() -> ResultObjects:
             sources = mri_source_references(study, mri)
             content = mri_result_content(analysis, mri, options.mri)
-            objects = build_result_objects(content, sources)
-        except Exception as exc:
-            log.error("study %s: MRI result objects: %s", study.study_uid, exc)
-            result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
-        else:
-            with _output_stage("dicom_objects"):
-                written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
-            result["dicom_dir"] = str(Path("dicom") / series_dir)
-            if objects.failures:
-                result["dicom_errors"] = objects.failures
+            return build_result_objects(content, sources)
+
+        _result_objects(result, build, out_dir, series_dir, written)
         result["timings_s"]["dicom_objects"] = round(time.perf_counter() - t1, 3)
     return result
 
