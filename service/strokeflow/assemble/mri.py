@@ -167,6 +167,12 @@ def _number(value: Any) -> float | None:
         return None
 
 
+def _groups(ds: Dataset) -> set[int]:
+    """The element groups present at the top level of ``ds``."""
+    # keys(), not the dataset itself: iterating a Dataset converts every element.
+    return {int(tag) >> 16 for tag in ds.keys()}  # noqa: SIM118
+
+
 def b_value_of(ds: Dataset) -> tuple[float | None, str]:
     """The diffusion b-value of one image and the tag it came from.
 
@@ -178,7 +184,12 @@ def b_value_of(ds: Dataset) -> tuple[float | None, str]:
         b = _number(ds.DiffusionBValue)
         if b is not None:
             return (0.0 if b < B0_BELOW_S_MM2 else b), "DiffusionBValue"
+    # A private lookup scans the group's creators; skip the groups a file does not have
+    # (most files have none of them), which is most of the cost of reading the tags.
+    groups = _groups(ds)
     for group, offset, creator, name in _PRIVATE_B_TAGS:
+        if group not in groups:
+            continue
         try:
             element = ds.get_private_item(group, offset, creator)
         except (KeyError, ValueError):
@@ -208,12 +219,13 @@ def _file_tags(path: Path, mtime_ns: int, size: int) -> _MrTags:
         directionality = str(item.get("DiffusionDirectionality", "") or "").upper()
     sequence = str(ds.get("SequenceName", "") or "")
     evidence = directionality not in ("", "NONE") or bool(re.search(r"_?b\d+", sequence))
-    try:
-        # Philips (2001,xx04) Diffusion Direction: I(sotropic), O(blique), R/A/F or P.
-        philips = ds.get_private_item(0x2001, 0x04, "Philips Imaging DD 001").value
-        evidence |= str(philips).strip(" \0") not in ("", "NONE")
-    except (KeyError, ValueError):
-        pass
+    if 0x2001 in _groups(ds):
+        try:
+            # Philips (2001,xx04) Diffusion Direction: I(sotropic), O(blique), R/A/F or P.
+            philips = ds.get_private_item(0x2001, 0x04, "Philips Imaging DD 001").value
+            evidence |= str(philips).strip(" \0") not in ("", "NONE")
+        except (KeyError, ValueError):
+            pass
     return _MrTags(b, source, te, evidence)
 
 
