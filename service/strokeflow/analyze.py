@@ -101,20 +101,6 @@ def _series_entries(study: StudyInventory) -> list[dict[str, Any]]:
     ]
 
 
-class StageError(Exception):
-    """A stage outside the analysis proper (writing an output) failed.
-
-    Attributes
-    ----------
-    stage : str
-        E.g. ``"dicom_objects"``.
-    """
-
-    def __init__(self, stage: str, message: str) -> None:
-        super().__init__(message)
-        self.stage = stage
-
-
 #: What the output stages do, in the words of the error message.
 _OUTPUT_TASKS = {
     "results": "summarising the results",
@@ -125,11 +111,11 @@ _OUTPUT_TASKS = {
 
 @contextmanager
 def _output_stage(name: str) -> Iterator[None]:
-    """Run an output stage; any failure becomes a ``StageError`` naming it."""
+    """Run an output stage; any failure becomes an :class:`AnalysisError` naming it."""
     try:
         yield
     except Exception as exc:
-        raise StageError(name, f"{_OUTPUT_TASKS[name]} failed: {exc}") from exc
+        raise AnalysisError(f"{_OUTPUT_TASKS[name]} failed: {exc}", stage=name) from exc
 
 
 def _failure(
@@ -140,7 +126,7 @@ def _failure(
     Whatever the acquisition had written already is removed, so a half-finished result
     is never sent on.
     """
-    if isinstance(exc, (AnalysisError, StageError)):
+    if isinstance(exc, AnalysisError):
         stage, reason = exc.stage or "analysis", str(exc)
     elif isinstance(exc, AssemblyError):  # recognised, but not analysable (too small, ...)
         stage, reason = "assemble", str(exc)

@@ -242,6 +242,11 @@ class Settings(BaseSettings):
             return [validate_ae_title(v) for v in items]
         return items
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        return value.rstrip("/")
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _hosts(cls, value: Any) -> Any:

@@ -118,15 +118,13 @@ def test_public_view_masks_passwords() -> None:
 def test_dashboard_settings_come_from_toml_and_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from strokeflow.web.options import WebOptions
-
     toml = tmp_path / "strokeflow.toml"
     toml.write_text(
         'webhook_url = "https://hooks.example/stroke"\npublic_url = "https://s.example/"\n'
     )
     monkeypatch.setenv("STROKEFLOW_WEBHOOK_MAX_ATTEMPTS", "3")
     monkeypatch.setenv("STROKEFLOW_SECURE_COOKIES", "true")
-    options = WebOptions.from_settings(load_settings(toml))
+    options = load_settings(toml)
     assert options.webhook_url == "https://hooks.example/stroke"
     assert options.public_url == "https://s.example"
     assert options.webhook_max_attempts == 3 and options.secure_cookies

@@ -19,7 +19,6 @@ from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
 from strokeflow.web.accounts import add_user
 from strokeflow.web.app import create_app
-from strokeflow.web.options import WebOptions
 from strokeflow.worker.jobs import JobRunner
 
 
@@ -53,7 +52,7 @@ def analysed_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env(analysed_template: Path, tmp_path: Path) -> Iterator[Env]:
     data_dir = tmp_path / "data"
     shutil.copytree(analysed_template, data_dir)
-    settings = make_settings(data_dir)
+    settings = make_settings(data_dir, public_url="https://stroke.example.org")
     engine = make_engine(settings.effective_database_url)
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
@@ -62,7 +61,6 @@ def env(analysed_template: Path, tmp_path: Path) -> Iterator[Env]:
     enqueued: list[int] = []
     app = create_app(
         settings,
-        options=WebOptions(public_url="https://stroke.example.org"),
         sessions=sessions,
         enqueue=enqueued.extend,
         queue_pending=lambda: len(enqueued),

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from webenv import ACCESSION, PATIENT_ID, Env
+from webenv import ACCESSION, PATIENT_ID, Env, make_settings
 
 from strokeflow.store.models import Job
 from strokeflow.store.web_models import WebhookDelivery
 from strokeflow.web.notify import Notifier
-from strokeflow.web.options import WebOptions
 
 
 class Receiver:
@@ -56,8 +55,12 @@ def _notifier(env: Env, url: str, **options: Any) -> tuple[Notifier, list[float]
     delays: list[float] = []
     notifier = Notifier(
         env.sessions,
-        WebOptions(
-            webhook_url=url, webhook_backoff_s=0.5, public_url="https://sf.example", **options
+        make_settings(
+            env.data_dir,
+            webhook_url=url,
+            webhook_backoff_s=0.5,
+            public_url="https://sf.example",
+            **options,
         ),
         since=datetime.now(UTC) - timedelta(days=1),
         sleep=delays.append,

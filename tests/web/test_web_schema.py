@@ -22,7 +22,6 @@ from webenv import PASSWORD, USER, Env, make_settings
 
 from strokeflow.store.models import Job, Study
 from strokeflow.web.app import create_app
-from strokeflow.web.options import WebOptions
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
 EXAMPLES_PER_OPERATION = 15
@@ -31,8 +30,7 @@ EXAMPLES_PER_OPERATION = 15
 def _openapi_document() -> dict[str, object]:
     # Only the routes matter here: no database is touched (no migration, unbound sessions).
     app = create_app(
-        make_settings(Path("/nonexistent/strokeflow-schema")),
-        options=WebOptions(session_secret="schema-only"),
+        make_settings(Path("/nonexistent/strokeflow-schema"), session_secret="schema-only"),
         sessions=sessionmaker(),
         enqueue=lambda _ids: None,
         queue_pending=lambda: 0,

@@ -30,7 +30,6 @@ from strokeflow.web.context import Enqueue, LoginRequiredError, WebContext
 from strokeflow.web.guard import RequestGuard
 from strokeflow.web.metrics import make_registry
 from strokeflow.web.notify import Notifier
-from strokeflow.web.options import WebOptions
 from strokeflow.worker.health import health_report
 
 LOG = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ def _default_queue(settings: Settings) -> tuple[Enqueue, Callable[[], int]]:
 def create_app(
     settings: Settings,
     *,
-    options: WebOptions | None = None,
     sessions: sessionmaker[Session] | None = None,
     enqueue: Enqueue | None = None,
     queue_pending: Callable[[], int] | None = None,
@@ -59,9 +57,8 @@ def create_app(
     Parameters
     ----------
     settings : Settings
-        Data directory, database, destinations, DICOM port (for the listener check).
-    options : WebOptions, optional
-        Webhook, public URL and cookie settings; default those of ``settings``.
+        Data directory, database, destinations, DICOM port (for the listener check),
+        webhook, public URL and cookie settings.
     sessions : sessionmaker, optional
         Database sessions; default a new engine on ``settings.effective_database_url``.
     enqueue, queue_pending : callable, optional
@@ -77,7 +74,6 @@ def create_app(
     -------
     FastAPI
     """
-    options = options or WebOptions.from_settings(settings)
     engine = None
     if sessions is None:
         engine = make_engine(settings.effective_database_url)
@@ -89,7 +85,6 @@ def create_app(
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     ctx = WebContext(
         settings=settings,
-        options=options,
         sessions=sessions,
         templates=templates,
         registry=make_registry(sessions, queue_pending),
@@ -102,8 +97,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         thread = None
-        if options.webhook_url:
-            notifier = Notifier(sessions, options)
+        if settings.webhook_url:
+            notifier = Notifier(sessions, settings)
             thread = threading.Thread(
                 target=notifier.run, args=(ctx.stop,), name="strokeflow-webhook", daemon=True
             )
@@ -129,14 +124,14 @@ def create_app(
     )
     app.state.ctx = ctx
     # Added first, so it runs inside the session middleware and sees the decoded cookie.
-    app.add_middleware(RequestGuard, sessions=sessions, public_url=options.public_url)
+    app.add_middleware(RequestGuard, sessions=sessions, public_url=settings.public_url)
     app.add_middleware(
         SessionMiddleware,
-        secret_key=session_secret(settings.data_dir, options.session_secret),
+        secret_key=session_secret(settings.data_dir, settings.session_secret or None),
         session_cookie="strokeflow_session",
-        max_age=options.session_max_age_s,
+        max_age=settings.session_max_age_s,
         same_site="strict",
-        https_only=options.secure_cookies,
+        https_only=settings.secure_cookies,
     )
     app.mount("/static/swagger-ui", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

@@ -16,7 +16,6 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
-from strokeflow.web.options import WebOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ class WebContext:
     """What every request handler needs; one per application (``app.state.ctx``)."""
 
     settings: Settings
-    options: WebOptions
     sessions: sessionmaker[Session]
     templates: Jinja2Templates
     registry: CollectorRegistry

@@ -1,8 +1,8 @@
 """Webhook notifications: a JSON POST, retried, when a result is ready or a job failed.
 
 Patient identifiers (patient ID, accession number, Study UID, error text naming UIDs) are
-left out unless :attr:`WebOptions.webhook_patient_data` is set. Each finished attempt of a
-job is notified once: inserting its :class:`WebhookDelivery` row claims it.
+left out unless the setting ``webhook_patient_data`` is on. Each finished attempt of a job
+is notified once: inserting its :class:`WebhookDelivery` row claims it.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from strokeflow.config import Settings
 from strokeflow.store.models import Job, JobState, Study
 from strokeflow.store.web_models import WebhookDelivery
-from strokeflow.web.options import WebOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def build_payload(job: Job, study: Study, event: str, options: WebOptions) -> dict[str, Any]:
+def build_payload(job: Job, study: Study, event: str, settings: Settings) -> dict[str, Any]:
     """The notification body: event, job, volumes, decisions, link; identifiers only if set."""
     error = job.error
-    if error and not options.webhook_patient_data:
+    if error and not settings.webhook_patient_data:
         # Error texts can name study/series UIDs and paths; keep the first line, UIDs masked.
         error = _UID.sub("<uid>", error.splitlines()[0])
     payload: dict[str, Any] = {
@@ -60,9 +60,9 @@ def build_payload(job: Job, study: Study, event: str, options: WebOptions) -> di
         },
         "decisions": job.decisions,
         "error": error,
-        "link": f"{options.public_url}/jobs/{job.id}",
+        "link": f"{settings.public_url}/jobs/{job.id}",
     }
-    if options.webhook_patient_data:
+    if settings.webhook_patient_data:
         payload["patient_id"] = study.patient_id
         payload["accession_number"] = study.accession_number
         payload["study_uid"] = study.study_uid
@@ -127,14 +127,14 @@ class Notifier:
     Parameters
     ----------
     sessions : sessionmaker
-    options : WebOptions
+    settings : Settings
         ``webhook_url`` must be set.
     since : datetime
         Only attempts finished from then on are notified (not the history at start-up).
     """
 
     sessions: sessionmaker[Session]
-    options: WebOptions
+    settings: Settings
     since: datetime = field(default_factory=_utcnow)
     interval_s: float = 2.0
     sleep: Callable[[float], None] = time.sleep
@@ -180,7 +180,7 @@ class Notifier:
 
     def run_once(self) -> int:
         """Notify every newly finished job; returns how many notifications were sent."""
-        url = self.options.webhook_url
+        url = self.settings.webhook_url
         if not url:
             return 0
         sent = 0
@@ -190,12 +190,12 @@ class Notifier:
                 study = session.get(Study, job.study_id) if job else None
                 if job is None or study is None:
                     continue
-                payload = build_payload(job, study, event, self.options)
+                payload = build_payload(job, study, event, self.settings)
             outcome = post_json(
                 url,
                 payload,
-                max_attempts=self.options.webhook_max_attempts,
-                backoff_s=self.options.webhook_backoff_s,
+                max_attempts=self.settings.webhook_max_attempts,
+                backoff_s=self.settings.webhook_backoff_s,
                 sleep=self.sleep,
             )
             with self.sessions() as session, session.begin():

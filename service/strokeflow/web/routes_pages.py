@@ -99,7 +99,7 @@ def login(
             password,
             now,
             client=client,
-            session_max_age_s=ctx.options.session_max_age_s,
+            session_max_age_s=ctx.settings.session_max_age_s,
         )
     except LoginThrottledError as exc:
         return render_page(
