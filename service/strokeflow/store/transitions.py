@@ -6,20 +6,20 @@ racing for the same job cannot both win: the loser's statement matches no row, a
 learns so from the ``False`` instead of overwriting the winner. No other module writes
 ``jobs.state``; a test holds the package to that.
 
-============  ==================================  ===============
-transition    from                                to
-============  ==================================  ===============
-new_job       (a new study version)               queued
-claim         queued, due                         running
-renew_lease   running, held by the worker         running
-finish        running, held by the worker         succeeded
-fail          running, held by the worker         failed
-requeue       running, held by the worker         queued
-reanalyse     failed, cancelled, succeeded,       queued
-              dispatched
-resend        succeeded, dispatched               succeeded
-mark_dispatched  succeeded                        dispatched
-============  ==================================  ===============
+===============  ===================================  ==========
+transition       from                                 to
+===============  ===================================  ==========
+new_job          (a new study version)                queued
+claim            queued, due                          running
+renew_lease      running, held by the worker          running
+finish           running, held by the worker          succeeded
+fail             running, held by the worker          failed
+requeue          running, held by the worker          queued
+reanalyse        failed, cancelled, succeeded,        queued
+                 dispatched
+resend           succeeded, dispatched                succeeded
+mark_dispatched  succeeded                            dispatched
+===============  ===================================  ==========
 
 The caller owns the transaction: a transition that took is undone with everything else
 if the caller rolls back.
