@@ -4,6 +4,7 @@ from a wrong state does not take."""
 from __future__ import annotations
 
 import ast
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,6 +52,14 @@ def test_only_the_transitions_module_writes_job_state() -> None:
         if w
     }
     assert writes == {}, f"job state written outside store/transitions.py: {writes}"
+    raw_sql = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path != TRANSITIONS
+        and "migrations" not in path.parts
+        and re.search(r"update\s+\"?jobs\b", path.read_text(encoding="utf-8"), re.IGNORECASE)
+    ]
+    assert raw_sql == [], f"job rows updated by SQL text: {raw_sql}"
     # The check finds what it looks for: the transitions module itself writes states.
     assert len(_job_state_writes(TRANSITIONS)) >= 8
 
