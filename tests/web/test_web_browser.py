@@ -162,7 +162,7 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_phantom_sent_to_listener_is_shown_opened_and_retried_in_chromium(
+def test_phantom_sent_to_listener_is_shown_opened_and_reanalysed_in_chromium(
     served: Served, tmp_path: Path
 ) -> None:
     chromium = _need(CHROMIUM, "chromium (apt: chromium)")
