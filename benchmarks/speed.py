@@ -1,8 +1,16 @@
 """Wall time and peak memory of ``strokeflow analyze`` on full-size CT perfusion and MR studies.
 
 Usage: ``python benchmarks/speed.py [--case ct|mri|all] [--repeat N] [--keep DIR]``
-(CT size: ``--matrix 512 --slices 16 --frames 40``; MR size: ``--mri-dwi-matrix 256
---mri-pwi-matrix 128 --mri-slices 20 --mri-frames 60``).
+(CT size: ``--matrix 512 --slices 16 --frames 40 --slice-mm 5``; MR size:
+``--mri-dwi-matrix 256 --mri-pwi-matrix 128 --mri-slices 20 --mri-frames 60``).
+
+``--scaling 640,1280,2400,4800`` instead runs a series of CT studies of growing size
+(:data:`SCALING_STUDIES`: the 16 x 5 mm x 40-frame study, then thinner and more slices,
+up to a 160 x 1 mm x 30-frame whole-brain study) and prints one row per study: the plain
+read before and after the analysis (interleaved, same files), the analysis wall time,
+its ratio to the faster of the two reads, peak RSS, the DICOM result objects' build time
+and the bytes sent per study (pages RLE Lossless, as ``strokeflow`` sends them to a PACS
+that accepts it, and as written).
 
 Each study is simulated by its phantom and written as DICOM into a temporary folder (the
 MR study holds FLAIR and SWI distractors, DWI b0/b1000, the scanner ADC map and the DSC
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.uid import RLELossless, SecondaryCaptureImageStorage
 
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
@@ -37,6 +46,13 @@ from strokeflow.phantom.mri_dicom import write_mri_study
 
 CT_TARGET_S = 10.0
 MRI_TARGET_S = 5.0
+#: Images -> (slices, slice thickness mm, frames) of the --scaling series.
+SCALING_STUDIES = {
+    640: (16, 5.0, 40),
+    1280: (32, 2.5, 40),
+    2400: (80, 1.0, 30),
+    4800: (160, 1.0, 30),
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,27 @@ def _analyze(study: Path, out: Path, *, dicom: bool, blas_threads: int | None) -
     return _Run(wall_s, usage.ru_maxrss / 1024.0, results)
 
 
+def _object_bytes(folder: Path) -> tuple[int, int]:
+    """(bytes as sent, bytes as written) of the DICOM result objects under ``folder``.
+
+    Pages are sent RLE Lossless to a destination that accepts it (``dispatch.store_scu``);
+    the rest as written.
+    """
+    sent = written = 0
+    for path in sorted(folder.rglob("*.dcm")):
+        size = path.stat().st_size
+        written += size
+        ds = pydicom.dcmread(path)
+        if str(ds.SOPClassUID) == SecondaryCaptureImageStorage and not (
+            ds.file_meta.TransferSyntaxUID.is_compressed
+        ):
+            plain = len(ds.PixelData)
+            ds.compress(RLELossless, generate_instance_uid=False)
+            size += len(ds.PixelData) - plain
+        sent += size
+    return sent, written
+
+
 def _analysis(results: dict[str, Any], kind: str) -> dict[str, Any]:
     for analysis in results["studies"][0]["analyses"]:
         if analysis["kind"] == kind:
@@ -122,6 +159,8 @@ def _report(
     dicom_s = _analysis(with_dicom.results, kind)["timings_s"].get("dicom_objects")
     extra = f", of which DICOM objects {dicom_s:.2f} s" if dicom_s is not None else ""
     print(f"strokeflow analyze with DICOM result objects: {with_dicom.wall_s:.2f} s{extra}")
+    sent, written = _object_bytes(work / f"result-{kind}-dicom" / "dicom")
+    print(f"result objects: {sent / 1e6:.2f} MB sent (pages RLE), {written / 1e6:.2f} MB written")
     print(f"peak memory (max RSS of the analyze process): {best.peak_mib:.0f} MiB")
     print(f"where the time goes (s), fastest {label} run:")
     for stage, seconds in analysis["timings_s"].items():
@@ -135,12 +174,15 @@ def _ct_case(args: argparse.Namespace, work: Path) -> None:
     study = work / "study-ct"
     t0 = time.perf_counter()
     phantom = simulate_ctp(
-        CtpPhantomOptions(matrix=args.matrix, slices=args.slices, frames=args.frames)
+        CtpPhantomOptions(
+            matrix=args.matrix, slices=args.slices, slice_mm=args.slice_mm, frames=args.frames
+        )
     )
     paths = write_ctp_study(phantom, study, extra_series=False)
     print(
-        f"== CT perfusion: phantom {args.matrix}x{args.matrix}x{args.slices} slices x "
-        f"{args.frames} frames: {len(paths)} files written in {time.perf_counter() - t0:.1f} s"
+        f"== CT perfusion: phantom {args.matrix}x{args.matrix}x{args.slices} slices of "
+        f"{args.slice_mm:g} mm x {args.frames} frames: {len(paths)} files written in "
+        f"{time.perf_counter() - t0:.1f} s"
     )
     baseline_s = _read_baseline(paths)
     _report("CT", study, work, len(paths), baseline_s, "ctp", CT_TARGET_S, args)
@@ -148,6 +190,69 @@ def _ct_case(args: argparse.Namespace, work: Path) -> None:
         f"truth:   core {phantom.truth['core_ml']:.1f} mL, "
         f"Tmax>6 {phantom.truth['tmax6_ml']:.1f} mL"
     )
+
+
+def _scaling_row(n_images: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    slices, slice_mm, frames = SCALING_STUDIES[n_images]
+    study = work / f"study-{n_images}"
+    if not (study / "truth.json").exists():
+        phantom = simulate_ctp(
+            CtpPhantomOptions(matrix=args.matrix, slices=slices, slice_mm=slice_mm, frames=frames)
+        )
+        write_ctp_study(phantom, study, extra_series=False)
+        del phantom
+    paths = sorted(study.rglob("*.dcm"))
+    before_s = _read_baseline(paths)
+    runs = [
+        _analyze(study, work / f"result-{n_images}-{i}", dicom=False, blas_threads=None)
+        for i in range(args.repeat)
+    ]
+    after_s = _read_baseline(paths)
+    best = min(runs, key=lambda r: r.wall_s)
+    with_dicom = _analyze(study, work / f"result-{n_images}-dicom", dicom=True, blas_threads=None)
+    objects_s = _analysis(with_dicom.results, "ctp")["timings_s"].get("dicom_objects", 0.0)
+    sent, written = _object_bytes(work / f"result-{n_images}-dicom" / "dicom")
+    read_s = min(before_s, after_s)
+    row = {
+        "images": len(paths),
+        "read_before_s": before_s,
+        "read_after_s": after_s,
+        "analyze_s": best.wall_s,
+        "ratio": best.wall_s / read_s,
+        "peak_mib": max(r.peak_mib for r in runs),
+        "with_dicom_s": with_dicom.wall_s,
+        "objects_s": objects_s,
+        "sent_mb": sent / 1e6,
+        "written_mb": written / 1e6,
+    }
+    print(
+        f"{row['images']:>6} {slices:>4} x {slice_mm:g} mm x {frames:<3} "
+        f"{before_s:6.2f} {after_s:6.2f} {best.wall_s:8.2f} {row['ratio']:6.1f} "
+        f"{row['peak_mib']:8.0f} {with_dicom.wall_s:8.2f} {objects_s:7.2f} "
+        f"{row['sent_mb']:7.2f} {row['written_mb']:8.2f}",
+        flush=True,
+    )
+    return row
+
+
+def _scaling_case(args: argparse.Namespace, work: Path) -> None:
+    sizes = [int(v) for v in args.scaling.split(",")]
+    unknown = [n for n in sizes if n not in SCALING_STUDIES]
+    if unknown:
+        raise SystemExit(f"--scaling: no study of {unknown} images; choose from {SCALING_STUDIES}")
+    print(f"cores: {os.cpu_count()}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        "images study                read s (before, after)  analyze s  ratio  peak MiB  "
+        "+DICOM s  objects s  MB sent  MB written"
+    )
+    rows = [_scaling_row(n, args, work) for n in sizes]
+    first = rows[0]
+    for row in rows[1:]:
+        growth = row["analyze_s"] / first["analyze_s"]
+        print(
+            f"{row['images']} images: {row['images'] / first['images']:.2f} x the images, "
+            f"{growth:.2f} x the analysis time"
+        )
 
 
 def _mri_case(args: argparse.Namespace, work: Path) -> None:
@@ -182,6 +287,12 @@ def main() -> int:
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--slice-mm", type=float, default=5.0)
+    parser.add_argument(
+        "--scaling",
+        help="comma-separated study sizes in images (of 640,1280,2400,4800): the CT "
+        "scaling series instead of --case",
+    )
     parser.add_argument("--mri-dwi-matrix", type=int, default=256)
     parser.add_argument("--mri-pwi-matrix", type=int, default=128)
     parser.add_argument("--mri-slices", type=int, default=20)
@@ -200,6 +311,9 @@ def main() -> int:
         parser.error("--repeat must be at least 1")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="strokeflow-speed-"))
+    if args.scaling:
+        _scaling_case(args, work)
+        return 0
     if args.case in ("ct", "all"):
         _ct_case(args, work)
     if args.case in ("mri", "all"):

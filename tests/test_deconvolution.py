@@ -147,3 +147,19 @@ def test_residue_fit_finds_no_model_for_a_curve_without_enhancement() -> None:
     assert delay[0] == 4.0
     with pytest.raises(ValueError, match="positive enhancement"):
         residue_fitter(np.zeros(T_S.size), STEP_S)
+
+
+def test_osvd_residues_of_a_chunk_equal_those_of_its_blocks_computed_alone() -> None:
+    """The rung ladder runs on several threads: each block must come out as if alone."""
+    t = np.arange(50.0)
+    aif = (np.maximum(t - 6.0, 0.0) ** 3 * np.exp(-(t - 6.0) / 1.5)).astype(np.float32)
+    rng = np.random.default_rng(2)
+    scale = rng.uniform(0.002, 0.02, 20000)[None]
+    conc = np.convolve(aif, np.exp(-t / 4.0))[:50, None] * scale + rng.normal(0, 1, (50, 20000))
+    dec = osvd_deconvolver(aif, 1.0)
+    residues, rung = dec.residues(conc.astype(np.float32))
+    for part in (slice(0, 4096), slice(4096, 9000), slice(9000, 20000)):
+        alone, alone_rung = dec.residues(conc[:, part].astype(np.float32))
+        np.testing.assert_array_equal(residues[:, part], alone)
+        np.testing.assert_array_equal(rung[part], alone_rung)
+    assert len(set(rung.tolist())) > 1

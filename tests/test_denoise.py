@@ -63,3 +63,60 @@ def test_shape_mismatch_is_reported() -> None:
     signal, mask = _slab(noise_hu=0.0)
     with pytest.raises(ValueError, match="mask shape"):
         smooth_within_mask(signal, mask[:, :-1], (1.0, 1.0))
+
+
+def _bilateral_pass_reference(
+    coeffs: np.ndarray, mf: np.ndarray, offsets: list[tuple[int, int]], sigma_px: float, r: int
+) -> np.ndarray:
+    """The filter pass as first written: every offset's weights computed, one thread."""
+    k, nz, ny, nx = coeffs.shape
+    padded = np.zeros((k, nz, ny + 2 * r, nx + 2 * r), dtype=np.float32)
+    padded[:, :, r : r + ny, r : r + nx] = coeffs
+    mpad = np.zeros((nz, ny + 2 * r, nx + 2 * r), dtype=np.float32)
+    mpad[:, r : r + ny, r : r + nx] = mf
+
+    def view(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+        return a[..., r + dy : r + dy + ny, r + dx : r + dx + nx]
+
+    both = (mf * view(mpad, 0, 1)) > 0
+    d_ref = float(np.median(((coeffs - view(padded, 0, 1)) ** 2).sum(axis=0)[both]))
+    d_ref = max(d_ref, 1e-6 * float((coeffs**2).sum(axis=0)[mf > 0].mean() + 1e-12))
+    num = np.zeros_like(coeffs)
+    den = np.zeros(mf.shape, dtype=np.float32)
+    diff = np.empty_like(coeffs)
+    for dy, dx in offsets:
+        spatial = np.float32(np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2)))
+        shifted = view(padded, dy, dx)
+        np.subtract(coeffs, shifted, out=diff)
+        np.square(diff, out=diff)
+        d = diff.sum(axis=0)
+        d *= np.float32(1.0 / d_ref)
+        d -= 1.0
+        np.maximum(d, 0.0, out=d)
+        d *= -np.float32(1.0 / 0.5)
+        w = np.exp(d)
+        w *= spatial
+        w *= view(mpad, dy, dx)
+        w *= mf
+        np.multiply(shifted, w, out=diff)
+        num += diff
+        den += w
+    out = np.divide(num, den, out=num, where=den > 0)
+    np.copyto(out, coeffs, where=~(den > 0))
+    return out
+
+
+def test_bilateral_pass_equals_the_plain_per_offset_filter_exactly() -> None:
+    from strokeflow.analysis.denoise import _bilateral_pass
+
+    rng = np.random.default_rng(4)
+    coeffs = rng.normal(size=(6, 5, 40, 36)).astype(np.float32)
+    coeffs[:, :, 10:20, 8:30] += 4.0  # a region with another profile
+    mf = np.ones((5, 40, 36), dtype=np.float32)
+    mf[:, :3] = 0.0
+    mf[2, 15:18, 5:9] = 0.0
+    coeffs *= mf
+    r, sigma = 3, 1.5
+    offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    expected = _bilateral_pass_reference(coeffs, mf, offsets, sigma, r)
+    np.testing.assert_array_equal(_bilateral_pass(coeffs, mf, offsets, sigma, 0.5, r), expected)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from strokeflow import __version__
 from strokeflow.analysis.ctp import AnalysisError, analyse_ctp
@@ -22,6 +22,7 @@ from strokeflow.analysis.settings import CtpSettings
 from strokeflow.assemble.ctp import (
     AssemblyError,
     CtpAcquisition,
+    ReadGrid,
     assemble_ctp,
     check_analysable,
     series_label,
@@ -29,17 +30,14 @@ from strokeflow.assemble.ctp import (
 from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.mri import assemble_mri, classify_mr_series, record_mr_roles
 from strokeflow.assemble.series import StudyInventory, build_inventory
-from strokeflow.report.dicom_outputs import (
-    ResultObjects,
-    build_ctp_result_objects,
-    build_result_objects,
-    load_source_references,
-    write_result_objects,
-)
-from strokeflow.report.mri_content import mri_result_content, mri_source_references
 from strokeflow.report.nifti import write_ctp_maps
 from strokeflow.report.results_json import ctp_analysis_json
 from strokeflow.report.results_json_mri import mri_analysis_json, write_mri_maps
+
+if TYPE_CHECKING:
+    # The DICOM result objects bring highdicom and matplotlib (~1 s of imports): they are
+    # imported where the objects are built, so that --no-dicom never pays for them.
+    from strokeflow.report.dicom_outputs import ResultObjects
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +161,7 @@ def _analyse_ctp_acquisition(
     timings: dict[str, float],
     written: list[Path],
 ) -> dict[str, Any]:
-    analysis = analyse_ctp(acq.perfusion, options.ctp)
+    analysis = analyse_ctp(acq.perfusion, options.ctp, on_grid=acq.slabs)
     timings = {**timings, **analysis.timings_s}
     with _output_stage("results"):
         result = ctp_analysis_json(
@@ -180,7 +178,12 @@ def _analyse_ctp_acquisition(
         t0 = time.perf_counter()
 
         def build() -> ResultObjects:
-            sources = load_source_references(acq.source_paths)
+            from strokeflow.report.dicom_outputs import (
+                build_ctp_result_objects,
+                load_source_references,
+            )
+
+            sources = load_source_references(acq.reference_paths or acq.source_paths)
             return build_ctp_result_objects(analysis, sources, options.ctp)
 
         _result_objects(result, build, out_dir, series_dir, written)
@@ -208,6 +211,8 @@ def _result_objects(
         log.error("result objects not built: %s", exc)
         result["dicom_errors"] = [f"no DICOM result objects: {exc}"]
         return
+    from strokeflow.report.dicom_outputs import write_result_objects
+
     with _output_stage("dicom_objects"):
         written.extend(write_result_objects(objects, out_dir / "dicom" / series_dir))
     result["dicom_dir"] = str(Path("dicom") / series_dir)
@@ -235,6 +240,9 @@ def _analyse_mri_acquisition(
         t1 = time.perf_counter()
 
         def build() -> ResultObjects:
+            from strokeflow.report.dicom_outputs import build_result_objects
+            from strokeflow.report.mri_content import mri_result_content, mri_source_references
+
             sources = mri_source_references(study, mri)
             content = mri_result_content(analysis, mri, options.mri)
             return build_result_objects(content, sources)
@@ -260,6 +268,15 @@ def _assemble(entry: dict[str, Any], label: str, assemble: Callable[[], _T], emp
     return empty
 
 
+def _read_grid(settings: CtpSettings) -> ReadGrid:
+    """The analysis grid of ``settings``: perfusion pixels are read straight into it."""
+    return ReadGrid(
+        pixel_mm=settings.analysis_pixel_mm,
+        slab_mm=settings.analysis_slab_mm,
+        thin_below_mm=settings.thin_slice_below_mm,
+    )
+
+
 def _analyse_study(
     study: StudyInventory,
     out_dir: Path,
@@ -275,7 +292,7 @@ def _analyse_study(
     }
     t0 = time.perf_counter()
     acquisitions: list[CtpAcquisition] = _assemble(
-        entry, "CT perfusion", lambda: assemble_ctp(study), []
+        entry, "CT perfusion", lambda: assemble_ctp(study, grid=_read_grid(options.ctp)), []
     )
     timings = {"read_and_index": round(read_s, 3), "assemble": 0.0}
     timings["assemble"] = round(time.perf_counter() - t0, 3)

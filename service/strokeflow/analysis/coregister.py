@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from strokeflow.analysis.volume import Geometry
 
@@ -243,6 +243,9 @@ def register_rigid(
         full = np.zeros(6)
         full[in_plane] = p3
         return cost(full)
+
+    # Imported here: scipy.optimize is a large import that CT-only runs never need.
+    from scipy import optimize
 
     first = optimize.minimize(
         cost_in_plane,

@@ -39,7 +39,7 @@ from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, QualityLimits, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
-from strokeflow.analysis.slabs import SlabPlan, combine_slices, plan_slabs
+from strokeflow.analysis.slabs import SlabPlan, binning_factor, combine_slices, plan_slabs
 from strokeflow.analysis.stages import AnalysisError, analysis_stage
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
@@ -121,7 +121,11 @@ class _Inputs:
     aif_side: int
 
 
-def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) -> CtpAnalysis:
+def analyse_ctp(
+    series: PerfusionSeries,
+    settings: CtpSettings | None = None,
+    on_grid: SlabPlan | None = None,
+) -> CtpAnalysis:
     """Run the whole CT perfusion analysis on one assembled acquisition.
 
     Parameters
@@ -130,6 +134,9 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
         ``(t, z, y, x)`` HU with per-slice acquisition times.
     settings : CtpSettings, optional
         Thresholds and method parameters; the published defaults when omitted.
+    on_grid : SlabPlan, optional
+        ``series`` was read straight into the analysis grid: its slices were combined
+        by this plan and its pixels binned to ``settings.analysis_pixel_mm`` already.
 
     Returns
     -------
@@ -153,13 +160,16 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
                 f"least {MIN_FRAMES}"
             )
     with analysis_stage("slabs"):
-        slabs = plan_slabs(
-            series.geometry.voxel_size_mm[0],
-            series.signal.shape[1],
-            settings.analysis_slab_mm,
-            settings.thin_slice_below_mm,
-        )
-        series = combine_slices(series, slabs)
+        if on_grid is None:
+            slabs = plan_slabs(
+                series.geometry.voxel_size_mm[0],
+                series.signal.shape[1],
+                settings.analysis_slab_mm,
+                settings.thin_slice_below_mm,
+            )
+            series = combine_slices(series, slabs)
+        else:
+            slabs = on_grid
     if slabs.combined:
         flags.append(
             QualityFlag(
@@ -178,7 +188,7 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
 
     with analysis_stage("binning"):
         _, dy, _ = series.geometry.voxel_size_mm
-        factor = max(1, round(settings.analysis_pixel_mm / dy))
+        factor = 1 if on_grid is not None else binning_factor(dy, settings.analysis_pixel_mm)
         signal = (
             bin_inplane(series.signal, factor) if factor > 1 else series.signal.astype(np.float32)
         )

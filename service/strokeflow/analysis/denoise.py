@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -181,27 +185,52 @@ def _bilateral_pass(
     d_ref = float(np.median(d_right[both])) if both.any() else 1.0
     # Noise-free data would make every difference "infinitely" significant.
     d_ref = max(d_ref, 1e-6 * float((coeffs**2).sum(axis=0)[mf > 0].mean() + 1e-12))
-    num = np.zeros_like(coeffs)
-    den = np.zeros(mf.shape, dtype=np.float32)
-    diff = np.empty_like(coeffs)
     inv_strength = np.float32(1.0 / strength)
-    for dy, dx in offsets:
-        spatial = np.float32(np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2)))
-        shifted = view(padded, dy, dx)
-        np.subtract(coeffs, shifted, out=diff)
-        np.square(diff, out=diff)
-        d = diff.sum(axis=0)
-        d *= np.float32(1.0 / d_ref)
-        d -= 1.0
-        np.maximum(d, 0.0, out=d)
-        d *= -inv_strength
-        w = np.exp(d)
-        w *= spatial
-        w *= view(mpad, dy, dx)
-        w *= mf
-        np.multiply(shifted, w, out=diff)
-        num += diff
-        den += w
-    out = np.divide(num, den, out=num, where=den > 0)
-    np.copyto(out, coeffs, where=~(den > 0))
+    out = np.empty_like(coeffs)
+    wanted = set(offsets)
+
+    def run(zs: slice) -> None:
+        c, cpad, mpad_z, m = coeffs[:, zs], padded[:, zs], mpad[zs], mf[zs]
+        num = np.zeros_like(c)
+        den = np.zeros(m.shape, dtype=np.float32)
+        diff = np.empty_like(c)
+        # The weight of offset o at p equals that of -o at p + o (same profile distance,
+        # same spatial weight, the two masks swapped): each pair is computed once.
+        mirrored: dict[tuple[int, int], np.ndarray] = {}
+        for dy, dx in offsets:
+            spatial = np.float32(np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2)))
+            shifted = view(cpad, dy, dx)
+            mirror = mirrored.pop((-dy, -dx), None)
+            if mirror is not None:
+                w = view(mirror, dy, dx)
+            else:
+                np.subtract(c, shifted, out=diff)
+                np.square(diff, out=diff)
+                d = diff.sum(axis=0)
+                d *= np.float32(1.0 / d_ref)
+                d -= 1.0
+                np.maximum(d, 0.0, out=d)
+                d *= -inv_strength
+                w = np.exp(d)
+                w *= spatial
+                w *= view(mpad_z, dy, dx)
+                w *= m
+                if (dy, dx) != (0, 0) and (-dy, -dx) in wanted:
+                    keep = np.zeros(mpad_z.shape, dtype=np.float32)
+                    keep[:, r : r + ny, r : r + nx] = w
+                    mirrored[(dy, dx)] = keep
+            np.multiply(shifted, w, out=diff)
+            num += diff
+            den += w
+        result = np.divide(num, den, out=num, where=den > 0)
+        np.copyto(result, c, where=~(den > 0))
+        out[:, zs] = result
+
+    # Slices are filtered independently (in-plane neighbours only) and numpy releases
+    # the GIL in its array loops: one thread per core, each on a block of slices.
+    n_blocks = max(1, min(nz, os.cpu_count() or 1))
+    bounds = np.linspace(0, nz, n_blocks + 1).round().astype(int)
+    blocks = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    with ThreadPoolExecutor(max_workers=n_blocks) as pool:
+        list(pool.map(run, blocks))
     return out

@@ -7,10 +7,11 @@ it, and multi-slab acquisitions give every slice its own clock.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 
 def resample_uniform(
@@ -110,11 +111,12 @@ def resample_uniform(
 
     nz_out = slabs.shape[1]
     out = np.empty((n, nz_out, slabs.shape[2]), dtype=np.float32)
-    for z in range(nz_out):
+
+    def one_slice(z: int) -> None:
         t_z = times[:, z]
         if method == "pchip":
-            out[:, z] = PchipInterpolator(t_z, slabs[:, z], axis=0)(grid_s)
-            continue
+            out[:, z] = pchip(t_z, slabs[:, z], grid_s)
+            return
         # Frame i1 is the first acquisition at or after each grid time; i0 = i1 - 1.
         i1 = np.clip(np.searchsorted(t_z, grid_s, side="left"), 1, nt - 1)
         i0 = i1 - 1
@@ -123,6 +125,78 @@ def resample_uniform(
         s1 = slabs[i1, z].astype(np.float32, copy=False)
         out[:, z] = s0 + w * (s1 - s0)
 
+    # Slices are independent and numpy releases the GIL in its array loops.
+    with ThreadPoolExecutor(max_workers=min(nz_out, os.cpu_count() or 1)) as pool:
+        list(pool.map(one_slice, range(nz_out)))
+
     if signal.ndim == 4:
         return out.reshape((n, *signal.shape[1:])), grid_s
     return out[:, 0, :], grid_s
+
+
+def pchip(x: np.ndarray, y: np.ndarray, x_new: np.ndarray) -> np.ndarray:
+    """Shape-preserving piecewise-cubic (PCHIP, Fritsch-Carlson) interpolation along axis 0.
+
+    The arithmetic of ``scipy.interpolate.PchipInterpolator(x, y, axis=0)(x_new)``
+    operation for operation (derivatives, Hermite coefficients, power-basis evaluation
+    in float64), so the values are the same, without building a piecewise polynomial
+    object or importing ``scipy.interpolate`` (a second of process start-up).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(t,)`` strictly increasing sample positions, at least 2.
+    y : numpy.ndarray
+        ``(t, n)`` samples.
+    x_new : numpy.ndarray
+        ``(m,)`` positions to evaluate at, inside ``[x[0], x[-1]]`` (outside, the end
+        cubics are extrapolated).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m, n)`` float64.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    h = (x[1:] - x[:-1])[:, None]
+    m = (y[1:] - y[:-1]) / h
+    d = np.zeros_like(y)
+    if y.shape[0] == 2:
+        d[0] = m[0]
+        d[1] = m[0]
+    else:
+        sign = np.sign(m)
+        flat = (sign[1:] != sign[:-1]) | (m[1:] == 0) | (m[:-1] == 0)
+        w1 = 2 * h[1:] + h[:-1]
+        w2 = h[1:] + 2 * h[:-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            harmonic = (w1 / m[:-1] + w2 / m[1:]) / (w1 + w2)
+            d[1:-1] = np.where(flat, 0.0, 1.0 / harmonic)
+        d[0] = _pchip_end(h[0], h[1], m[0], m[1])
+        d[-1] = _pchip_end(h[-1], h[-2], m[-1], m[-2])
+    x_new = np.asarray(x_new, dtype=np.float64)
+    i = np.clip(np.searchsorted(x, x_new, side="right") - 1, 0, x.size - 2)
+    out = np.empty((x_new.size, y.shape[1]), dtype=np.float64)
+    # Interval by interval (the points are sorted), so that every coefficient row is
+    # broadcast instead of gathered once per output point.
+    bounds = np.flatnonzero(np.diff(i)) + 1
+    for a, b in zip(np.r_[0, bounds], np.r_[bounds, i.size], strict=True):
+        j = int(i[a])
+        slope, d0 = m[j], d[j]
+        t = (d0 + d[j + 1] - 2 * slope) / h[j]
+        c0 = t / h[j]
+        c1 = (slope - d0) / h[j] - t
+        s = (x_new[a:b] - x[j])[:, None]
+        s2 = s * s
+        out[a:b] = ((y[j] + d0 * s) + c1 * s2) + c0 * (s2 * s)
+    return out
+
+
+def _pchip_end(h0: np.ndarray, h1: np.ndarray, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:
+    """One-sided three-point end derivative, limited to keep the end monotone."""
+    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    wrong_sign = np.sign(d) != np.sign(m0)
+    overshoot = (np.sign(m0) != np.sign(m1)) & (np.abs(d) > 3.0 * np.abs(m0))
+    d = np.where(wrong_sign, 0.0, d)
+    return np.where(~wrong_sign & overshoot, 3.0 * m0, d)

@@ -87,6 +87,53 @@ def plan_slabs(slice_mm: float, n_slices: int, slab_mm: float, thin_below_mm: fl
     )
 
 
+def binning_factor(pixel_mm: float, target_mm: float) -> int:
+    """In-plane binning factor that brings ``pixel_mm`` pixels closest to ``target_mm``.
+
+    Parameters
+    ----------
+    pixel_mm : float
+        Input pixel size (row spacing) in mm.
+    target_mm : float
+        Analysis pixel size in mm.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    return max(1, round(target_mm / pixel_mm))
+
+
+def slab_clock(
+    times_s: np.ndarray, missing: np.ndarray, plan: SlabPlan
+) -> tuple[np.ndarray, np.ndarray]:
+    """Times and missing mask of the slabs: the mean time of a slab's slices, missing
+    when any of them was.
+
+    Parameters
+    ----------
+    times_s : numpy.ndarray
+        ``(t, z)`` input slice times in seconds.
+    missing : numpy.ndarray
+        ``(t, z)`` bool.
+    plan : SlabPlan
+
+    Returns
+    -------
+    times_s : numpy.ndarray
+        ``(t, n_slabs)`` float64.
+    missing : numpy.ndarray
+        ``(t, n_slabs)`` bool.
+    """
+    nt = times_s.shape[0]
+    n = plan.slices_per_slab
+    used = slice(plan.first_slice, plan.first_slice + plan.n_slabs * n)
+    times = times_s[:, used].reshape(nt, plan.n_slabs, n).mean(axis=2)
+    gaps = np.asarray(missing[:, used].reshape(nt, plan.n_slabs, n).any(axis=2))
+    return times, gaps
+
+
 def slab_geometry(geometry: Geometry, plan: SlabPlan) -> Geometry:
     """Geometry of the slab grid: slab ``k`` is centred on its input slices' centre."""
     if not plan.combined and plan.first_slice == 0:
@@ -128,8 +175,7 @@ def combine_slices(series: PerfusionSeries, plan: SlabPlan) -> PerfusionSeries:
         return series
     signal = series.signal[:, used].astype(np.float32, copy=False)
     signal = signal.reshape(nt, plan.n_slabs, n, ny, nx).mean(axis=2, dtype=np.float32)
-    times = series.times_s[:, used].reshape(nt, plan.n_slabs, n).mean(axis=2)
-    missing = np.asarray(series.missing[:, used].reshape(nt, plan.n_slabs, n).any(axis=2))
+    times, missing = slab_clock(series.times_s, series.missing, plan)
     return PerfusionSeries(
         signal=np.ascontiguousarray(signal),
         times_s=times,

@@ -19,8 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
+from strokeflow.analysis.slabs import (
+    SlabPlan,
+    binning_factor,
+    plan_slabs,
+    slab_clock,
+    slab_geometry,
+)
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 from strokeflow.assemble.files import InstanceHeader, read_frame
+from strokeflow.assemble.grid_read import SliceImages, read_into_grid
+from strokeflow.assemble.references import reference_candidates
 from strokeflow.assemble.series import (
     StudyInventory,
     cluster_positions,
@@ -47,6 +56,19 @@ class AssemblyError(Exception):
 
 
 @dataclass(frozen=True)
+class ReadGrid:
+    """The analysis grid to read a perfusion into (see :mod:`strokeflow.assemble.grid_read`).
+
+    The values are those of :class:`strokeflow.analysis.settings.CtpSettings` of the
+    same names: ``analysis_pixel_mm``, ``analysis_slab_mm``, ``thin_slice_below_mm``.
+    """
+
+    pixel_mm: float
+    slab_mm: float
+    thin_below_mm: float
+
+
+@dataclass(frozen=True)
 class CtpAcquisition:
     """One assembled CT perfusion acquisition.
 
@@ -67,6 +89,19 @@ class CtpAcquisition:
     reference : dict of str to str
         Non-identifying context (StudyDate, Manufacturer, model, kVp, series
         description); never patient names or IDs.
+    slabs : SlabPlan or None
+        When read into the analysis grid (:class:`ReadGrid`): how the input slices were
+        combined into the slabs of ``perfusion``, which is binned in-plane too. None:
+        ``perfusion`` holds the input slices and pixels as acquired.
+    input_shape : tuple of int
+        ``(t, z, y, x)`` of the images as acquired.
+    input_voxel_mm : tuple of float
+        ``(dz, dy, dx)`` of the images as acquired.
+    reference_paths : list of Path
+        The files among ``source_paths`` that the result objects may reference: at
+        every slice position those of the earliest image (see
+        :func:`strokeflow.assemble.references.reference_candidates`), so that only they
+        are read again.
     """
 
     study_uid: str
@@ -77,9 +112,15 @@ class CtpAcquisition:
     time_source: str = ""
     slice_positions_mm: tuple[float, ...] = ()
     reference: dict[str, str] = field(default_factory=dict)
+    slabs: SlabPlan | None = None
+    input_shape: tuple[int, int, int, int] = (0, 0, 0, 0)
+    input_voxel_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    reference_paths: list[Path] = field(default_factory=list)
 
 
-def assemble_ctp(study: StudyInventory, max_workers: int | None = None) -> list[CtpAcquisition]:
+def assemble_ctp(
+    study: StudyInventory, max_workers: int | None = None, grid: ReadGrid | None = None
+) -> list[CtpAcquisition]:
     """Assemble every CT perfusion acquisition of a study (usually 0 or 1).
 
     Parameters
@@ -88,6 +129,9 @@ def assemble_ctp(study: StudyInventory, max_workers: int | None = None) -> list[
         From :func:`strokeflow.assemble.series.build_inventory`.
     max_workers : int, optional
         Threads decoding pixels (default: CPU count + 1, at most 8).
+    grid : ReadGrid, optional
+        Read straight into the analysis grid (slabs, in-plane bins); default: the
+        images as acquired.
 
     Returns
     -------
@@ -126,7 +170,7 @@ def assemble_ctp(study: StudyInventory, max_workers: int | None = None) -> list[
             warnings = [w for uid in uids for w in early_warnings[uid]]
             instances = [h for _, hs in chain for h in hs]
             acquisitions.append(
-                assemble_group(study.study_uid, uids, instances, key, warnings, max_workers)
+                assemble_group(study.study_uid, uids, instances, key, warnings, max_workers, grid)
             )
     acquisitions.sort(key=lambda pair: pair[0])
     return [acquisition for _, acquisition in acquisitions]
@@ -188,8 +232,8 @@ def check_analysable(acquisition: CtpAcquisition) -> None:
         smaller than :data:`MIN_FIELD_OF_VIEW_MM` on a side; the message gives the
         time points, slices and matrix (the caller names the series).
     """
-    nt, nz, ny, nx = acquisition.perfusion.signal.shape
-    _, dy, dx = acquisition.perfusion.geometry.voxel_size_mm
+    nt, nz, ny, nx = acquisition.input_shape
+    _, dy, dx = acquisition.input_voxel_mm
     fov_y, fov_x = ny * dy, nx * dx
     if min(ny, nx) >= MIN_MATRIX and min(fov_y, fov_x) >= MIN_FIELD_OF_VIEW_MM:
         return
@@ -217,8 +261,12 @@ def assemble_group(
     key: tuple[object, ...],
     warnings: list[str],
     max_workers: int | None,
+    grid: ReadGrid | None = None,
 ) -> tuple[float, CtpAcquisition]:
-    """Assemble one acquisition; returns (absolute start time, acquisition)."""
+    """Assemble one acquisition; returns (absolute start time, acquisition).
+
+    With ``grid`` the pixels are read into the analysis grid (see :class:`ReadGrid`).
+    """
     label = series_label(series_uids)
     first = instances[0]
     if first.pixel_spacing_mm is None or first.orientation is None:
@@ -249,7 +297,6 @@ def assemble_group(
     series_of = [h.series_uid for h in instances]
     frame_of = _align_frames(per_slice, times_abs, series_of, z_mm, nt, label)
 
-    signal = np.empty((nt, nz, first.rows, first.columns), dtype=np.float32)
     missing = np.ones((nt, nz), dtype=bool)
     times = np.full((nt, nz), np.nan)
     jobs = []
@@ -257,42 +304,63 @@ def assemble_group(
         for i, t in zip(lst, frame_of[z], strict=True):
             jobs.append((t, z, instances[i]))
             times[t, z] = times_abs[i]
-
-    def load(job: tuple[int, int, InstanceHeader]) -> str | None:
-        t, z, h = job
-        try:
-            read_frame(h, signal[t, z])
-        except ValueError as exc:
-            return str(exc)
-        missing[t, z] = False
-        return None
-
+    # Times of absent images come from the other slices (independent of the pixels).
+    _fill_missing_times(times, missing)
     workers = max_workers or min(8, (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        errors = [e for e in pool.map(load, jobs) if e is not None]
+    geometry, gap_warning = slice_geometry(instances, slice_of, z_mm, label)
+    shape_tyx = (nt, first.rows, first.columns)
+    plan: SlabPlan | None = None
+    _, dy, _ = geometry.voxel_size_mm
+    factor = 1 if grid is None else binning_factor(dy, grid.pixel_mm)
+    if grid is None or factor > min(first.rows, first.columns):
+        # A matrix smaller than one bin is read as it is, for check_analysable to refuse.
+        signal, missing, errors = _read_full(jobs, shape_tyx, nz, workers)
+        t0 = np.nanmin(np.where(missing, np.nan, times))
+        times -= t0
+        unusable = _check_slices(missing, z_mm, label)
+        for z in range(nz):
+            if unusable is None and missing[:, z].any():
+                _interpolate_slice(signal[:, z], times[:, z], missing[:, z])
+    else:
+        # Interpolation inside the reader uses the clock of the images present; an
+        # unreadable first image moves the origin afterwards (a float64 shift only).
+        present = np.zeros((nt, nz), dtype=bool)
+        for t, z, _ in jobs:
+            present[t, z] = True
+        t0 = np.nanmin(np.where(present, times, np.nan))
+        times -= t0
+        plan = plan_slabs(geometry.voxel_size_mm[0], nz, grid.slab_mm, grid.thin_below_mm)
+        slices = [
+            SliceImages(z, [(t, instances[i]) for i, t in zip(lst, frame_of[z], strict=True)])
+            for z, lst in enumerate(per_slice)
+        ]
+        signal, missing, errors = read_into_grid(
+            slices, plan, factor, shape_tyx, times, _interpolate_slice, workers
+        )
+        unusable = _check_slices(missing, z_mm, label)
+        shift = np.nanmin(np.where(missing, np.nan, times))
+        if shift:
+            times -= shift
+            t0 += shift
     for e in errors:
         warnings.append(f"{label}: unreadable image skipped and filled by interpolation: {e}")
-    source_paths = [h.path for t, z, h in jobs if not missing[t, z]]
-
-    _fill_missing_times(times, missing)
-    t0 = np.nanmin(np.where(missing, np.nan, times))
-    times -= t0
+    if unusable is not None:
+        raise AssemblyError(unusable)
+    used = [h for t, z, h in jobs if not missing[t, z]]
+    source_paths = [h.path for h in used]
     for z in range(nz):
         n_missing = int(missing[:, z].sum())
-        present = nt - n_missing
-        if present < 2:
-            raise AssemblyError(
-                f"{label}: slice {z} (z={z_mm[z]:.1f} mm) has {present} readable of {nt} frames; "
-                f"cannot interpolate"
-            )
         if n_missing:
-            _interpolate_slice(signal[:, z], times[:, z], missing[:, z])
             warnings.append(
                 f"{label}: {n_missing} of {nt} frames missing at slice {z} (z={z_mm[z]:.1f} mm); "
                 f"filled by linear interpolation in time"
             )
-
-    geometry, gap_warning = slice_geometry(instances, slice_of, z_mm, label)
+    input_shape = (nt, nz, first.rows, first.columns)
+    input_voxel_mm = geometry.voxel_size_mm
+    slab_times, slab_missing = times, missing
+    if plan is not None:
+        slab_times, slab_missing = slab_clock(times, missing, plan)
+        geometry = slab_geometry(geometry, plan).downsampled(factor)
     if gap_warning:
         warnings.append(gap_warning)
     reference = {
@@ -306,13 +374,61 @@ def assemble_group(
     return float(t0), CtpAcquisition(
         study_uid=study_uid,
         series_uids=series_uids,
-        perfusion=PerfusionSeries(signal=signal, times_s=times, geometry=geometry, missing=missing),
+        perfusion=PerfusionSeries(
+            signal=signal, times_s=slab_times, geometry=geometry, missing=slab_missing
+        ),
         warnings=warnings,
         source_paths=source_paths,
         time_source=time_source,
         slice_positions_mm=tuple(float(v) for v in z_mm),
         reference=reference,
+        slabs=plan,
+        input_shape=input_shape,
+        input_voxel_mm=input_voxel_mm,
+        reference_paths=reference_candidates(used),
     )
+
+
+def _read_full(
+    jobs: list[tuple[int, int, InstanceHeader]],
+    shape_tyx: tuple[int, int, int],
+    nz: int,
+    workers: int,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode every image into one ``(t, z, y, x)`` float32 array (thread pool).
+
+    Returns the array, the ``(t, z)`` missing mask (no image or undecodable) and the
+    decoding errors in job order.
+    """
+    nt, ny, nx = shape_tyx
+    signal = np.empty((nt, nz, ny, nx), dtype=np.float32)
+    missing = np.ones((nt, nz), dtype=bool)
+
+    def load(job: tuple[int, int, InstanceHeader]) -> str | None:
+        t, z, h = job
+        try:
+            read_frame(h, signal[t, z])
+        except ValueError as exc:
+            return str(exc)
+        missing[t, z] = False
+        return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        errors = [e for e in pool.map(load, jobs) if e is not None]
+    return signal, missing, errors
+
+
+def _check_slices(missing: np.ndarray, z_mm: np.ndarray, label: str) -> str | None:
+    """Why the acquisition cannot be used (a slice with fewer than two frames), or None."""
+    nt = missing.shape[0]
+    for z in range(missing.shape[1]):
+        present = nt - int(missing[:, z].sum())
+        if present < 2:
+            return (
+                f"{label}: slice {z} (z={z_mm[z]:.1f} mm) has {present} readable of {nt} frames; "
+                f"cannot interpolate"
+            )
+    return None
 
 
 def _align_frames(
