@@ -314,7 +314,17 @@ def study_is_whole(session: Session, study: Study, data_dir: Path) -> Wholeness:
 
 
 def _complete_whole(session: Session, data_dir: Path, now: datetime) -> list[Study]:
-    """Complete every released receiving study that its counts say is whole."""
+    """Complete every released receiving study that its counts say is whole.
+
+    The counts of studies still arriving are read too, without locking them (the
+    receivers update their rows), so that at the release only the last few headers are
+    left to read: a 640-image study's take ~0.5 s on a loaded 2-core machine.
+    """
+    arriving = session.scalars(
+        select(Study).where(Study.state == StudyState.RECEIVING, Study.released.is_(False))
+    ).all()
+    for study in arriving:
+        study_is_whole(session, study, data_dir)
     stmt = (
         select(Study)
         .where(Study.state == StudyState.RECEIVING, Study.released.is_(True))
