@@ -313,18 +313,42 @@ def study_is_whole(session: Session, study: Study, data_dir: Path) -> Wholeness:
     )
 
 
+#: Per arriving study id, the highest instance id whose counts were read: each sweep reads
+#: only newer ones. A hint for speed only (the decision reads every instance's counts).
+_WARMED: dict[int, int] = {}
+
+
+def _warm_arriving(session: Session, data_dir: Path) -> None:
+    """Read (into the cache) the counts of instances new since the last sweep in studies
+    still arriving; no rows are locked (the receivers update them)."""
+    arriving = list(
+        session.scalars(
+            select(Study.id).where(Study.state == StudyState.RECEIVING, Study.released.is_(False))
+        )
+    )
+    for stale in set(_WARMED) - set(arriving):
+        del _WARMED[stale]
+    for study_id in arriving:
+        mark = _WARMED.get(study_id, 0)
+        new = session.execute(
+            select(Instance.id, Instance.path)
+            .join(Series, Instance.series_id == Series.id)
+            .where(Series.study_id == study_id, Instance.id > mark)
+        ).all()
+        for instance_id, path in new:
+            read_counts(str(data_dir / path))
+            mark = max(mark, instance_id)
+        _WARMED[study_id] = mark
+
+
 def _complete_whole(session: Session, data_dir: Path, now: datetime) -> list[Study]:
     """Complete every released receiving study that its counts say is whole.
 
-    The counts of studies still arriving are read too, without locking them (the
-    receivers update their rows), so that at the release only the last few headers are
-    left to read: a 640-image study's take ~0.5 s on a loaded 2-core machine.
+    The counts of studies still arriving are read too (:func:`_warm_arriving`), so that
+    at the release only the last few headers are left to read: a 640-image study's take
+    ~0.5-2 s on a loaded 2-core machine.
     """
-    arriving = session.scalars(
-        select(Study).where(Study.state == StudyState.RECEIVING, Study.released.is_(False))
-    ).all()
-    for study in arriving:
-        study_is_whole(session, study, data_dir)
+    _warm_arriving(session, data_dir)
     stmt = (
         select(Study)
         .where(Study.state == StudyState.RECEIVING, Study.released.is_(True))
