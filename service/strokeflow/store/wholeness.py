@@ -95,7 +95,7 @@ def read_counts(path: str) -> ImageCounts | None:
     """The counting elements of the file at ``path``; ``None`` if it cannot be read.
 
     Stored instances never change under their path (a changed resend gets a new one), so
-    the answer is cached: the completion sweep asks again every second.
+    the answer is cached: the completion sweep asks again at every pass.
     """
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
