@@ -27,16 +27,15 @@ answered); every received instance is then counted (files, or SQL rows). DCMTK r
 ~40 ms for a delayed ACK, which would measure the kernel's timer rather than the receivers;
 one extra run shows what a sender with those defaults gets from each Python receiver.
 
-End to end: ``strokeflow serve`` (quiet period ``--quiet-period-s``) with an Orthanc (else
-a DCMTK storescp) as the PACS destination; the latency is from storescu's exit to the last
-result object stored in the PACS (Orthanc ``/statistics`` polled every 0.1 s), with the
-job's stage times from ``strokeflow job ID --json``.
+End to end (``benchmarks/e2e.py``, run after the table unless ``--no-e2e``): ``strokeflow
+serve`` (quiet period ``--quiet-period-s``) with an Orthanc (else a DCMTK storescp) as the
+PACS destination; the latency is from storescu's exit to the last result object stored in
+the PACS, with the stage times (receive, completion, analysis, objects, dispatch).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -44,13 +43,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from sqlalchemy import func, select
@@ -59,12 +54,10 @@ from harness import Server, free_port, listening, strokeflow_env, wait_until
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.store.engine import make_engine, make_session_factory
-from strokeflow.store.models import Dispatch, DispatchState, Instance, Job, JobState
+from strokeflow.store.models import Instance
 
 #: Ingest with one sender must reach this fraction of the bare pynetdicom SCP.
 ONE_SENDER_RATIO_TARGET = 0.8
-#: End-to-end latency target for a CT perfusion study on 2 cores.
-E2E_TARGET_S = 30.0
 STROKEFLOW = str(Path(sys.executable).parent / "strokeflow")
 AE_TITLE = "STROKEFLOW"
 PACS_AE = "PACS"
@@ -366,176 +359,6 @@ def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
             print(f"  {receiver.name:<34}{wall_s:8.2f} s {count / wall_s:7.0f} inst/s")
 
 
-class Pacs:
-    """The PACS destination: Orthanc when installed, else DCMTK storescp into a folder."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True)
-        self.port = free_port()
-        self.folder = folder
-        orthanc = shutil.which("Orthanc") or (
-            "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
-        )
-        self.http_port = free_port() if orthanc else None
-        if orthanc is not None:
-            config = {
-                "Name": "strokeflow-benchmark-pacs",
-                "StorageDirectory": str(folder / "storage"),
-                "IndexDirectory": str(folder / "index"),
-                "DicomAet": PACS_AE,
-                "DicomPort": self.port,
-                "HttpPort": self.http_port,
-                "RemoteAccessAllowed": False,
-                "AuthenticationEnabled": False,
-                "DicomModalities": {"strokeflow": [AE_TITLE, "127.0.0.1", 1]},
-                "Plugins": [],
-            }
-            (folder / "orthanc.json").write_text(json.dumps(config))
-            argv = [orthanc, str(folder / "orthanc.json")]
-            self.name = "Orthanc"
-            self.server = Server("Orthanc", argv, folder / "pacs.log", dict(os.environ))
-            wait_until(lambda: self.server.check_alive() and self._rest_answers(), 60, "Orthanc")
-        else:
-            (folder / "out").mkdir()
-            argv = ["storescp", "--fork", "-aet", PACS_AE, "-od", str(folder / "out")]
-            self.name = "DCMTK storescp"
-            self.server = Server(
-                "storescp", [*argv, str(self.port)], folder / "pacs.log", dcmtk_env()
-            )
-            wait_until(lambda: self.server.check_alive() and listening(self.port), 30, "storescp")
-
-    def _rest_answers(self) -> bool:
-        try:
-            self.instances()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-        return True
-
-    def instances(self) -> int:
-        """Instances the PACS holds now."""
-        if self.http_port is None:
-            return sum(1 for p in (self.folder / "out").iterdir() if p.is_file())
-        url = f"http://127.0.0.1:{self.http_port}/statistics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(json.loads(response.read())["CountInstances"])
-
-    @property
-    def destination(self) -> str:
-        return f"{PACS_AE}@127.0.0.1:{self.port}"
-
-
-def _latest_job(database_url: str) -> tuple[Job | None, int]:
-    """The newest job and how many of its result objects are sent."""
-    engine = make_engine(database_url)
-    try:
-        with make_session_factory(engine)() as session:
-            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
-            if job is None:
-                return None, 0
-            sent = session.scalar(
-                select(func.count())
-                .select_from(Dispatch)
-                .where(Dispatch.job_id == job.id, Dispatch.state == DispatchState.SENT)
-            )
-            return job, int(sent or 0)
-    except Exception:
-        return None, 0  # not migrated yet
-    finally:
-        engine.dispose()
-
-
-def end_to_end(args: argparse.Namespace, study: Study, work: Path) -> None:
-    """``strokeflow serve`` → PACS: latency from the last instance sent to the last result."""
-    folder = work / "e2e"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    os.sync()
-    pacs = Pacs(folder / "pacs")
-    serve: Server | None = None
-    try:
-        port = free_port()
-        env = strokeflow_env(
-            folder / "data",
-            port,
-            http_port=free_port(),
-            quiet_period_s=args.quiet_period_s,
-            destinations=pacs.destination,
-        )
-        serve = Server("strokeflow serve", [STROKEFLOW, "serve"], folder / "serve.log", env)
-        wait_until(
-            lambda: serve is not None and serve.check_alive() and _listening_processes(serve.log),
-            60,
-            "strokeflow serve to listen",
-        )
-        database_url = f"sqlite:///{folder / 'data' / 'strokeflow.sqlite'}"
-        send_s = send(port, shares_of(study.files, args.e2e_senders), dcmtk_env(), AE_TITLE)
-        sent_at = time.monotonic()
-        sent_utc = datetime.now(UTC)
-        seen: dict[int, float] = {}
-        deadline = sent_at + args.e2e_timeout_s
-        job: Job | None = None
-        while time.monotonic() < deadline:
-            serve.check_alive()
-            count = pacs.instances()
-            seen.setdefault(count, time.monotonic())
-            job, sent = _latest_job(database_url)
-            if job is not None and job.state is JobState.FAILED:
-                raise SystemExit(f"job {job.id} failed: {job.error} (log: {serve.log})")
-            if job is not None and job.state is JobState.DISPATCHED and count >= sent > 0:
-                break
-            time.sleep(0.1)
-        else:
-            state = job.state.value if job is not None else "no job"
-            raise SystemExit(
-                f"no result in {pacs.name} after {args.e2e_timeout_s:.0f} s ({state}; "
-                f"log: {serve.log})"
-            )
-        assert job is not None
-        latency_s = seen[max(seen)] - sent_at
-        stages = _job_stages(job.id, env)
-    finally:
-        if serve is not None:
-            serve.stop()
-        pacs.server.stop()
-    print(
-        f"== end to end: {study.instances} instances by {args.e2e_senders} sender(s) in "
-        f"{send_s:.1f} s "
-        f"to strokeflow serve (quiet period {args.quiet_period_s:g} s) -> {pacs.name}"
-    )
-    print(f"last result object in the PACS {latency_s:.1f} s after the last instance was sent")
-    print("stage times after the last instance was sent (strokeflow job --json):")
-    for name in (
-        "last_instance_at",
-        "completed_at",
-        "queued_at",
-        "started_at",
-        "finished_at",
-        "dispatched_at",
-    ):
-        if stages.get(name):
-            offset = (datetime.fromisoformat(stages[name]) - sent_utc).total_seconds()
-            print(f"  {name:<18}{offset:7.1f} s")
-    print(
-        f"result: core {stages.get('core_ml')} mL, Tmax>6 {stages.get('tmax6_ml')} mL; "
-        f"{len(stages.get('dispatches', []))} result objects"
-    )
-    verdict = "PASS" if latency_s < E2E_TARGET_S else "FAIL"
-    print(f"{verdict}: end-to-end latency {latency_s:.1f} s (target < {E2E_TARGET_S:.0f} s)")
-
-
-def _job_stages(job_id: int, env: dict[str, str]) -> dict[str, Any]:
-    done = subprocess.run(
-        [STROKEFLOW, "job", str(job_id), "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"strokeflow job {job_id} --json failed: {done.stderr}")
-    return dict(json.loads(done.stdout))
-
-
 def _int_list(text: str) -> list[int]:
     values = [int(v) for v in text.split(",") if v.strip()]
     if not values or min(values) < 1:
@@ -570,7 +393,15 @@ def main() -> int:
         study = make_study(args, work)
         ingest(args, study, work)
         if args.e2e:
-            end_to_end(args, study, work)
+            from e2e import end_to_end  # benchmarks/e2e.py
+
+            end_to_end(
+                study.files,
+                work,
+                senders=args.e2e_senders,
+                quiet_period_s=args.quiet_period_s,
+                timeout_s=args.e2e_timeout_s,
+            )
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

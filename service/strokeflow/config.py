@@ -228,6 +228,11 @@ class Settings(BaseSettings):
     quiet_period_s: float = Field(10.0, gt=0)
     #: A study with no new instance for this long is complete even if never released.
     quiet_timeout_s: float = Field(300.0, gt=0)
+    #: A released study whose own counts (Number of Temporal Positions, Images in
+    #: Acquisition, Number of Series Related Instances) say it is whole completes at once,
+    #: without the quiet period. Off for senders that send one study's series on
+    #: associations far apart: a series after the completion makes a new job version.
+    complete_when_whole: bool = True
     worker_count: int = Field(2, ge=1)
     #: Receiving processes sharing the DICOM port (SO_REUSEPORT); more when one is GIL-bound.
     receiver_processes: int = Field(1, ge=1, le=64)
@@ -374,6 +379,7 @@ class Settings(BaseSettings):
             "allowed_hosts": list(self.allowed_hosts),
             "quiet_period_s": self.quiet_period_s,
             "quiet_timeout_s": self.quiet_timeout_s,
+            "complete_when_whole": self.complete_when_whole,
             "worker_count": self.worker_count,
             "receiver_processes": self.receiver_processes,
             "max_associations": self.max_associations,

@@ -418,3 +418,43 @@ def test_an_attempt_is_counted_before_its_objects_are_sent(
         server.shutdown()
     (row,) = _rows(sessions, job_id)
     assert row.state is DispatchState.SENT and row.attempts == 1
+
+
+def test_objects_go_out_in_order_once_each_and_an_unreadable_one_is_retried(
+    sessions: sessionmaker[Session],
+    result_files: list[Path],
+    make_pacs: Callable[..., Pacs],
+    tmp_path: Path,
+) -> None:
+    """Objects are prepared one ahead of the one on the wire; one that cannot be read
+    costs only itself: it stays pending with its error and goes at the next attempt."""
+    pacs = make_pacs(rle=True)
+    dests = [pacs.destination]
+    job_id = _succeeded_job(sessions, result_files, tmp_path, dests)
+    rows = sorted(_rows(sessions, job_id), key=lambda r: r.id)
+    broken = tmp_path / rows[1].path
+    saved = broken.read_bytes()
+    broken.write_bytes(b"not DICOM")
+    summary = _send(sessions, job_id, dests, tmp_path, T0)
+    n = len(result_files)
+    assert (summary.sent, summary.retrying, summary.failed) == (n - 1, 1, 0)
+    others = [r.sop_instance_uid for r in rows if r.id != rows[1].id]
+    assert [str(ds.SOPInstanceUID) for ds in pacs.received] == others
+    row = next(r for r in _rows(sessions, job_id) if r.id == rows[1].id)
+    assert row.state is DispatchState.PENDING and row.attempts == 1
+    assert row.error is not None and broken.name in row.error
+    assert row.next_attempt_at is not None and row.next_attempt_at > T0
+    assert _state(sessions, job_id).state is JobState.SUCCEEDED
+    broken.write_bytes(saved)
+    later = row.next_attempt_at
+    dispatch_due(
+        sessions,
+        destinations=dests,
+        data_dir=tmp_path,
+        calling_ae_title="STROKEFLOW",
+        policy=POLICY,
+        clock=lambda: later,
+    )
+    received = [str(ds.SOPInstanceUID) for ds in pacs.received]
+    assert sorted(received) == sorted(r.sop_instance_uid for r in rows) and len(received) == n
+    assert _state(sessions, job_id).state is JobState.DISPATCHED

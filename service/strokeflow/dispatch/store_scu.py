@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     RLELossless,
@@ -33,6 +38,8 @@ from strokeflow.report.structured_report import SR_SOP_CLASSES, sr_in_encoding
 
 LOG = logging.getLogger(__name__)
 
+#: Objects read and compressed ahead of the one being sent (bounds the memory held).
+PREPARE_AHEAD = 2
 #: SR encodings tried in this order when the destination rejects a report's class.
 SR_FALLBACK_ORDER = ("comprehensive3d", "comprehensive", "enhanced")
 _SR_CLASSES = {uid: name for name, uid in SR_SOP_CLASSES.items()}
@@ -127,16 +134,19 @@ def _compressible(ds: Dataset) -> bool:
     )
 
 
-def _requested_contexts(ae: AE, datasets: list[Dataset], compress_pages: bool) -> None:
+def _requested_contexts(ae: AE, metas: list[tuple[str, UID]], compress_pages: bool) -> None:
+    """Contexts for (SOP class, transfer syntax as written) of every object to send."""
     classes: dict[str, list[str]] = {}
-    for ds in datasets:
-        sop_class = str(ds.SOPClassUID)
-        syntax = str(ds.file_meta.TransferSyntaxUID)
+    for sop_class, syntax in metas:
         wanted = [sop_class]
         if sop_class in _SR_CLASSES:
             wanted = [SR_SOP_CLASSES[name] for name in SR_FALLBACK_ORDER]
-        offered = [syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        if compress_pages and _compressible(ds):
+        offered = [str(syntax), ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        if (
+            compress_pages
+            and sop_class == SecondaryCaptureImageStorage
+            and not syntax.is_compressed
+        ):
             offered.insert(0, RLELossless)
         for cls in wanted:
             syntaxes = classes.setdefault(cls, [])
@@ -147,6 +157,23 @@ def _requested_contexts(ae: AE, datasets: list[Dataset], compress_pages: bool) -
         # One context per syntax, so a destination can refuse one and accept another.
         for ts in syntaxes:
             ae.add_requested_context(cls, ts)
+
+
+def _meta(item: StoreItem) -> tuple[str, UID]:
+    """(SOP class, transfer syntax) from the file's meta header; the row's class if the
+    file cannot be read (its read fails again, and is reported, when it is prepared)."""
+    try:
+        meta = read_file_meta_info(item.path)
+        return str(meta.MediaStorageSOPClassUID), UID(str(meta.TransferSyntaxUID))
+    except (OSError, InvalidDicomError, AttributeError) as exc:
+        LOG.debug("meta header of %s not read: %s", item.path, exc)
+        return item.sop_class_uid, UID(ExplicitVRLittleEndian)
+
+
+def _prepare(path: Path, rle: bool) -> Dataset:
+    """The data set to send: read, and RLE Lossless if an uncompressed page and ``rle``."""
+    ds = dcmread(path)
+    return _rle(ds) if rle and _compressible(ds) else ds
 
 
 def _rle(ds: Dataset) -> Dataset:
@@ -207,6 +234,23 @@ def _send_one(
     return last
 
 
+def _send_prepared(
+    assoc: Association,
+    destination: Destination,
+    item: StoreItem,
+    prepared: Future[Dataset],
+    accepted: set[tuple[str, str]],
+) -> ObjectOutcome:
+    try:
+        ds = prepared.result()
+    except (OSError, InvalidDicomError, ValueError, RuntimeError) as exc:
+        # This object alone: the others go on; it stays pending and is retried.
+        return ObjectOutcome(False, None, f"{item.path.name} could not be read: {exc}")
+    if not assoc.is_established:
+        return ObjectOutcome(False, None, f"{destination} ended the association early")
+    return _send_one(assoc, ds, accepted)
+
+
 def store_objects(
     items: list[StoreItem],
     destination: Destination,
@@ -228,17 +272,17 @@ def store_objects(
     Returns
     -------
     list of ObjectOutcome
-        One per item, in order. Items after a lost association come back unsent.
+        One per item, in order. Items after a lost association, and an item whose file
+        cannot be read, come back unsent (retryable).
 
     Raises
     ------
     DicomNetworkError
         The destination cannot be reached or refuses the association.
     """
-    datasets: list[Dataset] = [dcmread(item.path) for item in items]
     ae = AE(ae_title=calling_ae_title)
     ae.maximum_pdu_size = 0
-    _requested_contexts(ae, datasets, compress_pages)
+    _requested_contexts(ae, [_meta(item) for item in items], compress_pages)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
         what = "rejected the association" if assoc.is_rejected else "could not be reached"
@@ -246,22 +290,33 @@ def store_objects(
     accepted = {
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
     }
-    if compress_pages and (SecondaryCaptureImageStorage, RLELossless) in accepted:
-        datasets = [_rle(ds) if _compressible(ds) else ds for ds in datasets]
-        LOG.debug("%s takes RLE Lossless: pages sent compressed", destination)
+    rle = compress_pages and (SecondaryCaptureImageStorage, RLELossless) in accepted
     outcomes: list[ObjectOutcome] = []
-    try:
-        for item, ds in zip(items, datasets, strict=True):
-            if not assoc.is_established:
-                outcomes.append(
-                    ObjectOutcome(False, None, f"{destination} ended the association early")
-                )
-                continue
-            outcome = _send_one(assoc, ds, accepted)
-            if not outcome.stored:
-                LOG.warning("%s: %s did not store %s", item.path.name, destination, outcome.error)
-            outcomes.append(outcome)
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    # Each object is read (and compressed) by a helper thread while the one before it is
+    # on the wire and being stored by the destination: the first page goes out after one
+    # page's preparation, not after all of them.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="strokeflow-dispatch") as pool:
+        ahead: deque[tuple[StoreItem, Future[Dataset]]] = deque()
+        queue = iter(items)
+
+        def top_up() -> None:
+            while len(ahead) < PREPARE_AHEAD and (item := next(queue, None)) is not None:
+                ahead.append((item, pool.submit(_prepare, item.path, rle)))
+
+        try:
+            top_up()
+            while ahead:
+                item, prepared = ahead.popleft()
+                top_up()
+                outcome = _send_prepared(assoc, destination, item, prepared, accepted)
+                if not outcome.stored:
+                    LOG.warning(
+                        "%s: %s did not store %s", item.path.name, destination, outcome.error
+                    )
+                outcomes.append(outcome)
+        finally:
+            for _, pending in ahead:
+                pending.cancel()
+            if assoc.is_established:
+                assoc.release()
     return outcomes

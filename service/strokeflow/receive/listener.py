@@ -40,6 +40,9 @@ LOG = logging.getLogger(__name__)
 #: instance (benchmarks/ingest.py: 66 -> 72 instances/s with 0.5 ms).
 RECEIVER_SWITCH_INTERVAL_S = 0.0005
 
+#: How often (s) the completion sweep runs: a released whole study waits for the next one.
+SWEEP_INTERVAL_S = 0.25
+
 #: Called with the ids of newly queued jobs after they are committed.
 OnQueued = Callable[[list[int]], None]
 
@@ -148,8 +151,12 @@ def run_listener(
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-    rules = CompletionRules(settings.quiet_period_s, settings.quiet_timeout_s)
-    sweeper = Sweeper(sessions, rules, on_queued)
+    rules = CompletionRules(
+        settings.quiet_period_s,
+        settings.quiet_timeout_s,
+        data_dir=settings.data_dir if settings.complete_when_whole else None,
+    )
+    sweeper = Sweeper(sessions, rules, on_queued, interval_s=SWEEP_INTERVAL_S)
     if settings.receiver_processes == 1:
         sys.setswitchinterval(RECEIVER_SWITCH_INTERVAL_S)
         receiver = Receiver(settings, sessions)

@@ -8,6 +8,10 @@ A study is *complete* when
   (``expected_count``);
 * no instance arrived for the longer ``quiet_timeout_s``, associations or not
   (``quiet_timeout``; covers senders that keep an association open);
+* every association has ended and the study's own counts say it is whole (Number of
+  Temporal Positions, Images in Acquisition or Number of Series Related Instances filled by
+  the vendor, see :mod:`strokeflow.store.wholeness`), without waiting out the quiet period
+  (``acquisition_whole``; only when :class:`CompletionRules` has the data directory);
 * an operator forces it (``forced``).
 
 A complete study is *queued*: a :class:`~strokeflow.store.models.Job` row with the next
@@ -31,6 +35,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from pydicom.uid import (
     Comprehensive3DSRStorage,
@@ -53,6 +58,7 @@ from strokeflow.store.models import (
     StudyState,
 )
 from strokeflow.store.repository import InstanceChange, InstanceRecord, lock_study, record_instance
+from strokeflow.store.wholeness import Wholeness, read_counts, series_wholeness, study_wholeness
 
 LOG = logging.getLogger(__name__)
 
@@ -76,10 +82,15 @@ class StudyStateError(ValueError):
 
 @dataclass(frozen=True)
 class CompletionRules:
-    """When a receiving study counts as complete (seconds)."""
+    """When a receiving study counts as complete (seconds).
+
+    With ``data_dir`` (where the instances' paths are rooted), a released study whose
+    acquisition counts say it is whole completes without waiting out the quiet period.
+    """
 
     quiet_period_s: float = 10.0
     quiet_timeout_s: float = 300.0
+    data_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.quiet_period_s <= 0 or self.quiet_timeout_s <= 0:
@@ -267,6 +278,88 @@ def complete_due(session: Session, rules: CompletionRules, now: datetime) -> lis
         reason = "quiet_period" if quiet_ok else "quiet_timeout"
         _complete(study, now, reason)
         done.append(study)
+    if rules.data_dir is not None:
+        done += _complete_whole(session, rules.data_dir, now)
+    return done
+
+
+def study_is_whole(session: Session, study: Study, data_dir: Path) -> Wholeness:
+    """What the counts of a study's stored series say about the study.
+
+    Parameters
+    ----------
+    session : Session
+    study : Study
+    data_dir : Path
+        Root of the instances' paths.
+
+    Returns
+    -------
+    Wholeness
+    """
+    rows = session.execute(
+        select(Series.id, Series.expected_instances, Instance.path)
+        .join(Instance, Instance.series_id == Series.id)
+        .where(Series.study_id == study.id)
+    ).all()
+    paths: dict[int, list[str]] = {}
+    expected: dict[int, int | None] = {}
+    for series_id, expected_instances, path in rows:
+        paths.setdefault(series_id, []).append(str(data_dir / path))
+        expected[series_id] = expected_instances
+    return study_wholeness(
+        series_wholeness([read_counts(p) for p in series_paths], expected[series_id])
+        for series_id, series_paths in paths.items()
+    )
+
+
+#: Per arriving study id, the highest instance id whose counts were read: each sweep reads
+#: only newer ones. A hint for speed only (the decision reads every instance's counts).
+_WARMED: dict[int, int] = {}
+
+
+def _warm_arriving(session: Session, data_dir: Path) -> None:
+    """Read (into the cache) the counts of instances new since the last sweep in studies
+    still arriving; no rows are locked (the receivers update them)."""
+    arriving = list(
+        session.scalars(
+            select(Study.id).where(Study.state == StudyState.RECEIVING, Study.released.is_(False))
+        )
+    )
+    for stale in set(_WARMED) - set(arriving):
+        del _WARMED[stale]
+    for study_id in arriving:
+        mark = _WARMED.get(study_id, 0)
+        new = session.execute(
+            select(Instance.id, Instance.path)
+            .join(Series, Instance.series_id == Series.id)
+            .where(Series.study_id == study_id, Instance.id > mark)
+        ).all()
+        for instance_id, path in new:
+            read_counts(str(data_dir / path))
+            mark = max(mark, instance_id)
+        _WARMED[study_id] = mark
+
+
+def _complete_whole(session: Session, data_dir: Path, now: datetime) -> list[Study]:
+    """Complete every released receiving study that its counts say is whole.
+
+    The counts of studies still arriving are read too (:func:`_warm_arriving`), so that
+    at the release only the last few headers are left to read: a 640-image study's take
+    ~0.5-2 s on a loaded 2-core machine.
+    """
+    _warm_arriving(session, data_dir)
+    stmt = (
+        select(Study)
+        .where(Study.state == StudyState.RECEIVING, Study.released.is_(True))
+        .order_by(Study.last_instance_at)
+        .with_for_update(skip_locked=True)
+    )
+    done = []
+    for study in session.scalars(stmt):
+        if study_is_whole(session, study, data_dir) is Wholeness.WHOLE:
+            _complete(study, now, "acquisition_whole")
+            done.append(study)
     return done
 
 
