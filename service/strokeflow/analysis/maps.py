@@ -342,11 +342,10 @@ def _chunk_maps(
         if fitted_tmax:
             tmax_raw = onset_s
         elif model_lags is not None:
-            # The lag a noise-free curve of the best model shows at this voxel's rung:
-            # the shift of its residue's peak from its onset (residue shape,
-            # regularisation, sampling and truncation of the scan together).
-            # Averaged over the delays of the fit with its likelihood weights, as the
-            # onset is, so that near-equal fits of other shapes count.
+            # The shift of the regularised peak from the onset that noise-free curves of
+            # the best models show at this voxel's rung (relative: only what their delay
+            # adds, i.e. the scan's end cutting them). Averaged over the delays of the
+            # fit with its likelihood weights, as the onset is.
             delay_idx = fit.window_start[None, :] + np.arange(fit.weights.shape[0])[:, None]
             model_shift_s = (fit.weights * model_lags[rung[None, :], delay_idx, fit.models]).sum(0)
             base_s = tmax_raw if model_lags_relative else peak_lag_s
