@@ -182,6 +182,8 @@ def candidate_methods() -> dict[str, Method]:
         "fit Tmax, k window 1/3": _maps_method(flow_window_s=(1.0, 3.0), fitted_tmax=True),
         "fit Tmax, k window 0.5/2": _maps_method(flow_window_s=(0.5, 2.0), fitted_tmax=True),
         "default: k window 1/3": _maps_method(),
+        "k window 1/3, exponential lag only": _maps_method(model_lag="off"),
+        "k window 1/3, model lag": _maps_method(model_lag="full"),
     }
 
 

@@ -7,8 +7,9 @@ deconvolved, flow-scaled residue in 1/s and ``rho``/``k_H`` from ``constants``:
 * CBV [mL/100 g]     = (k_H / rho) * 100 * integral C_t / integral C_a (area ratio)
 * MTT [s]            = 60 * CBV / CBF (central volume theorem)
 * Tmax [s]           = lag of the maximum of k, sub-frame by parabolic interpolation, less
-  the regularisation lag (below); negative lags (tissue earlier than the arterial input)
-  are clipped to 0. Optionally (``fitted_tmax``) the onset of the residue from a
+  the regularisation lag (below) and what a scan too short for the voxel's delay adds to
+  it (``model_lag``); negative lags (tissue earlier than the arterial input) are clipped
+  to 0. Optionally (``fitted_tmax``) the onset of the residue from a
   least-squares fit of a residue model seeded by the oSVD (``analysis.residue_fit``).
 * TTP [s]            = time to peak of the temporally smoothed tissue curve, from the
   start of the uniform grid
@@ -91,6 +92,7 @@ def compute_maps(
     residue_fit: bool = True,
     flow_window_s: tuple[float, float] | None = (1.0, 3.0),
     fitted_tmax: bool = False,
+    model_lag: Literal["off", "full", "truncation"] = "truncation",
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -148,6 +150,18 @@ def compute_maps(
         partial volume mixes an earlier neighbour into a voxel, the single-delay model
         follows the earlier rise (about 1 s early on the project's phantom; see
         ``docs/deconvolution.md``).
+    model_lag : {"off", "full", "truncation"}
+        With ``residue_fit`` and ``correct_tmax_lag``, the voxel's best-fitting model
+        curves (likelihood-weighted over the fitted delays; sampled and cut by the last
+        frame like the data) are deconvolved at the voxel's rung. "truncation" (default)
+        also subtracts the lag their delay adds to the same model starting at 0 s: the
+        scan's end cutting a delayed residue moves its regularised peak later (1-2 s for
+        tissue at 9-11 s in a 35 s scan), which the zero-delay exponential calibration
+        cannot know; for a scan that holds the whole first pass it is ~0. "full" replaces
+        the exponential lag by the model's own (residue shape included): best on clean
+        curves, but early on noisy, spatially filtered tissue (``docs/deconvolution.md``).
+        "off": the exponential calibration alone. The peak itself still follows the
+        dominant delay of a voxel that mixes delays.
 
     Returns
     -------
@@ -173,6 +187,8 @@ def compute_maps(
         raise ValueError(f"chunk_voxels must be at least 1; got {chunk_voxels}")
     if not step_s > 0:
         raise ValueError(f"step_s must be positive; got {step_s}")
+    if model_lag not in ("off", "full", "truncation"):
+        raise ValueError(f"model_lag must be 'off', 'full' or 'truncation'; got {model_lag!r}")
     if flow_window_s is not None and not min(flow_window_s) >= 0:
         raise ValueError(f"flow_window_s must be two non-negative seconds; got {flow_window_s}")
 
@@ -213,6 +229,11 @@ def compute_maps(
         else None
     )
     fitter = residue_fitter(a, step_s) if (method == "osvd" and residue_fit) else None
+    model_lags = (
+        _model_lag_table(dec, fitter, step_s, relative=model_lag == "truncation")
+        if (fitter is not None and correct_tmax_lag and model_lag != "off" and not fitted_tmax)
+        else None
+    )
     nvox_total = flat.shape[1]
     outputs = {
         name: np.full(nvox_total, np.nan, dtype=np.float32)
@@ -240,6 +261,8 @@ def compute_maps(
             fitter,
             flow_window_s,
             fitted_tmax,
+            model_lags,
+            model_lag == "truncation",
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -269,6 +292,8 @@ def _chunk_maps(
     fitter: ResidueFitter | None = None,
     flow_window_s: tuple[float, float] | None = None,
     fitted_tmax: bool = False,
+    model_lags: np.ndarray | None = None,
+    model_lags_relative: bool = False,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -286,6 +311,7 @@ def _chunk_maps(
         # Samples N..2N-1 of a circulant residue are negative lags (wrap-around).
         lag = np.where(peak_idx >= dec.n_frames, lag - dec.n_lags, lag)
     tmax_raw = lag * step_s
+    peak_lag_s = tmax_raw
 
     cbf = _FLOW_SCALE * 6000.0 * np.clip(k_max, 0.0, None)
     cbv = _FLOW_SCALE * 100.0 * _trapezoid_area(curves) / aif_area
@@ -296,7 +322,8 @@ def _chunk_maps(
     if fitter is not None and dec.circulant:
         # Seed: where the residue first rises to half its peak. The peak itself can lie
         # anywhere on the plateau of a box-like residue; its rise marks the delay.
-        flow, delay_s = fitter.fit(curves, _half_rise_lag(k, peak_idx, dec) * step_s)
+        fit = fitter.fit_models(curves, _half_rise_lag(k, peak_idx, dec) * step_s)
+        flow, delay_s = fit.flow_per_s, fit.delay_s
         # Only the onset is taken: the fitted flow is not better than max k overall, as
         # short transit times leave flow and residue shape unidentifiable
         # (docs/deconvolution.md, benchmarks/deconvolution_family.py).
@@ -308,6 +335,15 @@ def _chunk_maps(
                 mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
         if fitted_tmax:
             tmax_raw = onset_s
+        elif model_lags is not None:
+            # The shift of the regularised peak from the onset that noise-free curves of
+            # the best models show at this voxel's rung (relative: only what their delay
+            # adds, i.e. the scan's end cutting them). Averaged over the delays of the
+            # fit with its likelihood weights, as the onset is.
+            delay_idx = fit.window_start[None, :] + np.arange(fit.weights.shape[0])[:, None]
+            model_shift_s = (fit.weights * model_lags[rung[None, :], delay_idx, fit.models]).sum(0)
+            base_s = tmax_raw if model_lags_relative else peak_lag_s
+            tmax_raw = np.where(flow > 0, base_s - model_shift_s, tmax_raw)
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]
@@ -370,6 +406,39 @@ def _bias_calibration(dec: Deconvolver, aif: np.ndarray, step_s: float) -> _Bias
         # What the voxel would report as MTT: CBV / CBF = MTT / peak ratio.
         measured[i] = np.maximum.accumulate(_CAL_MTT_S / peak_ratio[i])
     return _BiasCalibration(measured, np.minimum(peak_ratio, 1.0), lag_s)
+
+
+def _model_lag_table(
+    dec: Deconvolver, fitter: ResidueFitter, step_s: float, *, relative: bool = False
+) -> np.ndarray:
+    """Peak lag less onset (s) of every model curve of ``fitter``, at every rung.
+
+    Returns a ``(rungs, delays, models)`` array: the model curves (unit norm; the lag
+    does not depend on the scale) are deconvolved like tissue curves at each rung of the
+    ladder and the lag of their residue's maximum read as for a voxel.
+    """
+    n_delays, n, n_models = fitter.atoms.shape
+    curves = np.ascontiguousarray(fitter.atoms.transpose(1, 0, 2).reshape(n, n_delays * n_models))
+    w = (dec.u_t @ curves) * dec.inv_s[:, None]
+    onset_s = np.repeat(fitter.delays_s, n_models)
+    out = np.empty((len(dec.ranks), n_delays * n_models))
+    # The rungs keep more and more components: each adds only its new ones to k.
+    k = np.zeros((dec.n_lags, curves.shape[1]), dtype=np.float32)
+    prev = 0
+    for i, rank in enumerate(dec.ranks):
+        if rank > prev:
+            k += dec.v[:, prev:rank] @ w[prev:rank]
+            prev = rank
+        idx, offset = _peak_with_offset(k, wrap=dec.circulant)
+        lag = (idx + offset).astype(np.float64)
+        if dec.circulant:
+            lag = np.where(idx >= n, lag - dec.n_lags, lag)
+        out[i] = lag * step_s - onset_s
+    table = out.reshape(len(dec.ranks), n_delays, n_models)
+    if relative:
+        # Only what the delay adds: the same model starting at 0 s.
+        table = table - table[:, [int(np.argmin(np.abs(fitter.delays_s)))], :]
+    return table
 
 
 def _max_near_onset(

@@ -52,6 +52,35 @@ _BLOCK_VOXELS = 4096
 
 
 @dataclass(frozen=True)
+class ResidueFit:
+    """Result of fitting the model table to a group of voxels.
+
+    Attributes
+    ----------
+    flow_per_s : numpy.ndarray
+        ``(nvox,)`` float64 posterior-mean ``F`` (1/s), 0 where no model correlates
+        positively.
+    delay_s : numpy.ndarray
+        ``(nvox,)`` float64 posterior-mean delay (s); the seed where ``F`` is 0.
+    window_start : numpy.ndarray
+        ``(nvox,)`` int index into ``ResidueFitter.delays_s`` of the first delay of each
+        voxel's search window.
+    weights : numpy.ndarray
+        ``(window, nvox)`` float64 likelihood weights of the window's delays (summing to 1,
+        all 0 where ``F`` is 0): the weights of the posterior means above.
+    models : numpy.ndarray
+        ``(window, nvox)`` int best (shape, MTT) model at each delay of the window, an
+        index into the last axis of ``ResidueFitter.atoms``.
+    """
+
+    flow_per_s: np.ndarray
+    delay_s: np.ndarray
+    window_start: np.ndarray
+    weights: np.ndarray
+    models: np.ndarray
+
+
+@dataclass(frozen=True)
 class ResidueFitter:
     """Model tissue curves of one arterial input, ready to fit many voxels.
 
@@ -91,6 +120,23 @@ class ResidueFitter:
         delay_s : numpy.ndarray
             ``(nvox,)`` float64 delay of the best model (s); the seed where ``F`` is 0.
         """
+        fit = self.fit_models(curves, seed_delay_s)
+        return fit.flow_per_s, fit.delay_s
+
+    def fit_models(self, curves: np.ndarray, seed_delay_s: np.ndarray) -> ResidueFit:
+        """Like ``fit``, and also which table entry (delay, model) fits each voxel best.
+
+        Parameters
+        ----------
+        curves : numpy.ndarray
+            ``(N, nvox)`` tissue enhancement, in the units of the arterial input.
+        seed_delay_s : numpy.ndarray
+            ``(nvox,)`` delay (s) around which the search window is centred.
+
+        Returns
+        -------
+        ResidueFit
+        """
         c = np.asarray(curves, dtype=np.float32)
         n_delays = self.delays_s.size
         h = self.half_width
@@ -100,6 +146,9 @@ class ResidueFitter:
         centre = np.clip(centre, h, n_delays - 1 - h)
         flow = np.zeros(c.shape[1])
         delay = seed.copy()
+        start_idx = np.zeros(c.shape[1], dtype=np.intp)
+        weights = np.zeros((2 * h + 1, c.shape[1]))
+        models = np.zeros((2 * h + 1, c.shape[1]), dtype=np.intp)
         for ci in np.unique(centre):
             group = np.flatnonzero(centre == ci)
             window = slice(ci - h, ci + h + 1)
@@ -108,17 +157,21 @@ class ResidueFitter:
             norms = self.norms[window]
             for start in range(0, group.size, _BLOCK_VOXELS):
                 vox = group[start : start + _BLOCK_VOXELS]
-                f, d = self._fit_block(atoms, norms, c[:, vox])
+                f, d, w, m = self._fit_block(atoms, norms, c[:, vox])
                 found = f > 0
                 flow[vox] = f
                 delay[vox[found]] = self.delays_s[ci - h] + d[found] * step
-        return flow, delay
+                start_idx[vox] = ci - h
+                weights[:, vox] = w
+                models[:, vox] = m
+        return ResidueFit(flow, delay, start_idx, weights, models)
 
     @staticmethod
     def _fit_block(
         atoms: np.ndarray, norms: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior-mean flow and delay index of a block, over the delays of the window."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Posterior-mean flow and delay index of a block over the delays of the window,
+        the normalised weights of those delays and the best model at each."""
         n_win, n_models = norms.shape
         proj = (atoms.T @ c).reshape(n_win, n_models, c.shape[1])
         # Profile over the models: the best shape and transit time at each delay.
@@ -141,7 +194,9 @@ class ResidueFitter:
             f = (w * flow_delay).sum(axis=0) / wsum
             d = (w * np.arange(n_win)[:, None]).sum(axis=0) / wsum
         found = (p_best > 0) & (wsum > 0)
-        return np.where(found, f, 0.0), np.where(found, d, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w_norm = np.where(found, w / wsum, 0.0)
+        return np.where(found, f, 0.0), np.where(found, d, 0.0), w_norm, best_model
 
 
 def residue_fitter(
