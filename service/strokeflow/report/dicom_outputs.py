@@ -27,7 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from strokeflow import __version__
 from strokeflow.analysis.ctp import CtpAnalysis
-from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
+from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, PUBLISHED_TMAX_S, RULE_SETS
 from strokeflow.analysis.inputs import VascularCurve
 from strokeflow.analysis.quality import QualityFlag
 from strokeflow.analysis.settings import CtpSettings
@@ -178,7 +178,7 @@ def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultCo
     ResultContent
     """
     m = analysis.metrics
-    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
+    t6, t10 = PUBLISHED_TMAX_S
     core_pct = f"{100 * settings.core_rcbf_threshold:g} %"
     core_def = f"rCBF < {settings.core_rcbf_threshold:g}"
     if settings.core_requires_tmax_s > 0:

@@ -17,7 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
+from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, PUBLISHED_TMAX_S, RULE_SETS
 from strokeflow.analysis.mri import MriAcquisition, MriAnalysis, MriSettings
 from strokeflow.assemble.files import InstanceHeader
 from strokeflow.assemble.series import StudyInventory
@@ -111,7 +111,7 @@ def mri_result_content(
     m = analysis.metrics
     perfusion = analysis.perfusion_available and m is not None
     thr = settings.adc_core_threshold_um2_s
-    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
+    t6, t10 = PUBLISHED_TMAX_S
     cluster = f"; clusters under {settings.min_cluster_ml:g} mL removed"
     core_def = (
         f"ADC < {thr:g} x10^-6 mm2/s in brain tissue (ADC > {settings.csf_adc_um2_s:g} "
@@ -246,18 +246,18 @@ def mri_result_content(
         maps += [
             MapSpec(
                 "CBF",
-                pm.cbf_ml_100g_min,
+                pm.cbf_relative,
                 "relative",
                 0.0,
-                _relative_range(pm.cbf_ml_100g_min, tissue),
+                _relative_range(pm.cbf_relative, tissue),
                 geometry=grid,
             ),
             MapSpec(
                 "CBV",
-                pm.cbv_ml_100g,
+                pm.cbv_relative,
                 "relative",
                 0.0,
-                _relative_range(pm.cbv_ml_100g, tissue),
+                _relative_range(pm.cbv_relative, tissue),
                 geometry=grid,
             ),
             MapSpec("MTT", pm.mtt_s, "s", 0.0, 15.0, geometry=grid),

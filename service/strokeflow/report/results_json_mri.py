@@ -161,8 +161,8 @@ def write_mri_maps(analysis: MriAnalysis, out_dir: Path) -> list[Path]:
     if analysis.maps is not None and analysis.pwi_geometry is not None:
         maps = analysis.maps
         pwi = {
-            "pwi_cbf_relative": maps.cbf_ml_100g_min,
-            "pwi_cbv_relative": maps.cbv_ml_100g,
+            "pwi_cbf_relative": maps.cbf_relative,
+            "pwi_cbv_relative": maps.cbv_relative,
             "pwi_mtt_s": maps.mtt_s,
             "pwi_tmax_s": maps.tmax_s,
             "pwi_ttp_s": maps.ttp_s,
