@@ -116,24 +116,13 @@ def ctp_parts(analysis: CtpAnalysis, settings: CtpSettings) -> ModalityParts:
     slab_text = f"{slabs.slab_mm:g} mm ({slabs.slices_per_slab} x {slabs.input_slice_mm:g} mm)"
     times = analysis.grid_s - analysis.grid_s[0]
     curves = [
-        Curve(
-            "AIF",
-            times,
-            analysis.aif.curve,
-            location_text(analysis.aif, analysis.geometry),
-            (255, 70, 70),
+        Curve(label, times, curve.curve, location_text(curve, analysis.geometry), colour)
+        for label, curve, colour in (
+            ("AIF", analysis.aif, (255, 70, 70)),
+            ("VOF", analysis.vof, (80, 160, 255)),
         )
+        if curve is not None
     ]
-    if analysis.vof is not None:
-        curves.append(
-            Curve(
-                "VOF",
-                times,
-                analysis.vof.curve,
-                location_text(analysis.vof, analysis.geometry),
-                (80, 160, 255),
-            )
-        )
     method = (
         f"oSVD deconvolution (oscillation index {settings.oscillation_index:g}), automatically "
         "detected AIF and VOF"
