@@ -1,7 +1,8 @@
 """A site's own Tmax thresholds add volumes named by their value; the rules keep 6 s / 10 s.
 
 One small CT phantom written as DICOM and analysed twice through ``analyze_paths``: with
-the published defaults and as a site that configured ``tmax_thresholds_s = (4, 8)``.
+the published defaults and as a site that configured ``tmax_thresholds_s = (4, 8)``; and
+the same for one small MR stroke phantom (DWI, ADC, DSC).
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ import pydicom
 import pytest
 
 from strokeflow.analysis.decisions import extra_tmax_thresholds_s
+from strokeflow.analysis.mri import MriSettings, analyse_mri
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analyze import AnalyzeOptions, AnalyzeOutcome, analyze_paths
+from strokeflow.assemble.files import scan_paths
+from strokeflow.assemble.mri import assemble_mri
+from strokeflow.assemble.series import build_inventory
 from strokeflow.cli import _analysis_line
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
+from strokeflow.phantom.mri import MriPhantomOptions, simulate_mri
+from strokeflow.phantom.mri_dicom import write_mri_study
 from strokeflow.report import dicom_outputs
+from strokeflow.report.mri_content import mri_result_content, mri_summary
+from strokeflow.report.nifti import write_mri_maps
 from strokeflow.report.render import SummaryContent
 from strokeflow.report.summary import AnalysisSummary, TmaxVolume
 from tools import require_tool
@@ -180,3 +189,34 @@ def test_summary_refuses_a_record_without_the_published_thresholds(
         dataclasses.replace(summary, core_ml=-1.0)
     with pytest.raises(ValueError, match="details repeat"):
         dataclasses.replace(summary, details={**summary.details, "core_ml": 1.0})
+
+
+def test_mr_site_thresholds_add_volumes_and_keep_the_published_ones(tmp_path: Path) -> None:
+    options = MriPhantomOptions(seed=5, dwi_matrix=64, pwi_matrix=48, slices=8, frames=40)
+    write_mri_study(simulate_mri(options), tmp_path / "src", distractors=False)
+    acquisition = assemble_mri(build_inventory(scan_paths([tmp_path / "src"])[0])[0])
+    assert acquisition is not None
+    default = analyse_mri(acquisition, MriSettings())
+    site_settings = MriSettings(tmax_thresholds_s=(4.0, 8.0))
+    site = analyse_mri(acquisition, site_settings)
+    assert site.metrics == default.metrics and site.decisions == default.decisions
+    assert site.tmax6 is not None and default.tmax6 is not None
+    np.testing.assert_array_equal(site.tmax6, default.tmax6)
+    four, eight = site.tmax_extra
+    assert (four.threshold_s, eight.threshold_s) == (4.0, 8.0)
+    assert four.mask.shape == site.core.shape
+    # Nested with the published region: Tmax > 4 s holds it, Tmax > 8 s lies inside it.
+    assert not (site.tmax6 & ~four.mask).any() and not (eight.mask & ~site.tmax6).any()
+    entry = mri_summary(site, acquisition, site_settings).to_json()
+    assert entry["tmax_volumes_ml"] == {
+        "4": four.volume_ml,
+        "6": entry["tmax6_ml"],
+        "8": eight.volume_ml,
+        "10": entry["tmax10_ml"],
+    }
+    content = mri_result_content(site, acquisition, site_settings)
+    assert [r.key for r in content.regions][-2:] == ["tmax4", "tmax8"]
+    assert content.regions[-1].definition.startswith("DSC Tmax > 8 s in DWI space")
+    assert "Tmax > 4 s" in dict(content.summary.volume_rows)
+    names = {p.name for p in write_mri_maps(site, tmp_path / "maps")}
+    assert {"tmax4_mask.nii.gz", "tmax8_mask.nii.gz", "pwi_cbf_relative.nii.gz"} <= names
