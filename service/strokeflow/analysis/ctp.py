@@ -36,9 +36,9 @@ from strokeflow.analysis.inputs import (
 )
 from strokeflow.analysis.lesions import (
     TmaxRegion,
-    clean_mask,
     ctp_lesion_masks,
     extra_tmax_regions,
+    tmax_above,
     volume_ml,
 )
 from strokeflow.analysis.maps import PerfusionMaps, compute_maps
@@ -272,10 +272,9 @@ def analyse_ctp(series: PerfusionSeries, settings: CtpSettings | None = None) ->
         core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
         vv = geometry.voxel_volume_ml
         metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
-        tmax_filled = np.nan_to_num(maps.tmax_s, nan=0.0)
         tmax_extra = extra_tmax_regions(
             settings.tmax_thresholds_s,
-            lambda t: clean_mask(tmax_filled > t, masks.tissue, vv, settings.min_cluster_ml),
+            lambda t: tmax_above(maps, masks.tissue, vv, settings.min_cluster_ml, t),
             tmax6,
             vv,
         )

@@ -129,6 +129,22 @@ def extra_tmax_regions(
     return tuple(regions)
 
 
+def tmax_above(
+    maps: PerfusionMaps,
+    tissue: np.ndarray,
+    voxel_volume_ml: float,
+    min_cluster_ml: float,
+    threshold_s: float,
+) -> np.ndarray:
+    """Cleaned ``(z, y, x)`` mask of the tissue whose Tmax exceeds ``threshold_s``.
+
+    One definition for the published thresholds and a site's own, so that they differ
+    only in the threshold (a NaN Tmax counts as 0 s).
+    """
+    tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
+    return clean_mask(tmax > threshold_s, tissue, voxel_volume_ml, min_cluster_ml)
+
+
 def ctp_lesion_masks(
     maps: PerfusionMaps,
     masks: BrainMasks,
@@ -151,8 +167,8 @@ def ctp_lesion_masks(
     tissue = masks.tissue
     vv = geometry.voxel_volume_ml
     tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
-    tmax6 = clean_mask(tmax > HYPOPERFUSION_TMAX_S, tissue, vv, settings.min_cluster_ml)
-    tmax10 = clean_mask(tmax > SEVERE_HYPOPERFUSION_TMAX_S, tissue, vv, settings.min_cluster_ml)
+    tmax6 = tmax_above(maps, tissue, vv, settings.min_cluster_ml, HYPOPERFUSION_TMAX_S)
+    tmax10 = tmax_above(maps, tissue, vv, settings.min_cluster_ml, SEVERE_HYPOPERFUSION_TMAX_S)
     tmax10 &= tmax6
     n_left = np.count_nonzero(tmax6 & (hemis.side == LEFT))
     n_right = np.count_nonzero(tmax6 & (hemis.side == RIGHT))
