@@ -137,3 +137,18 @@ def test_missing_skull_is_reported() -> None:
     flat = np.full((2, 32, 32), 30.0, dtype=np.float32)
     with pytest.raises(ValueError, match="no skull"):
         brain_masks(flat, np.zeros_like(flat), PIXEL_MM, SLICE_MM)
+
+
+def test_rims_beside_vessels_and_skull_are_unmeasured_tissue(study) -> None:
+    _, frac, m = study
+    assert not (m.unmeasured & m.tissue).any()
+    assert not (m.unmeasured & (frac["ventricle"] == 1)).any()
+    assert not (m.unmeasured & (frac["skull"] == 1)).any()
+    # The ring the vessel mask is dilated by is tissue beside the artery, not its lumen.
+    near_artery = ndimage.binary_dilation(frac["artery"] > 0.3, structure=np.ones((1, 3, 3)))
+    ring = near_artery & (frac["artery"] == 0) & (frac["brain"] == 1)
+    assert m.unmeasured[ring & m.vessels].mean() > 0.9
+    assert not m.unmeasured[frac["artery"] > 0.5].any()
+    # And the voxels at the inner skull surface that the brain mask leaves out.
+    rim = (frac["inside"] == 1) & ~m.brain & ~ndimage.binary_dilation(frac["sinus"] > 0)
+    assert m.unmeasured[rim].mean() > 0.9

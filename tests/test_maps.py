@@ -212,3 +212,13 @@ def test_cbf_of_a_noisy_long_residue_is_not_inflated_by_its_tail() -> None:
     wide = compute_maps(noisy, AIF, STEP_S, flow_window_s=None).cbf_ml_100g_min.mean()
     assert abs(near / 12.0 - 1.0) < abs(wide / 12.0 - 1.0)
     assert near < wide
+
+
+def test_cbf_bias_correction_applies_to_the_flow_read_near_the_fitted_onset() -> None:
+    # Short transit time: regularisation lowers the residue peak; the correction must
+    # act on the CBF the flow window reads, not on a value that window then replaces.
+    curve = tissue_enhancement(T_S, AIF, 60.0, 3.0, delay_s=1.0)[:, None].astype(np.float32)
+    plain = compute_maps(curve, AIF, STEP_S).cbf_ml_100g_min[0]
+    corrected = compute_maps(curve, AIF, STEP_S, correct_cbf_bias=True).cbf_ml_100g_min[0]
+    assert corrected > plain * 1.03
+    assert abs(corrected - 60.0) < abs(plain - 60.0)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from strokeflow.analysis.dsc import frame_displacement_mm
-from strokeflow.analysis.mri import DiffusionImages, MriAcquisition, MriAnalysis, analyse_mri
+from strokeflow.analysis.mri import (
+    DiffusionImages,
+    MriAcquisition,
+    MriAnalysis,
+    MriSettings,
+    analyse_mri,
+)
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 from strokeflow.phantom.mri import MriPhantom, MriPhantomOptions, simulate_mri
 
@@ -17,7 +24,7 @@ SMALL = MriPhantomOptions(dwi_matrix=64, pwi_matrix=64, slices=6, frames=45, see
 DSC_FLAGS = {"motion", "bolus_truncated", "poor_aif", "low_snr", "short_baseline"}
 
 
-def _analyse(p: MriPhantom) -> MriAnalysis:
+def _analyse(p: MriPhantom, settings: MriSettings | None = None) -> MriAnalysis:
     assert p.dsc is not None
     return analyse_mri(
         MriAcquisition(
@@ -26,7 +33,8 @@ def _analyse(p: MriPhantom) -> MriAnalysis:
             pwi=PerfusionSeries(
                 p.dsc, p.dsc_times_s, Geometry(p.pwi_affine_lps), echo_time_s=p.options.te_s
             ),
-        )
+        ),
+        settings or MriSettings(),
     )
 
 
@@ -85,6 +93,25 @@ def test_noisy_series_is_flagged_low_snr() -> None:
     a = _analyse(simulate_mri(replace(SMALL, dsc_snr=8.0)))
     flag = next(f for f in a.flags if f.code == "low_snr")
     assert flag.severity == "warning"
+
+
+def test_quality_limits_set_in_the_toml_file_reach_the_mr_analysis(
+    tmp_path: Path, clean: MriAnalysis
+) -> None:
+    from strokeflow.config import load_settings
+
+    toml = tmp_path / "strokeflow.toml"
+    # The clean study's SNR and arterial width are fine by the defaults, not by these.
+    toml.write_text("[analysis.mri.quality]\nmin_dsc_snr = 1e6\nmax_aif_fwhm_s = 1.0\n")
+    settings = load_settings(toml).analysis.mri
+    assert settings.quality.min_dsc_snr == 1e6
+    strict = _analyse(simulate_mri(SMALL), settings)
+    assert {"low_snr", "poor_aif"} <= _codes(strict)
+    assert "arterial bolus is wide" in next(f for f in strict.flags if f.code == "poor_aif").message
+    assert not _codes(clean) & {"low_snr", "poor_aif"}
+    toml.write_text("[analysis.mri]\nmin_dsc_snr = 5.0\n")
+    with pytest.raises(ValueError, match=r"min_dsc_snr moved to \[analysis.mri.quality\]"):
+        load_settings(toml)
 
 
 def test_frame_displacement_follows_a_shifted_head() -> None:

@@ -10,6 +10,12 @@ environment and either a comma-separated string or an array in TOML::
     http_bind_address = "127.0.0.1"   # dashboard behind a reverse proxy; DICOM on all
     destinations = ["PACS@10.0.0.5:104", "VIEWER@10.0.0.9:11112"]
     allowed_calling_aets = ["CT01", "CT02"]
+
+    [retry]                           # leases and back-off (RetryPolicy)
+    max_attempts = 3
+
+    [analysis.ctp]                    # what every worker analyses with
+    core_rcbf_threshold = 0.30
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from strokeflow.analysis.mri import MriSettings
+from strokeflow.analysis.quality import MriQualityLimits
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.logsetup import LogFormat
 
@@ -40,12 +47,18 @@ def _known_fields(cls: type, value: Any, section: str) -> Any:
     return value
 
 
+#: Keys of ``[analysis.mri]`` that are ``[analysis.mri.quality]`` keys since the MR quality
+#: limits got their own dataclass (named in the error, so a site's file is fixed at once).
+_MOVED_TO_MRI_QUALITY = {"max_frame_motion_mm", "min_dsc_snr", "min_baseline_frames"}
+
+
 class AnalysisSection(BaseModel):
     """``[analysis.ctp]`` and ``[analysis.mri]``: the analysis every worker runs.
 
     The keys are the fields of :class:`~strokeflow.analysis.settings.CtpSettings` and
     :class:`~strokeflow.analysis.mri.MriSettings` (e.g. ``core_rcbf_threshold``,
-    ``adc_core_threshold_um2_s``), with the same published defaults;
+    ``adc_core_threshold_um2_s``; the MR quality limits in ``[analysis.mri.quality]``,
+    :class:`~strokeflow.analysis.quality.MriQualityLimits`), with the same published defaults;
     ``STROKEFLOW_ANALYSIS__CTP__CORE_RCBF_THRESHOLD=0.3`` sets one from the environment.
     """
 
@@ -59,8 +72,64 @@ class AnalysisSection(BaseModel):
     def _keys(cls, value: Any) -> Any:
         if isinstance(value, dict):
             _known_fields(CtpSettings, value.get("ctp"), "analysis.ctp")
-            _known_fields(MriSettings, value.get("mri"), "analysis.mri")
+            mri = value.get("mri")
+            if isinstance(mri, dict):
+                moved = sorted(set(mri) & _MOVED_TO_MRI_QUALITY)
+                if moved:
+                    raise ValueError(
+                        f"[analysis.mri]: {', '.join(moved)} moved to [analysis.mri.quality]"
+                    )
+                _known_fields(MriQualityLimits, mri.get("quality"), "analysis.mri.quality")
+            _known_fields(MriSettings, mri, "analysis.mri")
         return value
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a worker holds a job without a heartbeat, and how failures are retried.
+
+    The ``[retry]`` section of the settings (``STROKEFLOW_RETRY__MAX_ATTEMPTS=5`` from the
+    environment); every process, workers included, runs with the same one.
+
+    Attributes
+    ----------
+    lease_s : float
+        A running job whose worker has not renewed its lease for this long is re-queued.
+        The worker renews it every ``lease_s / 3``.
+    max_attempts : int
+        Analysis attempts (worker deaths included) before a job is marked failed.
+    backoff_s, backoff_max_s : float
+        Delay before retry n is ``backoff_s * 2 ** (n - 1)``, at most ``backoff_max_s``.
+    dispatch_max_attempts : int
+        C-STORE attempts per object and destination before it is marked failed.
+    dispatch_backoff_s, dispatch_backoff_max_s : float
+        Back-off of dispatch retries while a destination is down, as above.
+    requeue_after_s : float
+        A queued job whose message has waited this long is enqueued again (lost message).
+    """
+
+    lease_s: float = 60.0
+    max_attempts: int = 3
+    backoff_s: float = 30.0
+    backoff_max_s: float = 600.0
+    dispatch_max_attempts: int = 20
+    dispatch_backoff_s: float = 10.0
+    dispatch_backoff_max_s: float = 600.0
+    requeue_after_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.lease_s <= 0 or self.backoff_s < 0 or self.dispatch_backoff_s < 0:
+            raise ValueError("lease and back-off times must be positive")
+        if self.max_attempts < 1 or self.dispatch_max_attempts < 1:
+            raise ValueError("at least one attempt is needed")
+
+    def job_delay_s(self, attempts: int) -> float:
+        """Back-off before the next analysis attempt after ``attempts`` failed ones."""
+        return min(self.backoff_s * 2 ** max(attempts - 1, 0), self.backoff_max_s)
+
+    def dispatch_delay_s(self, attempts: int) -> float:
+        """Back-off before the next C-STORE attempt after ``attempts`` failed ones."""
+        return min(self.dispatch_backoff_s * 2 ** max(attempts - 1, 0), self.dispatch_backoff_max_s)
 
 
 #: Environment variable naming the TOML file when no path is passed explicitly.
@@ -204,6 +273,8 @@ class Settings(BaseSettings):
     secure_cookies: bool = False
     #: A login lasts this long (s).
     session_max_age_s: int = Field(12 * 3600, ge=60)
+    #: Leases and back-off of jobs and dispatches (``[retry]`` in TOML).
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
     #: What every worker analyses with (``[analysis.ctp]``, ``[analysis.mri]`` in TOML).
     analysis: AnalysisSection = Field(default_factory=AnalysisSection)
     #: Log lines as plain text or one JSON object per line (for log shippers).
@@ -220,6 +291,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Values passed in code win over the environment; no .env or secrets files.
         return init_settings, env_settings
+
+    @field_validator("retry", mode="before")
+    @classmethod
+    def _retry_keys(cls, value: Any) -> Any:
+        return _known_fields(RetryPolicy, value, "retry")
 
     @field_validator("ae_title")
     @classmethod
@@ -311,6 +387,7 @@ class Settings(BaseSettings):
             "tls_certificate": str(self.tls_certificate) if self.tls_certificate else None,
             "tls_key": str(self.tls_key) if self.tls_key else None,
             "tls_ca": str(self.tls_ca) if self.tls_ca else None,
+            "retry": dataclasses.asdict(self.retry),
             "analysis": {
                 "ctp": dataclasses.asdict(self.analysis.ctp),
                 "mri": dataclasses.asdict(self.analysis.mri),

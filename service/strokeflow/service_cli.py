@@ -1,23 +1,29 @@
 """Service sub-commands: ``serve``, ``listener``, ``worker``, ``config``, ``complete``,
-``echo``, ``send``, ``jobs``, ``job``, ``retry``.
+``echo``, ``send``, ``jobs``, ``job``, ``reanalyse``, ``resend``.
 
 Mount them on the main command line with :func:`register` (or run this module).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from strokeflow.clihelp import show_flags_without_metavar
-from strokeflow.config import Destination, Settings, load_settings
+from strokeflow.config import Destination, RetryPolicy, Settings, load_settings
 from strokeflow.logsetup import configure_logging
 from strokeflow.ports import PortInUseError, check_free, dicom_listen_port, http_listen_port
-from strokeflow.queue.policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 show_flags_without_metavar()
 app = typer.Typer(help="StrokeFlow service commands.", no_args_is_help=True, add_completion=False)
@@ -91,71 +97,102 @@ def _exit_if_taken(settings: Settings, *, http: bool) -> None:
 VerboseOption = Annotated[
     bool, typer.Option("--verbose", "-v", help="Log at DEBUG: every image and DICOM message.")
 ]
-LeaseOption = Annotated[
-    float, typer.Option(help="Seconds a job is held without a heartbeat before re-queueing.")
-]
-AttemptsOption = Annotated[int, typer.Option(help="Analysis attempts before a job fails.")]
-BackoffOption = Annotated[float, typer.Option(help="First retry delay of a failed job (s).")]
-DispatchBackoffOption = Annotated[
-    float, typer.Option(help="First retry delay of a C-STORE to a destination that is down (s).")
-]
-_DEFAULT_POLICY = RetryPolicy()
+#: The retry-policy flags of ``serve`` and ``worker``, declared once: each overrides one
+#: key of the settings' ``[retry]`` section, and is left out (``None``) by default.
+_RETRY_FLAGS = {
+    "lease_s": (float, "Seconds a job is held without a heartbeat before re-queueing."),
+    "max_attempts": (int, "Analysis attempts before a job fails."),
+    "backoff_s": (float, "First retry delay of a failed job (s)."),
+    "dispatch_backoff_s": (
+        float,
+        "First retry delay of a C-STORE to a destination that is down (s).",
+    ),
+}
 
 
-def _policy(
-    lease_s: float, max_attempts: int, backoff_s: float, dispatch_backoff_s: float
-) -> RetryPolicy:
-    try:
-        return RetryPolicy(
-            lease_s=lease_s,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            dispatch_backoff_s=dispatch_backoff_s,
-            # Keep the cap at least as large as the first delay.
-            backoff_max_s=max(_DEFAULT_POLICY.backoff_max_s, backoff_s),
-            dispatch_backoff_max_s=max(_DEFAULT_POLICY.dispatch_backoff_max_s, dispatch_backoff_s),
+_BUILT_IN = RetryPolicy()
+
+
+def with_retry_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the :data:`_RETRY_FLAGS` to a command; it receives ``retry_flags`` (the ones set)."""
+    own = inspect.signature(command, eval_str=True)
+    flags = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                kind | None,
+                typer.Option(
+                    help=f"{text} Default: retry.{name} of the settings "
+                    f"(built in: {getattr(_BUILT_IN, name)})."
+                ),
+            ],
         )
+        for name, (kind, text) in _RETRY_FLAGS.items()
+    ]
+    params = [p for p in own.parameters.values() if p.name != "retry_flags"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        given = {name: kwargs.pop(name) for name in _RETRY_FLAGS}
+        command(**kwargs, retry_flags={k: v for k, v in given.items() if v is not None})
+
+    wrapper.__signature__ = own.replace(parameters=params + flags)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _with_policy(settings: Settings, flags: dict[str, Any]) -> Settings:
+    """The settings with the command-line retry flags over their ``[retry]`` section."""
+    base = settings.retry
+    if "backoff_s" in flags:
+        # Keep the cap at least as large as the first delay.
+        flags["backoff_max_s"] = max(base.backoff_max_s, flags["backoff_s"])
+    if "dispatch_backoff_s" in flags:
+        flags["dispatch_backoff_max_s"] = max(
+            base.dispatch_backoff_max_s, flags["dispatch_backoff_s"]
+        )
+    try:
+        policy = dataclasses.replace(base, **flags)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    return settings.model_copy(update={"retry": policy})
 
 
+@with_retry_flags
 def serve(
     config: ConfigOption = None,
-    lease_s: LeaseOption = _DEFAULT_POLICY.lease_s,
-    max_attempts: AttemptsOption = _DEFAULT_POLICY.max_attempts,
-    backoff_s: BackoffOption = _DEFAULT_POLICY.backoff_s,
-    dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
     verbose: VerboseOption = False,
+    *,
+    retry_flags: dict[str, Any],
 ) -> None:
     """Listener, workers, dispatch and the web dashboard (HTTP port) in one command."""
     from strokeflow.web.server import start_web_server
     from strokeflow.worker.runner import run_serve
 
-    settings = _settings(config)
-    policy = _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s)
+    settings = _with_policy(_settings(config), retry_flags)
     _exit_if_taken(settings, http=True)
     _logging(verbose, settings)
     try:
-        run_serve(settings, policy, start_http=start_web_server)
+        run_serve(settings, start_http=start_web_server)
     except PortInUseError as exc:
         _port_error(exc)
 
 
+@with_retry_flags
 def worker(
     config: ConfigOption = None,
-    lease_s: LeaseOption = _DEFAULT_POLICY.lease_s,
-    max_attempts: AttemptsOption = _DEFAULT_POLICY.max_attempts,
-    backoff_s: BackoffOption = _DEFAULT_POLICY.backoff_s,
-    dispatch_backoff_s: DispatchBackoffOption = _DEFAULT_POLICY.dispatch_backoff_s,
     verbose: VerboseOption = False,
+    *,
+    retry_flags: dict[str, Any],
 ) -> None:
     """Run analysis jobs from the queue (one process; start several for more)."""
     from strokeflow.worker.runner import run_worker
 
-    settings = _settings(config)
+    settings = _with_policy(_settings(config), retry_flags)
     _logging(verbose, settings)
-    run_worker(settings, _policy(lease_s, max_attempts, backoff_s, dispatch_backoff_s))
+    run_worker(settings)
 
 
 def show_config(config: ConfigOption = None) -> None:
@@ -412,38 +449,91 @@ def job(
         )
 
 
-def retry(
-    job_id: Annotated[int, typer.Argument(help="Job id (see `strokeflow jobs`).")],
-    config: ConfigOption = None,
-) -> None:
-    """Run a failed job again, or resend its undelivered result objects."""
-    from strokeflow.queue.jobqueue import open_queue
-    from strokeflow.store.engine import make_engine, make_session_factory
+def _job_database(config: Path | None) -> tuple[Settings, Engine]:
+    from strokeflow.store.engine import make_engine
     from strokeflow.store.migrate import upgrade_to_head
-    from strokeflow.worker.maintenance import mark_enqueued
-    from strokeflow.worker.retry import RetryError, retry_job
 
     settings = _settings(config)
     engine = make_engine(settings.effective_database_url)
     upgrade_to_head(engine)
+    return settings, engine
+
+
+def reanalyse(
+    job_id: Annotated[int, typer.Argument(help="Job id (see `strokeflow jobs`).")],
+    config: ConfigOption = None,
+) -> None:
+    """Analyse a job again: new results (`resend` sends the existing ones again).
+
+    A failed or cancelled job gets fresh attempts; a finished one runs as its next attempt.
+    """
+    from strokeflow.queue.jobqueue import open_queue
+    from strokeflow.store.engine import make_session_factory
+    from strokeflow.worker import reruns
+    from strokeflow.worker.maintenance import mark_enqueued
+
+    settings, engine = _job_database(config)
     sessions = make_session_factory(engine)
     now = datetime.now(UTC)
     try:
         with sessions() as session, session.begin():
-            what = retry_job(session, job_id, now)
-        if what == "analysis":
-            open_queue(settings.effective_queue_url).enqueue([job_id])
-            with sessions() as session, session.begin():
-                mark_enqueued(session, [job_id], now)
-    except RetryError as exc:
+            message = reruns.reanalyse(session, job_id, now)
+        open_queue(settings.effective_queue_url).enqueue([job_id])
+        with sessions() as session, session.begin():
+            mark_enqueued(session, [job_id], now)
+    except reruns.RerunError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:
         engine.dispose()
-    if what == "analysis":
-        typer.echo(f"job {job_id} queued for analysis again")
-    else:
-        typer.echo(f"job {job_id}: undelivered result objects will be sent again")
+    typer.echo(message)
+
+
+def resend(
+    job_id: Annotated[int, typer.Argument(help="Job id (see `strokeflow jobs`).")],
+    config: ConfigOption = None,
+    undelivered: Annotated[
+        bool,
+        typer.Option(
+            "--undelivered", help="Only the objects not delivered yet (failed or pending)."
+        ),
+    ] = False,
+) -> None:
+    """Send a finished job's result objects again (the analysis is not run again).
+
+    By default every object to every configured destination; the dispatch loop of a
+    running `serve` or `worker` sends them.
+    """
+    from strokeflow.store.engine import make_session_factory
+    from strokeflow.worker import reruns
+
+    settings, engine = _job_database(config)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            message = reruns.resend(
+                session,
+                job_id,
+                destinations=list(settings.destinations),
+                data_dir=settings.data_dir,
+                undelivered_only=undelivered,
+            )
+    except reruns.RerunError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(message)
+
+
+def retry(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Removed: `reanalyse` analyses a job again, `resend` sends its results again."""
+    typer.echo(
+        f"error: `strokeflow retry` meant two things and was split: "
+        f"`strokeflow reanalyse {job_id}` analyses the job again, "
+        f"`strokeflow resend {job_id} --undelivered` sends what was not delivered",
+        err=True,
+    )
+    raise typer.Exit(2)
 
 
 def register(target: typer.Typer) -> None:
@@ -457,7 +547,9 @@ def register(target: typer.Typer) -> None:
     target.command("send")(send)
     target.command("jobs")(jobs)
     target.command("job")(job)
-    target.command("retry")(retry)
+    target.command("reanalyse")(reanalyse)
+    target.command("resend")(resend)
+    target.command("retry", hidden=True)(retry)
 
 
 register(app)

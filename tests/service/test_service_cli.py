@@ -140,3 +140,21 @@ def test_echo_to_nobody_fails_clearly() -> None:
     result = runner.invoke(app, ["echo", f"NOBODY@127.0.0.1:{free_port()}"])
     assert result.exit_code == 1
     assert "could not be reached" in result.output
+
+
+def test_retry_flags_override_the_retry_section_of_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from strokeflow.config import RetryPolicy, Settings
+    from strokeflow.worker import runner as worker_runner
+
+    started: list[Settings] = []
+    monkeypatch.setattr(worker_runner, "run_worker", started.append)
+    toml = tmp_path / "strokeflow.toml"
+    toml.write_text("[retry]\nmax_attempts = 2\nlease_s = 20\n")
+    result = runner.invoke(app, ["worker", "--config", str(toml), "--lease-s", "5"])
+    assert result.exit_code == 0, result.output
+    assert [s.retry for s in started] == [RetryPolicy(max_attempts=2, lease_s=5.0)]
+    refused = runner.invoke(app, ["worker", "--config", str(toml), "--max-attempts", "0"])
+    assert refused.exit_code == 2 and "at least one attempt" in refused.output
+    assert len(started) == 1

@@ -28,15 +28,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.analyze import analyze_paths
-from strokeflow.config import Destination
+from strokeflow.config import Destination, RetryPolicy
 from strokeflow.dispatch import dispatch_due, dispatch_job, plan_dispatch
 from strokeflow.dispatch.store_scu import StoreItem, is_permanent_failure, store_objects
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
-from strokeflow.queue.policy import RetryPolicy
 from strokeflow.report.structured_report import SR_SOP_CLASSES
 from strokeflow.store.models import Dispatch, DispatchState, Job, JobState, Study, StudyState
-from strokeflow.worker.retry import retry_job
+from strokeflow.worker.reruns import resend
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(dispatch_max_attempts=3, dispatch_backoff_s=5.0)
@@ -250,7 +249,7 @@ def test_down_destination_is_retried_with_backoff_until_it_answers(
     assert _state(sessions, job_id).state is JobState.DISPATCHED
 
 
-def test_refused_objects_fail_after_max_attempts_and_retry_sends_them_again(
+def test_refused_objects_fail_after_max_attempts_and_resend_sends_them_again(
     sessions: sessionmaker[Session],
     result_files: list[Path],
     make_pacs: Callable[..., Pacs],
@@ -266,7 +265,14 @@ def test_refused_objects_fail_after_max_attempts_and_retry_sends_them_again(
     assert all(r.attempts == POLICY.dispatch_max_attempts for r in rows)
     assert "could not be delivered" in (_state(sessions, job_id).error or "")
     with sessions() as session, session.begin():
-        assert retry_job(session, job_id, T0) == "dispatch"
+        message = resend(
+            session,
+            job_id,
+            destinations=[pacs.destination],
+            data_dir=tmp_path,
+            undelivered_only=True,
+        )
+        assert message.startswith(f"job {job_id}: 2 objects will be sent again")
     pacs.status = 0x0000
     _send(sessions, job_id, [pacs.destination], tmp_path, T0 + timedelta(days=1))
     assert _state(sessions, job_id).state is JobState.DISPATCHED

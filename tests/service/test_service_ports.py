@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.config import Settings
 from strokeflow.ports import PortInUseError
-from strokeflow.queue.policy import RetryPolicy
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
@@ -117,7 +116,7 @@ def test_serve_starts_no_worker_when_the_http_side_cannot_listen(
 
     settings = _settings(tmp_path, dicom_port=0, http_port=0)
     with pytest.raises(PortInUseError):
-        runner.run_serve(settings, RetryPolicy(), stop=threading.Event(), start_http=taken)
+        runner.run_serve(settings, stop=threading.Event(), start_http=taken)
     assert pools == []
 
 

@@ -13,13 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 import strokeflow.worker.jobs as jobs_module
 from strokeflow.analyze import NothingToAnalyseError
-from strokeflow.config import Settings
+from strokeflow.config import RetryPolicy, Settings
 from strokeflow.queue import open_queue
-from strokeflow.queue.policy import RetryPolicy
 from strokeflow.store.models import Job, JobState, Study, StudyState
 from strokeflow.worker.jobs import JobRunner
 from strokeflow.worker.maintenance import Maintenance, reap_expired
-from strokeflow.worker.retry import RetryError, retry_job
+from strokeflow.worker.reruns import RerunError, reanalyse
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(lease_s=30.0, max_attempts=3, backoff_s=10.0)
@@ -89,7 +88,7 @@ def test_a_job_is_claimed_once(sessions: sessionmaker[Session], tmp_path: Path) 
     assert job.lease_until == T0 + timedelta(seconds=POLICY.lease_s)
 
 
-def test_failures_are_retried_with_backoff_then_failed_and_retry_requeues(
+def test_failures_are_retried_with_backoff_then_failed_and_reanalyse_requeues(
     sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(jobs_module, "analyze_paths", _failing_analysis(OSError("disk gone")))
@@ -109,11 +108,11 @@ def test_failures_are_retried_with_backoff_then_failed_and_retry_requeues(
     job = _job(sessions, job_id)
     assert job.attempts == 3 and job.error is not None and job.error.startswith("attempt 3")
     with sessions() as session, session.begin():
-        assert retry_job(session, job_id, clock.now) == "analysis"
+        assert reanalyse(session, job_id, clock.now) == f"job {job_id} queued for analysis again"
     job = _job(sessions, job_id)
     assert job.state is JobState.QUEUED and job.attempts == 0 and job.next_attempt_at is None
-    with sessions() as session, session.begin(), pytest.raises(RetryError, match="already queued"):
-        retry_job(session, job_id, clock.now)
+    with sessions() as session, session.begin(), pytest.raises(RerunError, match="already queued"):
+        reanalyse(session, job_id, clock.now)
 
 
 def test_nothing_to_analyse_fails_at_once(
@@ -250,7 +249,7 @@ def test_a_job_run_twice_analyses_once_and_plans_dispatch_once(
     assert all(r.state is DispatchState.PENDING and r.attempts == 1 for r in rows)
 
 
-def test_cli_retry_requeues_a_failed_job_and_job_shows_it(
+def test_cli_reanalyse_requeues_a_failed_job_and_job_shows_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import json
@@ -275,13 +274,17 @@ def test_cli_retry_requeues_a_failed_job_and_job_shows_it(
     shown = cli.invoke(app, ["job", str(job_id), "--json"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.output)["error"] == "attempt 3: disk gone"
-    retried = cli.invoke(app, ["retry", str(job_id)])
+    retried = cli.invoke(app, ["reanalyse", str(job_id)])
     assert retried.exit_code == 0 and "queued for analysis again" in retried.output
     info = json.loads(cli.invoke(app, ["job", str(job_id), "--json"]).output)
     assert info["state"] == "queued" and info["attempts"] == 0
     assert open_queue(f"sqlite:///{data_dir / 'queue.sqlite'}").pending() == 1
-    again = cli.invoke(app, ["retry", str(job_id)])
+    again = cli.invoke(app, ["reanalyse", str(job_id)])
     assert again.exit_code == 1 and "already queued" in again.output
+    resend = cli.invoke(app, ["resend", str(job_id)])
+    assert resend.exit_code == 1 and "only a finished analysis" in resend.output
+    removed = cli.invoke(app, ["retry", str(job_id)])
+    assert removed.exit_code == 2 and f"strokeflow reanalyse {job_id}" in removed.output
     missing = cli.invoke(app, ["job", "999"])
     assert missing.exit_code == 1 and "does not exist" in missing.output
     engine.dispose()
@@ -360,6 +363,37 @@ def test_analysis_settings_come_from_toml_and_environment_and_typos_are_refused(
     toml.write_text("[analysis.ctp]\ncore_rcbf_treshold = 0.25\n")
     with pytest.raises(ValueError, match="core_rcbf_treshold"):
         load_settings(toml)
+
+
+def test_the_retry_policy_set_in_the_toml_file_reaches_a_worker(
+    sessions: sessionmaker[Session],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from strokeflow.config import load_settings
+
+    monkeypatch.setattr(jobs_module, "analyze_paths", _failing_analysis(OSError("disk gone")))
+    toml = tmp_path / "strokeflow.toml"
+    toml.write_text(f'data_dir = "{tmp_path / "data"}"\n[retry]\nmax_attempts = 2\nbackoff_s = 7\n')
+    settings = load_settings(toml)
+    # A worker process gets the settings as serve's WorkerPool hands them over.
+    in_worker = Settings.model_validate(settings.model_dump(mode="json"))
+    assert in_worker.retry == RetryPolicy(max_attempts=2, backoff_s=7.0)
+    job_id = _queued_job(sessions)
+    clock = Clock()
+    runner = JobRunner(in_worker, sessions, name="a", clock=clock)
+    assert runner.run(job_id) is JobState.QUEUED
+    assert _job(sessions, job_id).next_attempt_at == T0 + timedelta(seconds=7)
+    clock.now += timedelta(seconds=7)
+    assert runner.run(job_id) is JobState.FAILED, "the second of 2 attempts is the last"
+    toml.write_text("[retry]\nmax_atempts = 2\n")
+    with pytest.raises(ValueError, match="max_atempts"):
+        load_settings(toml)
+    toml.write_text("[retry]\nmax_attempts = 0\n")
+    with pytest.raises(ValueError, match="at least one attempt"):
+        load_settings(toml)
+    monkeypatch.setenv("STROKEFLOW_RETRY__MAX_ATTEMPTS", "5")
+    assert load_settings(toml).retry.max_attempts == 5, "the environment wins over the file"
 
 
 @pytest.fixture

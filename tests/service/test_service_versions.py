@@ -1,5 +1,5 @@
 """Job versions keep their own data: a changed resend of a study creates a new version on
-new files, and a retry of the older version analyses that version's files again."""
+new files, and re-analysing the older version analyses that version's files again."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.store.models import Job, JobInput, JobState, Study
 from strokeflow.store.studies import force_complete, queue_complete
-from strokeflow.web.actions import retry
+from strokeflow.web.actions import reanalyse
 from strokeflow.worker.jobs import JobRunner
 
 
@@ -52,7 +52,7 @@ def _core_ml(listener, job_id: int) -> float:  # type: ignore[no-untyped-def]
         return float(job.core_ml)
 
 
-def test_a_changed_resend_then_a_retry_of_the_old_version_keeps_both_versions_numbers(
+def test_a_changed_resend_then_a_reanalyse_of_the_old_version_keeps_both_versions_numbers(
     listener, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     first = _study(tmp_path / "v1", "none", "WRONG-ID")
@@ -64,7 +64,7 @@ def test_a_changed_resend_then_a_retry_of_the_old_version_keeps_both_versions_nu
     assert core_v2 > core_v1 + 10
 
     with listener.sessions() as session, session.begin():
-        _, to_queue = retry(session, v1, datetime.now(UTC))
+        _, to_queue = reanalyse(session, v1, datetime.now(UTC))
     assert to_queue == [v1]
     assert JobRunner(listener.settings, listener.sessions).run(v1) is JobState.SUCCEEDED
 

@@ -27,7 +27,7 @@ def _study_uid(env: Env) -> str:
         ("get", "/api/jobs"),
         ("get", "/api/jobs/1"),
         ("get", "/api/studies/1.2.3"),
-        ("post", "/api/jobs/1/retry"),
+        ("post", "/api/jobs/1/reanalyse"),
         ("post", "/api/jobs/1/resend"),
         ("post", "/api/studies/1.2.3/complete"),
     ],
@@ -106,17 +106,17 @@ def test_study_detail_lists_series_and_jobs(client: TestClient, env: Env) -> Non
     assert client.get("/api/studies/not-a-uid", auth=BASIC).status_code == 422
 
 
-def test_retry_requeues_a_finished_job_and_is_audited(client: TestClient, env: Env) -> None:
-    answer = client.post("/api/jobs/1/retry", auth=BASIC)
+def test_reanalyse_requeues_a_finished_job_and_is_audited(client: TestClient, env: Env) -> None:
+    answer = client.post("/api/jobs/1/reanalyse", auth=BASIC)
     assert answer.status_code == 200, answer.text
     assert "attempt 2" in answer.json()["message"]
     assert env.enqueued == [1]
     with env.sessions() as session:
         job = session.get(Job, 1)
         assert job is not None and job.state is JobState.QUEUED and job.enqueued_at
-        audit = session.scalars(select(AuditEntry).where(AuditEntry.action == "retry")).one()
+        audit = session.scalars(select(AuditEntry).where(AuditEntry.action == "reanalyse")).one()
         assert audit.username == USER and audit.target == "job:1"
-    again = client.post("/api/jobs/1/retry", auth=BASIC)
+    again = client.post("/api/jobs/1/reanalyse", auth=BASIC)
     assert again.status_code == 409 and "already queued" in again.json()["detail"]
 
 
@@ -133,18 +133,18 @@ def test_force_complete_unknown_study_is_refused(client: TestClient) -> None:
 
 def test_session_api_post_needs_csrf_header(client: TestClient) -> None:
     login(client)
-    assert client.post("/api/jobs/1/retry").status_code == 403
+    assert client.post("/api/jobs/1/reanalyse").status_code == 403
     token = csrf_of(client.get("/").text)
-    answer = client.post("/api/jobs/1/retry", headers={"X-CSRF-Token": token})
+    answer = client.post("/api/jobs/1/reanalyse", headers={"X-CSRF-Token": token})
     assert answer.status_code == 200
 
 
 def test_form_actions_need_csrf_and_flash_the_outcome(client: TestClient, env: Env) -> None:
     login(client)
-    assert client.post("/jobs/1/retry", data={"csrf": "forged"}).status_code == 403
+    assert client.post("/jobs/1/reanalyse", data={"csrf": "forged"}).status_code == 403
     assert env.enqueued == []
     token = csrf_of(client.get("/jobs/1").text)
-    page = client.post("/jobs/1/retry", data={"csrf": token})
+    page = client.post("/jobs/1/reanalyse", data={"csrf": token})
     assert page.status_code == 200 and "queued for attempt 2" in page.text
     assert env.enqueued == [1]
 

@@ -1,7 +1,7 @@
 """End to end through the real service, in headless Chromium (Debian package) driven by
 Playwright: `strokeflow serve` runs as a subprocess, `strokeflow user add` creates the user,
 DCMTK storescu sends a phantom CT perfusion study to the listener, the worker analyses it;
-the browser logs in, sees the job, opens it, sees the summary image, presses Retry and sees
+the browser logs in, sees the job, opens it, sees the summary image, presses Re-analyse and sees
 the new attempt that the service's own worker ran.
 
 Missing chromium or storescu fail this test. Set
@@ -162,7 +162,7 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_phantom_sent_to_listener_is_shown_opened_and_retried_in_chromium(
+def test_phantom_sent_to_listener_is_shown_opened_and_reanalysed_in_chromium(
     served: Served, tmp_path: Path
 ) -> None:
     chromium = _need(CHROMIUM, "chromium (apt: chromium)")
@@ -220,7 +220,7 @@ def test_phantom_sent_to_listener_is_shown_opened_and_retried_in_chromium(
             if shots:
                 _save_screenshot(page.screenshot(full_page=True), Path(shots) / "dashboard-job.png")
             page.on("dialog", lambda dialog: dialog.accept())
-            page.click("#retry")
+            page.click("#reanalyse")
             page.wait_for_selector("p.flash")
             assert "queued for attempt 2" in page.inner_text("p.flash")
 
@@ -232,7 +232,7 @@ def test_phantom_sent_to_listener_is_shown_opened_and_retried_in_chromium(
 
             _wait_for(second_attempt_shown, 120, "attempt 2 on the job page", served.log)
             assert page.inner_text("#job-state") == "succeeded"
-            assert "retry" in page.inner_text("ul.audit")
+            assert "reanalyse" in page.inner_text("ul.audit")
             page.wait_for_function(
                 "() => { const i = document.querySelector('img.summary');"
                 " return i && i.complete && i.naturalWidth > 0; }",

@@ -1,6 +1,6 @@
 """The job page says what it measured: the MR core is an ADC core, a site's own Tmax
-thresholds are labelled by their value, and after a Retry the timeline and the header are
-about the attempt the job is on."""
+thresholds are labelled by their value, and after a Re-analyse the timeline and the header
+are about the attempt the job is on."""
 
 from __future__ import annotations
 
@@ -80,13 +80,13 @@ def test_mr_job_page_labels_the_core_adc(mr_client: TestClient) -> None:
     assert _core_label(page) == "Core (ADC)" and "rCBF" not in page
 
 
-def test_after_a_retry_the_timeline_and_header_are_the_new_attempt(
+def test_after_a_reanalyse_the_timeline_and_header_are_the_new_attempt(
     client: TestClient, env: Env
 ) -> None:
     login(client)
     assert 'id="job-attempt">attempt 1<' in client.get("/jobs/1").text
     token = csrf_of(client.get("/jobs/1").text)
-    assert client.post("/jobs/1/retry", data={"csrf": token}).status_code == 200
+    assert client.post("/jobs/1/reanalyse", data={"csrf": token}).status_code == 200
     page = client.get("/jobs/1").text
     assert 'id="job-attempt">attempt 2<' in page
     steps = [float(s) for s in re.findall(r"<small>\+(-?[0-9.]+) s</small>", page)]

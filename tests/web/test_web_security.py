@@ -80,18 +80,24 @@ def test_disabling_a_user_or_a_new_password_ends_its_sessions(client: TestClient
 
 def test_a_cross_site_post_with_basic_credentials_is_refused(client: TestClient, env: Env) -> None:
     evil = {"Origin": "https://evil.example"}
-    answer = client.post("/api/jobs/1/retry", auth=(USER, PASSWORD), headers=evil)
+    answer = client.post("/api/jobs/1/reanalyse", auth=(USER, PASSWORD), headers=evil)
     assert answer.status_code == 403 and "cross-site" in answer.json()["detail"]
     referer = {"Referer": "https://evil.example/page"}
     assert (
-        client.post("/api/jobs/1/retry", auth=(USER, PASSWORD), headers=referer).status_code == 403
+        client.post("/api/jobs/1/reanalyse", auth=(USER, PASSWORD), headers=referer).status_code
+        == 403
     )
     fetch = {"Sec-Fetch-Site": "cross-site"}
-    assert client.post("/api/jobs/1/retry", auth=(USER, PASSWORD), headers=fetch).status_code == 403
-    assert env.enqueued == [] and _audited(env, "retry") == 0
+    assert (
+        client.post("/api/jobs/1/reanalyse", auth=(USER, PASSWORD), headers=fetch).status_code
+        == 403
+    )
+    assert env.enqueued == [] and _audited(env, "reanalyse") == 0
     # The site itself (its Host or its public URL) may post.
     own = {"Origin": "https://stroke.example.org"}
-    assert client.post("/api/jobs/1/retry", auth=(USER, PASSWORD), headers=own).status_code == 200
+    assert (
+        client.post("/api/jobs/1/reanalyse", auth=(USER, PASSWORD), headers=own).status_code == 200
+    )
     assert env.enqueued == [1]
 
 

@@ -48,10 +48,9 @@ def clean_mask(
     numpy.ndarray
         ``(z, y, x)`` bool cleaned mask, a subset of ``allowed``.
     """
-    kernel = np.ones((1, 3, 3), dtype=np.float32)
-    votes = ndimage.convolve((mask & allowed).astype(np.float32), kernel, mode="constant")
-    voters = ndimage.convolve(allowed.astype(np.float32), kernel, mode="constant")
-    majority = (votes > 0.5 * voters) & allowed
+    votes = _inplane_3x3_count(mask & allowed)
+    voters = _inplane_3x3_count(allowed)
+    majority = (2 * votes > voters) & allowed
     labels, count = ndimage.label(majority, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return majority
@@ -60,6 +59,44 @@ def clean_mask(
     keep = sizes >= min_voxels
     keep[0] = False
     return np.asarray(keep[labels])
+
+
+def fill_unmeasured(mask: np.ndarray, tissue: np.ndarray, unmeasured: np.ndarray) -> np.ndarray:
+    """Extend a lesion mask into unmeasured tissue voxels by their measured neighbours.
+
+    A voxel of ``unmeasured`` (brain tissue whose curve is contaminated by a vessel or
+    the skull, see ``BrainMasks``) joins the lesion when more than half of the measured
+    tissue voxels of its 3 x 3 in-plane neighbourhood are lesion: the lesion volume then
+    counts the tissue beside a vessel or under the skull like the tissue around it.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        ``(z, y, x)`` bool lesion mask, a subset of ``tissue``.
+    tissue : numpy.ndarray
+        ``(z, y, x)`` bool measured tissue.
+    unmeasured : numpy.ndarray
+        ``(z, y, x)`` bool unmeasured tissue.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(z, y, x)`` bool: ``mask`` plus the unmeasured voxels it surrounds.
+    """
+    votes = _inplane_3x3_count(mask & tissue)
+    voters = _inplane_3x3_count(tissue)
+    return np.asarray(mask | (unmeasured & (2 * votes > voters)))
+
+
+def _inplane_3x3_count(mask: np.ndarray) -> np.ndarray:
+    """Per voxel, the True voxels of its 3 x 3 in-plane neighbourhood (itself included)."""
+    _, ny, nx = mask.shape
+    padded = np.pad(mask.astype(np.uint8), ((0, 0), (1, 1), (1, 1)))
+    count = np.zeros(mask.shape, dtype=np.uint8)
+    for dy in range(3):
+        for dx in range(3):
+            count += padded[:, dy : dy + ny, dx : dx + nx]
+    return count
 
 
 def volume_ml(mask: np.ndarray, voxel_volume_ml: float) -> float:
@@ -161,8 +198,9 @@ def ctp_lesion_masks(
     -------
     tuple
         ``(core, tmax6, tmax10, rcbf, reference_cbf, reference_text, lesion_side)``:
-        bool ``(z, y, x)`` masks (the core is included in Tmax > 6 s), the relative CBF
-        map, the reference CBF (mL/100 g/min) and how it was taken, and the lesion side.
+        bool ``(z, y, x)`` masks (the core is included in Tmax > 6 s and extends into
+        the unmeasured tissue it surrounds, ``fill_unmeasured``), the relative CBF map,
+        the reference CBF (mL/100 g/min) and how it was taken, and the lesion side.
     """
     tissue = masks.tissue
     vv = geometry.voxel_volume_ml
@@ -195,6 +233,7 @@ def ctp_lesion_masks(
     if settings.core_requires_tmax_s > 0:
         raw_core &= tmax > settings.core_requires_tmax_s
     core = clean_mask(raw_core, tissue, vv, settings.min_cluster_ml)
+    core = fill_unmeasured(core, tissue, masks.unmeasured)
     # Core is part of the hypoperfused tissue by definition.
     tmax6 |= core
     return core, tmax6, tmax10, rcbf, reference, reference_text, side_name(lesion)

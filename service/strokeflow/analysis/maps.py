@@ -291,14 +291,8 @@ def _chunk_maps(
     cbv = _FLOW_SCALE * 100.0 * _trapezoid_area(curves) / aif_area
     with np.errstate(divide="ignore", invalid="ignore"):
         mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
-    if calibration is not None:
-        ratio, lag_s = calibration.lookup(rung, mtt)
-        if correct_cbf_bias:
-            cbf = cbf / ratio
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
-        if correct_tmax_lag:
-            tmax_raw = tmax_raw - lag_s
+    if calibration is not None and correct_tmax_lag:
+        tmax_raw = tmax_raw - calibration.lookup(rung, mtt)[1]
     if fitter is not None and dec.circulant:
         # Seed: where the residue first rises to half its peak. The peak itself can lie
         # anywhere on the plateau of a box-like residue; its rise marks the delay.
@@ -314,6 +308,11 @@ def _chunk_maps(
                 mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
         if fitted_tmax:
             tmax_raw = onset_s
+    if calibration is not None and correct_cbf_bias:
+        # After the flow window: the peak it reads is the one the regularisation lowered.
+        cbf = cbf / calibration.lookup(rung, mtt)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
     tmax = np.clip(tmax_raw, 0.0, None)
     return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
 

@@ -51,7 +51,7 @@ from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemis
 from strokeflow.analysis.lesions import TmaxRegion, clean_mask, extra_tmax_regions, volume_ml
 from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.motion import bin_inplane
-from strokeflow.analysis.quality import QualityFlag, quality_ok
+from strokeflow.analysis.quality import MriQualityLimits, QualityFlag, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
@@ -68,11 +68,6 @@ __all__ = [
 
 #: Lowest and highest b-value for which the 620 x10^-6 mm²/s core threshold holds.
 B_VALUE_RANGE_S_MM2 = (800.0, 1500.0)
-#: Bilateral symmetric low ADC from this volume on is a warning (the size of a false core
-#: that would matter); below it, an information.
-SYMMETRIC_LOW_ADC_WARNING_ML = 5.0
-#: Relative disagreement (median over tissue) between scanner and computed ADC flagged.
-MAX_ADC_DISAGREEMENT = 0.15
 
 
 @dataclass(frozen=True)
@@ -109,12 +104,8 @@ class MriSettings:
         otherwise biases Tmax by about +2 s.
     register : bool
         Refine the DICOM-geometry alignment of DWI and DSC by rigid registration.
-    max_frame_motion_mm : float
-        DSC frames whose head outline moves more than this raise the motion flag.
-    min_dsc_snr : float
-        Tissue delta-R2* peak over its baseline noise below this raises low_snr.
-    min_baseline_frames : int
-        Fewer clean pre-bolus frames raise short_baseline.
+    quality : MriQualityLimits
+        Limits that raise the quality flags.
     """
 
     adc_core_threshold_um2_s: float = CORE_ADC_THRESHOLD_UM2_S
@@ -127,9 +118,7 @@ class MriSettings:
     oscillation_index: float = 0.095
     correct_tmax_bias: bool = True
     register: bool = True
-    max_frame_motion_mm: float = 2.0
-    min_dsc_snr: float = 3.0
-    min_baseline_frames: int = 3
+    quality: MriQualityLimits = field(default_factory=MriQualityLimits)
 
 
 @dataclass(frozen=True)
@@ -523,7 +512,9 @@ def _core_flags(
         flags.append(
             QualityFlag(
                 "symmetric_low_adc",
-                "warning" if symmetric_ml >= SYMMETRIC_LOW_ADC_WARNING_ML else "info",
+                "warning"
+                if symmetric_ml >= settings.quality.symmetric_low_adc_warning_ml
+                else "info",
                 f"{symmetric_ml:.1f} mL of bilateral, mirror-symmetric ADC < "
                 f"{settings.adc_core_threshold_um2_s:g} (deep white matter of a DTI, or "
                 "tissue at the edge of the field of view) not counted as core: check the ADC "
@@ -563,7 +554,7 @@ def _compare_adc(
     if np.count_nonzero(both) < 100:
         return
     rel = float(np.median(np.abs(scanner[both] - computed[both]) / np.maximum(computed[both], 1)))
-    if rel > MAX_ADC_DISAGREEMENT:
+    if rel > settings.quality.max_adc_disagreement:
         flags.append(
             QualityFlag(
                 "adc_disagreement",
@@ -620,7 +611,7 @@ def _perfusion(
     dr2 = to_delta_r2(uniform, brain, pwi.echo_time_s)
     del uniform
     n_baseline = dr2.baseline.stop - dr2.baseline.start
-    if n_baseline < settings.min_baseline_frames:
+    if n_baseline < settings.quality.min_baseline_frames:
         flags.append(
             QualityFlag(
                 "short_baseline",
@@ -751,10 +742,11 @@ def _dsc_flags(
     motion_mm: np.ndarray,
     settings: MriSettings,
 ) -> list[QualityFlag]:
+    limits = settings.quality
     flags: list[QualityFlag] = []
     worst = float(np.max(motion_mm))
-    if worst > settings.max_frame_motion_mm:
-        n_moved = int(np.count_nonzero(motion_mm > settings.max_frame_motion_mm))
+    if worst > limits.max_frame_motion_mm:
+        n_moved = int(np.count_nonzero(motion_mm > limits.max_frame_motion_mm))
         flags.append(
             QualityFlag(
                 "motion",
@@ -767,11 +759,11 @@ def _dsc_flags(
     tissue_peak = float(tissue_curve.max())
     problems = []
     curve = aif.curve
-    if tissue_peak > 0 and curve.peak < 3.0 * tissue_peak:
+    if tissue_peak > 0 and curve.peak < limits.min_aif_tissue_peak_ratio * tissue_peak:
         problems.append(
             f"arterial delta-R2* peak is only {curve.peak / tissue_peak:.1f} x the tissue peak"
         )
-    if curve.fwhm_s > 14.0:
+    if curve.fwhm_s > limits.max_aif_fwhm_s:
         problems.append(f"arterial bolus is wide (FWHM {curve.fwhm_s:.0f} s)")
     if affected != 0 and aif_side == 0:
         problems.append("no artery found in the unaffected hemisphere")
@@ -787,7 +779,7 @@ def _dsc_flags(
             )
         )
     tail = tissue_curve[-1] / tissue_peak if tissue_peak > 0 else 1.0
-    if curve.tail_fraction > 0.35 or tail > 0.5:
+    if curve.tail_fraction > limits.max_aif_tail_fraction or tail > limits.max_tissue_tail_fraction:
         flags.append(
             QualityFlag(
                 "bolus_truncated",
@@ -800,7 +792,7 @@ def _dsc_flags(
     if base.stop - base.start >= 2 and tissue.any():
         noise = float(np.median(dr2.delta_r2_s[base][:, tissue].std(axis=0, ddof=1)))
         snr = tissue_peak / max(noise, 1e-6)
-        if snr < settings.min_dsc_snr:
+        if snr < limits.min_dsc_snr:
             flags.append(
                 QualityFlag(
                     "low_snr",

@@ -44,3 +44,43 @@ class QualityLimits:
     max_missing_fraction: float = 0.1
     min_baseline_frames: int = 2
     max_pv_scale: float = 2.5
+
+
+@dataclass(frozen=True)
+class MriQualityLimits:
+    """Limits that raise the MR analysis' flags (``[analysis.mri.quality]``).
+
+    Attributes
+    ----------
+    max_frame_motion_mm : float
+        DSC frames whose head outline moves more than this raise ``motion``.
+    min_dsc_snr : float
+        Tissue delta-R2* peak over its baseline noise below this raises ``low_snr``.
+    min_baseline_frames : int
+        Fewer clean pre-bolus frames raise ``short_baseline``.
+    min_aif_tissue_peak_ratio : float
+        An arterial delta-R2* peak below this many tissue peaks raises ``poor_aif``.
+    max_aif_fwhm_s : float
+        An arterial bolus wider than this (full width at half maximum) raises ``poor_aif``.
+    max_aif_tail_fraction : float
+        Arterial delta-R2* at the last frame above this fraction of its peak raises
+        ``bolus_truncated``.
+    max_tissue_tail_fraction : float
+        The same for the mean tissue curve.
+    symmetric_low_adc_warning_ml : float
+        Bilateral symmetric low ADC from this volume on is a warning (the size of a false
+        core that would matter); below it, an information.
+    max_adc_disagreement : float
+        Relative disagreement (median over tissue) between the scanner's and the computed
+        ADC above this raises ``adc_disagreement``.
+    """
+
+    max_frame_motion_mm: float = 2.0
+    min_dsc_snr: float = 3.0
+    min_baseline_frames: int = 3
+    min_aif_tissue_peak_ratio: float = 3.0
+    max_aif_fwhm_s: float = 14.0
+    max_aif_tail_fraction: float = 0.35
+    max_tissue_tail_fraction: float = 0.5
+    symmetric_low_adc_warning_ml: float = 5.0
+    max_adc_disagreement: float = 0.15

@@ -20,10 +20,10 @@ from pydicom.filereader import read_file_meta_info
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.config import Destination
+from strokeflow.config import Destination, RetryPolicy
 from strokeflow.dicomnet.scu import DicomNetworkError
 from strokeflow.dispatch.store_scu import ObjectOutcome, StoreItem, store_objects
-from strokeflow.queue.policy import RetryPolicy
+from strokeflow.store import transitions
 from strokeflow.store.models import Dispatch, DispatchState, Job, JobState
 
 LOG = logging.getLogger(__name__)
@@ -218,18 +218,17 @@ def _settle(session: Session, job_id: int, now: datetime) -> None:
     """Mark the job dispatched when every row is sent; name what failed otherwise."""
     with session.begin():
         states = list(session.scalars(select(Dispatch.state).where(Dispatch.job_id == job_id)))
-        job = session.get(Job, job_id)
-        assert job is not None
         if states and all(s is DispatchState.SENT for s in states):
-            job.state = JobState.DISPATCHED
-            job.dispatched_at = now
-            job.error = None
-            LOG.info("job %d dispatched: %d objects", job_id, len(states))
+            if transitions.mark_dispatched(session, job_id, now=now):
+                LOG.info("job %d dispatched: %d objects", job_id, len(states))
         elif DispatchState.FAILED in states and DispatchState.PENDING not in states:
             failed = states.count(DispatchState.FAILED)
+            job = session.get(Job, job_id)
+            assert job is not None
             job.error = (
                 f"dispatch: {failed} of {len(states)} objects could not be delivered "
-                f"(see `strokeflow job {job_id}`; `strokeflow retry {job_id}` sends them again)"
+                f"(see `strokeflow job {job_id}`; `strokeflow resend {job_id} --undelivered` "
+                "sends them again)"
             )
 
 

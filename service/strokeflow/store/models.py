@@ -167,7 +167,7 @@ class JobInput(Base):
     """One file a job version analyses, fixed when the version is queued.
 
     A changed resend of an instance is stored under a new path,
-    so an earlier version's files stay, and a retry of that version analyses them again
+    so an earlier version's files stay, and re-analysing that version reads them again
     (:func:`strokeflow.store.repository.versioned_path`).
     """
 

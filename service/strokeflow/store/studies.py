@@ -42,12 +42,12 @@ from pydicom.uid import (
 from sqlalchemy import and_, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from strokeflow.store import transitions
 from strokeflow.store.models import (
     Dispatch,
     Instance,
     Job,
     JobInput,
-    JobState,
     Series,
     Study,
     StudyState,
@@ -313,17 +313,7 @@ def queue_complete(session: Session, now: datetime) -> list[Job]:
         study.version += 1
         study.state = StudyState.QUEUED
         study.queued_at = now
-        job = Job(
-            study=study,
-            version=study.version,
-            state=JobState.QUEUED,
-            attempts=0,
-            instance_count=study.instance_count,
-            first_instance_at=study.first_instance_at,
-            last_instance_at=study.last_instance_at,
-            completed_at=study.completed_at,
-            queued_at=now,
-        )
+        job = transitions.new_job(study, now)
         session.add(job)
         jobs.append(job)
         LOG.info("study %s queued as job version %d", study.study_uid, study.version)

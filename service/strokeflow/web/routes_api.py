@@ -132,19 +132,28 @@ def _act(
     return ActionResult(ok=True, message=message)
 
 
-@router.post("/jobs/{job_id}/retry", summary="Analyse the job again", responses=_ACTION_ERRORS)
-def retry_job(
+@router.post(
+    "/jobs/{job_id}/reanalyse",
+    summary="Analyse the job again (new results; re-send delivers the existing ones)",
+    responses=_ACTION_ERRORS,
+)
+def reanalyse_job(
     job_id: JobId, request: Request, ctx: Ctx, user: User, token: CsrfHeader = None
 ) -> ActionResult:
     _check_api_csrf(request, token)
     return _act(
-        ctx, request, user, "retry", f"job:{job_id}", lambda s, now: actions.retry(s, job_id, now)
+        ctx,
+        request,
+        user,
+        "reanalyse",
+        f"job:{job_id}",
+        lambda s, now: actions.reanalyse(s, job_id, now),
     )
 
 
 @router.post(
     "/jobs/{job_id}/resend",
-    summary="Send the job's result objects again",
+    summary="Send the job's result objects again (the analysis is not run again)",
     responses=_ACTION_ERRORS,
 )
 def resend_job(

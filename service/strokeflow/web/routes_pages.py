@@ -258,8 +258,8 @@ def _form_action(
     return RedirectResponse(back, status_code=303)
 
 
-@router.post("/jobs/{job_id}/retry")
-def retry_form(
+@router.post("/jobs/{job_id}/reanalyse")
+def reanalyse_form(
     job_id: int, request: Request, ctx: Ctx, user: User, csrf: Annotated[str, Form()] = ""
 ) -> Response:
     return _form_action(
@@ -267,9 +267,9 @@ def retry_form(
         ctx,
         user,
         csrf,
-        "retry",
+        "reanalyse",
         f"job:{job_id}",
-        lambda s, now: actions.retry(s, job_id, now),
+        lambda s, now: actions.reanalyse(s, job_id, now),
         f"/jobs/{job_id}",
     )
 

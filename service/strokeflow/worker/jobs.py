@@ -24,15 +24,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.analyze import AnalyzeOptions, AnalyzeOutcome, NothingToAnalyseError, analyze_paths
-from strokeflow.config import Settings
+from strokeflow.config import RetryPolicy, Settings
 from strokeflow.dispatch.dispatcher import dispatch_job, plan_dispatch
 from strokeflow.logsetup import log_context
-from strokeflow.queue.policy import RetryPolicy
 from strokeflow.receive.storage import free_disk_mb
+from strokeflow.store import transitions
 from strokeflow.store.models import Job, JobState, Study
 from strokeflow.store.repository import job_inputs
 
@@ -102,7 +101,8 @@ class JobRunner:
     settings : Settings
         Data directory, destinations and AE title.
     sessions : sessionmaker
-    policy : RetryPolicy
+    policy : RetryPolicy, optional
+        Leases and back-off; by default the settings' ``retry`` section.
     options : AnalyzeOptions, optional
         What to analyse with; by default the settings' ``analysis`` section.
     name : str
@@ -111,14 +111,16 @@ class JobRunner:
 
     settings: Settings
     sessions: sessionmaker[Session]
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    policy: RetryPolicy | None = None
     options: AnalyzeOptions | None = None
     name: str = field(default_factory=worker_name)
     clock: Clock = _utcnow
 
     analyze_options: AnalyzeOptions = field(init=False)
+    retry: RetryPolicy = field(init=False)
 
     def __post_init__(self) -> None:
+        self.retry = self.policy or self.settings.retry
         analysis = self.settings.analysis
         self.analyze_options = self.options or AnalyzeOptions(ctp=analysis.ctp, mri=analysis.mri)
 
@@ -127,39 +129,18 @@ class JobRunner:
 
     def claim(self, job_id: int) -> bool:
         """``queued`` (and due) → ``running`` under this worker's lease; ``False`` if taken."""
-        now = self.clock()
         with self.sessions() as session, session.begin():
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == JobState.QUEUED)
-                .where((Job.next_attempt_at.is_(None)) | (Job.next_attempt_at <= now))
-                .values(
-                    state=JobState.RUNNING,
-                    attempts=Job.attempts + 1,
-                    worker=self.name,
-                    started_at=now,
-                    heartbeat_at=now,
-                    lease_until=now + timedelta(seconds=self.policy.lease_s),
-                )
+            return transitions.claim(
+                session, job_id, worker=self.name, now=self.clock(), lease_s=self.retry.lease_s
             )
-            return int(result.rowcount) == 1  # type: ignore[attr-defined]
 
     def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
-        while not stop.wait(self.policy.lease_s / 3):
+        while not stop.wait(self.retry.lease_s / 3):
             now = self.clock()
             try:
                 with self.sessions() as session, session.begin():
-                    session.execute(
-                        update(Job)
-                        .where(
-                            Job.id == job_id,
-                            Job.state == JobState.RUNNING,
-                            Job.worker == self.name,
-                        )
-                        .values(
-                            heartbeat_at=now,
-                            lease_until=now + timedelta(seconds=self.policy.lease_s),
-                        )
+                    transitions.renew_lease(
+                        session, job_id, worker=self.name, now=now, lease_s=self.retry.lease_s
                     )
             except Exception as exc:  # the next beat may succeed; the lease covers a miss
                 LOG.warning("job %d: heartbeat failed: %s", job_id, exc)
@@ -201,7 +182,7 @@ class JobRunner:
                     destinations=list(self.settings.destinations),
                     data_dir=self.settings.data_dir,
                     calling_ae_title=self.settings.ae_title,
-                    policy=self.policy,
+                    policy=self.retry,
                     clock=self.clock,
                     compress_pages=self.settings.compress_pages,
                 )
@@ -233,26 +214,30 @@ class JobRunner:
             shutil.rmtree(scratch, ignore_errors=True)
             return self._fail(job_id, exc)
         with self.sessions() as session, session.begin():
-            job = self._own_running_job(session, job_id)
-            if job is None:
+            took = transitions.finish(
+                session,
+                job_id,
+                worker=self.name,
+                now=self.clock(),
+                results_path=str(final.relative_to(data_dir)),
+                summary=summary,
+            )
+            if not took:
                 LOG.warning(
                     "job %d: lease lost to another worker; this attempt's results dropped", job_id
                 )
                 shutil.rmtree(scratch, ignore_errors=True)
                 return JobState.RUNNING
+            # The row is locked by the update until commit: files and dispatch rows land
+            # with the state, or (on an error here) not at all.
             if final.exists():
                 shutil.rmtree(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             scratch.rename(final)
             dicom = sorted((final / "dicom").rglob("*.dcm"))
+            job = session.get(Job, job_id)
+            assert job is not None
             plan_dispatch(session, job, dicom, list(self.settings.destinations), data_dir)
-            for key, value in summary.items():
-                setattr(job, key, value)
-            job.state = JobState.SUCCEEDED
-            job.finished_at = self.clock()
-            job.results_path = str(final.relative_to(data_dir))
-            job.lease_until = None
-            job.error = None
         LOG.info(
             "job %d succeeded: core %s mL, Tmax>6 s %s mL",
             job_id,
@@ -261,49 +246,44 @@ class JobRunner:
         )
         return JobState.SUCCEEDED
 
-    def _own_running_job(self, session: Session, job_id: int) -> Job | None:
-        """The job, locked, if it is still running under this worker's lease; else ``None``."""
-        return session.scalars(
-            select(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker == self.name)
-            .with_for_update()
-        ).one_or_none()
-
     def _fail(self, job_id: int, exc: Exception) -> JobState:
         permanent = isinstance(exc, NothingToAnalyseError)
         plain = permanent or isinstance(exc, DiskFullError)
         text = str(exc) if plain else "".join(traceback.format_exception_only(exc)).strip()
         now = self.clock()
         with self.sessions() as session, session.begin():
-            job = self._own_running_job(session, job_id)
-            if job is None:
-                return JobState.RUNNING
-            job.lease_until = None
-            job.finished_at = now
-            job.error = f"attempt {job.attempts}: {text}"
+            job = session.get(Job, job_id)
+            attempts = job.attempts if job is not None else 0
+            error = f"attempt {attempts}: {text}"
             if isinstance(exc, DiskFullError):
                 # Nothing was analysed: the attempt is not counted, so a long disk-full
                 # episode never fails a job; it runs once space returns.
-                job.attempts -= 1
-                job.state = JobState.QUEUED
-                job.next_attempt_at = now + timedelta(seconds=self.policy.job_delay_s(1))
-                job.enqueued_at = None
-                LOG.warning("job %d waits for disk space: %s", job_id, text)
-            elif permanent or job.attempts >= self.policy.max_attempts:
-                job.state = JobState.FAILED
-                LOG.error(
-                    "job %d failed for good after %d attempts: %s", job_id, job.attempts, text
-                )
-            else:
-                delay = self.policy.job_delay_s(job.attempts)
-                job.state = JobState.QUEUED
-                job.next_attempt_at = now + timedelta(seconds=delay)
-                job.enqueued_at = None  # the maintenance loop enqueues it when due
-                LOG.warning(
-                    "job %d attempt %d failed, retry in %.0f s: %s",
+                retry_at = now + timedelta(seconds=self.retry.job_delay_s(1))
+                if not transitions.requeue(
+                    session,
                     job_id,
-                    job.attempts,
-                    delay,
-                    text,
-                )
-            return job.state
+                    worker=self.name,
+                    now=now,
+                    error=error,
+                    retry_at=retry_at,
+                    attempt_counted=False,
+                ):
+                    return JobState.RUNNING
+                LOG.warning("job %d waits for disk space: %s", job_id, text)
+                return JobState.QUEUED
+            if permanent or attempts >= self.retry.max_attempts:
+                if not transitions.fail(session, job_id, worker=self.name, now=now, error=error):
+                    return JobState.RUNNING
+                LOG.error("job %d failed for good after %d attempts: %s", job_id, attempts, text)
+                return JobState.FAILED
+            delay = self.retry.job_delay_s(attempts)
+            # The maintenance loop enqueues it when due.
+            retry_at = now + timedelta(seconds=delay)
+            if not transitions.requeue(
+                session, job_id, worker=self.name, now=now, error=error, retry_at=retry_at
+            ):
+                return JobState.RUNNING
+            LOG.warning(
+                "job %d attempt %d failed, retry in %.0f s: %s", job_id, attempts, delay, text
+            )
+            return JobState.QUEUED

@@ -15,9 +15,9 @@ from pathlib import Path
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.config import Settings
+from strokeflow.config import RetryPolicy, Settings
 from strokeflow.dispatch.dispatcher import dispatch_due
-from strokeflow.queue.policy import RetryPolicy
+from strokeflow.store import transitions
 from strokeflow.store.models import Job, JobState
 from strokeflow.worker.jobs import scratch_root
 
@@ -43,27 +43,31 @@ def reap_expired(session: Session, policy: RetryPolicy, now: datetime) -> list[i
         .with_for_update(skip_locked=True)
     )
     requeued = []
-    for job in session.scalars(stmt):
-        lost = f"attempt {job.attempts}: worker {job.worker} stopped renewing its lease"
-        job.lease_until = None
-        if job.attempts >= policy.max_attempts:
-            job.state = JobState.FAILED
-            job.error = lost
-            job.finished_at = now
-            LOG.error(
-                "job %d failed: %s (attempt %d of %d)",
-                job.id,
-                lost,
-                job.attempts,
-                policy.max_attempts,
-            )
-        else:
-            job.state = JobState.QUEUED
-            job.error = lost
-            job.next_attempt_at = now
-            job.enqueued_at = None
-            requeued.append(job.id)
-            LOG.warning("job %d re-queued: %s", job.id, lost)
+    for job in list(session.scalars(stmt)):
+        job_id, worker, attempts = job.id, job.worker or "", job.attempts
+        lost = f"attempt {attempts}: worker {worker} stopped renewing its lease"
+        if attempts >= policy.max_attempts:
+            if transitions.fail(
+                session, job_id, worker=worker, now=now, error=lost, lease_expired_before=now
+            ):
+                LOG.error(
+                    "job %d failed: %s (attempt %d of %d)",
+                    job_id,
+                    lost,
+                    attempts,
+                    policy.max_attempts,
+                )
+        elif transitions.requeue(
+            session,
+            job_id,
+            worker=worker,
+            now=now,
+            error=lost,
+            retry_at=now,
+            lease_expired_before=now,
+        ):
+            requeued.append(job_id)
+            LOG.warning("job %d re-queued: %s", job_id, lost)
     return requeued
 
 
@@ -137,7 +141,8 @@ class Maintenance:
     sessions : sessionmaker
     enqueue : callable
         Puts job ids on the task queue.
-    policy : RetryPolicy
+    policy : RetryPolicy, optional
+        By default the settings' ``retry`` section.
     dispatch : bool
         Also resend due dispatch rows.
     """
@@ -145,17 +150,22 @@ class Maintenance:
     settings: Settings
     sessions: sessionmaker[Session]
     enqueue: Callable[[list[int]], None]
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    policy: RetryPolicy | None = None
     dispatch: bool = True
     interval_s: float = 1.0
     clock: Callable[[], datetime] = _utcnow
+
+    retry: RetryPolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.retry = self.policy or self.settings.retry
 
     def run_once(self) -> list[int]:
         """One pass; returns the job ids enqueued."""
         now = self.clock()
         with self.sessions() as session, session.begin():
-            reap_expired(session, self.policy, now)
-            due = claim_due(session, self.policy, now)
+            reap_expired(session, self.retry, now)
+            due = claim_due(session, self.retry, now)
             remove_stale_scratch(session, scratch_root(self.settings.data_dir))
         if due:
             self.enqueue(due)
@@ -165,7 +175,7 @@ class Maintenance:
                 destinations=list(self.settings.destinations),
                 data_dir=self.settings.data_dir,
                 calling_ae_title=self.settings.ae_title,
-                policy=self.policy,
+                policy=self.retry,
                 clock=self.clock,
                 compress_pages=self.settings.compress_pages,
             )

@@ -17,7 +17,6 @@ from strokeflow.config import Settings
 from strokeflow.logsetup import configure_logging
 from strokeflow.ports import check_free, dicom_listen_port, http_listen_port
 from strokeflow.queue.jobqueue import JobQueue, open_queue
-from strokeflow.queue.policy import RetryPolicy
 from strokeflow.receive.storage import free_disk_mb
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
@@ -47,7 +46,6 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def run_worker(
     settings: Settings,
-    policy: RetryPolicy,
     *,
     maintenance: bool = True,
     stop: threading.Event | None = None,
@@ -58,7 +56,7 @@ def run_worker(
     Parameters
     ----------
     settings : Settings
-    policy : RetryPolicy
+        Its ``retry`` section is the lease and back-off policy.
     maintenance : bool
         Also run the maintenance loop in this process (split deployments).
     stop : threading.Event, optional
@@ -71,13 +69,13 @@ def run_worker(
     if migrate:
         upgrade_to_head(engine)
     sessions = make_session_factory(engine)
-    runner = JobRunner(settings, sessions, policy)
+    runner = JobRunner(settings, sessions)
     queue = open_queue(settings.effective_queue_url, runner)
     LOG.info("worker %s taking jobs from %s", runner.name, queue.url.split("@")[-1])
     keeper = None
     if maintenance:
         keeper = threading.Thread(
-            target=Maintenance(settings, sessions, enqueue_and_mark(queue, sessions), policy).run,
+            target=Maintenance(settings, sessions, enqueue_and_mark(queue, sessions)).run,
             args=(stop,),
             name="strokeflow-maintenance",
             daemon=True,
@@ -97,7 +95,7 @@ def run_worker(
         engine.dispose()
 
 
-def _worker_process(settings_data: dict[str, Any], policy: RetryPolicy, parent_pid: int) -> None:
+def _worker_process(settings_data: dict[str, Any], parent_pid: int) -> None:
     settings = Settings.model_validate(settings_data)
     configure_logging(log_format=settings.log_format)
     stop = threading.Event()
@@ -111,15 +109,16 @@ def _worker_process(settings_data: dict[str, Any], policy: RetryPolicy, parent_p
                 stop.set()
 
     threading.Thread(target=orphan_watch, daemon=True).start()
-    run_worker(settings, policy, maintenance=False, stop=stop, migrate=False)
+    run_worker(settings, maintenance=False, stop=stop, migrate=False)
 
 
 class WorkerPool:
     """``count`` worker processes, restarted when one dies."""
 
-    def __init__(self, settings: Settings, policy: RetryPolicy, count: int) -> None:
+    def __init__(self, settings: Settings, count: int) -> None:
         self._context = multiprocessing.get_context("spawn")
-        self._args = (settings.model_dump(mode="json"), policy, os.getpid())
+        # The settings travel whole, ``retry`` section included.
+        self._args = (settings.model_dump(mode="json"), os.getpid())
         self.processes: list[Any] = [self._start(i) for i in range(count)]
         self.restarts = 0
 
@@ -197,7 +196,6 @@ def disk_state(settings: Settings) -> dict[str, Any]:
 
 def run_serve(
     settings: Settings,
-    policy: RetryPolicy,
     *,
     stop: threading.Event | None = None,
     start_http: HttpStarter | None = None,
@@ -250,7 +248,7 @@ def run_serve(
             raise
     threads = [
         threading.Thread(
-            target=Maintenance(settings, sessions, hook, policy).run,
+            target=Maintenance(settings, sessions, hook).run,
             args=(stop,),
             name="strokeflow-maintenance",
             daemon=True,
@@ -259,7 +257,7 @@ def run_serve(
 
     def start_workers() -> None:
         # Only once both ports are ours: a serve that cannot listen starts no worker.
-        pool = WorkerPool(settings, policy, settings.worker_count)
+        pool = WorkerPool(settings, settings.worker_count)
         pools.append(pool)
         supervisor = threading.Thread(
             target=pool.supervise, args=(stop,), name="strokeflow-supervisor", daemon=True
