@@ -35,7 +35,7 @@ from strokeflow.phantom.ctp import (
     simulate_ctp,
 )
 from strokeflow.phantom.ctp_dicom import write_ctp_study
-from strokeflow.report.dicom_outputs import ctp_result_content
+from strokeflow.report.ctp_content import ctp_result_content
 from strokeflow.report.results_json import ctp_analysis_json
 
 

@@ -14,7 +14,8 @@ from strokeflow.assemble.mri import assemble_mri, classify_mr_series
 from strokeflow.assemble.series import StudyInventory, build_inventory
 from strokeflow.phantom.mri import MriPhantom, MriPhantomOptions, simulate_mri
 from strokeflow.phantom.mri_dicom import write_mri_phantom_cli, write_mri_study
-from strokeflow.report.results_json_mri import mri_analysis_json, write_mri_maps
+from strokeflow.report.nifti import write_mri_maps
+from strokeflow.report.results_json import mri_analysis_json
 
 
 def _study(folder: Path) -> StudyInventory:

@@ -26,11 +26,11 @@ from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.series import build_inventory
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
+from strokeflow.report.ctp_content import ctp_result_content
 from strokeflow.report.dicom_outputs import (
     ResultContent,
     ResultObjects,
     build_result_objects,
-    ctp_result_content,
     load_source_references,
     write_result_objects,
 )

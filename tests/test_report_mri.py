@@ -32,7 +32,7 @@ from strokeflow.report.dicom_outputs import (
 )
 from strokeflow.report.mri_content import mri_result_content, mri_source_paths
 from strokeflow.report.render import SUMMARY_REGIONS
-from strokeflow.report.results_json_mri import mri_analysis_json
+from strokeflow.report.results_json import mri_analysis_json
 from tools import require_tool
 
 DWI_MATRIX = 96

@@ -30,9 +30,9 @@ from strokeflow.assemble.ctp import (
 from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.mri import assemble_mri, classify_mr_series, record_mr_roles
 from strokeflow.assemble.series import StudyInventory, build_inventory
-from strokeflow.report.nifti import write_ctp_maps
-from strokeflow.report.results_json import ctp_analysis_json
-from strokeflow.report.results_json_mri import mri_analysis_json, write_mri_maps
+from strokeflow.report.nifti import write_ctp_maps, write_mri_maps
+from strokeflow.report.results_json import ctp_summary, mri_summary
+from strokeflow.report.summary import AnalysisSummary
 
 if TYPE_CHECKING:
     # The DICOM result objects bring highdicom and matplotlib (~1 s of imports): they are
@@ -65,11 +65,14 @@ class AnalyzeOutcome:
     results: dict[str, Any]
     results_path: Path
     written: list[Path] = field(default_factory=list)
+    #: Every successful analysis, in the order of results.json (typed: read these, not
+    #: the dicts of ``results``).
+    summaries: list[AnalysisSummary] = field(default_factory=list)
 
     @property
     def n_analyses(self) -> int:
         """Number of successful analyses over all studies."""
-        return sum(len(s["analyses"]) for s in self.results["studies"])
+        return len(self.summaries)
 
 
 def _describe_inventory(studies: list[StudyInventory]) -> str:
@@ -160,13 +163,14 @@ def _analyse_ctp_acquisition(
     options: AnalyzeOptions,
     timings: dict[str, float],
     written: list[Path],
-) -> dict[str, Any]:
+) -> tuple[AnalysisSummary, dict[str, Any]]:
     analysis = analyse_ctp(acq.perfusion, options.ctp, on_grid=acq.slabs)
     timings = {**timings, **analysis.timings_s}
     with _output_stage("results"):
-        result = ctp_analysis_json(
-            analysis, acq.series_uids, options.ctp, timings, list(acq.warnings)
+        summary = ctp_summary(
+            analysis, options.ctp, acq.series_uids, timings, acq.warnings, study.study_uid
         )
+        result = summary.to_json()
     series_dir = Path(study.study_uid) / acq.series_uids[0]
     if options.write_maps:
         t0 = time.perf_counter()
@@ -178,18 +182,22 @@ def _analyse_ctp_acquisition(
         t0 = time.perf_counter()
 
         def build() -> ResultObjects:
+            from strokeflow.report.content import result_content
+            from strokeflow.report.ctp_content import ctp_parts
             from strokeflow.report.dicom_outputs import (
-                build_ctp_result_objects,
+                build_result_objects,
                 load_source_references,
             )
 
             sources = load_source_references(acq.reference_paths or acq.source_paths)
-            return build_ctp_result_objects(analysis, sources, options.ctp)
+            return build_result_objects(
+                result_content(summary, ctp_parts(analysis, options.ctp)), sources
+            )
 
         _result_objects(result, build, out_dir, series_dir, written)
         timings["dicom_objects"] = round(time.perf_counter() - t0, 3)
     result["timings_s"] = timings
-    return result
+    return summary, result
 
 
 def _result_objects(
@@ -227,10 +235,13 @@ def _analyse_mri_acquisition(
     options: AnalyzeOptions,
     mri_timings: dict[str, float],
     written: list[Path],
-) -> dict[str, Any]:
+) -> tuple[AnalysisSummary, dict[str, Any]]:
     analysis = analyse_mri(mri, options.mri)
     with _output_stage("results"):
-        result = mri_analysis_json(analysis, mri, options.mri, mri_timings, list(mri.warnings))
+        summary = mri_summary(
+            analysis, mri, options.mri, mri_timings, mri.warnings, study.study_uid
+        )
+        result = summary.to_json()
     series_dir = Path(study.study_uid) / "mri"
     if options.write_maps:
         with _output_stage("nifti"):
@@ -240,16 +251,17 @@ def _analyse_mri_acquisition(
         t1 = time.perf_counter()
 
         def build() -> ResultObjects:
+            from strokeflow.report.content import result_content
             from strokeflow.report.dicom_outputs import build_result_objects
-            from strokeflow.report.mri_content import mri_result_content, mri_source_references
+            from strokeflow.report.mri_content import mri_parts, mri_source_references
 
             sources = mri_source_references(study, mri)
-            content = mri_result_content(analysis, mri, options.mri)
+            content = result_content(summary, mri_parts(analysis, mri, options.mri))
             return build_result_objects(content, sources)
 
         _result_objects(result, build, out_dir, series_dir, written)
         result["timings_s"]["dicom_objects"] = round(time.perf_counter() - t1, 3)
-    return result
+    return summary, result
 
 
 def _assemble(entry: dict[str, Any], label: str, assemble: Callable[[], _T], empty: _T) -> _T:
@@ -283,6 +295,7 @@ def _analyse_study(
     options: AnalyzeOptions,
     read_s: float,
     written: list[Path],
+    summaries: list[AnalysisSummary],
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "study_instance_uid": study.study_uid,
@@ -301,7 +314,9 @@ def _analyse_study(
         produced: list[Path] = []
         try:
             check_analysable(acq)
-            result = _analyse_ctp_acquisition(study, acq, out_dir, options, timings, produced)
+            summary, result = _analyse_ctp_acquisition(
+                study, acq, out_dir, options, timings, produced
+            )
         except Exception as exc:
             log.debug("study %s: CT perfusion analysis failed", study.study_uid, exc_info=True)
             failure = _failure(
@@ -314,6 +329,7 @@ def _analyse_study(
             continue
         written.extend(produced)
         entry["analyses"].append(result)
+        summaries.append(summary)
 
     t0 = time.perf_counter()
     roles = classify_mr_series(study)
@@ -325,7 +341,9 @@ def _analyse_study(
         series_dir = Path(study.study_uid) / "mri"
         produced = []
         try:
-            result = _analyse_mri_acquisition(study, mri, out_dir, options, mri_timings, produced)
+            summary, result = _analyse_mri_acquisition(
+                study, mri, out_dir, options, mri_timings, produced
+            )
         except Exception as exc:
             log.debug("study %s: MRI analysis failed", study.study_uid, exc_info=True)
             uids = [*mri.dwi_series_uids, *mri.pwi_series_uids]
@@ -338,17 +356,19 @@ def _analyse_study(
         else:
             written.extend(produced)
             entry["analyses"].append(result)
+            summaries.append(summary)
     # After the MR recognition, which gives MR series their own kind and reason.
     entry["series"] = _series_entries(study)
-    for result in entry["analyses"]:
-        log.info(
-            "study %s: %s core %s mL, Tmax>6 %s mL, quality %s",
-            study.study_uid,
-            result["kind"],
-            result["core_ml"],
-            result["tmax6_ml"],
-            "ok" if result["quality"]["ok"] else "NOT OK",
-        )
+    for done in summaries:
+        if done.study_instance_uid == study.study_uid:
+            log.info(
+                "study %s: %s core %s mL, Tmax>6 %s mL, quality %s",
+                study.study_uid,
+                done.kind,
+                done.core_ml,
+                done.tmax6_ml,
+                "ok" if done.quality_ok else "NOT OK",
+            )
     return entry
 
 
@@ -384,7 +404,10 @@ def analyze_paths(
     studies = build_inventory(headers)
     read_s = time.perf_counter() - t0
     written: list[Path] = []
-    entries = [_analyse_study(study, out_dir, options, read_s, written) for study in studies]
+    summaries: list[AnalysisSummary] = []
+    entries = [
+        _analyse_study(study, out_dir, options, read_s, written, summaries) for study in studies
+    ]
     results = {
         "software": {"name": "StrokeFlow", "version": __version__},
         "studies": entries,
@@ -393,7 +416,7 @@ def analyze_paths(
     }
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2))
-    outcome = AnalyzeOutcome(results, results_path, written)
+    outcome = AnalyzeOutcome(results, results_path, written, summaries)
     if outcome.n_analyses == 0:
         errors = [e for s in entries for e in s["errors"]]
         detail = _describe_inventory(studies)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from strokeflow import __version__
 from strokeflow.clihelp import show_flags_without_metavar
 from strokeflow.logsetup import configure_logging
+
+if TYPE_CHECKING:
+    from strokeflow.report.summary import AnalysisSummary
 
 show_flags_without_metavar()
 
@@ -32,6 +35,20 @@ def version() -> None:
 
 def _fmt(value: object, unit: str = "") -> str:
     return "n/a" if value is None else f"{value}{unit}"
+
+
+def _analysis_line(summary: AnalysisSummary) -> str:
+    """One analysis in a line: core, every Tmax volume by its threshold, mismatch, DEFUSE 3."""
+    quality = "ok" if summary.quality_ok else "NOT OK - check the images"
+    defuse3 = summary.decisions.get("defuse3")
+    tmax = ", ".join(f"Tmax>{t.threshold_s:g}s {_fmt(t.volume_ml, ' mL')}" for t in summary.tmax)
+    return (
+        f"{summary.study_instance_uid} [{summary.kind}]: core {_fmt(summary.core_ml, ' mL')}, "
+        f"{tmax}, mismatch {_fmt(summary.mismatch_ml, ' mL')} "
+        f"(ratio {_fmt(summary.mismatch_ratio)}), "
+        f"DEFUSE 3 {'n/a' if defuse3 is None else ('YES' if defuse3 else 'no')}; "
+        f"quality {quality}"
+    )
 
 
 @app.command()
@@ -101,18 +118,11 @@ def analyze(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     for study in outcome.results["studies"]:
-        for a in study["analyses"]:
-            quality = "ok" if a["quality"]["ok"] else "NOT OK - check the images"
-            defuse3 = a["decisions"]["defuse3"]
-            typer.echo(
-                f"{study['study_instance_uid']} [{a['kind']}]: core {_fmt(a['core_ml'], ' mL')}, "
-                f"Tmax>6s {_fmt(a['tmax6_ml'], ' mL')}, Tmax>10s {_fmt(a['tmax10_ml'], ' mL')}, "
-                f"mismatch {_fmt(a['mismatch_ml'], ' mL')} (ratio {_fmt(a['mismatch_ratio'])}), "
-                f"DEFUSE 3 {'n/a' if defuse3 is None else ('YES' if defuse3 else 'no')}; "
-                f"quality {quality}"
-            )
-            for flag in a["quality"]["flags"]:
-                typer.echo(f"  [{flag['severity']}] {flag['message']}")
+        uid = study["study_instance_uid"]
+        for summary in (s for s in outcome.summaries if s.study_instance_uid == uid):
+            typer.echo(_analysis_line(summary))
+            for flag in summary.flags:
+                typer.echo(f"  [{flag.severity}] {flag.message}")
         for error in study["errors"]:
             typer.echo(f"  error: {error}", err=True)
     for p in outcome.results["problems"]:

@@ -1,5 +1,6 @@
-"""The job page says what it measured: the MR core is an ADC core, and after a Re-analyse the
-timeline and the header are about the attempt the job is on."""
+"""The job page says what it measured: the MR core is an ADC core, a site's own Tmax
+thresholds are labelled by their value, and after a Re-analyse the timeline and the header
+are about the attempt the job is on."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from webenv import (
     receive_files,
 )
 
+from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
+from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.phantom.mri import MriPhantomOptions, simulate_mri
 from strokeflow.phantom.mri_dicom import write_mri_study
 from strokeflow.store.engine import make_engine, make_session_factory
@@ -95,3 +98,30 @@ def test_after_a_reanalyse_the_timeline_and_header_are_the_new_attempt(
     assert started["queued"] is not None and started["started"] is None
     assert started["finished"] is None
     assert all(s["since_previous_s"] is None or s["since_previous_s"] >= 0 for s in job["timeline"])
+
+
+def test_job_page_shows_a_sites_extra_tmax_volumes_by_their_threshold(tmp_path: Path) -> None:
+    files = write_ctp_study(
+        simulate_ctp(CtpPhantomOptions(matrix=64, slices=4, frames=30, seed=1)), tmp_path / "sent"
+    )
+    settings = make_settings(tmp_path / "data", analysis={"ctp": {"tmax_thresholds_s": [4.0, 8.0]}})
+    engine = make_engine(settings.effective_database_url)
+    upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    job_id = queue_study(sessions, receive_files(sessions, settings.data_dir, files))
+    JobRunner(settings, sessions).run(job_id)
+    with sessions() as session, session.begin():
+        add_user(session, USER, PASSWORD, datetime.now(UTC))
+    app = create_app(settings, sessions=sessions, enqueue=lambda _ids: None, queue_pending=int)
+    with TestClient(app) as client:
+        job = client.get("/api/jobs/1", auth=BASIC_AUTH).json()
+        assert job["state"] == "succeeded", job["error"]
+        assert list(job["site_tmax_volumes_ml"]) == ["4", "8"]
+        login(client)
+        page = client.get("/jobs/1").text
+    engine.dispose()
+    # The published volumes keep their rows; the site's own follow, labelled by value.
+    assert f"<th>Tmax &gt; 6 s</th><td>{job['tmax6_ml']:.1f} mL</td>" in page
+    for threshold in ("4", "8"):
+        volume = job["site_tmax_volumes_ml"][threshold]
+        assert f"<th>Tmax &gt; {threshold} s</th><td>{volume:.1f} mL</td>" in page

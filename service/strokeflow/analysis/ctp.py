@@ -18,6 +18,7 @@ from strokeflow.analysis.ctp_quality import (
     unwashed_tissue,
 )
 from strokeflow.analysis.decisions import (
+    SEVERE_HYPOPERFUSION_TMAX_S,
     LesionMetrics,
     evaluate_assessable_decisions,
     lesion_metrics,
@@ -33,7 +34,13 @@ from strokeflow.analysis.inputs import (
     select_aif,
     select_vof,
 )
-from strokeflow.analysis.lesions import ctp_lesion_masks, volume_ml
+from strokeflow.analysis.lesions import (
+    TmaxRegion,
+    ctp_lesion_masks,
+    extra_tmax_regions,
+    tmax_above,
+    volume_ml,
+)
 from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, QualityLimits, quality_ok
@@ -68,9 +75,12 @@ class CtpAnalysis:
     Maps and masks are on the analysis grid ``geometry`` (after slab combination and
     in-plane binning), axis order ``(z, y, x)``.
 
+    ``tmax6`` and ``tmax10`` are the published Tmax > 6 s and > 10 s regions the
+    decisions are made on; ``tmax_extra`` holds a site's other configured thresholds.
+
     ``not_assessable`` maps quantities and decision keys that must not be asserted
-    (e.g. ``"tmax10_ml"``, ``"malignant_profile"``) to the reason; their decisions are
-    None.
+    (e.g. ``"tmax10_ml"``, ``"malignant_profile"``, ``"tmax12_ml"`` for an extra
+    threshold) to the reason; their decisions are None.
     """
 
     geometry: Geometry
@@ -97,6 +107,7 @@ class CtpAnalysis:
     unwashed_tissue_ml: float = 0.0
     not_assessable: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    tmax_extra: tuple[TmaxRegion, ...] = ()
 
     @property
     def quality_ok(self) -> bool:
@@ -271,10 +282,16 @@ def analyse_ctp(
         core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
         vv = geometry.voxel_volume_ml
         metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
+        tmax_extra = extra_tmax_regions(
+            settings.tmax_thresholds_s,
+            lambda t: tmax_above(maps, masks.tissue, vv, settings.min_cluster_ml, t),
+            tmax6,
+            vv,
+        )
         flags.extend(acquisition_flags(series, masks, inputs.concentration, arrival, limits))
         unwashed_ml = volume_ml(unwashed_tissue(smoothed, masks.tissue, arrival, step), vv)
         truncation = tissue_truncation_flag(
-            unwashed_ml, float(grid_s[-1] - grid_s[0]), settings.tmax_thresholds_s[1]
+            unwashed_ml, float(grid_s[-1] - grid_s[0]), SEVERE_HYPOPERFUSION_TMAX_S
         )
         not_assessable: dict[str, str] = {}
         if truncation is not None:
@@ -283,6 +300,10 @@ def analyse_ctp(
                 "tmax10_ml": TRUNCATION_NOT_ASSESSABLE,
                 "hypoperfusion_intensity_ratio": TRUNCATION_NOT_ASSESSABLE,
             }
+            # A site's threshold at or above 10 s is as underestimated as Tmax > 10 s.
+            for region in tmax_extra:
+                if region.threshold_s >= SEVERE_HYPOPERFUSION_TMAX_S:
+                    not_assessable[f"tmax{region.threshold_s:g}_ml"] = TRUNCATION_NOT_ASSESSABLE
         decisions = evaluate_assessable_decisions(metrics, not_assessable)
         for key, met in decisions.items():
             if met is None:
@@ -314,6 +335,7 @@ def analyse_ctp(
         unwashed_tissue_ml=round(unwashed_ml, 1),
         not_assessable=not_assessable,
         timings_s=clock.timings,
+        tmax_extra=tmax_extra,
     )
 
 

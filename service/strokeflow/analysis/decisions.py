@@ -3,14 +3,26 @@
 Every rule set is named and versioned, and its thresholds live in ``RULE_SETS`` only, so
 that the SR, the summary page and the JSON cite the same numbers. Volumes are in mL;
 the mismatch ratio is Tmax>6 s volume / core volume (infinite when the core is empty).
+
+The rule sets were defined on Tmax > 6 s and Tmax > 10 s volumes, so those two are always
+measured at exactly these thresholds (:data:`PUBLISHED_TMAX_S`); a site's other thresholds
+(``tmax_thresholds_s``) only add volumes, named by their value
+(:func:`extra_tmax_thresholds_s`).
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+
+#: Tmax (s) of the hypoperfused tissue of the mismatch rules (DEFUSE 3, EXTEND, DEFUSE 2).
+HYPOPERFUSION_TMAX_S = 6.0
+#: Tmax (s) of the severe hypoperfusion of DEFUSE 2, its malignant profile and the HIR.
+SEVERE_HYPOPERFUSION_TMAX_S = 10.0
+#: The thresholds the rule sets were published with: always measured, whatever a site sets.
+PUBLISHED_TMAX_S = (HYPOPERFUSION_TMAX_S, SEVERE_HYPOPERFUSION_TMAX_S)
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
@@ -120,11 +132,38 @@ RULE_SETS: tuple[RuleSet, ...] = (
 HIR_POOR_COLLATERALS = 0.4
 
 
+def extra_tmax_thresholds_s(configured_s: Iterable[float]) -> tuple[float, ...]:
+    """The configured Tmax thresholds that add volumes beside the published ones.
+
+    Parameters
+    ----------
+    configured_s : iterable of float
+        A site's ``tmax_thresholds_s``, in seconds.
+
+    Returns
+    -------
+    tuple of float
+        Ascending, without repeats and without :data:`PUBLISHED_TMAX_S` (always measured).
+
+    Raises
+    ------
+    ValueError
+        If a threshold is not a finite number above 0 s.
+    """
+    values = [float(t) for t in configured_s]
+    bad = [t for t in values if not (math.isfinite(t) and t > 0)]
+    if bad:
+        raise ValueError(f"tmax_thresholds_s must be finite and above 0 s; got {bad}")
+    return tuple(sorted({t for t in values if t not in PUBLISHED_TMAX_S}))
+
+
 @dataclass(frozen=True)
 class LesionMetrics:
     """Volumes and ratios that the decisions are made on (mL, rounded to 0.1 mL).
 
     Rounding happens first, so that the numbers a reader sees are the numbers decided on.
+    ``tmax6_ml`` and ``tmax10_ml`` are measured at the published 6 s and 10 s
+    (:data:`PUBLISHED_TMAX_S`), whatever thresholds a site configures.
     """
 
     core_ml: float

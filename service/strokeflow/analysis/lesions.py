@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
 from strokeflow.analysis.brainmask import BrainMasks
+from strokeflow.analysis.decisions import (
+    HYPOPERFUSION_TMAX_S,
+    SEVERE_HYPOPERFUSION_TMAX_S,
+    extra_tmax_thresholds_s,
+)
 from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, side_name
 from strokeflow.analysis.maps import PerfusionMaps
 from strokeflow.analysis.settings import CtpSettings
@@ -96,6 +104,84 @@ def volume_ml(mask: np.ndarray, voxel_volume_ml: float) -> float:
     return float(np.count_nonzero(mask)) * voxel_volume_ml
 
 
+@dataclass(frozen=True)
+class TmaxRegion:
+    """Tissue with Tmax above a site-configured threshold (beside the published 6 s, 10 s).
+
+    Attributes
+    ----------
+    threshold_s : float
+        The threshold, in seconds; it names the region everywhere (``Tmax > 8 s``).
+    mask : numpy.ndarray
+        ``(z, y, x)`` bool mask on the analysis grid.
+    volume_ml : float
+        Its volume, rounded to 0.1 mL like the published volumes.
+    """
+
+    threshold_s: float
+    mask: np.ndarray
+    volume_ml: float
+
+    def __post_init__(self) -> None:
+        if not self.threshold_s > 0:
+            raise ValueError(f"Tmax threshold must be above 0 s; got {self.threshold_s}")
+        if self.mask.dtype != bool or self.mask.ndim != 3:
+            raise ValueError(f"Tmax > {self.threshold_s:g} s mask must be (z, y, x) bool")
+        if self.volume_ml < 0:
+            raise ValueError(f"Tmax > {self.threshold_s:g} s volume must not be negative")
+
+
+def extra_tmax_regions(
+    thresholds_s: Iterable[float],
+    cleaned_above: Callable[[float], np.ndarray],
+    tmax6: np.ndarray,
+    voxel_volume_ml: float,
+) -> tuple[TmaxRegion, ...]:
+    """The regions of a site's Tmax thresholds other than the published 6 s and 10 s.
+
+    Each is nested with the published Tmax > 6 s region, as Tmax > 10 s is: below 6 s it
+    contains it (and so the core), above 6 s it lies inside it.
+
+    Parameters
+    ----------
+    thresholds_s : iterable of float
+        The configured ``tmax_thresholds_s``.
+    cleaned_above : callable
+        ``t -> (z, y, x) bool`` cleaned mask of Tmax above ``t`` seconds.
+    tmax6 : numpy.ndarray
+        The published Tmax > 6 s mask (core included).
+    voxel_volume_ml : float
+        Volume of one voxel.
+
+    Returns
+    -------
+    tuple of TmaxRegion
+        By ascending threshold.
+    """
+    regions = []
+    for t in extra_tmax_thresholds_s(thresholds_s):
+        above = cleaned_above(t)
+        mask = above | tmax6 if t < HYPOPERFUSION_TMAX_S else above & tmax6
+        regions.append(TmaxRegion(t, mask, round(volume_ml(mask, voxel_volume_ml), 1)))
+    return tuple(regions)
+
+
+def tmax_above(
+    maps: PerfusionMaps,
+    tissue: np.ndarray,
+    voxel_volume_ml: float,
+    min_cluster_ml: float,
+    threshold_s: float,
+) -> np.ndarray:
+    """Cleaned ``(z, y, x)`` mask of the tissue whose Tmax exceeds ``threshold_s``.
+
+    One definition for the published thresholds and a site's own, so that they differ
+    only in the threshold (a NaN Tmax counts as 0 s).
+    """
+    tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
+    return clean_mask(tmax > threshold_s, tissue, voxel_volume_ml, min_cluster_ml)
+
+
 def ctp_lesion_masks(
     maps: PerfusionMaps,
     masks: BrainMasks,
@@ -104,6 +190,9 @@ def ctp_lesion_masks(
     settings: CtpSettings,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str | None]:
     """Core, Tmax > 6 s and Tmax > 10 s masks of a CT perfusion analysis, and rCBF.
+
+    The Tmax masks use the published thresholds (``decisions.PUBLISHED_TMAX_S``), never
+    ``settings.tmax_thresholds_s``: the rule sets were defined on them.
 
     Returns
     -------
@@ -116,9 +205,9 @@ def ctp_lesion_masks(
     tissue = masks.tissue
     vv = geometry.voxel_volume_ml
     tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
-    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
-    tmax6 = clean_mask(tmax > t6, tissue, vv, settings.min_cluster_ml)
-    tmax10 = clean_mask(tmax > t10, tissue, vv, settings.min_cluster_ml) & tmax6
+    tmax6 = tmax_above(maps, tissue, vv, settings.min_cluster_ml, HYPOPERFUSION_TMAX_S)
+    tmax10 = tmax_above(maps, tissue, vv, settings.min_cluster_ml, SEVERE_HYPOPERFUSION_TMAX_S)
+    tmax10 &= tmax6
     n_left = np.count_nonzero(tmax6 & (hemis.side == LEFT))
     n_right = np.count_nonzero(tmax6 & (hemis.side == RIGHT))
     lesion = 0

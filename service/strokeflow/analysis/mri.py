@@ -22,7 +22,9 @@ from scipy import ndimage
 from strokeflow.analysis.coregister import RigidResult, register_rigid, resample, resample_mask
 from strokeflow.analysis.ctp import AnalysisError, preliminary_affected_side
 from strokeflow.analysis.decisions import (
+    HYPOPERFUSION_TMAX_S,
     RULE_SETS,
+    SEVERE_HYPOPERFUSION_TMAX_S,
     LesionMetrics,
     evaluate_decisions,
     lesion_metrics,
@@ -44,8 +46,9 @@ from strokeflow.analysis.dsc import (
     select_dsc_aif,
     to_delta_r2,
 )
+from strokeflow.analysis.dsc_maps import RelativePerfusionMaps
 from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres, side_name
-from strokeflow.analysis.lesions import clean_mask, volume_ml
+from strokeflow.analysis.lesions import TmaxRegion, clean_mask, extra_tmax_regions, volume_ml
 from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.motion import bin_inplane
 from strokeflow.analysis.quality import MriQualityLimits, QualityFlag, quality_ok
@@ -78,7 +81,9 @@ class MriSettings:
     csf_adc_um2_s : float
         Voxels with ADC above this are CSF, excluded from the tissue.
     tmax_thresholds_s : tuple of float
-        Tmax>6 s and Tmax>10 s thresholds (the decisions use the first two).
+        Hypoperfusion thresholds (s) reported as volumes. Tmax > 6 s and > 10 s, on
+        which the published decision rules are defined, are always measured; any other
+        threshold adds a volume named by its value (``MriAnalysis.tmax_extra``).
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded (as for CT).
     analysis_pixel_mm : float
@@ -176,9 +181,10 @@ class MriAnalysis:
     """Everything the MR pipeline produced.
 
     Masks in the common space (the DWI grid ``geometry``, ``(z, y, x)``): ``brain``,
-    ``tissue``, ``core``, ``tmax6``, ``tmax10``. Perfusion maps and ``pwi_tissue`` are
-    on ``pwi_geometry``: the binned DSC grid cropped to the brain's bounding box (the AIF
-    voxel indices refer to it too).
+    ``tissue``, ``core``, ``tmax6``, ``tmax10`` (the published Tmax > 6 s and > 10 s),
+    ``tmax_extra`` (a site's other thresholds). Perfusion maps (relative CBF and CBV)
+    and ``pwi_tissue`` are on ``pwi_geometry``: the binned DSC grid cropped to the
+    brain's bounding box (the AIF voxel indices refer to it too).
     Without perfusion, ``perfusion_available`` is False, the Tmax masks, maps and
     ``metrics`` are None, and the mismatch decisions are None (unknown).
     """
@@ -199,7 +205,7 @@ class MriAnalysis:
     decisions: dict[str, bool | None]
     lesion_side: str | None
     pwi_geometry: Geometry | None = None
-    maps: PerfusionMaps | None = None
+    maps: RelativePerfusionMaps | None = None
     pwi_tissue: np.ndarray | None = None
     aif: DscAif | None = None
     grid_s: np.ndarray | None = None
@@ -207,6 +213,7 @@ class MriAnalysis:
     frame_motion_mm: np.ndarray | None = None
     flags: list[QualityFlag] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    tmax_extra: tuple[TmaxRegion, ...] = ()
 
     @property
     def quality_ok(self) -> bool:
@@ -301,23 +308,24 @@ def analyse_mri(acq: MriAcquisition, settings: MriSettings | None = None) -> Mri
         )
 
     perf = _perfusion(acq.pwi, diffusion, settings, flags, clock)
-    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
-    masks = []
-    for threshold in (t6, t10):
+
+    def above(threshold_s: float) -> np.ndarray:
         # Thresholded on the perfusion grid (a volume-preserving 50 % border once
         # resampled), but over the whole brain, so that the lesion border on the DWI grid
         # follows the fine diffusion tissue mask rather than the coarse perfusion voxels.
         fraction = resample(
-            (perf.tmax_filled > threshold).astype(np.float32),
+            (perf.tmax_filled > threshold_s).astype(np.float32),
             perf.geometry,
             diffusion.geometry,
             diffusion.core.shape,
             rigid_lps=perf.registration.rigid_lps,
         )
-        masks.append(clean_mask(fraction >= 0.5, diffusion.tissue, vv, settings.min_cluster_ml))
+        return clean_mask(fraction >= 0.5, diffusion.tissue, vv, settings.min_cluster_ml)
+
     # Core is hypoperfused tissue by definition; Tmax>10 s is part of Tmax>6 s.
-    tmax6 = masks[0] | diffusion.core
-    tmax10 = masks[1] & tmax6
+    tmax6 = above(HYPOPERFUSION_TMAX_S) | diffusion.core
+    tmax10 = above(SEVERE_HYPOPERFUSION_TMAX_S) & tmax6
+    extra = extra_tmax_regions(settings.tmax_thresholds_s, above, tmax6, vv)
     metrics = lesion_metrics(core_ml, volume_ml(tmax6, vv), volume_ml(tmax10, vv))
     clock.lap("mismatch")
     side = _side(tmax6, hemis, vv)
@@ -331,7 +339,7 @@ def analyse_mri(acq: MriAcquisition, settings: MriSettings | None = None) -> Mri
         decisions=dict(evaluate_decisions(metrics)),
         lesion_side=side,
         pwi_geometry=perf.geometry,
-        maps=perf.maps,
+        maps=RelativePerfusionMaps.from_deconvolution(perf.maps),
         pwi_tissue=perf.tissue,
         aif=perf.aif,
         grid_s=perf.grid_s,
@@ -339,6 +347,9 @@ def analyse_mri(acq: MriAcquisition, settings: MriSettings | None = None) -> Mri
         frame_motion_mm=perf.frame_motion_mm,
         flags=flags,
         timings_s=clock.timings,
+        tmax_extra=tuple(
+            TmaxRegion(r.threshold_s, _uncrop(r.mask, diffusion, False), r.volume_ml) for r in extra
+        ),
     )
 
 

@@ -16,8 +16,9 @@ class CtpSettings:
     core_requires_tmax_s : float
         Core voxels must also be hypoperfused (Tmax above this); 0 disables the check.
     tmax_thresholds_s : tuple of float
-        Hypoperfusion thresholds reported as volumes (the first two are Tmax>6 s and
-        Tmax>10 s used by the decisions).
+        Hypoperfusion thresholds (s) reported as volumes. Tmax > 6 s and > 10 s, on
+        which the published decision rules are defined, are always measured; any other
+        threshold adds a volume named by its value (``CtpAnalysis.tmax_extra``).
     analysis_pixel_mm : float
         Target in-plane pixel size after binning (noise reduction and speed).
     analysis_slab_mm : float

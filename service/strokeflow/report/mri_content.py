@@ -1,10 +1,10 @@
-"""The :class:`ResultContent` of an MR stroke analysis (DWI/ADC core, DSC Tmax).
+"""The summary and the result-object parts of an MR stroke analysis (DWI/ADC, DSC).
 
-Same pages, SEG and SR as CT perfusion (:mod:`strokeflow.report.dicom_outputs`), in the
+Same pages, SEG and SR as CT perfusion (:mod:`strokeflow.report.content`), in the
 common DWI space: the lesion pages outline the ADC core (magenta) and Tmax > 6 s (green)
 on the high-b DWI, the SEG lies on the DWI source grid, the map pages show the ADC and the
 DSC maps (CBF and CBV in relative units). Without a DSC series only the core is
-reported; the Tmax volumes and the mismatch decisions are "n/a", never "NO".
+reported; the Tmax volumes and the mismatch decisions are "n/a" (null), never "NO".
 """
 
 from __future__ import annotations
@@ -17,36 +17,21 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from strokeflow.analysis.decisions import HIR_POOR_COLLATERALS, RULE_SETS
+from strokeflow.analysis.decisions import HYPOPERFUSION_TMAX_S, SEVERE_HYPOPERFUSION_TMAX_S
 from strokeflow.analysis.mri import MriAcquisition, MriAnalysis, MriSettings
 from strokeflow.assemble.files import InstanceHeader
 from strokeflow.assemble.series import StudyInventory
-from strokeflow.report.dicom_outputs import (
-    DISCLAIMER,
-    INFARCT,
-    MISMATCH_RGB,
+from strokeflow.report.content import (
+    PERFUSION_NOT_AVAILABLE,
+    CoreDefinition,
+    ModalityParts,
     ResultContent,
-    flag_lines,
-    load_source_references,
     location_text,
+    result_content,
 )
-from strokeflow.report.render import (
-    CORE_RGB,
-    TMAX6_RGB,
-    TMAX10_RGB,
-    Curve,
-    Decision,
-    MapSpec,
-    SummaryContent,
-)
-from strokeflow.report.segmentation import Region
-from strokeflow.report.structured_report import (
-    HYPOPERFUSION_INTENSITY_RATIO,
-    MISMATCH_RATIO,
-    RATIO_UNIT,
-    ReportFindings,
-    private_code,
-)
+from strokeflow.report.render import Curve, MapSpec
+from strokeflow.report.results_json import mri_summary
+from strokeflow.report.source_references import load_source_references
 
 #: Procedure codes (LOINC): DSC perfusion needs gadolinium, a diffusion-only study not.
 MR_BRAIN_WITH_CONTRAST = Code("24587-8", "LN", "MR Brain WO and W contrast IV")
@@ -55,11 +40,6 @@ MR_PERFUSION_METHOD = Code("126303", "DCM", "Perfusion analysis by Susceptibilit
 DIFFUSION_METHOD = Code("129105", "DCM", "Diffusion image analysis")
 #: ADC display range (x10^-6 mm²/s): CSF (~3000) saturates, tissue and core are spread.
 ADC_WINDOW_UM2_S = (0.0, 2000.0)
-PERFUSION_NOT_AVAILABLE = "Perfusion not available: core only"
-
-
-def _ml(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f} mL"
 
 
 def _anatomy(
@@ -90,110 +70,54 @@ def _relative_range(values: np.ndarray, tissue: np.ndarray | None) -> float:
     return top if top > 0 else 1.0
 
 
-def mri_result_content(
+def _maps(analysis: MriAnalysis) -> list[MapSpec]:
+    """ADC in brain, then the DSC maps (relative CBF and CBV) on their own grid."""
+    adc_shown = np.where(analysis.brain, analysis.adc_um2_s, np.nan).astype(np.float32)
+    maps = [MapSpec("ADC", adc_shown, "x10^-6 mm²/s", *ADC_WINDOW_UM2_S, cmap="gray")]
+    pm, grid, tissue = analysis.maps, analysis.pwi_geometry, analysis.pwi_tissue
+    if analysis.perfusion_available and pm is not None and grid is not None:
+        maps += [
+            MapSpec(
+                "CBF",
+                pm.cbf_relative,
+                "relative",
+                0.0,
+                _relative_range(pm.cbf_relative, tissue),
+                geometry=grid,
+            ),
+            MapSpec(
+                "CBV",
+                pm.cbv_relative,
+                "relative",
+                0.0,
+                _relative_range(pm.cbv_relative, tissue),
+                geometry=grid,
+            ),
+            MapSpec("MTT", pm.mtt_s, "s", 0.0, 15.0, geometry=grid),
+            MapSpec("Tmax", pm.tmax_s, "s", 0.0, 12.0, geometry=grid),
+        ]
+    return maps
+
+
+def mri_parts(
     analysis: MriAnalysis, acquisition: MriAcquisition, settings: MriSettings
-) -> ResultContent:
-    """Describe the result objects of an MR stroke analysis.
-
-    Parameters
-    ----------
-    analysis : MriAnalysis
-        Masks on the DWI grid, DSC maps on their own grid, metrics and decisions.
-    acquisition : MriAcquisition
-        The assembled series (its high-b DWI is the anatomy of the lesion pages).
-    settings : MriSettings
-        The thresholds the analysis used.
-
-    Returns
-    -------
-    ResultContent
-    """
-    m = analysis.metrics
-    perfusion = analysis.perfusion_available and m is not None
+) -> ModalityParts:
+    """What an MR stroke analysis adds to the shared content."""
+    perfusion = analysis.perfusion_available and analysis.metrics is not None
     thr = settings.adc_core_threshold_um2_s
-    t6, t10 = settings.tmax_thresholds_s[0], settings.tmax_thresholds_s[1]
     cluster = f"; clusters under {settings.min_cluster_ml:g} mL removed"
     core_def = (
         f"ADC < {thr:g} x10^-6 mm2/s in brain tissue (ADC > {settings.csf_adc_um2_s:g} "
         f"is CSF, excluded){cluster}"
     )
-    regions = [
-        Region(
-            "core",
-            f"Ischemic core (ADC < {thr:g} um2/s)",
-            analysis.core,
-            analysis.core_ml,
-            INFARCT,
-            CORE_RGB,
-            core_def,
-        )
-    ]
-    region_measurements: dict[str, list[tuple[Code, float, Code]]] = {}
+    tmax_masks: dict[float, np.ndarray] = {}
     if perfusion:
-        assert m is not None and analysis.tmax6 is not None and analysis.tmax10 is not None
-        regions += [
-            Region(
-                "tmax6",
-                f"Tmax > {t6:g} s",
-                analysis.tmax6,
-                m.tmax6_ml,
-                private_code("TMAX_ABOVE_6S", f"Hypoperfused tissue, Tmax > {t6:g} s"),
-                TMAX6_RGB,
-                f"DSC Tmax > {t6:g} s in DWI space, including the core{cluster}",
-            ),
-            Region(
-                "tmax10",
-                f"Tmax > {t10:g} s",
-                analysis.tmax10,
-                m.tmax10_ml,
-                private_code("TMAX_ABOVE_10S", f"Severely hypoperfused tissue, Tmax > {t10:g} s"),
-                TMAX10_RGB,
-                f"DSC Tmax > {t10:g} s in DWI space{cluster}",
-            ),
-            Region(
-                "mismatch",
-                "Mismatch (Tmax > 6 s minus core)",
-                analysis.tmax6 & ~analysis.core,
-                m.mismatch_ml,
-                private_code("MISMATCH_REGION", "Perfusion-core mismatch region"),
-                MISMATCH_RGB,
-                f"Tmax > {t6:g} s region outside the ADC core",
-            ),
-        ]
-        if m.mismatch_ratio is not None:
-            region_measurements["mismatch"] = [(MISMATCH_RATIO, m.mismatch_ratio, RATIO_UNIT)]
-        if m.hypoperfusion_intensity_ratio is not None:
-            region_measurements["tmax10"] = [
-                (HYPOPERFUSION_INTENSITY_RATIO, m.hypoperfusion_intensity_ratio, RATIO_UNIT)
-            ]
-
-    hir = None if m is None else m.hypoperfusion_intensity_ratio
-    if m is None or not perfusion:
-        ratio_text = hir_text = "n/a"
-    else:
-        ratio_text = "no core (infinite)" if m.mismatch_ratio is None else f"{m.mismatch_ratio:.1f}"
-        hir_text = "-" if hir is None else f"{hir:.2f}"
-    volume_rows = [
-        (f"Core (ADC < {thr:g} x10⁻⁶ mm²/s)", _ml(analysis.core_ml)),
-        (f"Tmax > {t6:g} s", _ml(m.tmax6_ml if m is not None else None)),
-        (f"Tmax > {t10:g} s", _ml(m.tmax10_ml if m is not None else None)),
-        ("Mismatch volume", _ml(m.mismatch_ml if m is not None else None)),
-        ("Mismatch ratio", ratio_text),
-        ("Hypoperfusion intensity ratio", hir_text),
-        ("Lesion side", (analysis.lesion_side or "none detected").upper()),
-    ]
-    rules = {r.key: r for r in RULE_SETS}
-    decisions = [
-        Decision(rules[k].name, analysis.decisions.get(k), rules[k].describe())
-        for k in ("defuse3", "extend", "defuse2")
-        if k in rules
-    ]
-    alerts = [] if perfusion else [PERFUSION_NOT_AVAILABLE]
-    if analysis.decisions.get("malignant_profile"):
-        alerts.append(f"WARNING: {rules['malignant_profile'].name}")
-    if hir is not None and hir > HIR_POOR_COLLATERALS:
-        alerts.append(f"HIR {hir:.2f} > {HIR_POOR_COLLATERALS:g}: poor collaterals likely")
-
+        assert analysis.tmax6 is not None and analysis.tmax10 is not None
+        tmax_masks = {
+            HYPOPERFUSION_TMAX_S: analysis.tmax6,
+            SEVERE_HYPOPERFUSION_TMAX_S: analysis.tmax10,
+            **{r.threshold_s: r.mask for r in analysis.tmax_extra},
+        }
     curves = []
     if analysis.aif is not None and analysis.grid_s is not None and analysis.pwi_geometry:
         curves.append(
@@ -215,14 +139,21 @@ def mri_result_content(
     series = (
         ", ".join(f"{name} ({what})" for name, what in acquisition.series_used) or "not recorded"
     )
-    summary = SummaryContent(
-        title="MR stroke",
-        header_lines=[],
-        decisions=decisions,
-        alerts=alerts,
-        volume_rows=volume_rows,
-        quality_ok=analysis.quality_ok,
-        quality_lines=flag_lines(analysis.flags),
+    return ModalityParts(
+        core=CoreDefinition(
+            analysis.core,
+            f"Ischemic core (ADC < {thr:g} um2/s)",
+            f"Core (ADC < {thr:g} x10⁻⁶ mm²/s)",
+            core_def,
+            name="ADC core",
+        ),
+        tmax_masks=tmax_masks,
+        tmax_wording=("DSC ", " in DWI space"),
+        geometry=analysis.geometry,
+        anatomy_zyx=anatomy,
+        anatomy_window=window,
+        anatomy_head_zyx=analysis.brain,
+        maps=_maps(analysis),
         curves=curves,
         curve_unit="delta-R2* (1/s)",
         curve_title="Arterial input (DSC)",
@@ -230,74 +161,40 @@ def mri_result_content(
         if perfusion
         else f"{PERFUSION_NOT_AVAILABLE}. Tmax, mismatch and the mismatch decisions "
         "need a DSC perfusion series.",
-        footer_lines=[
-            f"Core: ADC < {thr:g} x10^-6 mm²/s ({analysis.adc_source} ADC) with DWI "
-            f"hyperintensity. Series: {series}. Method: {method}. "
-            f"Lesion pages on the {anatomy_name}.",
-            DISCLAIMER,
+        footer=f"Core: ADC < {thr:g} x10^-6 mm²/s ({analysis.adc_source} ADC) with DWI "
+        f"hyperintensity. Series: {series}. Method: {method}. "
+        f"Lesion pages on the {anatomy_name}.",
+        parameters_before=[
+            f"core: {core_def}",
+            f"ADC source: {analysis.adc_source}",
+            f"perfusion: {method}",
         ],
-    )
-    adc_shown = np.where(analysis.brain, analysis.adc_um2_s, np.nan).astype(np.float32)
-    maps = [
-        MapSpec("ADC", adc_shown, "x10^-6 mm²/s", *ADC_WINDOW_UM2_S, cmap="gray"),
-    ]
-    if perfusion and analysis.maps is not None and analysis.pwi_geometry is not None:
-        pm, grid, tissue = analysis.maps, analysis.pwi_geometry, analysis.pwi_tissue
-        maps += [
-            MapSpec(
-                "CBF",
-                pm.cbf_ml_100g_min,
-                "relative",
-                0.0,
-                _relative_range(pm.cbf_ml_100g_min, tissue),
-                geometry=grid,
-            ),
-            MapSpec(
-                "CBV",
-                pm.cbv_ml_100g,
-                "relative",
-                0.0,
-                _relative_range(pm.cbv_ml_100g, tissue),
-                geometry=grid,
-            ),
-            MapSpec("MTT", pm.mtt_s, "s", 0.0, 15.0, geometry=grid),
-            MapSpec("Tmax", pm.tmax_s, "s", 0.0, 12.0, geometry=grid),
-        ]
-    parameters = [
-        f"core: {core_def}",
-        f"ADC source: {analysis.adc_source}",
-        f"perfusion: {method}",
-    ]
-    if perfusion:
-        parameters.append(f"hypoperfusion: Tmax > {t6:g} s and Tmax > {t10:g} s")
-    findings = ReportFindings(
         procedure=MR_BRAIN_WITH_CONTRAST if perfusion else MR_BRAIN,
         method=MR_PERFUSION_METHOD if perfusion else DIFFUSION_METHOD,
-        regions=regions,
-        region_measurements=region_measurements,
-        decisions=[
-            (
-                private_code(r.key.upper().replace("_PROFILE", ""), f"{r.name} ({r.version})"),
-                analysis.decisions.get(r.key),
-            )
-            for r in RULE_SETS
-        ],
-        lesion_side=analysis.lesion_side,
-        algorithm_parameters=parameters,
         region_methods={"core": DIFFUSION_METHOD},
     )
-    return ResultContent(
-        title="MR stroke",
-        geometry=analysis.geometry,
-        anatomy_zyx=anatomy,
-        anatomy_window=window,
-        regions=regions,
-        outlined=["core", "tmax6"] if perfusion else ["core"],
-        maps=maps,
-        summary=summary,
-        findings=findings,
-        anatomy_head_zyx=analysis.brain,
-    )
+
+
+def mri_result_content(
+    analysis: MriAnalysis, acquisition: MriAcquisition, settings: MriSettings
+) -> ResultContent:
+    """The result objects' content of an MR stroke analysis.
+
+    Parameters
+    ----------
+    analysis : MriAnalysis
+        Masks on the DWI grid, DSC maps on their own grid, metrics and decisions.
+    acquisition : MriAcquisition
+        The assembled series (its high-b DWI is the anatomy of the lesion pages).
+    settings : MriSettings
+        The thresholds the analysis used.
+
+    Returns
+    -------
+    ResultContent
+    """
+    summary = mri_summary(analysis, acquisition, settings)
+    return result_content(summary, mri_parts(analysis, acquisition, settings))
 
 
 def _source_headers(study: StudyInventory, acquisition: MriAcquisition) -> list[InstanceHeader]:
@@ -356,7 +253,7 @@ def mri_source_references(study: StudyInventory, acquisition: MriAcquisition) ->
     """Headers the MR result objects reference: one per slice, or one multi-frame image.
 
     Classic images: the earliest image at each slice position
-    (:func:`~strokeflow.report.dicom_outputs.load_source_references`). An enhanced
+    (:func:`~strokeflow.report.source_references.load_source_references`). An enhanced
     multi-frame image is referenced as itself. A Siemens mosaic holds every slice in one
     image whose own position is that of the tiled picture: each slice is referenced by
     a copy of the mosaic's header that carries the slice's true geometry (from the CSA

@@ -1,4 +1,4 @@
-"""NIfTI export of the maps and masks, for researchers."""
+"""NIfTI export of the maps and masks (CT perfusion and MR), for researchers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import nibabel as nib
 import numpy as np
 
 from strokeflow.analysis.ctp import CtpAnalysis
+from strokeflow.analysis.lesions import TmaxRegion
+from strokeflow.analysis.mri import MriAnalysis
 from strokeflow.analysis.volume import Geometry
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -44,6 +46,41 @@ def write_ctp_maps(analysis: CtpAnalysis, out_dir: Path) -> list[Path]:
         "core_mask": analysis.core,
         "tmax6_mask": analysis.tmax6,
         "tmax10_mask": analysis.tmax10,
+        **_extra_masks(analysis.tmax_extra),
         "tissue_mask": analysis.masks.tissue,
     }
     return [save_volume(v, g, out_dir / f"{name}.nii.gz") for name, v in volumes.items()]
+
+
+def _extra_masks(regions: tuple[TmaxRegion, ...]) -> dict[str, np.ndarray]:
+    """A site's extra Tmax masks, named by their threshold (``tmax8_mask``)."""
+    return {f"tmax{r.threshold_s:g}_mask": r.mask for r in regions}
+
+
+def write_mri_maps(analysis: MriAnalysis, out_dir: Path) -> list[Path]:
+    """Write the ADC, masks (DWI space) and perfusion maps (PWI space) as NIfTI."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = analysis.geometry
+    volumes: dict[str, np.ndarray] = {
+        "adc_um2_s": analysis.adc_um2_s,
+        "core_mask": analysis.core,
+        "tissue_mask": analysis.tissue,
+    }
+    if analysis.tmax6 is not None and analysis.tmax10 is not None:
+        volumes["tmax6_mask"] = analysis.tmax6
+        volumes["tmax10_mask"] = analysis.tmax10
+        volumes.update(_extra_masks(analysis.tmax_extra))
+    paths = [save_volume(v, g, out_dir / f"{name}.nii.gz") for name, v in volumes.items()]
+    maps, pwi_geometry = analysis.maps, analysis.pwi_geometry
+    if maps is not None and pwi_geometry is not None:
+        pwi = {
+            "pwi_cbf_relative": maps.cbf_relative,
+            "pwi_cbv_relative": maps.cbv_relative,
+            "pwi_mtt_s": maps.mtt_s,
+            "pwi_tmax_s": maps.tmax_s,
+            "pwi_ttp_s": maps.ttp_s,
+        }
+        paths += [
+            save_volume(v, pwi_geometry, out_dir / f"{name}.nii.gz") for name, v in pwi.items()
+        ]
+    return paths

@@ -4,7 +4,8 @@ Pages are ``PAGE_HEIGHT_PX x PAGE_WIDTH_PX`` 8-bit RGB arrays with body text of 
 26 px, readable when PACS scales the page to a diagnostic monitor. The summary page is
 drawn with matplotlib (Agg canvas, no pyplot state) for its curve plot; one figure per
 study, so its cost is fixed. The slice pages (lesions, maps) are composed with numpy
-and Pillow in :mod:`strokeflow.report.panels`, which is an order of magnitude faster.
+and Pillow in :mod:`strokeflow.report.panels` (on :mod:`strokeflow.report.canvas`), which is
+an order of magnitude faster.
 """
 
 from __future__ import annotations

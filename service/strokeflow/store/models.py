@@ -207,6 +207,9 @@ class Job(Base):
     #: Folder (relative to the data directory) holding results.json and the maps.
     results_path: Mapped[str | None] = mapped_column(String(255))
     core_ml: Mapped[float | None] = mapped_column(Float)
+    #: Named by their thresholds because they are the published ones (Tmax > 6 s and
+    #: > 10 s, ``analysis.decisions.PUBLISHED_TMAX_S``), measured whatever a site configures;
+    #: a site's other thresholds are in results.json's ``tmax_volumes_ml``.
     tmax6_ml: Mapped[float | None] = mapped_column(Float)
     tmax10_ml: Mapped[float | None] = mapped_column(Float)
     mismatch_ml: Mapped[float | None] = mapped_column(Float)

@@ -208,6 +208,12 @@ def summary_pages(job: Job, data_dir: Path) -> list[Path]:
     return sorted(folder.rglob(SUMMARY_GLOB), key=lambda p: (p.name, str(p)))
 
 
+def _site_tmax_volumes(analysis: dict[str, Any] | None) -> dict[str, float | None]:
+    """The Tmax volumes of a site's own thresholds (beside the published 6 s and 10 s)."""
+    volumes = (analysis or {}).get("tmax_volumes_ml") or {}
+    return {t: v for t, v in volumes.items() if t not in ("6", "10")}
+
+
 def _curve(data: dict[str, Any] | None) -> Curve | None:
     if not data or "times_s" not in data or "curve_hu" not in data:
         return None
@@ -289,6 +295,7 @@ def job_detail(session: Session, job: Job, data_dir: Path) -> JobDetail:
         hypoperfusion_intensity_ratio=(
             analysis.get("hypoperfusion_intensity_ratio") if analysis else None
         ),
+        site_tmax_volumes_ml=_site_tmax_volumes(analysis),
         aif=_curve(analysis.get("aif")) if analysis else None,
         vof=_curve(analysis.get("vof")) if analysis else None,
         series=_series_uses(session, study, results),

@@ -40,6 +40,7 @@ class JobSummary(BaseModel):
     study_date: str | None
     timeline: list[Stage]
     core_ml: float | None
+    #: The published Tmax > 6 s and > 10 s volumes, on which the decisions are made.
     tmax6_ml: float | None
     tmax10_ml: float | None
     mismatch_ml: float | None
@@ -99,6 +100,11 @@ class JobDetail(JobSummary):
     )
     lesion_side: str | None
     hypoperfusion_intensity_ratio: float | None
+    site_tmax_volumes_ml: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Tmax volumes (mL) of the site's own thresholds, keyed by the threshold in "
+        "seconds; tmax6_ml and tmax10_ml are the published Tmax > 6 s and > 10 s",
+    )
     aif: Curve | None
     vof: Curve | None
     series: list[SeriesUse]

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.analyze import AnalyzeOptions, NothingToAnalyseError, analyze_paths
+from strokeflow.analyze import AnalyzeOptions, AnalyzeOutcome, NothingToAnalyseError, analyze_paths
 from strokeflow.config import RetryPolicy, Settings
 from strokeflow.dispatch.dispatcher import dispatch_job, plan_dispatch
 from strokeflow.logsetup import log_context
@@ -49,19 +49,10 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def _volumes(results: dict[str, Any]) -> dict[str, Any]:
-    """The job-row summary of the first analysis (CT perfusion first, then MRI)."""
-    analyses = [a for study in results["studies"] for a in study["analyses"]]
-    analyses.sort(key=lambda a: 0 if a.get("kind") == "ctp" else 1)
-    first = analyses[0]
-    return {
-        "core_ml": first.get("core_ml"),
-        "tmax6_ml": first.get("tmax6_ml"),
-        "tmax10_ml": first.get("tmax10_ml"),
-        "mismatch_ml": first.get("mismatch_ml"),
-        "mismatch_ratio": first.get("mismatch_ratio"),
-        "decisions": first.get("decisions"),
-    }
+def _volumes(outcome: AnalyzeOutcome) -> dict[str, Any]:
+    """The job-row columns of the first analysis (CT perfusion first, then MRI)."""
+    first = min(outcome.summaries, key=lambda s: 0 if s.kind == "ctp" else 1)
+    return first.job_fields()
 
 
 #: Room an analysis needs beyond its inputs' size: maps, pages and objects of a large
@@ -217,7 +208,7 @@ class JobRunner:
             with log_context(study_uid=study_uid, stage="analysis"):
                 LOG.info("job %d: analysing study v%d (%d files)", job_id, version, len(paths))
                 outcome = analyze_paths(paths, scratch, self.analyze_options)
-            summary = _volumes(outcome.results)
+            summary = _volumes(outcome)
         except Exception as exc:
             # A failed attempt's files (a full disk's last megabytes, say) go at once.
             shutil.rmtree(scratch, ignore_errors=True)
