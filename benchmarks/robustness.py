@@ -70,11 +70,14 @@ def tolerance_ml(name: str, truth_ml: float) -> float:
 
 def _estimate_from_analysis(analysis: Any) -> dict[str, Any]:
     m = analysis.metrics
+    # What the analysis declines to assert is None here as in results.json (the DICOM
+    # cases): a value reported as "not assessable" is never a reading to score.
+    na = analysis.not_assessable
     return {
         "core": m.core_ml,
         "tmax6": m.tmax6_ml,
-        "tmax10": getattr(m, "tmax10_ml", None),
-        "hir": getattr(m, "hypoperfusion_intensity_ratio", None),
+        "tmax10": None if "tmax10_ml" in na else m.tmax10_ml,
+        "hir": None if "hypoperfusion_intensity_ratio" in na else m.hypoperfusion_intensity_ratio,
         "decisions": dict(analysis.decisions),
         "side": analysis.lesion_side,
         "flags": [f"{f.code}:{f.severity}" for f in analysis.flags],
