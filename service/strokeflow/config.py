@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from strokeflow.analysis.mri import MriSettings
-from strokeflow.analysis.quality import MriQualityLimits
+from strokeflow.analysis.quality import MriQualityLimits, QualityLimits
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.logsetup import LogFormat
 
@@ -57,7 +57,8 @@ class AnalysisSection(BaseModel):
 
     The keys are the fields of :class:`~strokeflow.analysis.settings.CtpSettings` and
     :class:`~strokeflow.analysis.mri.MriSettings` (e.g. ``core_rcbf_threshold``,
-    ``adc_core_threshold_um2_s``; the MR quality limits in ``[analysis.mri.quality]``,
+    ``adc_core_threshold_um2_s``; the quality limits in ``[analysis.ctp.quality]`` and
+    ``[analysis.mri.quality]``, :class:`~strokeflow.analysis.quality.QualityLimits` and
     :class:`~strokeflow.analysis.quality.MriQualityLimits`), with the same published defaults;
     ``STROKEFLOW_ANALYSIS__CTP__CORE_RCBF_THRESHOLD=0.3`` sets one from the environment.
     """
@@ -71,7 +72,10 @@ class AnalysisSection(BaseModel):
     @classmethod
     def _keys(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            _known_fields(CtpSettings, value.get("ctp"), "analysis.ctp")
+            ctp = value.get("ctp")
+            if isinstance(ctp, dict):
+                _known_fields(QualityLimits, ctp.get("quality"), "analysis.ctp.quality")
+            _known_fields(CtpSettings, ctp, "analysis.ctp")
             mri = value.get("mri")
             if isinstance(mri, dict):
                 moved = sorted(set(mri) & _MOVED_TO_MRI_QUALITY)

@@ -43,7 +43,7 @@ from strokeflow.analysis.lesions import (
 )
 from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
-from strokeflow.analysis.quality import QualityFlag, QualityLimits, quality_ok
+from strokeflow.analysis.quality import QualityFlag, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analysis.slabs import SlabPlan, binning_factor, combine_slices, plan_slabs
@@ -161,7 +161,7 @@ def analyse_ctp(
     """
     settings = settings or CtpSettings()
     clock = StageClock()
-    limits = QualityLimits()
+    limits = settings.quality
     flags: list[QualityFlag] = []
 
     with analysis_stage("input"):

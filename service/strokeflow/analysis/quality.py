@@ -32,7 +32,31 @@ def quality_ok(flags: list[QualityFlag]) -> bool:
 
 @dataclass(frozen=True)
 class QualityLimits:
-    """Limits that raise the flags (CT defaults)."""
+    """Limits that raise the CT perfusion analysis' flags (``[analysis.ctp.quality]``).
+
+    Attributes
+    ----------
+    motion_note_mm : float
+        Corrected in-plane motion above this raises ``motion_corrected``.
+    min_aif_peak : float
+        An arterial peak (HU, after the partial-volume scale) below this raises ``poor_aif``.
+    max_aif_fwhm_s : float
+        An arterial bolus wider than this (full width at half maximum) raises ``poor_aif``.
+    max_vof_tail_fraction, max_aif_tail_fraction : float
+        Venous or arterial enhancement at the last frame above this fraction of its peak
+        raises ``bolus_truncated``.
+    min_snr : float
+        Mean tissue enhancement over its baseline noise below this raises ``low_snr``.
+    min_coverage_mm : float
+        Brain coverage along the slices below this raises ``incomplete_coverage``.
+    max_missing_fraction : float
+        A slice missing more than this fraction of its frames raises ``missing_frames``.
+    min_baseline_frames : int
+        Fewer frames before the bolus arrives raise ``short_baseline``.
+    max_pv_scale : float
+        A venous area more than this many times the arterial area (arterial partial
+        volume) raises ``poor_aif``.
+    """
 
     motion_note_mm: float = 2.0
     min_aif_peak: float = 100.0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from strokeflow.analysis.quality import QualityLimits
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class CtpSettings:
     max_motion_mm : float
         Frames needing more in-plane correction than this, or that stay misaligned after
         correction, are excluded.
+    quality : QualityLimits
+        Limits that raise the quality flags (``[analysis.ctp.quality]``).
     """
 
     core_rcbf_threshold: float = 0.30
@@ -66,3 +70,4 @@ class CtpSettings:
     correct_cbf_bias: bool = False
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0
+    quality: QualityLimits = field(default_factory=QualityLimits)
