@@ -186,8 +186,9 @@ def orthanc_sync_receiver(exe: str) -> Receiver:
             "Plugins": [],
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
+        # Orthanc's DICOM layer is DCMTK's: Nagle's algorithm off as for storescp.
         server = Server(
-            "Orthanc", [exe, str(folder / "orthanc.json")], folder / "server.log", dict(os.environ)
+            "Orthanc", [exe, str(folder / "orthanc.json")], folder / "server.log", dcmtk_env()
         )
         wait_until(
             lambda: server.check_alive() and listening(port) and listening(http_port),

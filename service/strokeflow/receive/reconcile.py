@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from strokeflow.receive.checks import InstanceRefusedError, read_stored, text_value
 from strokeflow.receive.index import instance_record
 from strokeflow.receive.storage import quarantine_stored
-from strokeflow.store.repository import study_index
+from strokeflow.store.repository import InstanceRecord, study_index
 from strokeflow.store.studies import RESULT_SOP_CLASSES, is_own_result, note_instances
 
 LOG = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def reconcile(data_dir: Path, sessions: sessionmaker[Session], now: datetime) ->
         with sessions() as session:
             known = study_index(session, study_dir.name)
         referenced = {row.path for row in known.values()}
+        found: list[tuple[InstanceRecord, str | None]] = []
         for path in files:
             relpath = path.relative_to(data_dir)
             if relpath.as_posix() in referenced:
@@ -79,7 +80,10 @@ def reconcile(data_dir: Path, sessions: sessionmaker[Session], now: datetime) ->
             mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
             if row is not None and mtime <= row.received_at:
                 continue  # an earlier version, superseded by the indexed one
-            _reconcile_file(data_dir, sessions, relpath, row.sha256 if row else None, now, done)
+            record = _checked_record(data_dir, relpath, row.sha256 if row else None, done)
+            if record is not None:
+                found.append(record)
+        _index(data_dir, sessions, found, now, done)
     if done.indexed or done.quarantined or done.temporary_removed:
         LOG.info(
             "start-up reconciliation: %d stored files without an index row indexed, %d "
@@ -91,22 +95,19 @@ def reconcile(data_dir: Path, sessions: sessionmaker[Session], now: datetime) ->
     return done
 
 
-def _reconcile_file(
-    data_dir: Path,
-    sessions: sessionmaker[Session],
-    relpath: Path,
-    indexed_sha256: str | None,
-    now: datetime,
-    done: Reconciliation,
-) -> None:
+def _checked_record(
+    data_dir: Path, relpath: Path, indexed_sha256: str | None, done: Reconciliation
+) -> tuple[InstanceRecord, str | None] | None:
+    """The file's record and manufacturer; ``None`` when it is quarantined or holds the
+    indexed bytes (stored twice by a race)."""
     try:
         ds, transfer_syntax, data = read_stored(data_dir / relpath, relpath)
     except InstanceRefusedError as exc:
         _quarantine(data_dir, relpath, str(exc), done)
-        return
+        return None
     sha256 = hashlib.sha256(data).hexdigest()
     if sha256 == indexed_sha256:
-        return  # the indexed version's bytes, stored twice by a race
+        return None
     record = instance_record(
         ds,
         transfer_syntax_uid=str(transfer_syntax),
@@ -115,26 +116,50 @@ def _reconcile_file(
         sha256=sha256,
         calling_ae_title=None,
     )
-    try:
-        with sessions() as session, session.begin():
-            own = set()
-            if record.sop_class_uid in RESULT_SOP_CLASSES and is_own_result(
-                session,
-                record.sop_class_uid,
-                record.sop_instance_uid,
-                text_value(ds, "Manufacturer", 64),
-            ):
-                own.add(record.sop_instance_uid)
-            note_instances(session, [record], now, own_result_uids=own)
-    except ValueError as exc:
-        _quarantine(data_dir, relpath, str(exc), done)
+    return record, text_value(ds, "Manufacturer", 64)
+
+
+def _index(
+    data_dir: Path,
+    sessions: sessionmaker[Session],
+    found: list[tuple[InstanceRecord, str | None]],
+    now: datetime,
+    done: Reconciliation,
+) -> None:
+    """Index one study's files in one transaction; one by one if one contradicts the index."""
+    if not found:
         return
-    done.indexed += 1
-    LOG.info(
-        "study %s instance %s: stored without an index row, now indexed",
-        record.study_uid,
-        record.sop_instance_uid,
-    )
+    try:
+        _note(sessions, found, now)
+    except ValueError:
+        for one in found:
+            try:
+                _note(sessions, [one], now)
+            except ValueError as exc:
+                _quarantine(data_dir, Path(one[0].path), str(exc), done)
+                continue
+            done.indexed += 1
+        return
+    done.indexed += len(found)
+    for record, _ in found:
+        LOG.debug(
+            "study %s instance %s: stored without an index row, now indexed",
+            record.study_uid,
+            record.sop_instance_uid,
+        )
+
+
+def _note(
+    sessions: sessionmaker[Session], found: list[tuple[InstanceRecord, str | None]], now: datetime
+) -> None:
+    with sessions() as session, session.begin():
+        own = {
+            r.sop_instance_uid
+            for r, manufacturer in found
+            if r.sop_class_uid in RESULT_SOP_CLASSES
+            and is_own_result(session, r.sop_class_uid, r.sop_instance_uid, manufacturer)
+        }
+        note_instances(session, [r for r, _ in found], now, own_result_uids=own)
 
 
 def _quarantine(data_dir: Path, relpath: Path, reason: str, done: Reconciliation) -> None:
