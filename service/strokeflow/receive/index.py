@@ -13,7 +13,6 @@ retries, and the receiver answers new instances 0xA700 until a batch goes throug
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -82,12 +81,35 @@ def instance_record(
 class PendingInstance:
     """An acknowledged instance whose rows are not written yet.
 
-    ``record.sha256`` is filled from ``digest`` (hashed beside the fsync) when written.
+    Its record is built by the writer (the dataset's values are decoded there, off the
+    answer's path), with the hash computed beside the fsync (``digest``).
     """
 
-    record: InstanceRecord
+    ds: Dataset
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    relpath: Path
+    transfer_syntax_uid: str
+    size_bytes: int
+    calling_ae_title: str
     digest: Future[str]
-    manufacturer: str | None = None
+
+    def record(self) -> InstanceRecord:
+        """The index row (waits for the hash)."""
+        return instance_record(
+            self.ds,
+            transfer_syntax_uid=self.transfer_syntax_uid,
+            relpath=self.relpath,
+            size_bytes=self.size_bytes,
+            sha256=self.digest.result(),
+            calling_ae_title=self.calling_ae_title,
+        )
+
+    @property
+    def manufacturer(self) -> str | None:
+        """Manufacturer (0008,0070): our own result objects carry ours."""
+        return text_value(self.ds, "Manufacturer", 64)
 
 
 @dataclass(frozen=True)
@@ -126,13 +148,12 @@ class IndexWriter:
 
     def put(self, item: PendingInstance) -> None:
         """Queue an acknowledged instance's rows."""
-        record = item.record
         with self._cond:
             self._queue.append(item)
             self._queued += 1
-            self._pending[record.sop_instance_uid] = (record.series_uid, record.study_uid)
-            study, count = self._series.get(record.series_uid, (record.study_uid, 0))
-            self._series[record.series_uid] = (study, count + 1)
+            self._pending[item.sop_instance_uid] = (item.series_uid, item.study_uid)
+            study, count = self._series.get(item.series_uid, (item.study_uid, 0))
+            self._series[item.series_uid] = (study, count + 1)
             self._cond.notify_all()
 
     def release(self, study_uids: set[str]) -> None:
@@ -221,25 +242,21 @@ class IndexWriter:
             for item in batch:
                 if isinstance(item, _Release):
                     continue
-                record = item.record
-                self._pending.pop(record.sop_instance_uid, None)
-                study, count = self._series[record.series_uid]
+                self._pending.pop(item.sop_instance_uid, None)
+                study, count = self._series[item.series_uid]
                 if count > 1:
-                    self._series[record.series_uid] = (study, count - 1)
+                    self._series[item.series_uid] = (study, count - 1)
                 else:
-                    del self._series[record.series_uid]
+                    del self._series[item.series_uid]
             self._cond.notify_all()
 
     def _write(self, batch: list[PendingInstance | _Release]) -> None:
-        records = [
-            dataclasses.replace(i.record, sha256=i.digest.result())
-            for i in batch
-            if isinstance(i, PendingInstance)
-        ]
+        pending = [i for i in batch if isinstance(i, PendingInstance)]
+        records = [i.record() for i in pending]
         manufacturers = {
-            i.record.sop_instance_uid: i.manufacturer
-            for i in batch
-            if isinstance(i, PendingInstance)
+            i.sop_instance_uid: i.manufacturer
+            for i in pending
+            if i.ds.get("SOPClassUID") in RESULT_SOP_CLASSES
         }
         release = batch[-1] if isinstance(batch[-1], _Release) else None
         now = self.clock()

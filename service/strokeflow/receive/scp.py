@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import A_RELEASE
@@ -255,14 +255,15 @@ class Receiver:
     def on_store(self, event: Event) -> int:
         """Store one instance durably, then answer; never raises.
 
-        The dataset is decoded (header only), its UIDs checked and looked up in the index
-        (one read; the index writer's queue first). A new instance's Part 10 file is
-        written once, straight to its place (never over another file); its fsync and its
-        hash run in the ``disk-write`` pool while this thread checks every element, then
-        the file's folder is fsynced and 0x0000 answered. Its rows are written afterwards,
-        in a batch, by the index writer (:mod:`strokeflow.receive.index`). An instance
-        already known (a resend) takes :meth:`_store_known`, which decides in SQL first.
-        Refused data goes to quarantine; disk or database trouble answers 0xA700.
+        The dataset's UIDs are decoded and checked, and its Part 10 file written once,
+        straight to its place (never over another file). Its fsync and its hash run in
+        the ``disk-write`` pool while this thread looks the UIDs up in the index (one
+        read; the index writer's queue first) and checks every element; then the file's
+        folder is fsynced and 0x0000 answered. Its rows are written afterwards, in a batch,
+        by the index writer (:mod:`strokeflow.receive.index`). An instance already known
+        (a resend, its place taken) and result-class objects take :meth:`_store_known`,
+        which decides in SQL first. Refused data goes to quarantine (its file deleted);
+        disk or database trouble answers 0xA700.
         """
         label = self._label(event)
         try:
@@ -280,25 +281,18 @@ class Receiver:
                 failure,
             )
             return OUT_OF_RESOURCES
-        try:
-            known_series = self._check_placement(ds)
-        except InstanceRefusedError as exc:
-            return self._refuse(event, label, str(exc), exc.status)
-        except SQLAlchemyError as exc:
-            self._tally(event).failed += 1
-            return self._database_error(label, ds, exc)
         request = cast(C_STORE, event.request)
         assert request.DataSet is not None  # read_dataset decoded it
         transfer_syntax = str(event.context.transfer_syntax)
         header = part10_header(str(ds.SOPClassUID), str(ds.SOPInstanceUID), transfer_syntax)
         body = request.DataSet.getbuffer()
-        if known_series is not None or str(ds.SOPClassUID) in RESULT_SOP_CLASSES:
-            # A resend, or perhaps one of our own results coming back (a rare class).
+        if str(ds.SOPClassUID) in RESULT_SOP_CLASSES:
+            # Perhaps one of our own results coming back (a rare class): SQL decides.
             return self._store_known(event, label, ds, relpath, (header, bytes(body)))
         try:
             new = create_new(self.data_dir, relpath, (header, body))
         except FileExistsError:
-            # Unindexed yet on disk: another association's, a moment ago.
+            # A resend, or another association's a moment ago.
             return self._store_known(event, label, ds, relpath, (header, bytes(body)))
         except OSError as exc:
             self._tally(event).failed += 1
@@ -306,31 +300,47 @@ class Receiver:
         synced = self._disk.submit(sync_and_close, new.fd)
         digest = self._disk.submit(_sha256, header, body)  # without the GIL
         try:
+            known_series = self._check_placement(ds)
             check_content(ds, UID(transfer_syntax))
         except InstanceRefusedError as exc:
             discard_new(new, synced)
             return self._refuse(event, label, str(exc), exc.status, header + bytes(body))
+        except SQLAlchemyError as exc:
+            discard_new(new, synced)
+            self._tally(event).failed += 1
+            return self._database_error(label, ds, exc)
+        if known_series is not None:  # indexed, though not at its first place
+            discard_new(new, synced)
+            return self._store_known(event, label, ds, relpath, (header, bytes(body)))
         try:
             sync_folders(new.folders)  # while the file's own fsync may still run
             synced.result()
+            digest.result()  # done by now; the received bytes are not held past the answer
         except OSError as exc:
             discard_new(new, synced)
             self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
-        record = instance_record(
-            ds,
-            transfer_syntax_uid=transfer_syntax,
-            relpath=relpath,
-            size_bytes=len(header) + len(body),
-            sha256="",
-            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+        size_bytes = len(header) + len(body)
+        study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+        self._index.put(
+            PendingInstance(
+                ds=ds,
+                study_uid=study_uid,
+                series_uid=str(ds.SeriesInstanceUID),
+                sop_instance_uid=sop_uid,
+                relpath=relpath,
+                transfer_syntax_uid=transfer_syntax,
+                size_bytes=size_bytes,
+                calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+                digest=digest,
+            )
         )
-        manufacturer = text_value(ds, "Manufacturer", 64)
-        self._index.put(PendingInstance(record, digest, manufacturer))
-        LOG.debug(
-            "association %s: study %s instance %s new", label, record.study_uid, ds.SOPInstanceUID
-        )
-        self._count(event, record, InstanceChange.NEW, own=False)
+        LOG.debug("association %s: study %s instance %s new", label, study_uid, sop_uid)
+        tally = self._tally(event)
+        with self._lock:
+            tally.size_bytes += size_bytes
+            tally.new += 1
+            tally.studies.add(study_uid)
         return SUCCESS
 
     def _check_placement(self, ds: Dataset) -> str | None:
@@ -532,6 +542,11 @@ class _ReusePortServer(LimitedAssociationServer):
 
 def make_ae(settings: Settings) -> AE:
     """The application entity: every storage SOP class with every transfer syntax."""
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        # pynetdicom's standard handlers describe every PDU and DIMSE message for its
+        # INFO/DEBUG lines, and copy each data set to say whether it is empty, whether
+        # the lines are written or not.
+        _config.LOG_HANDLER_LEVEL = "none"
     ae = AE(ae_title=settings.ae_title)
     # Advertised to senders; receive/limits.py refuses a PDU declaring more.
     ae.maximum_pdu_size = settings.max_pdu_receive_bytes
