@@ -79,6 +79,16 @@ def _write_all(fd: int, parts: Iterable[bytes | memoryview]) -> None:
             view = view[os.write(fd, view) :]
 
 
+@dataclass(frozen=True)
+class NewFile:
+    """A file :func:`create_new` wrote and has not yet synced."""
+
+    path: Path
+    fd: int
+    #: Folders whose entries changed (the file's own first).
+    folders: list[Path]
+
+
 def create_new(data_dir: Path, relpath: Path, parts: Iterable[bytes | memoryview]) -> NewFile:
     """Write ``parts`` to ``data_dir / relpath``, which must not exist yet; not synced.
 
@@ -117,16 +127,6 @@ def create_new(data_dir: Path, relpath: Path, parts: Iterable[bytes | memoryview
     # too, or a power cut could forget the file's name.
     folders = [target.parent, *(f.parent for f in created)]
     return NewFile(target, fd, folders)
-
-
-@dataclass(frozen=True)
-class NewFile:
-    """A file :func:`create_new` wrote and has not yet synced."""
-
-    path: Path
-    fd: int
-    #: Folders whose entries changed (the file's own first).
-    folders: list[Path]
 
 
 def sync_folders(folders: Iterable[Path]) -> None:
