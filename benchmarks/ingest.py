@@ -1,4 +1,4 @@
-"""Ingest rate of the DICOM receiver against DCMTK storescp and a bare pynetdicom SCP, and
+"""Ingest rate of the DICOM receiver against durable peers (Orthanc, a bare SCP + fsync), and
 end-to-end latency from the last instance sent to the last result object in the PACS.
 
 Usage: ``python benchmarks/ingest.py [--matrix 512 --slices 16 --frames 40] [--senders 1,4]
