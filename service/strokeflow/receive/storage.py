@@ -202,7 +202,8 @@ def write_temp(data_dir: Path, parts: Iterable[bytes]) -> tuple[Path, int]:
 
 
 def sync_and_close(fd: int) -> None:
-    """fsync and close a descriptor from :func:`write_temp` (closed even if fsync fails)."""
+    """fsync and close a descriptor from :func:`create_new` or :func:`write_temp` (closed even
+    if fsync fails)."""
     try:
         os.fsync(fd)
     finally:
