@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from servicekit import free_port, need_tool, storescu, wait_for, write_ct_files
 from sqlalchemy import select
 
@@ -111,3 +116,64 @@ def test_restart_mid_study_loses_nothing_and_the_study_completes(
     log = listener_process.log.read_text()
     assert "resuming 1 half-received studies" in log
     assert "Test^Phantom" not in log  # no patient names in the logs
+
+
+def _send_noting_acks(port: int, files: list[Path], acked: list[str]) -> None:
+    """Send over one association; note each SOP Instance UID answered 0x0000, until the
+    association breaks."""
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="STROKEFLOW")
+    assert assoc.is_established
+    for path in files:
+        ds = pydicom.dcmread(path)
+        try:
+            status = assoc.send_c_store(ds)
+        except (OSError, RuntimeError):
+            return
+        if not assoc.is_established or "Status" not in status:
+            return
+        if int(status.Status) == 0x0000:
+            acked.append(str(ds.SOPInstanceUID))
+    assoc.release()
+
+
+def test_kill_mid_send_loses_no_acknowledged_instance(tmp_path: Path) -> None:
+    files = write_ct_files(tmp_path / "sent", 200, study="killed", size=128)
+    data = tmp_path / "data"
+    process = ListenerProcess(data, free_port(), receivers=1)
+    process.start()
+    acked: list[str] = []
+    sender = threading.Thread(target=_send_noting_acks, args=(process.port, files, acked))
+    try:
+        sender.start()
+        wait_for(lambda: len(acked) >= 10, 60, "10 instances acknowledged")
+        # Another writer holds the database: the receiver goes on acknowledging (the file
+        # is what the answer waits for) while its rows queue up, then it is killed.
+        blocker = sqlite3.connect(data / "strokeflow.sqlite", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        held_at = len(acked)
+        wait_for(lambda: len(acked) >= held_at + 30, 60, "30 more instances acknowledged")
+        process.kill()
+        blocker.rollback()
+        blocker.close()
+        sender.join(30)
+        assert len(acked) < len(files)
+
+        process.start()  # reconciles before it answers
+        engine = make_engine(f"sqlite:///{data / 'strokeflow.sqlite'}")
+        with make_session_factory(engine)() as session:
+            rows = dict(session.execute(select(Instance.sop_instance_uid, Instance.path)).all())
+            study = session.scalars(select(Study)).one()
+        engine.dispose()
+        assert set(acked) <= set(rows)
+        assert study.instance_count == len(rows)
+        for sop in acked:
+            stored = pydicom.dcmread(data / rows[sop])
+            assert str(stored.SOPInstanceUID) == sop
+        assert process.stop() == 0
+        assert "stored files without an index row indexed" in process.log.read_text()
+    finally:
+        if process.proc is not None and process.proc.poll() is None:
+            os.killpg(process.proc.pid, signal.SIGKILL)
+            process.proc.wait(10)

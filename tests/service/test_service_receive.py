@@ -10,13 +10,14 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import RLELossless
-from servicekit import need_tool, pynetdicom_store, storescu, write_ct_files
+from servicekit import need_tool, pynetdicom_store, storescu, wait_for, write_ct_files
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from dicomfactory import StudyTags, uid, write_ct_instance
-from strokeflow.receive import scp
+from strokeflow.receive import index, scp
 from strokeflow.store.models import Instance, Series, Study
+from strokeflow.store.studies import note_instances
 
 
 def _count(listener, model) -> int:  # type: ignore[no-untyped-def]
@@ -60,7 +61,10 @@ def test_storescu_files_are_stored_as_received_and_recorded(listener, tmp_path: 
         # Not transcoded: same transfer syntax, same pixel bytes.
         assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert stored.PixelData == original.PixelData
-    assert not list((listener.data_dir / "tmp").iterdir())  # no partial files left
+    # Written straight to their place: no temporary or partial files anywhere.
+    assert sorted(p.name for p in listener.data_dir.rglob("*.dcm")) == sorted(
+        f"{pydicom.dcmread(sent).SOPInstanceUID}.dcm" for sent in [*files, rle]
+    )
 
 
 def test_same_instance_twice_is_idempotent(listener, ct_files: list[Path]) -> None:
@@ -227,7 +231,7 @@ def test_unknown_vrs_and_misencoded_data_are_refused_and_what_is_stored_reads_ba
         subprocess.run([dcmdump, "-q", str(path)], check=True, capture_output=True)
 
 
-@pytest.mark.parametrize("step", ["write_temp", "sync_and_close"])
+@pytest.mark.parametrize("step", ["create_new", "sync_and_close"])
 def test_disk_failure_answers_out_of_resources_and_keeps_serving(
     listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
@@ -246,21 +250,47 @@ def test_disk_failure_answers_out_of_resources_and_keeps_serving(
     statuses = pynetdicom_store(listener.port, ct_files)
     assert statuses[0] == 0xA700
     assert statuses[1:] == [0x0000] * (len(ct_files) - 1)
-    # Nothing half-written is left behind.
-    assert list((listener.data_dir / "tmp").glob("*.part")) == []
+    # Nothing half-written is left behind: only the instances answered 0x0000 are there.
+    stored = list((listener.data_dir / "studies").glob("*/*/*.dcm"))
+    assert len(stored) == len(ct_files) - 1
     # The sender retries the failed one: now everything is there.
     assert pynetdicom_store(listener.port, ct_files[:1]) == [0x0000]
     assert _count(listener, Instance) == len(ct_files)
 
 
-def test_database_failure_answers_out_of_resources(
+def test_unreadable_index_answers_out_of_resources(
     listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*_args, **_kwargs):  # type: ignore[no-untyped-def]
-        raise OperationalError("INSERT", {}, Exception("database is locked"))
+        raise OperationalError("SELECT", {}, Exception("unable to open database file"))
 
-    monkeypatch.setattr(scp, "note_instance", broken)
+    monkeypatch.setattr(scp, "placement", broken)
     assert pynetdicom_store(listener.port, ct_files[:2]) == [0xA700, 0xA700]
+    assert not list(listener.data_dir.rglob("*.dcm"))
     monkeypatch.undo()
     assert pynetdicom_store(listener.port, ct_files[:2]) == [0x0000, 0x0000]
+    assert _count(listener, Instance) == 2
+
+
+def test_index_writer_failure_keeps_what_was_acknowledged_and_refuses_more(
+    listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The rows are written after the answer: an instance acknowledged before the database
+    # failed is on disk and indexed once the database is back; while the writer cannot
+    # write, new instances are answered 0xA700 (the release does not wait for ever).
+    def broken(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(index, "note_instances", broken)
+    monkeypatch.setattr(scp, "FLUSH_TIMEOUT_S", 0.5)
+    writer = listener.receiver.index
+    assert pynetdicom_store(listener.port, ct_files[:1]) == [0x0000]
+    wait_for(lambda: writer.failure is not None, 10, "the index writer to fail")
+    assert pynetdicom_store(listener.port, ct_files[1:2]) == [0xA700]
+    assert _count(listener, Instance) == 0
+    monkeypatch.setattr(index, "note_instances", note_instances)
+    assert writer.flush(10)
+    assert writer.failure is None
+    assert _count(listener, Instance) == 1
+    assert pynetdicom_store(listener.port, ct_files[1:2]) == [0x0000]
     assert _count(listener, Instance) == 2

@@ -8,10 +8,11 @@ native pixel data whose length does not match Rows x Columns x samples x frames 
 from __future__ import annotations
 
 import re
+from io import BytesIO
 from pathlib import Path
 from typing import cast
 
-from pydicom import config
+from pydicom import config, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -223,3 +224,54 @@ def check_content(ds: Dataset, transfer_syntax: UID) -> None:
     except Exception as exc:
         reason = f"pixel data cannot be checked: {exc}"
         raise InstanceRefusedError(reason, CANNOT_UNDERSTAND) from exc
+
+
+def read_stored(path: Path, relpath: Path) -> tuple[Dataset, UID, bytes]:
+    """Read back a stored Part 10 file and check it as a received instance is checked.
+
+    For files found on disk without an index row (start-up reconciliation): the same
+    checks as :func:`read_dataset` and :func:`check_content`, with the File Meta
+    Information standing in for the C-STORE command, and the path must be the one the
+    UIDs give (``<sop>.dcm`` or a changed resend's ``<sop>_<hash>.dcm``).
+
+    Returns
+    -------
+    (Dataset, UID, bytes)
+        The dataset, its transfer syntax and the file's bytes.
+
+    Raises
+    ------
+    InstanceRefusedError
+        The reason the file cannot be indexed.
+    """
+    data = path.read_bytes()
+    if len(data) < 144 or data[128:132] != b"DICM":
+        raise InstanceRefusedError("not a DICOM Part 10 file (no DICM prefix)", CANNOT_UNDERSTAND)
+    try:
+        ds = dcmread(BytesIO(data))
+        transfer_syntax = UID(ds.file_meta.TransferSyntaxUID)
+        meta_sop = str(ds.file_meta.MediaStorageSOPInstanceUID)
+    except Exception as exc:  # any decoder error means the same
+        raise InstanceRefusedError(f"file cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
+    # (0002,0000) is the first element after the prefix: its value ends the meta group.
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    _check_vr_encoding(data[meta_end : meta_end + 6], transfer_syntax)
+    try:
+        expected = instance_relpath(
+            ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
+        )
+        check_uid(ds.get("SOPClassUID"), "SOPClassUID")
+    except InvalidUidError as exc:
+        raise InstanceRefusedError(str(exc)) from exc
+    except Exception as exc:
+        raise InstanceRefusedError(f"file cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
+    sop = str(ds.SOPInstanceUID)
+    if meta_sop != sop:
+        raise InstanceRefusedError(f"SOPInstanceUID {sop} differs from the file meta's {meta_sop}")
+    name_ok = relpath.name == expected.name or (
+        relpath.name.startswith(f"{sop}_") and relpath.suffix == ".dcm"
+    )
+    if relpath.parent != expected.parent or not name_ok:
+        raise InstanceRefusedError(f"stored as {relpath} but its UIDs place it at {expected}")
+    check_content(ds, transfer_syntax)
+    return ds, transfer_syntax, data

@@ -1,7 +1,8 @@
 """Run the listener: migrate, resume, receive (one or several processes), complete studies.
 
-The parent process migrates the database, marks studies orphaned by a previous run as
-released, starts the receivers and runs the completion sweep once a second. With
+The parent process migrates the database, indexes files a previous run acknowledged but
+did not index (:mod:`strokeflow.receive.reconcile`), marks studies orphaned by a previous
+run as released, starts the receivers and runs the completion sweep once a second. With
 ``receiver_processes > 1`` each receiver is its own process bound to the same port with
 ``SO_REUSEPORT`` (the kernel spreads associations), so decoding and hashing are not held
 back by one interpreter's GIL.
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from strokeflow.config import Settings
 from strokeflow.logsetup import configure_logging
 from strokeflow.ports import check_free, dicom_listen_port
+from strokeflow.receive.reconcile import reconcile
 from strokeflow.receive.scp import Receiver, start_server
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
@@ -85,6 +87,14 @@ def prepare_database(settings: Settings) -> sessionmaker[Session]:
     return make_session_factory(engine)
 
 
+def receiver_sessions(settings: Settings) -> sessionmaker[Session]:
+    """Sessions for a receiver: its index writer commits with SQLite ``synchronous=NORMAL``
+    (rows a power cut takes are rebuilt by :func:`~strokeflow.receive.reconcile.reconcile`
+    at the next start; the file, fsynced before the answer, is what the answer promises)."""
+    engine = make_engine(settings.effective_database_url, sqlite_synchronous="NORMAL")
+    return make_session_factory(engine)
+
+
 def resume_orphaned(sessions: sessionmaker[Session]) -> int:
     """Once the receivers listen: give studies left receiving by a previous run a fresh
     quiet period, so that their interrupted senders can reconnect and go on."""
@@ -104,8 +114,7 @@ def _receiver_process(settings_data: dict[str, Any], ready: Any, parent_pid: int
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     sys.setswitchinterval(RECEIVER_SWITCH_INTERVAL_S)
-    sessions = make_session_factory(make_engine(settings.effective_database_url))
-    receiver = Receiver(settings, sessions)
+    receiver = Receiver(settings, receiver_sessions(settings))
     server = start_server(receiver, reuse_port=True)
     ready.release()
     # Also stop when the parent is gone (killed): an orphan would keep the port.
@@ -142,6 +151,8 @@ def run_listener(
     check_free([dicom_listen_port(settings)])
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sessions = prepare_database(settings)
+    # Before any receiver runs: rows lost by a crash come back from the files.
+    reconcile(settings.data_dir, sessions, datetime.now(UTC))
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
 
@@ -159,7 +170,7 @@ def run_listener(
     sweeper = Sweeper(sessions, rules, on_queued, interval_s=SWEEP_INTERVAL_S)
     if settings.receiver_processes == 1:
         sys.setswitchinterval(RECEIVER_SWITCH_INTERVAL_S)
-        receiver = Receiver(settings, sessions)
+        receiver = Receiver(settings, receiver_sessions(settings))
         try:
             server = start_server(receiver)
         except OSError:

@@ -19,19 +19,22 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,23 +44,33 @@ from strokeflow.ports import dicom_listen_port
 from strokeflow.receive.checks import (
     InstanceRefusedError,
     check_content,
-    int_value,
     read_dataset,
     text_value,
 )
+from strokeflow.receive.index import IndexWriter, PendingInstance, instance_record
 from strokeflow.receive.limits import ConnectionLimits, LimitedAssociationServer
 from strokeflow.receive.part10 import part10_header
 from strokeflow.receive.storage import (
+    create_new,
+    discard_new,
     free_disk_mb,
-    move_into_place,
     quarantine,
     sync_and_close,
-    write_temp,
+    sync_folders,
 )
-from strokeflow.store.repository import InstanceChange, InstanceRecord, versioned_path
-from strokeflow.store.studies import is_own_result, mark_released, note_instance
+from strokeflow.store.engine import read_only
+from strokeflow.store.repository import (
+    InstanceChange,
+    InstanceRecord,
+    placement,
+    versioned_path,
+)
+from strokeflow.store.studies import RESULT_SOP_CLASSES, is_own_result, note_instance
 
 LOG = logging.getLogger(__name__)
+
+#: How long a release, or a resend's SQL decision, waits for the index writer (s).
+FLUSH_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -119,15 +132,27 @@ class Receiver:
     _tallies: dict[Any, AssociationTally] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _disk: ThreadPoolExecutor = field(init=False, repr=False)
+    _index: IndexWriter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # One writer per association that may be open at once.
+        # An fsync and a hash at once per association that may be open at once.
         self._disk = ThreadPoolExecutor(
-            max_workers=self.settings.max_associations, thread_name_prefix="disk-write"
+            max_workers=2 * self.settings.max_associations, thread_name_prefix="disk-write"
         )
+        self._index = IndexWriter(self.sessions, self.data_dir, lambda: self.clock())
+
+    @property
+    def _engine(self) -> Engine:
+        return cast(Engine, self.sessions.kw["bind"])
+
+    @property
+    def index(self) -> IndexWriter:
+        """The writer of acknowledged instances' rows (``flush()`` waits for it)."""
+        return self._index
 
     def close(self) -> None:
-        """Stop the disk writers (after the server has stopped)."""
+        """Write the queued rows, stop the disk writers (after the server has stopped)."""
+        self._index.close()
         self._disk.shutdown(wait=True)
 
     @property
@@ -144,6 +169,7 @@ class Receiver:
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_ACSE_RECV, self.on_acse_recv),
             (evt.EVT_RELEASED, self.on_association_end),
             (evt.EVT_ABORTED, self.on_association_end),
             (evt.EVT_CONN_CLOSE, self.on_association_end),
@@ -229,38 +255,149 @@ class Receiver:
     def on_store(self, event: Event) -> int:
         """Store one instance durably, then answer; never raises.
 
-        The Part 10 file is written as received to a temporary file in this thread (page
-        cache, fast); its fsync, which needs no GIL, runs in the ``disk-write`` pool while
-        this thread hashes the bytes, checks every element and writes the SQL rows. Once
-        the fsync is done the file is renamed into place and its directory fsynced, the rows
-        commit, and only then is 0x0000 answered. Refused data goes to quarantine instead;
-        disk or database trouble rolls back and answers 0xA700.
+        The dataset's UIDs are decoded and checked, and its Part 10 file written once,
+        straight to its place (never over another file). Its fsync and its hash run in
+        the ``disk-write`` pool while this thread looks the UIDs up in the index (one
+        read; the index writer's queue first) and checks every element; then the file's
+        folder is fsynced and 0x0000 answered. Its rows are written afterwards, in a batch,
+        by the index writer (:mod:`strokeflow.receive.index`). An instance already known
+        (a resend, its place taken) and result-class objects take :meth:`_store_known`,
+        which decides in SQL first. Refused data goes to quarantine (its file deleted);
+        disk or database trouble answers 0xA700.
         """
         label = self._label(event)
         try:
             ds, relpath = read_dataset(event)
         except InstanceRefusedError as exc:
             return self._refuse(event, label, str(exc), exc.status)
-        parts = (
-            part10_header(
-                str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(event.context.transfer_syntax)
-            ),
-            event.encoded_dataset(include_meta=False),
-        )
+        failure = self._index.failure
+        if failure is not None:
+            self._tally(event).failed += 1
+            LOG.error(
+                "association %s: study %s instance %s not stored, the index cannot be written: %s",
+                label,
+                ds.StudyInstanceUID,
+                ds.SOPInstanceUID,
+                failure,
+            )
+            return OUT_OF_RESOURCES
+        request = cast(C_STORE, event.request)
+        assert request.DataSet is not None  # read_dataset decoded it
+        transfer_syntax = str(event.context.transfer_syntax)
+        header = part10_header(str(ds.SOPClassUID), str(ds.SOPInstanceUID), transfer_syntax)
+        body = request.DataSet.getbuffer()
+        if str(ds.SOPClassUID) in RESULT_SOP_CLASSES:
+            # Perhaps one of our own results coming back (a rare class): SQL decides.
+            return self._store_known(event, label, ds, relpath, (header, bytes(body)))
         try:
-            tmp, fd = write_temp(self.data_dir, parts)
+            new = create_new(self.data_dir, relpath, (header, body))
+        except FileExistsError:
+            # A resend, or another association's a moment ago.
+            return self._store_known(event, label, ds, relpath, (header, bytes(body)))
         except OSError as exc:
             self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
-        synced = self._disk.submit(sync_and_close, fd)
-        sha256 = hashlib.sha256(parts[0])
-        sha256.update(parts[1])  # without the GIL, beside the fsync
+        synced = self._disk.submit(sync_and_close, new.fd)
+        digest = self._disk.submit(_sha256, header, body)  # without the GIL
         try:
-            check_content(ds, UID(event.context.transfer_syntax))
+            known_series = self._check_placement(ds)
+            check_content(ds, UID(transfer_syntax))
         except InstanceRefusedError as exc:
-            _discard(synced, tmp)
+            discard_new(new, synced)
+            return self._refuse(event, label, str(exc), exc.status, header + bytes(body))
+        except SQLAlchemyError as exc:
+            discard_new(new, synced)
+            self._tally(event).failed += 1
+            return self._database_error(label, ds, exc)
+        if known_series is not None:  # indexed, though not at its first place
+            discard_new(new, synced)
+            return self._store_known(event, label, ds, relpath, (header, bytes(body)))
+        try:
+            sync_folders(new.folders)  # while the file's own fsync may still run
+            synced.result()
+            digest.result()  # done by now; the received bytes are not held past the answer
+        except OSError as exc:
+            discard_new(new, synced)
+            self._tally(event).failed += 1
+            return self._disk_error(label, ds, exc)
+        size_bytes = len(header) + len(body)
+        study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+        self._index.put(
+            PendingInstance(
+                ds=ds,
+                study_uid=study_uid,
+                series_uid=str(ds.SeriesInstanceUID),
+                sop_instance_uid=sop_uid,
+                relpath=relpath,
+                transfer_syntax_uid=transfer_syntax,
+                size_bytes=size_bytes,
+                calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+                digest=digest,
+            )
+        )
+        LOG.debug("association %s: study %s instance %s new", label, study_uid, sop_uid)
+        tally = self._tally(event)
+        with self._lock:
+            tally.size_bytes += size_bytes
+            tally.new += 1
+            tally.studies.add(study_uid)
+        return SUCCESS
+
+    def _check_placement(self, ds: Dataset) -> str | None:
+        """The series the index (or the writer's queue) has this instance in, if any.
+
+        Raises
+        ------
+        InstanceRefusedError
+            The series belongs to another study, or the instance to another series.
+        SQLAlchemyError
+            The index cannot be read.
+        """
+        sop_uid, series_uid = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
+        study_uid = str(ds.StudyInstanceUID)
+        instance_series, series_study = self._index.pending_placement(sop_uid, series_uid)
+        if instance_series is None or series_study is None:
+            with read_only(self._engine) as conn:
+                known = placement(conn, sop_uid, series_uid)
+            instance_series = instance_series or known.instance_series_uid
+            series_study = series_study or known.series_study_uid
+        if series_study is not None and series_study != study_uid:
+            raise InstanceRefusedError(
+                f"series {series_uid} already belongs to another study; instance "
+                f"{sop_uid} claims study {study_uid}"
+            )
+        if instance_series is not None and instance_series != series_uid:
+            raise InstanceRefusedError(
+                f"instance {sop_uid} is already stored in another series; now it claims "
+                f"series {series_uid}"
+            )
+        return instance_series
+
+    def _store_known(
+        self, event: Event, label: str, ds: Dataset, relpath: Path, parts: tuple[bytes, bytes]
+    ) -> int:
+        """A resend, a result-class object or a file already in place: SQL decides
+        (duplicate, replacement, our own result) before anything is written, and the rows
+        commit before the answer."""
+        if not self._index.flush(FLUSH_TIMEOUT_S):
+            self._tally(event).failed += 1
+            return self._database_error(label, ds, f"index writer behind: {self._index.failure}")
+        transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            check_content(ds, UID(transfer_syntax))
+        except InstanceRefusedError as exc:
             return self._refuse(event, label, str(exc), exc.status, b"".join(parts))
-        record = _instance_record(event, ds, relpath, parts, sha256.hexdigest())
+        sha256 = _sha256(*parts)
+        if (self.data_dir / relpath).exists():  # never over an earlier version's file
+            relpath = Path(versioned_path(relpath.as_posix(), sha256))
+        record = instance_record(
+            ds,
+            transfer_syntax_uid=transfer_syntax,
+            relpath=relpath,
+            size_bytes=len(parts[0]) + len(parts[1]),
+            sha256=sha256,
+            calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+        )
         manufacturer = text_value(ds, "Manufacturer", 64)
         try:
             with self.sessions() as session, session.begin():
@@ -268,28 +405,26 @@ class Receiver:
                     session, record.sop_class_uid, record.sop_instance_uid, manufacturer
                 )
                 change = note_instance(session, record, self.clock(), own_result=own)
-                synced.result()
-                if change is InstanceChange.REPLACED:  # never over an earlier version's file
+                if change is InstanceChange.REPLACED:
                     relpath = Path(versioned_path(record.path, record.sha256))
-                move_into_place(self.data_dir, tmp, relpath)
+                # (A versioned name already there holds these very bytes.)
+                missing = not (self.data_dir / relpath).exists()
+                if change is not InstanceChange.DUPLICATE and missing:
+                    new = create_new(self.data_dir, relpath, parts)
+                    try:
+                        sync_and_close(new.fd)
+                        sync_folders(new.folders)
+                    except BaseException:
+                        new.path.unlink(missing_ok=True)
+                        raise
         except ValueError as exc:
-            _discard(synced, tmp)
             return self._refuse(event, label, str(exc), DATASET_DOES_NOT_MATCH, b"".join(parts))
         except OSError as exc:
-            _discard(synced, tmp)
             self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
         except SQLAlchemyError as exc:
-            _discard(synced, tmp)
             self._tally(event).failed += 1
-            LOG.error(
-                "association %s: study %s instance %s not recorded, database error: %s",
-                label,
-                record.study_uid,
-                record.sop_instance_uid,
-                exc,
-            )
-            return OUT_OF_RESOURCES
+            return self._database_error(label, ds, exc)
         LOG.debug(
             "association %s: study %s instance %s %s%s",
             label,
@@ -298,6 +433,12 @@ class Receiver:
             change.value,
             " (our own result object)" if own else "",
         )
+        self._count(event, record, change, own=own)
+        return SUCCESS
+
+    def _count(
+        self, event: Event, record: InstanceRecord, change: InstanceChange, *, own: bool
+    ) -> None:
         tally = self._tally(event)
         with self._lock:
             tally.size_bytes += record.size_bytes
@@ -312,7 +453,17 @@ class Receiver:
                 tally.studies.add(record.study_uid)
             else:
                 tally.duplicates += 1
-        return SUCCESS
+
+    @staticmethod
+    def _database_error(label: str, ds: Dataset, exc: object) -> int:
+        LOG.error(
+            "association %s: study %s instance %s not stored, database error: %s",
+            label,
+            ds.StudyInstanceUID,
+            ds.SOPInstanceUID,
+            exc,
+        )
+        return OUT_OF_RESOURCES
 
     @staticmethod
     def _disk_error(label: str, ds: Dataset, exc: OSError) -> int:
@@ -342,6 +493,19 @@ class Receiver:
         )
         return status
 
+    def on_acse_recv(self, event: Event) -> None:
+        """On a release request, before it is answered: wait until the rows of every
+        instance acknowledged so far are written, so that a sender whose release
+        completed finds its instances in the index."""
+        primitive = getattr(event, "primitive", None)
+        release_request = isinstance(primitive, A_RELEASE) and primitive.result is None
+        if release_request and not self._index.flush(FLUSH_TIMEOUT_S):
+            LOG.warning(
+                "association %s released with instances not yet indexed: %s",
+                self._label(event),
+                self._index.failure,
+            )
+
     def on_association_end(self, event: Event) -> None:
         """Mark the studies this association sent as released (the quiet period starts) and
         log what it sent, once (released, aborted and closed all end up here)."""
@@ -353,50 +517,17 @@ class Receiver:
             LOG.info("association %s ended: %s", self._label(event), tally.summary())
         else:
             LOG.debug("association %s ended without C-STORE", self._label(event))
-        if not tally.studies:
-            return
-        try:
-            with self.sessions() as session, session.begin():
-                mark_released(session, tally.studies, self.clock())
-        except SQLAlchemyError as exc:
-            # The quiet timeout still completes these studies.
-            LOG.error(
-                "association %s: could not mark studies released: %s", self._label(event), exc
-            )
+        if tally.studies:
+            # After the association's rows, by the same writer (the quiet timeout still
+            # completes these studies should the database refuse).
+            self._index.release(tally.studies)
 
 
-def _discard(synced: Future[None], tmp: Path) -> None:
-    """Delete a temporary file once its fsync is over (whether or not it succeeded)."""
-    try:
-        synced.result()
-    except OSError as exc:
-        LOG.debug("temporary file %s not synced: %s", tmp.name, exc)
-    tmp.unlink(missing_ok=True)
-
-
-def _instance_record(
-    event: Event, ds: Dataset, relpath: Path, parts: tuple[bytes, bytes], sha256: str
-) -> InstanceRecord:
-    return InstanceRecord(
-        study_uid=str(ds.StudyInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        path=relpath.as_posix(),
-        size_bytes=len(parts[0]) + len(parts[1]),
-        sha256=sha256,
-        calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
-        patient_id=text_value(ds, "PatientID", 64),
-        accession_number=text_value(ds, "AccessionNumber", 16),
-        study_date=text_value(ds, "StudyDate", 8),
-        study_description=text_value(ds, "StudyDescription", 64),
-        modality=text_value(ds, "Modality", 16),
-        series_number=int_value(ds, "SeriesNumber"),
-        series_description=text_value(ds, "SeriesDescription", 64),
-        expected_study_instances=int_value(ds, "NumberOfStudyRelatedInstances"),
-        expected_series_instances=int_value(ds, "NumberOfSeriesRelatedInstances"),
-    )
+def _sha256(*parts: bytes | memoryview) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
 
 
 class _ReusePortServer(LimitedAssociationServer):
@@ -411,6 +542,11 @@ class _ReusePortServer(LimitedAssociationServer):
 
 def make_ae(settings: Settings) -> AE:
     """The application entity: every storage SOP class with every transfer syntax."""
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        # pynetdicom's standard handlers describe every PDU and DIMSE message for its
+        # INFO/DEBUG lines, and copy each data set to say whether it is empty, whether
+        # the lines are written or not.
+        _config.LOG_HANDLER_LEVEL = "none"
     ae = AE(ae_title=settings.ae_title)
     # Advertised to senders; receive/limits.py refuses a PDU declaring more.
     ae.maximum_pdu_size = settings.max_pdu_receive_bytes

@@ -3,18 +3,27 @@
 Layout under the data directory::
 
     studies/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm   stored as received
+    studies/<StudyUID>/<SeriesUID>/<SOP>_<16 hex>.dcm     a changed resend, beside the first
     quarantine/<UTC time>-<n>.dcm + .txt                  refused data and the reason
     tmp/                                                  partial writes (same filesystem)
+
+A received instance is written once, straight to its place, and never over another file
+(:func:`create_new`): a file there is either complete and fsynced (then it may have been
+acknowledged) or the remains of a crash, which the start-up reconciliation
+(:mod:`strokeflow.receive.reconcile`) validates before indexing it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
@@ -63,6 +72,106 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, parts: Iterable[bytes | memoryview]) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A file :func:`create_new` wrote and has not yet synced."""
+
+    path: Path
+    fd: int
+    #: Folders whose entries changed (the file's own first).
+    folders: list[Path]
+
+
+def create_new(data_dir: Path, relpath: Path, parts: Iterable[bytes | memoryview]) -> NewFile:
+    """Write ``parts`` to ``data_dir / relpath``, which must not exist yet; not synced.
+
+    Created with ``O_EXCL``: an existing file (an earlier version, or one another
+    association is writing) is never overwritten. Missing folders are created.
+
+    Returns
+    -------
+    NewFile
+        The open descriptor and the folders to fsync: give it to :func:`sync_and_close`
+        and :func:`sync_folders` before answering, or to :func:`discard_new`.
+
+    Raises
+    ------
+    FileExistsError
+        Something is already at ``relpath`` (nothing was written).
+    OSError
+        Any other disk problem; nothing is left at ``relpath`` then.
+    """
+    target = data_dir / relpath
+    created = []
+    folder = target.parent
+    while not folder.is_dir():
+        created.append(folder)
+        folder = folder.parent
+    for new_folder in reversed(created):
+        new_folder.mkdir(exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, parts)
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    # The file's folder, and the parent of every folder made here, must reach the disk
+    # too, or a power cut could forget the file's name.
+    folders = [target.parent, *(f.parent for f in created)]
+    return NewFile(target, fd, folders)
+
+
+def sync_folders(folders: Iterable[Path]) -> None:
+    """fsync each folder (its entries: names of new files and folders)."""
+    for folder in folders:
+        _fsync_dir(folder)
+
+
+def discard_new(new: NewFile, synced: Future[None] | None = None) -> None:
+    """Delete a file from :func:`create_new` that is not to be kept.
+
+    ``synced`` is the pending :func:`sync_and_close` of its descriptor (which closes it);
+    without one the descriptor is closed here.
+    """
+    if synced is None:
+        os.close(new.fd)
+    else:
+        with contextlib.suppress(OSError):  # deleted anyway
+            synced.result()
+    new.path.unlink(missing_ok=True)
+
+
+def quarantine_stored(data_dir: Path, relpath: Path, reason: str) -> Path:
+    """Move a stored file that cannot be indexed into quarantine, with the reason beside it.
+
+    Returns
+    -------
+    Path
+        The quarantined ``.dcm`` file.
+    """
+    folder = data_dir / "quarantine"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = _quarantine_stem()
+    target = folder / f"{stem}.dcm"
+    (folder / f"{stem}.txt").write_text(f"{relpath.as_posix()}: {reason}\n", encoding="utf-8")
+    os.replace(data_dir / relpath, target)
+    sync_folders([folder, (data_dir / relpath).parent])
+    return target
+
+
+def _quarantine_stem() -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{stamp}-{os.getpid()}-{next(_quarantine_counter)}"
+
+
 def write_temp(data_dir: Path, parts: Iterable[bytes]) -> tuple[Path, int]:
     """Write ``parts`` one after the other to a new file in ``data_dir/tmp``, not yet synced.
 
@@ -84,10 +193,7 @@ def write_temp(data_dir: Path, parts: Iterable[bytes]) -> tuple[Path, int]:
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
     try:
-        for part in parts:
-            view = memoryview(part)
-            while view:
-                view = view[os.write(fd, view) :]
+        _write_all(fd, parts)
     except BaseException:
         os.close(fd)
         Path(tmp_name).unlink(missing_ok=True)
@@ -96,7 +202,8 @@ def write_temp(data_dir: Path, parts: Iterable[bytes]) -> tuple[Path, int]:
 
 
 def sync_and_close(fd: int) -> None:
-    """fsync and close a descriptor from :func:`write_temp` (closed even if fsync fails)."""
+    """fsync and close a descriptor from :func:`create_new` or :func:`write_temp` (closed even
+    if fsync fails)."""
     try:
         os.fsync(fd)
     finally:
@@ -173,8 +280,7 @@ def quarantine(data_dir: Path, payload: bytes, reason: str) -> Path:
     """
     folder = data_dir / "quarantine"
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    stem = f"{stamp}-{os.getpid()}-{next(_quarantine_counter)}"
+    stem = _quarantine_stem()
     write_durably(data_dir, Path("quarantine") / f"{stem}.dcm", payload)
     (folder / f"{stem}.txt").write_text(reason + "\n", encoding="utf-8")
     return folder / f"{stem}.dcm"

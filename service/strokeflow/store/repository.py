@@ -108,9 +108,11 @@ class _Statements:
     series_of: Any
     insert_series: Any
     insert_instance: Any
+    insert_instances: Any
     instance_of: Any
     count_series: Any
     count_study: Any
+    placement: Any
 
 
 @functools.cache
@@ -166,11 +168,28 @@ def _statements(dialect: str) -> _Statements:
         .values({**{name: bindparam(name) for name in instance_columns}, "times_received": 1})
         .on_conflict_do_nothing()
         .returning(instances.c.id),
+        # Executed with a list of parameter sets: one multi-row INSERT for a whole batch.
+        insert_instances=_dialect_insert(dialect, instances)
+        .values({**{name: bindparam(name) for name in instance_columns}, "times_received": 1})
+        .on_conflict_do_nothing()
+        .returning(instances.c.sop_instance_uid),
         instance_of=select(instances.c.id, instances.c.series_id, instances.c.sha256).where(
             instances.c.sop_instance_uid == bindparam("sop_instance_uid")
         ),
         count_series=_counting_update(series),
         count_study=_counting_update(studies),
+        placement=select(
+            select(series.c.series_uid)
+            .join(instances, instances.c.series_id == series.c.id)
+            .where(instances.c.sop_instance_uid == bindparam("sop_instance_uid"))
+            .scalar_subquery()
+            .label("instance_series_uid"),
+            select(studies.c.study_uid)
+            .join(series, series.c.study_id == studies.c.id)
+            .where(series.c.series_uid == bindparam("series_uid"))
+            .scalar_subquery()
+            .label("series_study_uid"),
+        ),
     )
 
 
@@ -248,7 +267,13 @@ def versioned_path(path: str, sha256: str) -> str:
 
 
 def _store_instance(
-    conn: Connection, sql: _Statements, record: InstanceRecord, series_id: int, now: datetime
+    conn: Connection,
+    sql: _Statements,
+    record: InstanceRecord,
+    series_id: int,
+    now: datetime,
+    *,
+    path_is_final: bool = False,
 ) -> InstanceChange:
     new_id = conn.execute(
         sql.insert_instance,
@@ -277,7 +302,7 @@ def _store_instance(
     change = InstanceChange.DUPLICATE
     if known.sha256 != record.sha256:
         values.update(
-            path=versioned_path(record.path, record.sha256),
+            path=record.path if path_is_final else versioned_path(record.path, record.sha256),
             sha256=record.sha256,
             size_bytes=record.size_bytes,
             transfer_syntax_uid=record.transfer_syntax_uid,
@@ -352,18 +377,175 @@ def record_instance(
         },
     )
     if change is InstanceChange.REPLACED:
-        # A corrected resend (a fixed PatientID, say): the study's identity follows the
-        # newest instance; the older versions' files and results keep what they had.
-        identity = {
-            "patient_id": record.patient_id,
-            "accession_number": record.accession_number,
-            "study_date": record.study_date,
-            "study_description": record.study_description,
-        }
-        changed = {k: v for k, v in identity.items() if v is not None}
-        if changed:
-            conn.execute(update(Study).where(Study.id == row.id).values(**changed))
+        _follow_identity(conn, row.id, record)
     return status, change
+
+
+def _follow_identity(conn: Connection, study_id: int, record: InstanceRecord) -> None:
+    """A corrected resend (a fixed PatientID, say): the study's identity follows the
+    newest instance; the older versions' files and results keep what they had."""
+    identity = {
+        "patient_id": record.patient_id,
+        "accession_number": record.accession_number,
+        "study_date": record.study_date,
+        "study_description": record.study_description,
+    }
+    changed = {k: v for k, v in identity.items() if v is not None}
+    if changed:
+        conn.execute(update(Study).where(Study.id == study_id).values(**changed))
+
+
+def _last_given(values: Sequence[int | None]) -> int | None:
+    """The last non-zero value, as sequential ``coalesce`` updates would leave it."""
+    return next((v for v in reversed(values) if v), None)
+
+
+def record_instances(
+    session: Session, records: Sequence[InstanceRecord], now: datetime
+) -> list[tuple[StudyStatus, list[tuple[InstanceRecord, InstanceChange]]]]:
+    """Record a batch of stored files: :func:`record_instance` for many, in few statements.
+
+    Each record's ``path`` is where its file already is (the receiver wrote it before
+    answering): a replacement keeps that path instead of deriving a versioned one. Per
+    study, the study row is locked once, each series looked up once, the instances
+    inserted in one multi-row statement and the counters updated once. Records the insert
+    skips (their SOP Instance UID is known) go through the one-by-one logic.
+
+    Parameters
+    ----------
+    session : Session
+    records : sequence of InstanceRecord
+    now : datetime
+        Aware UTC time of reception (one for the batch).
+
+    Returns
+    -------
+    list of (StudyStatus, list of (InstanceRecord, InstanceChange))
+        Per study, in order of first appearance: its row as updated (locked until
+        commit) and what each of its records changed.
+
+    Raises
+    ------
+    ValueError
+        A record's series belongs to another study, or its SOP instance to another
+        series (the caller rolls back and can retry the records one by one).
+    """
+    conn = session.connection()
+    sql = _statements(conn.dialect.name)
+    by_study: dict[str, list[InstanceRecord]] = {}
+    for record in records:
+        by_study.setdefault(record.study_uid, []).append(record)
+    results = []
+    for group in by_study.values():
+        row = _locked_study_status(conn, sql, group[0])
+        series_ids: dict[str, int] = {}
+        for record in group:
+            if record.series_uid not in series_ids:
+                series_ids[record.series_uid] = _series_id(conn, sql, record, row.id)
+        inserted = set(
+            conn.execute(
+                sql.insert_instances,
+                [
+                    {
+                        "series_id": series_ids[r.series_uid],
+                        "sop_instance_uid": r.sop_instance_uid,
+                        "sop_class_uid": r.sop_class_uid,
+                        "transfer_syntax_uid": r.transfer_syntax_uid,
+                        "path": r.path,
+                        "size_bytes": r.size_bytes,
+                        "sha256": r.sha256,
+                        "calling_ae_title": r.calling_ae_title,
+                        "received_at": now,
+                    }
+                    for r in group
+                ],
+            ).scalars()
+        )
+        changes = []
+        for record in group:
+            if record.sop_instance_uid in inserted:
+                inserted.discard(record.sop_instance_uid)  # a repeat in the batch is not new
+                change = InstanceChange.NEW
+            else:
+                change = _store_instance(
+                    conn, sql, record, series_ids[record.series_uid], now, path_is_final=True
+                )
+            changes.append((record, change))
+        new = sum(c is InstanceChange.NEW for _, c in changes)
+        for series_uid, series_id in series_ids.items():
+            ours = [(r, c) for r, c in changes if r.series_uid == series_uid]
+            if all(c is InstanceChange.DUPLICATE for _, c in ours):
+                continue
+            conn.execute(
+                sql.count_series,
+                {
+                    "row_id": series_id,
+                    "counted": sum(c is InstanceChange.NEW for _, c in ours),
+                    "now": now,
+                    "expected": _last_given([r.expected_series_instances for r, _ in ours]),
+                },
+            )
+        expected = _last_given([r.expected_study_instances for r in group])
+        if any(c is not InstanceChange.DUPLICATE for _, c in changes):
+            conn.execute(
+                sql.count_study,
+                {"row_id": row.id, "counted": new, "now": now, "expected": expected},
+            )
+        replaced = [r for r, c in changes if c is InstanceChange.REPLACED]
+        if replaced:
+            _follow_identity(conn, row.id, replaced[-1])
+        status = StudyStatus(
+            id=row.id,
+            study_uid=group[0].study_uid,
+            state=StudyState(row.state),
+            version=row.version,
+            instance_count=row.instance_count + new,
+            expected_instances=expected or row.expected_instances,
+            released=row.released,
+        )
+        results.append((status, changes))
+    return results
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the index already puts an instance UID and a series UID (``None``: unknown)."""
+
+    instance_series_uid: str | None
+    series_study_uid: str | None
+
+
+def placement(conn: Connection, sop_instance_uid: str, series_uid: str) -> Placement:
+    """The series an instance is recorded in and the study a series belongs to.
+
+    One indexed read, for the receiver to decide an answer before the instance's rows
+    exist; run it on a connection opened with :func:`strokeflow.store.engine.read_only`.
+    """
+    row = conn.execute(
+        _statements(conn.dialect.name).placement,
+        {"sop_instance_uid": sop_instance_uid, "series_uid": series_uid},
+    ).one()
+    return Placement(row.instance_series_uid, row.series_study_uid)
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """An instance row as start-up reconciliation compares it with the files on disk."""
+
+    path: str
+    sha256: str
+    received_at: datetime
+
+
+def study_index(session: Session, study_uid: str) -> dict[str, StoredInstance]:
+    """Every recorded instance of a study by SOP Instance UID (empty for an unknown study)."""
+    rows = session.execute(
+        select(Instance.sop_instance_uid, Instance.path, Instance.sha256, Instance.received_at)
+        .join(Series, Instance.series_id == Series.id)
+        .join(Study, Series.study_id == Study.id)
+        .where(Study.study_uid == study_uid)
+    ).all()
+    return {r.sop_instance_uid: StoredInstance(r.path, r.sha256, r.received_at) for r in rows}
 
 
 def job_inputs(session: Session, job_id: int, study_id: int) -> list[tuple[str, str]]:

@@ -32,7 +32,7 @@ interrupted sender time to reconnect before the study completes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -57,7 +57,14 @@ from strokeflow.store.models import (
     Study,
     StudyState,
 )
-from strokeflow.store.repository import InstanceChange, InstanceRecord, lock_study, record_instance
+from strokeflow.store.repository import (
+    InstanceChange,
+    InstanceRecord,
+    StudyStatus,
+    lock_study,
+    record_instance,
+    record_instances,
+)
 from strokeflow.store.wholeness import Wholeness, read_counts, series_wholeness, study_wholeness
 
 LOG = logging.getLogger(__name__)
@@ -168,13 +175,67 @@ def note_instance(
             study.state.value,
         )
         return change
+    _follow_new_data(session, study, record.sop_instance_uid, now)
+    return change
+
+
+def note_instances(
+    session: Session,
+    records: Sequence[InstanceRecord],
+    now: datetime,
+    *,
+    own_result_uids: Collection[str] = frozenset(),
+) -> dict[str, InstanceChange]:
+    """:func:`note_instance` for a batch of files already in place (caller commits).
+
+    The receiver's index writer records what it has acknowledged this way, a few
+    statements per study instead of per instance (:func:`record_instances`); each
+    record's path is where its file is. A study's state moves once per batch, as it
+    would after the batch's last new instance.
+
+    Parameters
+    ----------
+    session : Session
+    records : sequence of InstanceRecord
+    now : datetime
+        Aware UTC time of reception.
+    own_result_uids : collection of str
+        SOP Instance UIDs among ``records`` that are StrokeFlow result objects.
+
+    Returns
+    -------
+    dict
+        What each record changed, by SOP Instance UID.
+
+    Raises
+    ------
+    ValueError
+        A record contradicts the index (series of another study, instance of another
+        series); nothing of the batch should be committed then.
+    """
+    changes: dict[str, InstanceChange] = {}
+    for study, recorded in record_instances(session, records, now):
+        changes.update((r.sop_instance_uid, c) for r, c in recorded)
+        new_data = [
+            r
+            for r, c in recorded
+            if c is not InstanceChange.DUPLICATE and r.sop_instance_uid not in own_result_uids
+        ]
+        if new_data:
+            _follow_new_data(session, study, new_data[-1].sop_instance_uid, now)
+    return changes
+
+
+def _follow_new_data(session: Session, study: StudyStatus, sop_uid: str, now: datetime) -> None:
+    """New data keeps (or puts back) the study in receiving, with an association in
+    progress, and completes it when its announced count is reached."""
     values: dict[str, object] = {}
     if study.state is not StudyState.RECEIVING:
         LOG.info(
             "study %s: instance %s arrived after the study was %s; reopened, its next job "
             "will be version %d",
             study.study_uid,
-            record.sop_instance_uid,
+            sop_uid,
             study.state.value,
             study.version + 1,
         )
@@ -192,7 +253,6 @@ def note_instance(
         )
     if values:
         session.connection().execute(update(Study).where(Study.id == study.id).values(**values))
-    return change
 
 
 def mark_released(session: Session, study_uids: Iterable[str], now: datetime) -> int:
