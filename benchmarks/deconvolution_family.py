@@ -171,6 +171,29 @@ def _model_fit_method() -> Method:
     return run
 
 
+def _fitted_flow_blend_method(lo_s: float, hi_s: float) -> Method:
+    """Per-voxel mix: the fitted flow where the fitted MTT is long, the default CBF elsewhere.
+
+    The weight of the fitted flow ``F`` rises linearly from 0 at a fitted transit time
+    ``60 * CBV / F`` of ``lo_s`` to 1 at ``hi_s``; Tmax is the default's. The fit is seeded
+    by the fitted onset (``compute_maps`` seeds it by the half-rise of the oSVD residue).
+    Rejected (docs/deconvolution.md, "A per-voxel mix with the fitted flow").
+    """
+
+    def run(conc: np.ndarray, aif: np.ndarray, step_s: float) -> tuple[np.ndarray, np.ndarray]:
+        maps = compute_maps(conc, aif, step_s)
+        seed = np.clip(compute_maps(conc, aif, step_s, fitted_tmax=True).tmax_s, 0.0, None)
+        flow, _ = residue_fitter(aif, step_s).fit(conc, seed.astype(np.float64))
+        cbf_fit = (0.73 / 1.04) * 6000.0 * flow
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mtt_fit = np.where(cbf_fit > 0, 60.0 * maps.cbv_ml_100g / cbf_fit, np.nan)
+        weight = np.nan_to_num(np.clip((mtt_fit - lo_s) / (hi_s - lo_s), 0.0, 1.0), nan=0.0)
+        cbf = (1.0 - weight) * maps.cbf_ml_100g_min + weight * cbf_fit
+        return cbf, maps.tmax_s
+
+    return run
+
+
 def candidate_methods() -> dict[str, Method]:
     """The methods compared, by name."""
     return {
@@ -184,6 +207,8 @@ def candidate_methods() -> dict[str, Method]:
         "default: k window 1/3": _maps_method(),
         "k window 1/3, exponential lag only": _maps_method(model_lag="off"),
         "k window 1/3, model lag": _maps_method(model_lag="full"),
+        "fit F, MTT 6-10": _fitted_flow_blend_method(6.0, 10.0),
+        "fit F, MTT 8-12": _fitted_flow_blend_method(8.0, 12.0),
     }
 
 
