@@ -24,6 +24,7 @@ Lines are text by default, or one JSON object per line for log shippers
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -107,20 +108,34 @@ def scrub_values(text: str) -> str:
     return _QUOTED.sub("'…'", text)
 
 
-class ScrubFilter(logging.Filter):
-    """Replaces the quoted values in lines of :data:`_VALUE_QUOTING_LOGGERS`."""
+def _scrubbed(record: logging.LogRecord) -> logging.LogRecord:
+    """``record``, or a copy with the quoted values of its message replaced.
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith(_VALUE_QUOTING_LOGGERS):
-            record.msg = scrub_values(record.getMessage())
-            record.args = None
-        return True
+    A copy, because the record is shared by every handler of the process (a test's log
+    capture, a second handler a site adds): only this set-up's lines are scrubbed.
+    """
+    if not record.name.startswith(_VALUE_QUOTING_LOGGERS):
+        return record
+    scrubbed = copy.copy(record)
+    scrubbed.msg, scrubbed.args = scrub_values(record.getMessage()), None
+    return scrubbed
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines with the context fields; quoted values of value-quoting loggers scrubbed."""
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(_scrubbed(record))
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, process, logger, message, context fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        record = _scrubbed(record)
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -135,6 +150,26 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+
+class _StandardErrorHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is emitted.
+
+    A handler bound to the stream of the moment keeps writing to it after it is replaced
+    and closed (a command run inside a test harness, a daemon that re-opens its standard
+    error), and every later line then fails with a logging error.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        """The stream is always the current standard error."""
 
 
 def configure_logging(
@@ -159,13 +194,12 @@ def configure_logging(
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "strokeflow", False)]:
         root.removeHandler(old)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else _StandardErrorHandler()
+    )
     handler.strokeflow = True  # type: ignore[attr-defined]
     handler.addFilter(ContextFilter())
-    handler.addFilter(ScrubFilter())
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT)
-    )
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # Library warnings become log lines, so that the filters above see them too.

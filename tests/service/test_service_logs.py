@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def test_identifying_values_never_reach_the_logs(listener, tmp_path: Path) -> No
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
+        # An earlier in-process command of the session may have left warnings captured;
+        # capturing again would then be a no-op and the warnings would miss this log.
+        logging.captureWarnings(False)
         configure_logging(stream=stream)  # INFO, as the service runs
         statuses = pynetdicom_store(listener.port, [*sent, broken])
         now = datetime.now(UTC)
@@ -65,3 +69,41 @@ def test_identifying_values_never_reach_the_logs(listener, tmp_path: Path) -> No
     assert "UserWarning" in text and "instance refused" in text  # the lines are there
     for value in (NAME, "ZQX998877"):
         assert value not in text, [line for line in text.splitlines() if value in line][:3]
+
+
+def test_log_lines_follow_standard_error_when_it_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        configure_logging()
+        logging.getLogger("strokeflow.test").info("one")
+        first.close()  # e.g. a command run by a test harness, whose stream is gone
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("strokeflow.test").info("two")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.captureWarnings(False)
+    assert second.getvalue().rstrip().endswith("two")
+    assert "Logging error" not in second.getvalue()
+
+
+def test_scrubbing_leaves_other_handlers_their_own_lines() -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    ours, theirs = io.StringIO(), io.StringIO()
+    other = logging.StreamHandler(theirs)
+    try:
+        configure_logging(stream=ours)
+        root.addHandler(other)
+        logging.getLogger("pydicom").warning("Invalid value for VR PN: 'DOE^JOHN'")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.captureWarnings(False)
+    assert "DOE^JOHN" not in ours.getvalue() and "Invalid value for VR PN: '…'" in ours.getvalue()
+    assert "'DOE^JOHN'" in theirs.getvalue()  # a handler a site adds decides for itself

@@ -273,10 +273,10 @@ def test_cli_reanalyse_requeues_a_failed_job_and_job_shows_it(
     cli = CliRunner()
     shown = cli.invoke(app, ["job", str(job_id), "--json"])
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.output)["error"] == "attempt 3: disk gone"
+    assert json.loads(shown.stdout)["error"] == "attempt 3: disk gone"
     retried = cli.invoke(app, ["reanalyse", str(job_id)])
     assert retried.exit_code == 0 and "queued for analysis again" in retried.output
-    info = json.loads(cli.invoke(app, ["job", str(job_id), "--json"]).output)
+    info = json.loads(cli.invoke(app, ["job", str(job_id), "--json"]).stdout)
     assert info["state"] == "queued" and info["attempts"] == 0
     assert open_queue(f"sqlite:///{data_dir / 'queue.sqlite'}").pending() == 1
     again = cli.invoke(app, ["reanalyse", str(job_id)])
