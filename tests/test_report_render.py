@@ -227,9 +227,13 @@ def _long_content(lines: list[str], *, perfusion: bool) -> SummaryContent:
     )
 
 
+#: The MR pipeline's modules that raise quality flags.
+MRI_MODULES = ["mri.py", "mri_diffusion.py", "mri_perfusion.py"]
+
+
 @pytest.mark.parametrize(
     ("modules", "perfusion"),
-    [(["ctp.py", "ctp_quality.py"], True), (["mri.py"], False), (["mri.py"], True)],
+    [(["ctp.py", "ctp_quality.py"], True), (MRI_MODULES, False), (MRI_MODULES, True)],
 )
 def test_every_quality_flag_is_shown_in_full_on_the_summary_page(
     modules: list[str], perfusion: bool
