@@ -102,6 +102,20 @@ def _stored(listener) -> dict[str, str]:  # type: ignore[no-untyped-def]
         return dict(session.execute(select(Instance.sop_instance_uid, Instance.path)).all())
 
 
+def _counts(listener) -> dict[str, tuple[object, ...]]:  # type: ignore[no-untyped-def]
+    """The counting elements each row holds (what completion reads instead of the files)."""
+    with listener.sessions() as session:
+        rows = session.execute(
+            select(
+                Instance.sop_instance_uid,
+                Instance.slice_key,
+                Instance.number_of_frames,
+                Instance.acquisition_number,
+            )
+        ).all()
+    return {uid: tuple(values) for uid, *values in rows}
+
+
 def test_reconciliation_indexes_acknowledged_files_and_quarantines_remains(
     listener, tmp_path: Path
 ) -> None:
@@ -109,6 +123,8 @@ def test_reconciliation_indexes_acknowledged_files_and_quarantines_remains(
     assert pynetdicom_store(listener.port, files[:3]) == [0x0000] * 3
     indexed = _stored(listener)
     assert len(indexed) == 3
+    written = _counts(listener)  # by the index writer, from the datasets it was given
+    assert set(written.values()) == {(f"0.0,0.0,{5.0 * i}", 1, None) for i in range(3)}
     data = listener.data_dir
     # A crash before the rows were committed: the files are there, the rows are not.
     with listener.sessions() as session, session.begin():
@@ -123,6 +139,7 @@ def test_reconciliation_indexes_acknowledged_files_and_quarantines_remains(
 
     assert (done.indexed, done.quarantined) == (3, 1)
     assert _stored(listener) == indexed
+    assert _counts(listener) == written  # rebuilt from the files, as the writer had them
     with listener.sessions() as session:
         study = session.scalars(select(Study)).one()
         assert study.instance_count == 3

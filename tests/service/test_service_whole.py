@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from strokeflow.store.repository import InstanceRecord, get_study
+from strokeflow.receive.index import instance_record
+from strokeflow.store.engine import make_engine, make_session_factory
+from strokeflow.store.migrate import alembic_config, upgrade_to_head
+from strokeflow.store.models import Instance
+from strokeflow.store.repository import get_study
 from strokeflow.store.studies import CompletionRules, mark_released, note_instance, sweep
 from strokeflow.store.wholeness import ImageCounts, Wholeness, series_wholeness, study_wholeness
 
@@ -80,7 +88,7 @@ def test_series_related_instances_and_studies() -> None:
     assert study_wholeness([unknown]) is Wholeness.UNKNOWN
 
 
-def write_image(path: Path, series: str, sop: str, z: float, t: int, positions: int) -> None:
+def write_image(path: Path, series: str, sop: str, z: float, t: int, positions: int) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = UID(sop)
@@ -95,6 +103,7 @@ def write_image(path: Path, series: str, sop: str, z: float, t: int, positions: 
     ds.AcquisitionNumber = t
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+    return ds
 
 
 def receive_series(
@@ -106,23 +115,26 @@ def receive_series(
     frames: int,
     positions: int,
     at: datetime,
+    recorded: bool = True,
 ) -> None:
+    """Store and index the images, as the receiver does (``recorded=False``: rows without
+    the counts, as indexed before revision 0007)."""
     with sessions() as session, session.begin():
         for t in range(1, frames + 1):
             for z in range(slices):
                 sop = f"{series}.{t}.{z}"
-                rel = f"studies/{STUDY}/{series}/{sop}.dcm"
-                write_image(data_dir / rel, series, sop, 5.0 * z, t, positions)
-                record = InstanceRecord(
-                    study_uid=STUDY,
-                    series_uid=series,
-                    sop_instance_uid=sop,
-                    sop_class_uid=CTImageStorage,
+                rel = Path(f"studies/{STUDY}/{series}/{sop}.dcm")
+                ds = write_image(data_dir / rel, series, sop, 5.0 * z, t, positions)
+                record = instance_record(
+                    ds,
                     transfer_syntax_uid=ExplicitVRLittleEndian,
-                    path=rel,
+                    relpath=rel,
                     size_bytes=(data_dir / rel).stat().st_size,
                     sha256=f"{sop:0>64}"[-64:],
+                    calling_ae_title="CT01",
                 )
+                if not recorded:
+                    record = dataclasses.replace(record, counts=None)
                 note_instance(session, record, at)
 
 
@@ -190,3 +202,73 @@ def test_a_series_after_an_early_completion_makes_the_next_version(
     receive_series(sessions, tmp_path, f"{STUDY}.4", slices=2, frames=3, positions=3, at=later)
     assert release_and_sweep(sessions, rules, later) == [2]
     assert completion(sessions) == "acquisition_whole"
+
+
+def unrecorded_rows(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        missing = select(func.count()).where(Instance.number_of_frames.is_(None))
+        return int(session.scalar(missing) or 0)
+
+
+def test_the_sweep_decides_from_the_rows_without_opening_the_files(
+    sessions: sessionmaker[Session], rules: CompletionRules, tmp_path: Path
+) -> None:
+    receive_series(sessions, tmp_path, f"{STUDY}.3", slices=3, frames=4, positions=4, at=T0)
+    receive_series(sessions, tmp_path, f"{STUDY}.4", slices=2, frames=2, positions=3, at=T0)
+    with sessions() as session:
+        counts = session.execute(
+            select(
+                Instance.temporal_positions, Instance.slice_key, Instance.number_of_frames
+            ).where(Instance.sop_instance_uid == f"{STUDY}.3.2.1")
+        ).one()
+    assert tuple(counts) == (4, "0.0,0.0,5.0", 1)
+    shutil.rmtree(tmp_path / "studies")  # what the sweep decides now, the rows alone say
+    # Series .4 is short of its third temporal position: the study waits.
+    assert release_and_sweep(sessions, rules, T0) == []
+    receive_series(sessions, tmp_path, f"{STUDY}.4", slices=2, frames=3, positions=3, at=T0)
+    shutil.rmtree(tmp_path / "studies")
+    assert release_and_sweep(sessions, rules, T0) == [1]
+    assert completion(sessions) == "acquisition_whole"
+
+
+def test_rows_without_counts_have_each_header_read_once(
+    sessions: sessionmaker[Session], rules: CompletionRules, tmp_path: Path
+) -> None:
+    series = f"{STUDY}.3"
+    receive_series(
+        sessions, tmp_path, series, slices=2, frames=2, positions=3, at=T0, recorded=False
+    )
+    assert unrecorded_rows(sessions) == 4
+    assert release_and_sweep(sessions, rules, T0) == []  # read: short of a temporal position
+    assert unrecorded_rows(sessions) == 0  # and recorded in the rows
+    shutil.rmtree(tmp_path / "studies")
+    # The third time point, also without counts in its rows: only its files are read.
+    receive_series(
+        sessions, tmp_path, series, slices=2, frames=3, positions=3, at=T0, recorded=False
+    )
+    for t in (1, 2):
+        for z in (0, 1):
+            (tmp_path / f"studies/{STUDY}/{series}/{series}.{t}.{z}.dcm").unlink()
+    assert release_and_sweep(sessions, rules, T0) == [1]
+    assert completion(sessions) == "acquisition_whole"
+
+
+def test_rows_indexed_before_revision_0007_still_complete_when_whole(
+    database_url: str, tmp_path: Path
+) -> None:
+    engine = make_engine(database_url)
+    upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    receive_series(sessions, tmp_path, f"{STUDY}.3", slices=2, frames=3, positions=3, at=T0)
+    config = alembic_config(engine)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0006")
+    assert "slice_key" not in {c["name"] for c in inspect(engine).get_columns("instances")}
+    upgrade_to_head(engine)  # the rows are kept, their counts empty
+    assert unrecorded_rows(sessions) == 6
+    rules = CompletionRules(quiet_period_s=10.0, quiet_timeout_s=300.0, data_dir=tmp_path)
+    assert release_and_sweep(sessions, rules, T0) == [1]
+    assert completion(sessions) == "acquisition_whole"
+    assert unrecorded_rows(sessions) == 0
+    engine.dispose()

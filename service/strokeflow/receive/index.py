@@ -35,6 +35,7 @@ from strokeflow.store.studies import (
     mark_released,
     note_instances,
 )
+from strokeflow.store.wholeness import image_counts
 
 LOG = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def instance_record(
     sha256: str,
     calling_ae_title: str | None,
 ) -> InstanceRecord:
-    """The index row of a checked dataset stored at ``relpath`` (relative to the data dir)."""
+    """The index row of a checked dataset stored at ``relpath`` (relative to the data dir),
+    with the counting elements that tell whether its acquisition is whole."""
     return InstanceRecord(
         study_uid=str(ds.StudyInstanceUID),
         series_uid=str(ds.SeriesInstanceUID),
@@ -74,6 +76,7 @@ def instance_record(
         series_description=text_value(ds, "SeriesDescription", 64),
         expected_study_instances=int_value(ds, "NumberOfStudyRelatedInstances"),
         expected_series_instances=int_value(ds, "NumberOfSeriesRelatedInstances"),
+        counts=image_counts(ds),
     )
 
 

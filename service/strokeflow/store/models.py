@@ -161,6 +161,23 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
     #: How many times the same SOP instance arrived again (resends and replacements).
     times_received: Mapped[int] = mapped_column(Integer, default=1)
+    # The counting elements of the stored file (:class:`strokeflow.store.wholeness.ImageCounts`),
+    # recorded from the header the receiver parsed anyway, so that deciding whether an
+    # acquisition is whole opens no file. ``number_of_frames`` is NULL only in rows indexed
+    # before they were recorded (revision 0007): then the header is read once and they are
+    # filled in.
+    #: Number of Temporal Positions (0020,0105).
+    temporal_positions: Mapped[int | None] = mapped_column(Integer)
+    #: Temporal Position Identifier (0020,0100).
+    temporal_position: Mapped[int | None] = mapped_column(Integer)
+    #: Images in Acquisition (0020,1002).
+    images_in_acquisition: Mapped[int | None] = mapped_column(Integer)
+    #: Acquisition Number (0020,0012).
+    acquisition_number: Mapped[int | None] = mapped_column(Integer)
+    #: The slice position (Image Position (Patient) rounded, else Slice Location), as text.
+    slice_key: Mapped[str | None] = mapped_column(String(80))
+    #: Number of Frames (0028,0008), 1 when absent.
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
 
 
 class JobInput(Base):

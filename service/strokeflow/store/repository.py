@@ -28,6 +28,7 @@ from strokeflow.store.models import (
     Study,
     StudyState,
 )
+from strokeflow.store.wholeness import ImageCounts, slice_key_text
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class InstanceRecord:
     #: Number of Study / Series Related Instances, when the sender filled them.
     expected_study_instances: int | None = None
     expected_series_instances: int | None = None
+    #: The file's counting elements (``None``: not recorded; the sweep reads the header).
+    counts: ImageCounts | None = None
 
 
 class InstanceChange(enum.Enum):
@@ -94,6 +97,47 @@ def _counting_update(table: Table) -> Any:
     )
 
 
+#: The instance columns that hold its :class:`~strokeflow.store.wholeness.ImageCounts`.
+COUNT_COLUMNS = (
+    "temporal_positions",
+    "temporal_position",
+    "images_in_acquisition",
+    "acquisition_number",
+    "slice_key",
+    "number_of_frames",
+)
+
+
+def count_values(counts: ImageCounts | None) -> dict[str, Any]:
+    """An instance row's :data:`COUNT_COLUMNS` for these counts (all NULL for ``None``)."""
+    if counts is None:
+        return dict.fromkeys(COUNT_COLUMNS)
+    return {
+        "temporal_positions": counts.temporal_positions,
+        "temporal_position": counts.temporal_position,
+        "images_in_acquisition": counts.images_in_acquisition,
+        "acquisition_number": counts.acquisition_number,
+        "slice_key": slice_key_text(counts.slice_key),
+        "number_of_frames": counts.frames,
+    }
+
+
+def _instance_values(record: InstanceRecord, series_id: int, now: datetime) -> dict[str, Any]:
+    """The bound parameters of a new instance row."""
+    return {
+        "series_id": series_id,
+        "sop_instance_uid": record.sop_instance_uid,
+        "sop_class_uid": record.sop_class_uid,
+        "transfer_syntax_uid": record.transfer_syntax_uid,
+        "path": record.path,
+        "size_bytes": record.size_bytes,
+        "sha256": record.sha256,
+        "calling_ae_title": record.calling_ae_title,
+        "received_at": now,
+        **count_values(record.counts),
+    }
+
+
 @dataclass(frozen=True)
 class _Statements:
     """The statements run for every received instance, built once per dialect.
@@ -129,6 +173,7 @@ def _statements(dialect: str) -> _Statements:
         "sha256",
         "calling_ae_title",
         "received_at",
+        *COUNT_COLUMNS,
     )
     studies, series, instances = (cast(Table, m.__table__) for m in (Study, Series, Instance))
     return _Statements(
@@ -275,20 +320,7 @@ def _store_instance(
     *,
     path_is_final: bool = False,
 ) -> InstanceChange:
-    new_id = conn.execute(
-        sql.insert_instance,
-        {
-            "series_id": series_id,
-            "sop_instance_uid": record.sop_instance_uid,
-            "sop_class_uid": record.sop_class_uid,
-            "transfer_syntax_uid": record.transfer_syntax_uid,
-            "path": record.path,
-            "size_bytes": record.size_bytes,
-            "sha256": record.sha256,
-            "calling_ae_title": record.calling_ae_title,
-            "received_at": now,
-        },
-    ).scalar()
+    new_id = conn.execute(sql.insert_instance, _instance_values(record, series_id, now)).scalar()
     if new_id is not None:
         return InstanceChange.NEW
     # Received before (by this association or, a moment ago, by another one).
@@ -307,6 +339,7 @@ def _store_instance(
             size_bytes=record.size_bytes,
             transfer_syntax_uid=record.transfer_syntax_uid,
             received_at=now,
+            **count_values(record.counts),
         )
         change = InstanceChange.REPLACED
     conn.execute(update(Instance).where(Instance.id == known.id).values(**values))
@@ -445,20 +478,7 @@ def record_instances(
         inserted = set(
             conn.execute(
                 sql.insert_instances,
-                [
-                    {
-                        "series_id": series_ids[r.series_uid],
-                        "sop_instance_uid": r.sop_instance_uid,
-                        "sop_class_uid": r.sop_class_uid,
-                        "transfer_syntax_uid": r.transfer_syntax_uid,
-                        "path": r.path,
-                        "size_bytes": r.size_bytes,
-                        "sha256": r.sha256,
-                        "calling_ae_title": r.calling_ae_title,
-                        "received_at": now,
-                    }
-                    for r in group
-                ],
+                [_instance_values(r, series_ids[r.series_uid], now) for r in group],
             ).scalars()
         )
         changes = []

@@ -23,7 +23,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -66,12 +66,17 @@ class ImageCounts:
     frames: int = 1
 
 
+#: PostgreSQL INTEGER: a count outside it is no count (and must not fail the row's insert).
+_INT_RANGE = range(-(2**31), 2**31)
+
+
 def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
-        return None if value is None or value == "" else int(value)
-    except (TypeError, ValueError):
+        number = None if value is None or value == "" else int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is None or number in _INT_RANGE else None
 
 
 def _slice_key(ds: pydicom.Dataset) -> tuple[float, ...] | None:
@@ -85,23 +90,25 @@ def _slice_key(ds: pydicom.Dataset) -> tuple[float, ...] | None:
         location = ds.get("SliceLocation")
         if location is not None and location != "":
             return rounded([location])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     return None
 
 
-@lru_cache(maxsize=65536)
-def read_counts(path: str) -> ImageCounts | None:
-    """The counting elements of the file at ``path``; ``None`` if it cannot be read.
+def image_counts(ds: pydicom.Dataset) -> ImageCounts:
+    """The counting elements of a parsed dataset (the receiver records them in the
+    instance's row, so that the completion sweep opens no file).
 
-    Stored instances never change under their path (a changed resend gets a new one), so
-    the answer is cached: the completion sweep asks again at every pass.
+    Parameters
+    ----------
+    ds : pydicom.Dataset
+        The instance's header (pixel data not needed); values that are absent, empty or not
+        numbers count as absent.
+
+    Returns
+    -------
+    ImageCounts
     """
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-    except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
-        LOG.debug("counts of %s not read: %s", path, exc)
-        return None
     return ImageCounts(
         temporal_positions=_int(ds, "NumberOfTemporalPositions"),
         temporal_position=_int(ds, "TemporalPositionIdentifier"),
@@ -110,6 +117,30 @@ def read_counts(path: str) -> ImageCounts | None:
         slice_key=_slice_key(ds),
         frames=_int(ds, "NumberOfFrames") or 1,
     )
+
+
+def read_counts(path: Path) -> ImageCounts | None:
+    """The counting elements of the file at ``path``; ``None`` if it cannot be read.
+
+    Only for instances indexed before their rows held the counts (see
+    :func:`image_counts`): the header's counting elements are parsed, nothing else.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
+    except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
+        LOG.debug("counts of %s not read: %s", path, exc)
+        return None
+    return image_counts(ds)
+
+
+def slice_key_text(key: tuple[float, ...] | None) -> str | None:
+    """A slice key as the text an instance row stores (exact: floats by their repr)."""
+    return None if key is None else ",".join(repr(v) for v in key)
+
+
+def parse_slice_key(text: str | None) -> tuple[float, ...] | None:
+    """The slice key that :func:`slice_key_text` wrote."""
+    return None if text is None else tuple(float(v) for v in text.split(","))
 
 
 def _consistent(values: list[int | None]) -> int | None:
