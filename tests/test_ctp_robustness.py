@@ -35,8 +35,9 @@ from strokeflow.phantom.ctp import (
     simulate_ctp,
 )
 from strokeflow.phantom.ctp_dicom import write_ctp_study
-from strokeflow.report.ctp_content import ctp_result_content
-from strokeflow.report.results_json import ctp_analysis_json
+from strokeflow.report.content import result_content
+from strokeflow.report.ctp_content import ctp_parts
+from strokeflow.report.results_json import ctp_summary
 
 
 def _series(phantom: CtpPhantom) -> PerfusionSeries:
@@ -62,7 +63,7 @@ def _assert_volumes(analysis: CtpAnalysis, truth: dict[str, Any], tmax10: bool =
 
 
 def _json(analysis: CtpAnalysis) -> dict[str, Any]:
-    doc = ctp_analysis_json(analysis, ["1.2.3"], CtpSettings(), {}, [])
+    doc = ctp_summary(analysis, CtpSettings(), ["1.2.3"], {}, []).to_json()
     return json.loads(json.dumps(doc))
 
 
@@ -186,7 +187,8 @@ def test_short_scan_summary_page_and_sr_say_not_assessable(
     short_scan: tuple[CtpAnalysis, dict[str, Any]],
 ) -> None:
     analysis, _ = short_scan
-    content = ctp_result_content(analysis, CtpSettings())
+    settings = CtpSettings()
+    content = result_content(ctp_summary(analysis, settings), ctp_parts(analysis, settings))
     rows = dict(content.summary.volume_rows)
     assert rows["Tmax > 10 s"] == "not assessable"
     assert rows["Hypoperfusion intensity ratio"] == "not assessable"
@@ -265,7 +267,9 @@ def test_one_mm_study_is_analysed_on_5_mm_slabs_with_the_true_core() -> None:
     doc = _json(analysis)
     assert doc["analysis_slab_mm"] == 5.0
     assert doc["analysis_grid"]["input_slice_mm"] == 1.0
-    rows = dict(ctp_result_content(analysis, CtpSettings()).summary.volume_rows)
+    settings = CtpSettings()
+    content = result_content(ctp_summary(analysis, settings), ctp_parts(analysis, settings))
+    rows = dict(content.summary.volume_rows)
     assert rows["Analysis slabs"] == "5 mm (5 x 1 mm)"
     _assert_volumes(analysis, truth)
 

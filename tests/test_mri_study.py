@@ -15,7 +15,7 @@ from strokeflow.assemble.series import StudyInventory, build_inventory
 from strokeflow.phantom.mri import MriPhantom, MriPhantomOptions, simulate_mri
 from strokeflow.phantom.mri_dicom import write_mri_phantom_cli, write_mri_study
 from strokeflow.report.nifti import write_mri_maps
-from strokeflow.report.results_json import mri_analysis_json
+from strokeflow.report.results_json import mri_summary
 
 
 def _study(folder: Path) -> StudyInventory:
@@ -71,7 +71,7 @@ def test_mri_study_matches_truth(
     assert a.quality_ok, a.flags
 
     settings = MriSettings()
-    entry = mri_analysis_json(a, acq, settings, dict(a.timings_s), list(acq.warnings))
+    entry = mri_summary(a, acq, settings, dict(a.timings_s), list(acq.warnings)).to_json()
     ct_keys = {
         "kind", "series_instance_uids", "core_ml", "tmax6_ml", "tmax10_ml", "mismatch_ml",
         "mismatch_ratio", "hypoperfusion_intensity_ratio", "core_to_penumbra_ratio",
@@ -106,7 +106,7 @@ def test_cli_body_writes_a_core_only_study_with_truth(tmp_path: Path) -> None:
     assert acq is not None and acq.pwi is None
     a = analyse_mri(acq)
     assert not a.perfusion_available
-    entry = mri_analysis_json(a, acq, MriSettings(), {}, [])
+    entry = mri_summary(a, acq, MriSettings(), {}, []).to_json()
     assert entry["perfusion_available"] is False
     assert entry["tmax6_ml"] is None and entry["decisions"]["defuse3"] is None
     assert abs(entry["core_ml"] - truth["core_ml"]) < 5.0

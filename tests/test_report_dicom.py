@@ -26,7 +26,8 @@ from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.series import build_inventory
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
-from strokeflow.report.ctp_content import ctp_result_content
+from strokeflow.report.content import result_content
+from strokeflow.report.ctp_content import ctp_parts
 from strokeflow.report.dicom_outputs import (
     ResultContent,
     ResultObjects,
@@ -35,7 +36,7 @@ from strokeflow.report.dicom_outputs import (
     write_result_objects,
 )
 from strokeflow.report.render import SUMMARY_REGIONS, render_summary_page
-from strokeflow.report.results_json import ctp_analysis_json
+from strokeflow.report.results_json import ctp_summary
 from strokeflow.report.secondary_capture import build_secondary_captures
 from strokeflow.report.structured_report import sr_in_encoding
 from tools import require_tool
@@ -62,7 +63,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     settings = CtpSettings()
     analysis = analyse_ctp(acquisition.perfusion, settings)
     sources = load_source_references(acquisition.source_paths)
-    content = ctp_result_content(analysis, settings)
+    content = result_content(ctp_summary(analysis, settings), ctp_parts(analysis, settings))
     objects = build_result_objects(content, sources)
     paths = write_result_objects(objects, root / "out" / "dicom")
     return Built(acquisition, analysis, content, sources, objects, paths, root / "src")
@@ -129,7 +130,8 @@ def test_dcentvfy_finds_patient_and_study_consistent(built: Built) -> None:
 
 
 def test_sr_read_back_gives_the_volumes_of_results_json(built: Built) -> None:
-    result = ctp_analysis_json(built.analysis, built.acquisition.series_uids, CtpSettings(), {}, [])
+    uids = built.acquisition.series_uids
+    result = ctp_summary(built.analysis, CtpSettings(), uids, {}, []).to_json()
     ds = pydicom.dcmread(next(p for p in built.paths if "SR_" in p.name))
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
     report = sr.content

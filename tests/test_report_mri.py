@@ -23,6 +23,7 @@ from strokeflow.assemble.mri import assemble_mri
 from strokeflow.assemble.series import build_inventory
 from strokeflow.phantom.mri import MriPhantomOptions, simulate_mri
 from strokeflow.phantom.mri_dicom import write_mri_study
+from strokeflow.report.content import result_content
 from strokeflow.report.dicom_outputs import (
     ResultContent,
     ResultObjects,
@@ -30,9 +31,9 @@ from strokeflow.report.dicom_outputs import (
     load_source_references,
     write_result_objects,
 )
-from strokeflow.report.mri_content import mri_result_content, mri_source_paths
+from strokeflow.report.mri_content import mri_parts, mri_source_paths
 from strokeflow.report.render import SUMMARY_REGIONS
-from strokeflow.report.results_json import mri_analysis_json
+from strokeflow.report.results_json import mri_summary
 from tools import require_tool
 
 DWI_MATRIX = 96
@@ -67,7 +68,9 @@ def _build(root: Path, perfusion: bool) -> BuiltMri:
     analysis = analyse_mri(acquisition, settings)
     source_paths = mri_source_paths(study, acquisition)
     sources = load_source_references(source_paths)
-    content = mri_result_content(analysis, acquisition, settings)
+    content = result_content(
+        mri_summary(analysis, acquisition, settings), mri_parts(analysis, acquisition, settings)
+    )
     objects = build_result_objects(content, sources)
     paths = write_result_objects(objects, root / "out")
     return BuiltMri(acquisition, analysis, content, sources, source_paths, objects, paths)
@@ -146,7 +149,7 @@ def test_dcentvfy_finds_patient_and_study_consistent(built: BuiltMri) -> None:
 
 
 def test_sr_read_back_gives_the_volumes_of_results_json(with_dsc: BuiltMri) -> None:
-    result = mri_analysis_json(with_dsc.analysis, with_dsc.acquisition, MriSettings(), {}, [])
+    result = mri_summary(with_dsc.analysis, with_dsc.acquisition, MriSettings(), {}, []).to_json()
     volumes = _sr_volumes(next(p for p in with_dsc.paths if "SR_" in p.name))
     assert volumes == {
         "core": result["core_ml"],
@@ -160,7 +163,7 @@ def test_sr_read_back_gives_the_volumes_of_results_json(with_dsc: BuiltMri) -> N
 def test_without_perfusion_the_sr_reports_the_core_and_unknown_decisions(
     dwi_only: BuiltMri,
 ) -> None:
-    result = mri_analysis_json(dwi_only.analysis, dwi_only.acquisition, MriSettings(), {}, [])
+    result = mri_summary(dwi_only.analysis, dwi_only.acquisition, MriSettings(), {}, []).to_json()
     sr_path = next(p for p in dwi_only.paths if "SR_" in p.name)
     assert _sr_volumes(sr_path) == {"core": result["core_ml"]}
     assert result["core_ml"] > 0 and result["tmax6_ml"] is None

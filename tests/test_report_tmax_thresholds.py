@@ -31,7 +31,8 @@ from strokeflow.phantom.ctp_dicom import write_ctp_study
 from strokeflow.phantom.mri import MriPhantomOptions, simulate_mri
 from strokeflow.phantom.mri_dicom import write_mri_study
 from strokeflow.report import dicom_outputs
-from strokeflow.report.mri_content import mri_result_content
+from strokeflow.report.content import result_content
+from strokeflow.report.mri_content import mri_parts
 from strokeflow.report.nifti import write_mri_maps
 from strokeflow.report.render import SummaryContent
 from strokeflow.report.results_json import mri_summary
@@ -215,7 +216,9 @@ def test_mr_site_thresholds_add_volumes_and_keep_the_published_ones(tmp_path: Pa
         "8": eight.volume_ml,
         "10": entry["tmax10_ml"],
     }
-    content = mri_result_content(site, acquisition, site_settings)
+    content = result_content(
+        mri_summary(site, acquisition, site_settings), mri_parts(site, acquisition, site_settings)
+    )
     assert [r.key for r in content.regions][-2:] == ["tmax4", "tmax8"]
     assert content.regions[-1].definition.startswith("DSC Tmax > 8 s in DWI space")
     assert "Tmax > 4 s" in dict(content.summary.volume_rows)

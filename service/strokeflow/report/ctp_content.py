@@ -16,12 +16,9 @@ from strokeflow.analysis.settings import CtpSettings
 from strokeflow.report.content import (
     CoreDefinition,
     ModalityParts,
-    ResultContent,
     location_text,
-    result_content,
 )
 from strokeflow.report.render import Curve, MapSpec
-from strokeflow.report.results_json import ctp_summary
 
 CT_PERFUSION_HEAD = Code("39142-5", "LN", "CT perfusion head with contrast IV")
 CT_PERFUSION_METHOD = Code(
@@ -88,20 +85,3 @@ def ctp_parts(analysis: CtpAnalysis, settings: CtpSettings) -> ModalityParts:
         procedure=CT_PERFUSION_HEAD,
         method=CT_PERFUSION_METHOD,
     )
-
-
-def ctp_result_content(analysis: CtpAnalysis, settings: CtpSettings) -> ResultContent:
-    """The result objects' content of a CT perfusion analysis.
-
-    Parameters
-    ----------
-    analysis : CtpAnalysis
-        Maps, masks, metrics and decisions on the analysis grid.
-    settings : CtpSettings
-        The thresholds the analysis used.
-
-    Returns
-    -------
-    ResultContent
-    """
-    return result_content(ctp_summary(analysis, settings), ctp_parts(analysis, settings))

@@ -25,12 +25,9 @@ from strokeflow.report.content import (
     PERFUSION_NOT_AVAILABLE,
     CoreDefinition,
     ModalityParts,
-    ResultContent,
     location_text,
-    result_content,
 )
 from strokeflow.report.render import Curve, MapSpec
-from strokeflow.report.results_json import mri_summary
 from strokeflow.report.source_references import load_source_references
 
 #: Procedure codes (LOINC): DSC perfusion needs gadolinium, a diffusion-only study not.
@@ -173,28 +170,6 @@ def mri_parts(
         method=MR_PERFUSION_METHOD if perfusion else DIFFUSION_METHOD,
         region_methods={"core": DIFFUSION_METHOD},
     )
-
-
-def mri_result_content(
-    analysis: MriAnalysis, acquisition: MriAcquisition, settings: MriSettings
-) -> ResultContent:
-    """The result objects' content of an MR stroke analysis.
-
-    Parameters
-    ----------
-    analysis : MriAnalysis
-        Masks on the DWI grid, DSC maps on their own grid, metrics and decisions.
-    acquisition : MriAcquisition
-        The assembled series (its high-b DWI is the anatomy of the lesion pages).
-    settings : MriSettings
-        The thresholds the analysis used.
-
-    Returns
-    -------
-    ResultContent
-    """
-    summary = mri_summary(analysis, acquisition, settings)
-    return result_content(summary, mri_parts(analysis, acquisition, settings))
 
 
 def _source_headers(study: StudyInventory, acquisition: MriAcquisition) -> list[InstanceHeader]:

@@ -2,14 +2,12 @@
 
 One writer for every modality (:meth:`~strokeflow.report.summary.AnalysisSummary.to_json`);
 `ctp_summary` and `mri_summary` build the summary of each modality (light imports: no
-highdicom or matplotlib, so `analyze --no-dicom` never loads them); the two
-`*_analysis_json` functions are the shortcuts from an analysis to its entry.
+highdicom or matplotlib, so `analyze --no-dicom` never loads them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -19,35 +17,6 @@ from strokeflow.analysis.settings import CtpSettings
 from strokeflow.report.summary import AnalysisSummary, curve_json, tmax_volumes
 
 DECONVOLUTION = "block-circulant SVD with oscillation-index threshold (oSVD)"
-
-
-def ctp_analysis_json(
-    analysis: CtpAnalysis,
-    series_instance_uids: list[str],
-    settings: CtpSettings,
-    timings_s: dict[str, float],
-    warnings: list[str],
-) -> dict[str, Any]:
-    """One entry of ``studies[].analyses`` for a CT perfusion acquisition.
-
-    See :func:`ctp_summary`.
-    """
-    return ctp_summary(analysis, settings, series_instance_uids, timings_s, warnings).to_json()
-
-
-def mri_analysis_json(
-    analysis: MriAnalysis,
-    acquisition: MriAcquisition,
-    settings: MriSettings,
-    timings_s: dict[str, float],
-    warnings: list[str],
-) -> dict[str, Any]:
-    """One entry of ``studies[].analyses`` for an MR stroke study.
-
-    See :func:`mri_summary` (the analysis' own stage
-    timings follow ``timings_s``).
-    """
-    return mri_summary(analysis, acquisition, settings, timings_s, warnings).to_json()
 
 
 def ctp_summary(
