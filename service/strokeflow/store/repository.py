@@ -28,7 +28,7 @@ from strokeflow.store.models import (
     Study,
     StudyState,
 )
-from strokeflow.store.wholeness import ImageCounts, slice_key_text
+from strokeflow.store.wholeness import ImageCounts, parse_slice_key, slice_key_text
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,21 @@ def count_values(counts: ImageCounts | None) -> dict[str, Any]:
         "slice_key": slice_key_text(counts.slice_key),
         "number_of_frames": counts.frames,
     }
+
+
+def recorded_counts(row: Any) -> ImageCounts | None:
+    """The counts an instance row holds (:data:`COUNT_COLUMNS` as attributes, e.g. a
+    selected row); ``None`` when they were not recorded."""
+    if row.number_of_frames is None:
+        return None
+    return ImageCounts(
+        temporal_positions=row.temporal_positions,
+        temporal_position=row.temporal_position,
+        images_in_acquisition=row.images_in_acquisition,
+        acquisition_number=row.acquisition_number,
+        slice_key=parse_slice_key(row.slice_key),
+        frames=row.number_of_frames,
+    )
 
 
 def _instance_values(record: InstanceRecord, series_id: int, now: datetime) -> dict[str, Any]:

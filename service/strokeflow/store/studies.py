@@ -67,11 +67,11 @@ from strokeflow.store.repository import (
     lock_study,
     record_instance,
     record_instances,
+    recorded_counts,
 )
 from strokeflow.store.wholeness import (
     ImageCounts,
     Wholeness,
-    parse_slice_key,
     read_counts,
     series_wholeness,
     study_wholeness,
@@ -385,7 +385,7 @@ def study_is_whole(session: Session, study: Study, data_dir: Path) -> Wholeness:
     images: dict[int, list[ImageCounts | None]] = {}
     expected: dict[int, int | None] = {}
     for row in rows:
-        images.setdefault(row.series_id, []).append(_recorded_counts(session, row, data_dir))
+        images.setdefault(row.series_id, []).append(_instance_counts(session, row, data_dir))
         expected[row.series_id] = row.expected_instances
     return study_wholeness(
         series_wholeness(series_images, expected[series_id])
@@ -393,17 +393,11 @@ def study_is_whole(session: Session, study: Study, data_dir: Path) -> Wholeness:
     )
 
 
-def _recorded_counts(session: Session, row: Row[Any], data_dir: Path) -> ImageCounts | None:
+def _instance_counts(session: Session, row: Row[Any], data_dir: Path) -> ImageCounts | None:
     """An instance row's counts; read from its file (and recorded) if the row has none."""
-    if row.number_of_frames is not None:
-        return ImageCounts(
-            temporal_positions=row.temporal_positions,
-            temporal_position=row.temporal_position,
-            images_in_acquisition=row.images_in_acquisition,
-            acquisition_number=row.acquisition_number,
-            slice_key=parse_slice_key(row.slice_key),
-            frames=row.number_of_frames,
-        )
+    recorded = recorded_counts(row)
+    if recorded is not None:
+        return recorded
     counts = read_counts(data_dir / row.path)
     if counts is not None:
         # Only while still unrecorded: a replacement written meanwhile brought its own.

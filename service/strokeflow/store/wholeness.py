@@ -30,7 +30,7 @@ from pydicom.errors import InvalidDicomError
 
 LOG = logging.getLogger(__name__)
 
-#: Header elements read from each stored instance (nothing else is parsed).
+#: The header elements :func:`read_counts` parses (nothing else).
 _TAGS = [
     "NumberOfTemporalPositions",
     "TemporalPositionIdentifier",
