@@ -156,47 +156,87 @@ def _record_failure(entry: dict[str, Any], failure: dict[str, Any], label: str) 
     entry["failures"].append(failure)
 
 
-def _analyse_ctp_acquisition(
-    study: StudyInventory,
-    acq: CtpAcquisition,
-    out_dir: Path,
-    options: AnalyzeOptions,
-    timings: dict[str, float],
-    written: list[Path],
+@dataclass(frozen=True)
+class _Analysed:
+    """One analysed acquisition, and how its modality makes each of its outputs."""
+
+    #: Where its outputs go, under ``maps/`` and ``dicom/``.
+    series_dir: Path
+    summarise: Callable[[], AnalysisSummary]
+    write_maps: Callable[[Path], list[Path]]
+    build_objects: Callable[[AnalysisSummary], ResultObjects]
+
+
+def _analysed_ctp(
+    study: StudyInventory, acq: CtpAcquisition, ctp: CtpSettings, timings: dict[str, float]
+) -> _Analysed:
+    analysis = analyse_ctp(acq.perfusion, ctp, on_grid=acq.slabs)
+
+    def build(summary: AnalysisSummary) -> ResultObjects:
+        from strokeflow.report.content import result_content
+        from strokeflow.report.ctp_content import ctp_parts
+        from strokeflow.report.dicom_outputs import build_result_objects, load_source_references
+
+        sources = load_source_references(acq.reference_paths or acq.source_paths)
+        return build_result_objects(result_content(summary, ctp_parts(analysis, ctp)), sources)
+
+    return _Analysed(
+        Path(study.study_uid) / acq.series_uids[0],
+        lambda: ctp_summary(
+            analysis,
+            ctp,
+            acq.series_uids,
+            {**timings, **analysis.timings_s},
+            acq.warnings,
+            study.study_uid,
+        ),
+        lambda folder: write_ctp_maps(analysis, folder),
+        build,
+    )
+
+
+def _analysed_mri(
+    study: StudyInventory, mri: MriAcquisition, settings: MriSettings, timings: dict[str, float]
+) -> _Analysed:
+    analysis = analyse_mri(mri, settings)
+
+    def build(summary: AnalysisSummary) -> ResultObjects:
+        from strokeflow.report.content import result_content
+        from strokeflow.report.dicom_outputs import build_result_objects
+        from strokeflow.report.mri_content import mri_parts, mri_source_references
+
+        content = result_content(summary, mri_parts(analysis, mri, settings))
+        return build_result_objects(content, mri_source_references(study, mri))
+
+    return _Analysed(
+        Path(study.study_uid) / "mri",
+        lambda: mri_summary(analysis, mri, settings, timings, mri.warnings, study.study_uid),
+        lambda folder: write_mri_maps(analysis, folder),
+        build,
+    )
+
+
+def _write_outputs(
+    analysed: _Analysed, out_dir: Path, options: AnalyzeOptions, written: list[Path]
 ) -> tuple[AnalysisSummary, dict[str, Any]]:
-    analysis = analyse_ctp(acq.perfusion, options.ctp, on_grid=acq.slabs)
-    timings = {**timings, **analysis.timings_s}
+    """An analysed acquisition's summary and results.json entry, and the outputs that
+    ``options`` ask for (NIfTI maps, DICOM result objects), each stage's time in the
+    entry's ``timings_s``; what it wrote is added to ``written``."""
     with _output_stage("results"):
-        summary = ctp_summary(
-            analysis, options.ctp, acq.series_uids, timings, acq.warnings, study.study_uid
-        )
+        summary = analysed.summarise()
         result = summary.to_json()
-    series_dir = Path(study.study_uid) / acq.series_uids[0]
+    timings, series_dir = result["timings_s"], analysed.series_dir
     if options.write_maps:
         t0 = time.perf_counter()
         with _output_stage("nifti"):
-            written.extend(write_ctp_maps(analysis, out_dir / "maps" / series_dir))
+            written.extend(analysed.write_maps(out_dir / "maps" / series_dir))
         result["maps_dir"] = str(Path("maps") / series_dir)
         timings["nifti"] = round(time.perf_counter() - t0, 3)
     if options.write_dicom:
         t0 = time.perf_counter()
-
-        def build() -> ResultObjects:
-            from strokeflow.report.content import result_content
-            from strokeflow.report.ctp_content import ctp_parts
-            from strokeflow.report.dicom_outputs import (
-                build_result_objects,
-                load_source_references,
-            )
-
-            sources = load_source_references(acq.reference_paths or acq.source_paths)
-            return build_result_objects(
-                result_content(summary, ctp_parts(analysis, options.ctp)), sources
-            )
-
-        _result_objects(result, build, out_dir, series_dir, written)
+        build = analysed.build_objects
+        _result_objects(result, lambda: build(summary), out_dir, series_dir, written)
         timings["dicom_objects"] = round(time.perf_counter() - t0, 3)
-    result["timings_s"] = timings
     return summary, result
 
 
@@ -226,42 +266,6 @@ def _result_objects(
     result["dicom_dir"] = str(Path("dicom") / series_dir)
     if objects.failures:
         result["dicom_errors"] = objects.failures
-
-
-def _analyse_mri_acquisition(
-    study: StudyInventory,
-    mri: MriAcquisition,
-    out_dir: Path,
-    options: AnalyzeOptions,
-    mri_timings: dict[str, float],
-    written: list[Path],
-) -> tuple[AnalysisSummary, dict[str, Any]]:
-    analysis = analyse_mri(mri, options.mri)
-    with _output_stage("results"):
-        summary = mri_summary(
-            analysis, mri, options.mri, mri_timings, mri.warnings, study.study_uid
-        )
-        result = summary.to_json()
-    series_dir = Path(study.study_uid) / "mri"
-    if options.write_maps:
-        with _output_stage("nifti"):
-            written.extend(write_mri_maps(analysis, out_dir / "maps" / series_dir))
-        result["maps_dir"] = str(Path("maps") / series_dir)
-    if options.write_dicom:
-        t1 = time.perf_counter()
-
-        def build() -> ResultObjects:
-            from strokeflow.report.content import result_content
-            from strokeflow.report.dicom_outputs import build_result_objects
-            from strokeflow.report.mri_content import mri_parts, mri_source_references
-
-            sources = mri_source_references(study, mri)
-            content = result_content(summary, mri_parts(analysis, mri, options.mri))
-            return build_result_objects(content, sources)
-
-        _result_objects(result, build, out_dir, series_dir, written)
-        result["timings_s"]["dicom_objects"] = round(time.perf_counter() - t1, 3)
-    return summary, result
 
 
 def _assemble(entry: dict[str, Any], label: str, assemble: Callable[[], _T], empty: _T) -> _T:
@@ -314,9 +318,8 @@ def _analyse_study(
         produced: list[Path] = []
         try:
             check_analysable(acq)
-            summary, result = _analyse_ctp_acquisition(
-                study, acq, out_dir, options, timings, produced
-            )
+            analysed = _analysed_ctp(study, acq, options.ctp, timings)
+            summary, result = _write_outputs(analysed, out_dir, options, produced)
         except Exception as exc:
             log.debug("study %s: CT perfusion analysis failed", study.study_uid, exc_info=True)
             failure = _failure(
@@ -341,9 +344,8 @@ def _analyse_study(
         series_dir = Path(study.study_uid) / "mri"
         produced = []
         try:
-            summary, result = _analyse_mri_acquisition(
-                study, mri, out_dir, options, mri_timings, produced
-            )
+            analysed = _analysed_mri(study, mri, options.mri, mri_timings)
+            summary, result = _write_outputs(analysed, out_dir, options, produced)
         except Exception as exc:
             log.debug("study %s: MRI analysis failed", study.study_uid, exc_info=True)
             uids = [*mri.dwi_series_uids, *mri.pwi_series_uids]
