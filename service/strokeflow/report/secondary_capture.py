@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Literal
 
 import highdicom as hd
 import numpy as np
@@ -22,12 +23,22 @@ def _source_image_sequence(images: Sequence[Dataset]) -> DicomSequence:
     return DicomSequence(items)
 
 
-def _acquisition_equipment(reference: Dataset) -> hd.ContributingEquipment | None:
+def acquisition_equipment(reference: Dataset) -> hd.ContributingEquipment | None:
     """The source's acquisition equipment, as ``SCImage.from_ref_dataset`` lists it first in
     ContributingEquipmentSequence (None when the source says no manufacturer).
 
-    Found once per study: highdicom's check that the source is an image walks its
-    standard tables (about 0.1 s a call), and every page has the same source.
+    To find once per study and give to :func:`build_secondary_captures`: highdicom's
+    check that the source is an image walks its standard tables (about 0.1 s a call),
+    and every page has the same source.
+
+    Parameters
+    ----------
+    reference : pydicom.Dataset
+        The source image that supplies patient and study attributes.
+
+    Returns
+    -------
+    highdicom.ContributingEquipment or None
     """
     try:
         return hd.ContributingEquipment.for_image_acquisition(reference)
@@ -44,6 +55,7 @@ def build_secondary_captures(
     software_version: str,
     derivation: str,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
+    equipment: hd.ContributingEquipment | Literal["find"] | None = "find",
 ) -> list[Dataset]:
     """One SC instance per page, all in one new series of the source study.
 
@@ -64,6 +76,9 @@ def build_secondary_captures(
         Explicit VR Little Endian by default: every PACS takes it and it costs nothing
         to encode (5.8 MB a page). RLE Lossless (about 0.1 s a page to encode, 0.5-2.5
         MB) or JPEG-LS Lossless (about 0.05 s, 0.3-0.9 MB) for sites that want them.
+    equipment : highdicom.ContributingEquipment or None, optional
+        :func:`acquisition_equipment` of ``source_images[0]``, when already found for
+        another series of the study; found here by default.
 
     Returns
     -------
@@ -79,7 +94,8 @@ def build_secondary_captures(
         raise ValueError("secondary captures need at least one source image for patient/study")
     reference = source_images[0]
     series_uid = generate_uid()
-    equipment = _acquisition_equipment(reference)
+    if isinstance(equipment, str):
+        equipment = acquisition_equipment(reference)
     out: list[Dataset] = []
     for number, page in enumerate(pages, start=1):
         if page.ndim != 3 or page.shape[2] != 3 or page.dtype != np.uint8:

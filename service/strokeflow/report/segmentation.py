@@ -347,27 +347,32 @@ def masks_to_grid(
     Returns
     -------
     numpy.ndarray
-        Bool ``(*target_shape, len(masks_zyx))``; False outside the masks' grid.
+        Bool ``(*target_shape, len(masks_zyx))`` (a view whose memory holds one
+        segment after the other); False outside the masks' grid.
     """
     if not masks_zyx:
         return np.zeros((*target_shape, 0), dtype=bool)
-    # One False voxel past the end of every axis: index -1 (outside) lands on it.
-    stacked = np.zeros((*(n + 1 for n in masks_zyx[0].shape), len(masks_zyx)), bool)
+    # One False voxel past the end of every axis: index -1 (outside) lands on it. Segments
+    # lead in memory: every step gathers whole rows, and each SEG frame (one segment of
+    # one slice) is then a contiguous plane for the encoder, whose sum over segments
+    # adds planes.
+    stacked = np.zeros((len(masks_zyx), *(n + 1 for n in masks_zyx[0].shape)), bool)
     for k, mask in enumerate(masks_zyx):
-        stacked[:-1, :-1, :-1, k] = mask
+        stacked[k, :-1, :-1, :-1] = mask
     axes = _axis_indices(mask_geometry, masks_zyx[0].shape, target, target_shape)
     if axes is not None:
         # Slices, then rows, then columns: each step only gathers, never a full index grid
-        # (80 x 512 x 512 int64 indices would be 170 MB for a thin-slice study); np.take
-        # keeps the result C-contiguous, as the SEG encoder reads it frame by frame.
+        # (80 x 512 x 512 int64 indices would be 170 MB for a thin-slice study).
         iz, iy, ix = axes
-        out: np.ndarray = np.take(np.take(np.take(stacked, iz, 0), iy, 1), ix, 2)
-        return out
-    lookup = grid_lookup(mask_geometry, masks_zyx[0].shape, target, target_shape)
-    nz, ny, nx = masks_zyx[0].shape
-    flat = stacked[:-1, :-1, :-1].reshape(nz * ny * nx, len(masks_zyx))
-    flat = np.concatenate([flat, np.zeros((1, len(masks_zyx)), bool)])  # index -1 -> False
-    return flat[lookup]
+        out = np.take(np.take(np.take(stacked, iz, 1), iy, 2), ix, 3)
+    else:
+        lookup = grid_lookup(mask_geometry, masks_zyx[0].shape, target, target_shape)
+        nz, ny, nx = masks_zyx[0].shape
+        flat = stacked[:, :-1, :-1, :-1].reshape(len(masks_zyx), nz * ny * nx)
+        flat = np.concatenate([flat, np.zeros((len(masks_zyx), 1), bool)], axis=1)
+        out = flat[:, lookup]  # index -1 -> the False column
+    moved: np.ndarray = np.moveaxis(out, 0, -1)
+    return moved
 
 
 def mask_to_grid(
