@@ -10,12 +10,15 @@ up to a 160 x 1 mm x 30-frame whole-brain study) and prints one row per study: t
 read before and after the analysis (interleaved, same files), the analysis wall time,
 its ratio to the faster of the two reads, peak RSS, the DICOM result objects' build time
 and the bytes sent per study (pages RLE Lossless, as ``strokeflow`` sends them to a PACS
-that accepts it, and as written).
+that accepts it, and as written). ``--compare OTHER/service`` runs another checkout's
+``strokeflow`` too, interleaved with this one on the same files (before/after figures
+from one run). ``--keep DIR`` reuses the studies already written there.
 
 Each study is simulated by its phantom and written as DICOM into a temporary folder (the
 MR study holds FLAIR and SWI distractors, DWI b0/b1000, the scanner ADC map and the DSC
-series); then ``strokeflow analyze`` runs in a child process (so its peak RSS is its
-own) and the stage timings from results.json are printed. The main timing runs with
+series); then ``strokeflow analyze`` runs in a child process, which reports its own peak
+RSS (VmHWM; ``wait4``'s ``ru_maxrss`` would include this process's memory at the fork),
+and the stage timings from results.json are printed. The main timing runs with
 ``--no-dicom`` (``--repeat`` times: min and median), a last run writes the DICOM result
 objects too. The baseline measured in the same run is a plain ``pydicom.dcmread`` +
 ``pixel_array`` loop over the same files: the least any tool that reads the study must
@@ -69,12 +72,46 @@ def _read_baseline(paths: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def _analyze(study: Path, out: Path, *, dicom: bool, blas_threads: int | None) -> _Run:
-    """One ``strokeflow analyze`` child process: its wall time, own peak RSS, results."""
+#: The analyze child: the CLI, then its own peak RSS (VmHWM) written where it is told. The
+#: rusage that ``wait4`` reports is not its own: Linux carries the high-water mark of the
+#: memory the child had before ``exec`` (a fork of this benchmark, phantom and all) into
+#: its ``ru_maxrss``, which is why this benchmark once reported 2.0 GiB for a 0.7 GiB run.
+_CHILD = """
+import atexit, os
+
+def _peak():
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["STROKEFLOW_BENCH_PEAK_FILE"], "w") as out:
+        out.write(kib)
+
+atexit.register(_peak)
+from strokeflow.cli import main
+main()
+"""
+
+
+def _analyze(
+    study: Path,
+    out: Path,
+    *,
+    dicom: bool,
+    blas_threads: int | None,
+    service_dir: Path | None = None,
+) -> _Run:
+    """One ``strokeflow analyze`` child process: its wall time, own peak RSS, results.
+
+    ``service_dir`` runs another tree's ``strokeflow`` (``--compare``) instead of this one.
+    """
     cli_args = ["analyze", str(study), "--out", str(out)]
     if not dicom:
         cli_args.append("--no-dicom")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    peak_file = out / "peak_rss_kib"
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(service_dir)] if service_dir else sys.path),
+        STROKEFLOW_BENCH_PEAK_FILE=str(peak_file),
+    )
     if blas_threads is not None:
         env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(blas_threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,21 +119,19 @@ def _analyze(study: Path, out: Path, *, dicom: bool, blas_threads: int | None) -
     with log_path.open("w") as log:
         t0 = time.perf_counter()
         child = subprocess.Popen(
-            [sys.executable, "-c", "from strokeflow.cli import main; main()", *cli_args],
+            [sys.executable, "-c", _CHILD, *cli_args],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-        # wait4 gives this child's own rusage (RUSAGE_CHILDREN: the max over all runs).
-        _, status, usage = os.wait4(child.pid, 0)
+        code = child.wait()
         wall_s = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(
             f"strokeflow analyze {study} failed with exit code {code}:\n{log_path.read_text()}"
         )
     results = json.loads((out / "results.json").read_text())
-    return _Run(wall_s, usage.ru_maxrss / 1024.0, results)
+    return _Run(wall_s, int(peak_file.read_text()) / 1024.0, results)
 
 
 def _object_bytes(folder: Path) -> tuple[int, int]:
@@ -184,12 +219,11 @@ def _ct_case(args: argparse.Namespace, work: Path) -> None:
         f"{args.slice_mm:g} mm x {args.frames} frames: {len(paths)} files written in "
         f"{time.perf_counter() - t0:.1f} s"
     )
+    truth = phantom.truth
+    del phantom  # its volumes need not stay in memory while the analysis runs
     baseline_s = _read_baseline(paths)
     _report("CT", study, work, len(paths), baseline_s, "ctp", CT_TARGET_S, args)
-    print(
-        f"truth:   core {phantom.truth['core_ml']:.1f} mL, "
-        f"Tmax>6 {phantom.truth['tmax6_ml']:.1f} mL"
-    )
+    print(f"truth:   core {truth['core_ml']:.1f} mL, Tmax>6 {truth['tmax6_ml']:.1f} mL")
 
 
 def _scaling_row(n_images: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
@@ -202,19 +236,53 @@ def _scaling_row(n_images: int, args: argparse.Namespace, work: Path) -> dict[st
         write_ctp_study(phantom, study, extra_series=False)
         del phantom
     paths = sorted(study.rglob("*.dcm"))
+    trees: list[tuple[str, Path | None]] = [("this", None)]
+    if args.compare:
+        trees.append(("compare", args.compare))
     before_s = _read_baseline(paths)
-    runs = [
-        _analyze(study, work / f"result-{n_images}-{i}", dicom=False, blas_threads=None)
-        for i in range(args.repeat)
-    ]
+    # Interleaved: run i of every tree, then run i + 1, so that load changes hit both.
+    runs: dict[str, list[_Run]] = {label: [] for label, _ in trees}
+    for i in range(args.repeat):
+        for label, tree in trees:
+            out = work / f"result-{n_images}-{label}-{i}"
+            runs[label].append(
+                _analyze(study, out, dicom=False, blas_threads=None, service_dir=tree)
+            )
+    with_dicom: dict[str, _Run] = {}
+    for label, tree in trees:
+        out = work / f"result-{n_images}-{label}-dicom"
+        with_dicom[label] = _analyze(study, out, dicom=True, blas_threads=None, service_dir=tree)
     after_s = _read_baseline(paths)
+    rows = [
+        _scaling_figures(
+            f"{slices:>4} x {slice_mm:g} mm x {frames:<3} {label:<8}",
+            len(paths),
+            (before_s, after_s),
+            runs[label],
+            with_dicom[label],
+            work / f"result-{n_images}-{label}-dicom" / "dicom",
+        )
+        for label, _ in trees
+    ]
+    return rows[0]
+
+
+def _scaling_figures(
+    label: str,
+    n_images: int,
+    reads_s: tuple[float, float],
+    runs: list[_Run],
+    with_dicom: _Run,
+    dicom_dir: Path,
+) -> dict[str, float]:
+    """One printed row of the scaling table."""
+    before_s, after_s = reads_s
     best = min(runs, key=lambda r: r.wall_s)
-    with_dicom = _analyze(study, work / f"result-{n_images}-dicom", dicom=True, blas_threads=None)
     objects_s = _analysis(with_dicom.results, "ctp")["timings_s"].get("dicom_objects", 0.0)
-    sent, written = _object_bytes(work / f"result-{n_images}-dicom" / "dicom")
+    sent, written = _object_bytes(dicom_dir)
     read_s = min(before_s, after_s)
     row = {
-        "images": len(paths),
+        "images": n_images,
         "read_before_s": before_s,
         "read_after_s": after_s,
         "analyze_s": best.wall_s,
@@ -226,10 +294,10 @@ def _scaling_row(n_images: int, args: argparse.Namespace, work: Path) -> dict[st
         "written_mb": written / 1e6,
     }
     print(
-        f"{row['images']:>6} {slices:>4} x {slice_mm:g} mm x {frames:<3} "
+        f"{row['images']:>6} {label} "
         f"{before_s:6.2f} {after_s:6.2f} {best.wall_s:8.2f} {row['ratio']:6.1f} "
         f"{row['peak_mib']:8.0f} {with_dicom.wall_s:8.2f} {objects_s:7.2f} "
-        f"{row['sent_mb']:7.2f} {row['written_mb']:8.2f}",
+        f"{objects_s / read_s:7.2f} {row['sent_mb']:7.2f} {row['written_mb']:8.2f}",
         flush=True,
     )
     return row
@@ -242,8 +310,8 @@ def _scaling_case(args: argparse.Namespace, work: Path) -> None:
         raise SystemExit(f"--scaling: no study of {unknown} images; choose from {SCALING_STUDIES}")
     print(f"cores: {os.cpu_count()}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(
-        "images study                read s (before, after)  analyze s  ratio  peak MiB  "
-        "+DICOM s  objects s  MB sent  MB written"
+        "images study                 tree   read s (before, after)  analyze s  ratio  "
+        "peak MiB  +DICOM s  objects s  objects/read  MB sent  MB written"
     )
     rows = [_scaling_row(n, args, work) for n in sizes]
     first = rows[0]
@@ -306,6 +374,12 @@ def main() -> int:
         help="OPENBLAS_NUM_THREADS for the analyze process (default: inherited)",
     )
     parser.add_argument("--keep", type=Path, help="write the studies here and keep them")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="with --scaling: also run the strokeflow of this service folder (e.g. another "
+        "checkout's service/), interleaved with this one on the same files",
+    )
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")

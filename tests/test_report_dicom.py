@@ -252,3 +252,51 @@ def test_secondary_captures_are_uncompressed_by_default_and_rle_on_request(built
     )
     assert sc.file_meta.TransferSyntaxUID == RLELossless
     np.testing.assert_array_equal(sc.pixel_array, page)
+
+
+def _without_instance_values(ds: pydicom.Dataset) -> dict[str, object]:
+    """Every top-level attribute but those that differ between two builds of one page."""
+    skip = {"SOPInstanceUID", "SeriesInstanceUID", "ContentDate", "ContentTime"}
+    skip |= {"InstanceCreationDate", "InstanceCreationTime", "SourceImageSequence"}
+    skip |= {"DateOfSecondaryCapture", "TimeOfSecondaryCapture", "ContributionDateTime"}
+    return {
+        e.keyword: (
+            [_without_instance_values(item) for item in e.value] if e.VR == "SQ" else e.value
+        )
+        for e in ds
+        if e.keyword not in skip
+    }
+
+
+def test_secondary_capture_has_what_highdicom_from_ref_dataset_gives(built: Built) -> None:
+    page = np.zeros((120, 160, 3), dtype=np.uint8)
+    page[10:50, 20:90] = (0, 200, 255)
+    (ours,) = build_secondary_captures(
+        [page],
+        built.sources,
+        series_description="test",
+        series_number=9001,
+        software_version="0",
+        derivation="test",
+    )
+    theirs = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=built.sources[0],
+        pixel_array=page,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        patient_orientation=("L", "P"),
+        series_instance_uid=ours.SeriesInstanceUID,
+        series_number=9001,
+        sop_instance_uid=ours.SOPInstanceUID,
+        instance_number=1,
+        manufacturer="StrokeFlow",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description="test",
+    )
+    assert "ContributingEquipmentSequence" in theirs
+    for keyword in ("BurnedInAnnotation", "BodyPartExamined", "ImageType"):
+        theirs[keyword] = ours[keyword]
+    for keyword in ("SoftwareVersions", "ManufacturerModelName", "DerivationDescription"):
+        theirs[keyword] = ours[keyword]
+    assert _without_instance_values(ours) == _without_instance_values(theirs)

@@ -28,7 +28,7 @@ from strokeflow import __version__
 from strokeflow.report.content import ResultContent
 from strokeflow.report.panels import render_lesion_pages, render_map_pages
 from strokeflow.report.render import Outline, render_summary_page
-from strokeflow.report.secondary_capture import build_secondary_captures
+from strokeflow.report.secondary_capture import acquisition_equipment, build_secondary_captures
 from strokeflow.report.segmentation import (
     build_segmentation,
     shared_orientation,
@@ -171,6 +171,8 @@ def build_result_objects(
             failures.append(f"{name} not written: {exc}")
             return None
 
+    equipment = acquisition_equipment(ordered[0])  # the same for the three page series
+
     def sc(pages: list[np.ndarray], offset: int, what: str) -> list[Dataset]:
         return build_secondary_captures(
             pages,
@@ -180,6 +182,7 @@ def build_result_objects(
             software_version=version,
             derivation=f"{title} {what} rendered by StrokeFlow {version}",
             transfer_syntax_uid=sc_transfer_syntax,
+            equipment=equipment,
         )
 
     def summary() -> list[Dataset]:

@@ -304,6 +304,77 @@ def grid_lookup(
     return out
 
 
+def _axis_indices(
+    mask_geometry: Geometry,
+    mask_shape: tuple[int, ...],
+    target: Geometry,
+    target_shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per-axis mask indices ``(iz, iy, ix)`` of the target's slices, rows and columns when
+    the grids share their axes (the usual case: same orientation, binned in-plane), with -1
+    outside the mask grid; ``None`` when they do not.
+
+    Rounded exactly as :func:`grid_lookup` rounds, so both give the same voxels.
+    """
+    m = np.linalg.inv(mask_geometry.affine_lps) @ target.affine_lps
+    if not np.allclose(m[:3, :3] - np.diag(np.diag(m[:3, :3])), 0.0, atol=1e-9):
+        return None
+    out = []
+    # Affine column 2 is z, 1 is y, 0 is x; the shapes are (z, y, x).
+    for axis, n_target, n_mask in zip((2, 1, 0), target_shape, mask_shape, strict=True):
+        index = np.floor(m[axis, axis] * np.arange(n_target) + m[axis, 3] + 0.5).astype(np.intp)
+        out.append(np.where((index >= 0) & (index < n_mask), index, -1))
+    return out[0], out[1], out[2]
+
+
+def masks_to_grid(
+    masks_zyx: Sequence[np.ndarray],
+    mask_geometry: Geometry,
+    target: Geometry,
+    target_shape: tuple[int, ...],
+) -> np.ndarray:
+    """Nearest-neighbour resampling of several masks of one grid onto another grid.
+
+    Parameters
+    ----------
+    masks_zyx : sequence of numpy.ndarray
+        Bool ``(z, y, x)`` masks, all on ``mask_geometry``.
+    mask_geometry, target : Geometry
+        Source and target grids.
+    target_shape : tuple of int
+        ``(z, y, x)`` of the target grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        Bool ``(*target_shape, len(masks_zyx))`` (a view whose memory holds one
+        segment after the other); False outside the masks' grid.
+    """
+    if not masks_zyx:
+        return np.zeros((*target_shape, 0), dtype=bool)
+    # One False voxel past the end of every axis: index -1 (outside) lands on it. Segments
+    # lead in memory: every step gathers whole rows, and each SEG frame (one segment of
+    # one slice) is then a contiguous plane for the encoder, whose sum over segments
+    # adds planes.
+    stacked = np.zeros((len(masks_zyx), *(n + 1 for n in masks_zyx[0].shape)), bool)
+    for k, mask in enumerate(masks_zyx):
+        stacked[k, :-1, :-1, :-1] = mask
+    axes = _axis_indices(mask_geometry, masks_zyx[0].shape, target, target_shape)
+    if axes is not None:
+        # Slices, then rows, then columns: each step only gathers, never a full index grid
+        # (80 x 512 x 512 int64 indices would be 170 MB for a thin-slice study).
+        iz, iy, ix = axes
+        out = np.take(np.take(np.take(stacked, iz, 1), iy, 2), ix, 3)
+    else:
+        lookup = grid_lookup(mask_geometry, masks_zyx[0].shape, target, target_shape)
+        nz, ny, nx = masks_zyx[0].shape
+        flat = stacked[:, :-1, :-1, :-1].reshape(len(masks_zyx), nz * ny * nx)
+        flat = np.concatenate([flat, np.zeros((len(masks_zyx), 1), bool)], axis=1)
+        out = flat[:, lookup]  # index -1 -> the False column
+    moved: np.ndarray = np.moveaxis(out, 0, -1)
+    return moved
+
+
 def mask_to_grid(
     mask_zyx: np.ndarray,
     mask_geometry: Geometry,
@@ -330,7 +401,7 @@ def mask_to_grid(
         Bool mask of ``target_shape``; False outside the mask's grid.
     """
     if lookup is None:
-        lookup = grid_lookup(mask_geometry, mask_zyx.shape, target, target_shape)
+        return masks_to_grid([mask_zyx], mask_geometry, target, target_shape)[..., 0]
     flat = np.append(mask_zyx.ravel().astype(bool), False)  # index -1 -> False
     out: np.ndarray = flat[lookup]
     return out
@@ -383,13 +454,7 @@ def build_segmentation(
     else:
         target = source_geometry(ordered)
         shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
-    pixels = np.zeros((*shape, len(regions)), dtype=bool)
-    if regions:
-        lookup = grid_lookup(analysis_geometry, regions[0].mask_zyx.shape, target, shape)
-    for k, region in enumerate(regions):
-        pixels[..., k] = mask_to_grid(
-            region.mask_zyx, analysis_geometry, target, shape, lookup=lookup
-        )
+    pixels = masks_to_grid([r.mask_zyx for r in regions], analysis_geometry, target, shape)
     if frame_slice is not None:
         pixels = pixels[frame_slice]  # in the source's frame order, as highdicom pairs them
     algorithm = hd.AlgorithmIdentificationSequence(
