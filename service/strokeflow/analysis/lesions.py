@@ -88,6 +88,39 @@ def fill_unmeasured(mask: np.ndarray, tissue: np.ndarray, unmeasured: np.ndarray
     return np.asarray(mask | (unmeasured & (2 * votes > voters)))
 
 
+def reference_cbf(cbf: np.ndarray, normal: np.ndarray, unmeasured: np.ndarray) -> float:
+    """Mean CBF of the normal tissue, the unmeasured tissue beside it counted too.
+
+    The rims beside vessels and the skull are cortex, the best-perfused tissue; left out,
+    they leave a sample of mostly deeper, white-matter-rich tissue and a reference about
+    4 % below the mean of the normal tissue (``docs/deconvolution.md``). An unmeasured
+    voxel cannot be read (its curve mixes blood or bone), so it counts as the mean of the
+    normal voxels of its 3 x 3 in-plane neighbourhood, as ``fill_unmeasured`` counts it
+    as lesion by its neighbours.
+
+    Parameters
+    ----------
+    cbf : numpy.ndarray
+        ``(z, y, x)`` CBF, finite on ``normal``.
+    normal : numpy.ndarray
+        ``(z, y, x)`` bool normal measured tissue the reference is taken from.
+    unmeasured : numpy.ndarray
+        ``(z, y, x)`` bool unmeasured tissue (``BrainMasks.unmeasured``).
+
+    Returns
+    -------
+    float
+        The reference CBF, in the unit of ``cbf``.
+    """
+    kernel = np.ones((1, 3, 3), dtype=np.float64)
+    values = np.where(normal, cbf, 0.0).astype(np.float64)
+    sums = ndimage.convolve(values, kernel, mode="constant")
+    counts = _inplane_3x3_count(normal)
+    beside = unmeasured & ~normal & (counts > 0)
+    total = float(values[normal].sum() + (sums[beside] / counts[beside]).sum())
+    return total / max(1, int(np.count_nonzero(normal)) + int(np.count_nonzero(beside)))
+
+
 def _inplane_3x3_count(mask: np.ndarray) -> np.ndarray:
     """Per voxel, the True voxels of its 3 x 3 in-plane neighbourhood (itself included)."""
     _, ny, nx = mask.shape
@@ -227,7 +260,7 @@ def ctp_lesion_masks(
     if np.count_nonzero(contralateral) < 50:
         contralateral = tissue
         reference_text = "mean CBF of all brain tissue (too little normal tissue)"
-    reference = float(cbf[contralateral].mean())
+    reference = reference_cbf(cbf, contralateral, masks.unmeasured)
     rcbf = np.where(tissue, cbf / max(reference, 1e-6), np.nan).astype(np.float32)
     raw_core = np.nan_to_num(rcbf, nan=1.0) < settings.core_rcbf_threshold
     if settings.core_requires_tmax_s > 0:
