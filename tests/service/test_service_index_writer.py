@@ -1,0 +1,91 @@
+"""The receiver's index writer: instances gathered into one transaction, flushes not kept
+waiting by the gathering."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+from servicekit import wait_for, write_ct_files
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from strokeflow.receive import index
+from strokeflow.receive.index import IndexWriter, PendingInstance
+from strokeflow.receive.storage import instance_relpath
+from strokeflow.store.models import Instance, Study
+
+
+def _pending(path: Path) -> PendingInstance:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    digest: Future[str] = Future()
+    digest.set_result("0" * 64)
+    return PendingInstance(
+        ds=ds,
+        study_uid=str(ds.StudyInstanceUID),
+        series_uid=str(ds.SeriesInstanceUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        relpath=instance_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+        size_bytes=path.stat().st_size,
+        calling_ae_title="CT01",
+        digest=digest,
+    )
+
+
+def _count_commits(sessions: sessionmaker[Session]) -> list[int]:
+    commits = [0]
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, Engine)
+
+    @event.listens_for(engine, "commit")
+    def _committed(_conn: object) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+def test_instances_queued_together_are_written_in_one_transaction(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gathering longer than the flush's timeout: the flush must cut it short.
+    monkeypatch.setattr(index, "GATHER_S", 30.0)
+    files = write_ct_files(tmp_path / "sent", 5)
+    commits = _count_commits(sessions)
+    writer = IndexWriter(sessions, tmp_path / "data", lambda: datetime.now(UTC))
+    try:
+        for path in files:
+            writer.put(_pending(path))
+        assert writer.flush(10.0)
+        assert commits[0] == 1
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Instance)) == 5
+    finally:
+        writer.close()
+
+
+def test_a_release_is_written_without_waiting_for_the_gathering(
+    sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index, "GATHER_S", 30.0)
+    files = write_ct_files(tmp_path / "sent", 3, study="released")
+    writer = IndexWriter(sessions, tmp_path / "data", lambda: datetime.now(UTC))
+    try:
+        for path in files:
+            writer.put(_pending(path))
+        study_uid = str(pydicom.dcmread(files[0]).StudyInstanceUID)
+        writer.release({study_uid})
+
+        def released() -> bool:
+            with sessions() as session:
+                study = session.scalars(select(Study)).one_or_none()
+                return study is not None and study.released
+
+        wait_for(released, 10, "the study to be released")
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Instance)) == 3
+    finally:
+        writer.close()
