@@ -1,15 +1,17 @@
-"""The receiver's index writer: instances gathered into one transaction, flushes not kept
-waiting by the gathering."""
+"""The receiver's index: the writer gathers instances into one transaction (flushes and
+releases not kept waiting), and placement lookups keep their read-only connections."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
-from servicekit import wait_for, write_ct_files
+from servicekit import pynetdicom_store, storescu, wait_for, write_ct_files
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -89,3 +91,24 @@ def test_a_release_is_written_without_waiting_for_the_gathering(
             assert session.scalar(select(func.count()).select_from(Instance)) == 3
     finally:
         writer.close()
+
+
+def test_placement_lookups_reuse_their_connections_on_both_databases(
+    make_listener: Callable[..., Any], database_url: str, tmp_path: Path
+) -> None:
+    listener = make_listener(database_url=database_url)
+    first = write_ct_files(tmp_path / "a", 3, study="lookups-a")
+    second = write_ct_files(tmp_path / "b", 3, study="lookups-b", series="series-b")
+    assert storescu(listener.port, first).returncode == 0
+    assert storescu(listener.port, second).returncode == 0
+    # A series that belongs to another study is still refused by the kept connections.
+    moved = pydicom.dcmread(second[0])
+    moved.StudyInstanceUID = pydicom.dcmread(first[0]).StudyInstanceUID
+    moved.SOPInstanceUID = moved.SOPInstanceUID + ".9"
+    moved.save_as(tmp_path / "moved.dcm")
+    assert pynetdicom_store(listener.port, [tmp_path / "moved.dcm"]) == [0xA900]
+    assert listener.receiver.index.flush(10)
+    with listener.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 6
+    # One kept connection served every lookup of these sequential associations.
+    assert len(listener.receiver._readers) == 1

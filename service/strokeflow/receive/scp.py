@@ -34,7 +34,7 @@ from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -62,6 +62,7 @@ from strokeflow.store.engine import read_only
 from strokeflow.store.repository import (
     InstanceChange,
     InstanceRecord,
+    Placement,
     placement,
     versioned_path,
 )
@@ -131,6 +132,8 @@ class Receiver:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _tallies: dict[Any, AssociationTally] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    #: Read-only connections for placement lookups, free for the next one.
+    _readers: list[Connection] = field(default_factory=list, init=False, repr=False)
     _disk: ThreadPoolExecutor = field(init=False, repr=False)
     _index: IndexWriter = field(init=False, repr=False)
 
@@ -154,6 +157,10 @@ class Receiver:
         """Write the queued rows, stop the disk writers (after the server has stopped)."""
         self._index.close()
         self._disk.shutdown(wait=True)
+        with self._lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
 
     @property
     def data_dir(self) -> Path:
@@ -360,8 +367,7 @@ class Receiver:
         study_uid = str(ds.StudyInstanceUID)
         instance_series, series_study = self._index.pending_placement(sop_uid, series_uid)
         if instance_series is None or series_study is None:
-            with read_only(self._engine) as conn:
-                known = placement(conn, sop_uid, series_uid)
+            known = self._lookup(sop_uid, series_uid)
             instance_series = instance_series or known.instance_series_uid
             series_study = series_study or known.series_study_uid
         if series_study is not None and series_study != study_uid:
@@ -375,6 +381,26 @@ class Receiver:
                 f"series {series_uid}"
             )
         return instance_series
+
+    def _lookup(self, sop_uid: str, series_uid: str) -> Placement:
+        """:func:`placement` on a read-only connection kept for the next lookup (opening
+        one per instance cost a sixth of the receiving process's CPU)."""
+        with self._lock:
+            conn = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = read_only(self._engine)
+        try:
+            known = placement(conn, sop_uid, series_uid)
+            if conn.dialect.name != "sqlite":
+                # PostgreSQL opened a transaction: end it, so that the kept connection
+                # does not sit idle in one (SQLite's reads take none).
+                conn.rollback()
+        except BaseException:
+            conn.close()  # not kept: it may be broken
+            raise
+        with self._lock:
+            self._readers.append(conn)
+        return known
 
     def _store_known(
         self, event: Event, label: str, ds: Dataset, relpath: Path, parts: tuple[bytes, bytes]
