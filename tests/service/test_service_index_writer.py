@@ -104,9 +104,21 @@ def test_placement_lookups_reuse_their_connections_on_both_databases(
     # A series that belongs to another study is still refused by the kept connections.
     moved = pydicom.dcmread(second[0])
     moved.StudyInstanceUID = pydicom.dcmread(first[0]).StudyInstanceUID
-    moved.SOPInstanceUID = moved.SOPInstanceUID + ".9"
+    moved.SOPInstanceUID = moved.file_meta.MediaStorageSOPInstanceUID = moved.SOPInstanceUID + ".9"
     moved.save_as(tmp_path / "moved.dcm")
-    assert pynetdicom_store(listener.port, [tmp_path / "moved.dcm"]) == [0xA900]
+    # An instance already stored in another series too.
+    regrouped = pydicom.dcmread(first[1])
+    regrouped.SeriesInstanceUID = regrouped.SeriesInstanceUID + ".7"
+    regrouped.save_as(tmp_path / "regrouped.dcm")
+    assert pynetdicom_store(
+        listener.port, [tmp_path / "moved.dcm", tmp_path / "regrouped.dcm"]
+    ) == [
+        0xA900,
+        0xA900,
+    ]
+    reasons = " ".join(p.read_text() for p in (listener.data_dir / "quarantine").glob("*.txt"))
+    assert "already belongs to another study" in reasons
+    assert "already stored in another series" in reasons
     assert listener.receiver.index.flush(10)
     with listener.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 6
