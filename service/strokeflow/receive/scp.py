@@ -2,9 +2,12 @@
 
 For every C-STORE the dataset is checked (decodable, UIDs valid and matching the command,
 native pixel data of the announced size), written exactly as received (no transcoding)
-with write-fsync-rename, recorded in SQL, and only then answered 0x0000. Disk or database
-trouble answers 0xA700 (out of resources); refused data is quarantined with the reason
-and answered 0xA900 / 0xC000. No instance problem ends the association or the listener.
+once, at its place, and answered 0x0000 only when the file and its folder are fsynced; its
+SQL rows follow in batches (:mod:`strokeflow.receive.index`). Disk or database trouble
+answers 0xA700 (out of resources); refused data is quarantined with the reason and
+answered 0xA900 / 0xC000. No instance problem ends the association or the listener.
+pynetdicom's association threads are woken by events (:mod:`strokeflow.receive.reactor`)
+and plain answers encoded directly (:mod:`strokeflow.receive.store_response`).
 
 Associations are refused, with the reason logged, for a calling AE title or peer host not
 on the allow-lists, a called AE title other than ours, or free disk below the watermark.
