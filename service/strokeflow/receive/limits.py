@@ -41,6 +41,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from strokeflow.config import Settings
+from strokeflow.receive.reactor import make_prompt
+from strokeflow.receive.store_response import use_quick_store_responses
 
 if TYPE_CHECKING:
     from pynetdicom.ae import ApplicationEntity
@@ -333,6 +335,8 @@ class LimitedRequestHandler(RequestHandler):
         if type(self.association.dul.socket) is AssociationSocket:
             # Same object, one method more efficient (see _WholeReadSocket).
             self.association.dul.socket.__class__ = _WholeReadSocket
+        make_prompt(self.association)  # reactors woken by events, not 1 ms polls
+        use_quick_store_responses(self.association)
         return self.association
 
 

@@ -1,0 +1,246 @@
+"""pynetdicom's acceptor reactors, woken by what they wait for instead of polling.
+
+pynetdicom runs two threads per association: the DUL reactor (reads PDUs, sends queued
+primitives) and the association reactor (serves DIMSE messages). Each polls: the DUL
+sleeps 1 ms whenever a loop found nothing to do, the association reactor sleeps 1 ms on
+every loop. With a sender that waits for each answer (DCMTK ``storescu``) an instance
+meets these sleeps several times (the request, each P-DATA PDU that has not fully arrived
+yet, the response), ~2-3 ms of an instance's ~9 ms on a busy 2-core machine.
+
+Here the DUL waits in ``select`` on the peer's socket and a wake-up pipe written when a
+primitive is queued for sending, and the association reactor waits on an event the DUL
+sets after every state-machine event. Both still wake every :data:`WAKE_S` at the latest,
+so that pynetdicom's timers (ARTIM, idle) and kill flags are seen as before.
+
+The loops are those of pynetdicom 3.0 with only the waits changed;
+:func:`make_prompt` leaves an association as it is under any other pynetdicom version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import ssl
+import threading
+import time
+
+import pynetdicom
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import _PDUPrimitiveType
+from pynetdicom.utils import make_target
+
+LOG = logging.getLogger(__name__)
+
+#: Longest wait (s) before a reactor looks at its timers and flags again.
+WAKE_S = 0.05
+#: The pynetdicom versions whose reactor loops these copies follow.
+_FOLLOWED_VERSION = "3.0."
+
+
+class PromptDUL(DULServiceProvider):
+    """pynetdicom's DUL reactor, waiting on its socket and a wake-up pipe.
+
+    Made from a :class:`DULServiceProvider` by :func:`make_prompt` (class swap) before its
+    thread starts.
+    """
+
+    #: Set after every state-machine event (and when the reactor ends): the association
+    #: reactor's signal that there may be something to serve.
+    activity: threading.Event
+    _wake_read: int
+    _wake_write: int
+
+    def _prepare(self) -> None:
+        self.activity = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+
+    def wake(self) -> None:
+        """Make the reactor look at its queues and flags now."""
+        with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+            os.write(self._wake_write, b"\0")
+
+    def send_pdu(self, primitive: _PDUPrimitiveType) -> None:
+        """Queue ``primitive`` for sending, and wake the reactor to send it."""
+        super().send_pdu(primitive)
+        self.wake()
+
+    def kill_dul(self) -> None:
+        """Stop the reactor (at once, not at its next timeout)."""
+        super().kill_dul()
+        self.wake()
+
+    def stop_dul(self) -> bool:
+        """As pynetdicom's, but the reactor is woken to see its kill flag."""
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self.wake()
+        return super().stop_dul()
+
+    def _wait_for_work(self) -> None:
+        """Wait until the peer sent data, a primitive is queued, or :data:`WAKE_S`."""
+        if self.to_provider_queue.qsize() or self._kill_thread:
+            return
+        transport = self.socket
+        raw = transport.socket if transport is not None else None
+        if raw is None or raw.fileno() < 0:
+            # Closing (Sta13) or closed: nothing to select on; pynetdicom's own pace.
+            time.sleep(self._run_loop_delay)
+            return
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return  # decrypted bytes already buffered: select would not see them
+        try:
+            ready, _, _ = select.select([raw.fileno(), self._wake_read], [], [], WAKE_S)
+        except (OSError, ValueError):
+            return  # the socket went away meanwhile: the loop finds out and ends
+        if self._wake_read in ready:
+            with contextlib.suppress(OSError):
+                os.read(self._wake_read, 4096)
+
+    def run_reactor(self) -> None:
+        """pynetdicom's DUL loop; the idle sleep replaced by :meth:`_wait_for_work`."""
+        try:
+            self._run()
+        finally:
+            self.activity.set()
+            for fd in (self._wake_read, self._wake_write):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _run(self) -> None:
+        self._idle_timer.start()
+        sleep = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+            if sleep:
+                self._wait_for_work()
+            if self._kill_thread:
+                break
+            # The ARTIM timer first, so that its event is queued ahead of any other.
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                # One primitive sent or one PDU received per loop, as pynetdicom does.
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                LOG.error("exception in the DUL reactor, aborting the association: %s", exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                assert self.socket is not None
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+            self.state_machine.do_action(event)
+            self.activity.set()
+            sleep = False
+
+
+class PromptAssociation(Association):
+    """pynetdicom's acceptor association, its reactor woken by its :class:`PromptDUL`."""
+
+    dul: PromptDUL
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's acceptor loop; its 1 ms sleep replaced by a wait on DUL activity.
+
+        After serving a message it looks again at once: another may be queued already.
+        """
+        self._is_paused = False
+        served = False
+        while not self._kill:
+            if not served:
+                self.dul.activity.wait(WAKE_S)
+            # Cleared before looking: what the DUL does from now on sets it again.
+            self.dul.activity.clear()
+            # The reactor may be paused while a send_*() method waits for its answer.
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            served = msg is not None
+            if msg:
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                LOG.debug("association released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, pynetdicom.evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                # So that EVT_ACSE_RECV fires for its subscribers, as pynetdicom does.
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, pynetdicom.evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                LOG.error("network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+def prompt_reactors_supported() -> bool:
+    """Whether this pynetdicom's reactor loops are the ones :mod:`reactor` follows."""
+    return str(pynetdicom.__version__).startswith(_FOLLOWED_VERSION)
+
+
+def make_prompt(assoc: Association) -> bool:
+    """Turn a new acceptor ``assoc`` (threads not started) into a :class:`PromptAssociation`.
+
+    Returns
+    -------
+    bool
+        ``False`` (``assoc`` unchanged) under a pynetdicom version whose loops differ, or
+        for an association that is not a plain pynetdicom one.
+    """
+    if not prompt_reactors_supported() or type(assoc) is not Association:
+        return False
+    if type(assoc.dul) is not DULServiceProvider or assoc.dul.is_alive():
+        return False
+    dul = assoc.dul
+    dul.__class__ = PromptDUL
+    assert isinstance(dul, PromptDUL)
+    dul._prepare()
+    # The thread was made with the old class's bound run_reactor as its target.
+    dul._target = make_target(dul.run_reactor)  # type: ignore[attr-defined]
+    assoc.__class__ = PromptAssociation
+    return True

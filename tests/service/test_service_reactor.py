@@ -1,0 +1,118 @@
+"""The receiver's own pieces of pynetdicom: event-woken reactors, directly encoded answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from servicekit import storescu, wait_for, write_ct_files
+from sqlalchemy import func, select
+
+from strokeflow.receive.reactor import PromptAssociation, PromptDUL, prompt_reactors_supported
+from strokeflow.receive.store_response import (
+    QuickStoreResponses,
+    encode_store_response,
+    use_quick_store_responses,
+)
+from strokeflow.store.models import Instance
+
+
+def _response(message_id: int, sop_class: str, sop_instance: str, status: int) -> C_STORE:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = sop_class
+    rsp.AffectedSOPInstanceUID = sop_instance
+    rsp.Status = status
+    return rsp
+
+
+def _pynetdicom_bytes(rsp: C_STORE) -> bytes:
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    (pdata,) = message.encode_msg(1, 16382)
+    return bytes(pdata.presentation_data_value_list[0][1])
+
+
+@pytest.mark.parametrize(
+    ("message_id", "sop_class", "sop_instance", "status"),
+    [
+        (1, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", 0x0000),  # odd and even UID lengths
+        (7, "1.2.840.10008.5.1.4.1.1.4", "1.2.826.0.1.3680043.8.498.12345", 0xA700),
+        (256, "1.2.840.10008.5.1.4.1.1.128", "2.25." + "9" * 59, 0xA900),  # 64 characters
+        (65535, "1.2", "1.23", 0xC000),
+        (42, "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4.5", 0xB000),
+    ],
+)
+def test_store_response_is_encoded_as_pynetdicom_encodes_it(
+    message_id: int, sop_class: str, sop_instance: str, status: int
+) -> None:
+    rsp = _response(message_id, sop_class, sop_instance, status)
+    ours = b"\x03" + encode_store_response(message_id, sop_class, sop_instance, status)
+    assert ours == _pynetdicom_bytes(rsp)
+
+
+def test_responses_with_optional_elements_are_left_to_pynetdicom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As make_ae sets it: no standard log handlers watching every message.
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    assoc = Association(AE(), "acceptor")
+    assert use_quick_store_responses(assoc)
+    dimse = assoc.dimse
+    assert isinstance(dimse, QuickStoreResponses)
+    plain = _response(3, CTImageStorage, "1.2.3", 0x0000)
+    assert dimse._quick_store_response(plain) is not None
+    commented = _response(3, CTImageStorage, "1.2.3", 0xC000)
+    commented.ErrorComment = "cannot understand"  # type: ignore[assignment]
+    assert dimse._quick_store_response(commented) is None
+    request = C_STORE()
+    request.MessageID = 3
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.3"
+    assert dimse._quick_store_response(request) is None
+    assoc.bind(evt.EVT_DIMSE_SENT, lambda event: None)
+    assert dimse._quick_store_response(plain) is None  # a watcher gets pynetdicom's objects
+
+
+def _open_associations(listener) -> list[Association]:  # type: ignore[no-untyped-def]
+    with listener.receiver._lock:
+        return list(listener.receiver._tallies)
+
+
+@pytest.mark.skipif(not prompt_reactors_supported(), reason="pynetdicom other than 3.0")
+def test_stores_release_and_abort_with_prompt_reactors(  # type: ignore[no-untyped-def]
+    listener, tmp_path: Path
+) -> None:
+    files = write_ct_files(tmp_path / "sent", 6)
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="STROKEFLOW")
+    assert assoc.is_established
+    wait_for(lambda: _open_associations(listener), 10, "the association")
+    (served,) = _open_associations(listener)
+    assert isinstance(served, PromptAssociation)
+    assert isinstance(served.dul, PromptDUL)
+    assert isinstance(served.dimse, QuickStoreResponses)
+    statuses = [int(assoc.send_c_store(path).Status) for path in files[:4]]
+    assert statuses == [0x0000] * 4
+    assoc.release()
+    assert assoc.is_released
+    wait_for(lambda: not served.is_alive(), 10, "the served association to end")
+
+    aborted = ae.associate("127.0.0.1", listener.port, ae_title="STROKEFLOW")
+    assert int(aborted.send_c_store(files[4]).Status) == 0x0000
+    wait_for(lambda: _open_associations(listener), 10, "the second association")
+    (served,) = _open_associations(listener)
+    aborted.abort()
+    wait_for(lambda: not served.is_alive(), 10, "the aborted association to end")
+    assert _open_associations(listener) == []
+
+    assert storescu(listener.port, files[5:]).returncode == 0  # DCMTK after the above
+    listener.receiver.index.flush(10)
+    with listener.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 6
