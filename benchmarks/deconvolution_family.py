@@ -207,6 +207,7 @@ def candidate_methods() -> dict[str, Method]:
         "default: k window 1/3": _maps_method(),
         "k window 1/3, exponential lag only": _maps_method(model_lag="off"),
         "k window 1/3, model lag": _maps_method(model_lag="full"),
+        "two-delay Tmax": _maps_method(two_delay_tmax=True),
         "fit F, MTT 6-10": _fitted_flow_blend_method(6.0, 10.0),
         "fit F, MTT 8-12": _fitted_flow_blend_method(8.0, 12.0),
     }

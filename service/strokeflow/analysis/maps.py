@@ -93,6 +93,7 @@ def compute_maps(
     flow_window_s: tuple[float, float] | None = (1.0, 3.0),
     fitted_tmax: bool = False,
     model_lag: Literal["off", "full", "truncation"] = "truncation",
+    two_delay_tmax: bool = False,
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -162,6 +163,12 @@ def compute_maps(
         curves, but early on noisy, spatially filtered tissue (``docs/deconvolution.md``).
         "off": the exponential calibration alone. The peak itself still follows the
         dominant delay of a voxel that mixes delays.
+    two_delay_tmax : bool
+        With ``residue_fit``: where two delayed model curves explain a voxel clearly better
+        than one (``ResidueFitter.fit_models(two_delays=True)``), Tmax is the delay of the
+        one holding most of the blood volume; elsewhere the readout above. Off by
+        default: measured and not adopted (``docs/deconvolution.md``, "Tmax of voxels
+        that mix two delays").
 
     Returns
     -------
@@ -263,6 +270,7 @@ def compute_maps(
             fitted_tmax,
             model_lags,
             model_lag == "truncation",
+            two_delay_tmax,
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -294,6 +302,7 @@ def _chunk_maps(
     fitted_tmax: bool = False,
     model_lags: np.ndarray | None = None,
     model_lags_relative: bool = False,
+    two_delay_tmax: bool = False,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -322,7 +331,8 @@ def _chunk_maps(
     if fitter is not None and dec.circulant:
         # Seed: where the residue first rises to half its peak. The peak itself can lie
         # anywhere on the plateau of a box-like residue; its rise marks the delay.
-        fit = fitter.fit_models(curves, _half_rise_lag(k, peak_idx, dec) * step_s)
+        half_rise_s = _half_rise_lag(k, peak_idx, dec) * step_s
+        fit = fitter.fit_models(curves, half_rise_s)
         flow, delay_s = fit.flow_per_s, fit.delay_s
         # Only the onset is taken: the fitted flow is not better than max k overall, as
         # short transit times leave flow and residue shape unidentifiable
@@ -344,6 +354,11 @@ def _chunk_maps(
             model_shift_s = (fit.weights * model_lags[rung[None, :], delay_idx, fit.models]).sum(0)
             base_s = tmax_raw if model_lags_relative else peak_lag_s
             tmax_raw = np.where(flow > 0, base_s - model_shift_s, tmax_raw)
+        if two_delay_tmax:
+            # The window of the pair is centred between the rise (which follows the
+            # earlier component of a mixed voxel) and the peak (the dominant one).
+            pair = fitter.fit_two_delays(curves, 0.5 * (half_rise_s + peak_lag_s))
+            tmax_raw = np.where(flow > 0, pair.dominant_delay_s(tmax_raw), tmax_raw)
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]

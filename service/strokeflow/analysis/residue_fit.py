@@ -30,6 +30,7 @@ estimate there depends on the residue shape assumed; see ``docs/deconvolution.md
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,10 @@ FIT_DELAY_HALF_WIDTH_S = 3.0
 #: measured downstream of the tissue's supply) to 24 s later.
 _MIN_DELAY_S = -3.0
 _MAX_DELAY_S = 24.0
+#: Two-delay fit: closest pair of delays tried (s), and the drop of the residual sum of
+#: squares, in noise variances of the pair's residual, that accepts a pair.
+TWO_DELAY_MIN_SEPARATION_S = 1.0
+TWO_DELAY_MIN_GAIN = 8.0
 _OVERSAMPLE = 4
 _BLOCK_VOXELS = 4096
 
@@ -81,6 +86,51 @@ class ResidueFit:
 
 
 @dataclass(frozen=True)
+class TwoDelayFit:
+    """Best fit of two delayed model curves to each voxel (``ResidueFitter.fit_two_delays``).
+
+    A voxel that spatial filtering or partial volume has mixed with a neighbour reached at
+    another time holds two delays; one delayed model follows the earlier rise of the two.
+    Each component is the best (shape, MTT) model of the single-delay profile at its delay,
+    their amplitudes the non-negative least-squares solution of the pair.
+
+    Attributes
+    ----------
+    early_delay_s, late_delay_s : numpy.ndarray
+        ``(nvox,)`` float64 delays (s) of the two components of the best pair; both the
+        single-delay fit's best delay where no pair is accepted.
+    late_share : numpy.ndarray
+        ``(nvox,)`` float64 share of the later component in the pair's blood volume
+        (flow times the model's MTT), 0 where no pair is accepted.
+    accepted : numpy.ndarray
+        ``(nvox,)`` bool: the pair explains the curve better than one delay by more than
+        ``min_gain`` times the noise variance of the pair's residual.
+    """
+
+    early_delay_s: np.ndarray
+    late_delay_s: np.ndarray
+    late_share: np.ndarray
+    accepted: np.ndarray
+
+    def dominant_delay_s(self, fallback_s: np.ndarray) -> np.ndarray:
+        """Delay of the component holding most of the blood volume; ``fallback_s`` where
+        no pair is accepted.
+
+        Parameters
+        ----------
+        fallback_s : numpy.ndarray
+            ``(nvox,)`` delay (s) of voxels without an accepted pair.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(nvox,)`` float64 delay (s).
+        """
+        dominant = np.where(self.late_share >= 0.5, self.late_delay_s, self.early_delay_s)
+        return np.where(self.accepted, dominant, fallback_s)
+
+
+@dataclass(frozen=True)
 class ResidueFitter:
     """Model tissue curves of one arterial input, ready to fit many voxels.
 
@@ -96,12 +146,15 @@ class ResidueFitter:
         ``(n_delays,)`` delays of the table in seconds.
     half_width : int
         Delay grid points searched either side of the seed.
+    model_mtt_s : numpy.ndarray
+        ``(n_models,)`` mean transit time (s) of each model.
     """
 
     atoms: np.ndarray
     norms: np.ndarray
     delays_s: np.ndarray
     half_width: int
+    model_mtt_s: np.ndarray
 
     def fit(self, curves: np.ndarray, seed_delay_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flow-scaled residue height and delay of the best model for each voxel.
@@ -137,41 +190,110 @@ class ResidueFitter:
         -------
         ResidueFit
         """
+        c, groups = self._groups(curves, seed_delay_s)
+        step = float(self.delays_s[1] - self.delays_s[0])
+        h = self.half_width
+        flow = np.zeros(c.shape[1])
+        delay = np.nan_to_num(np.asarray(seed_delay_s, dtype=np.float64), nan=0.0).copy()
+        start_idx = np.zeros(c.shape[1], dtype=np.intp)
+        weights = np.zeros((2 * h + 1, c.shape[1]))
+        models = np.zeros((2 * h + 1, c.shape[1]), dtype=np.intp)
+        for first, atoms, norms, vox in self._blocks(groups):
+            f, d, w, m, _ = self._fit_block(atoms, norms, c[:, vox])
+            found = f > 0
+            flow[vox] = f
+            delay[vox[found]] = self.delays_s[first] + d[found] * step
+            start_idx[vox] = first
+            weights[:, vox] = w
+            models[:, vox] = m
+        return ResidueFit(flow, delay, start_idx, weights, models)
+
+    def fit_two_delays(
+        self,
+        curves: np.ndarray,
+        seed_delay_s: np.ndarray,
+        *,
+        min_separation_s: float = TWO_DELAY_MIN_SEPARATION_S,
+        min_gain: float = TWO_DELAY_MIN_GAIN,
+    ) -> TwoDelayFit:
+        """Best pair of delayed model curves for each voxel (``TwoDelayFit``).
+
+        Parameters
+        ----------
+        curves : numpy.ndarray
+            ``(N, nvox)`` tissue enhancement, in the units of the arterial input.
+        seed_delay_s : numpy.ndarray
+            ``(nvox,)`` delay (s) around which the window of both delays is centred; for
+            a mixed voxel, between the earlier and the later component.
+        min_separation_s : float
+            Pairs closer than this are not tried (near-collinear model curves).
+        min_gain : float
+            A pair is accepted where it lowers the residual sum of squares below that of
+            the best single delay of the window by more than this many times the noise
+            variance of the pair's residual.
+
+        Returns
+        -------
+        TwoDelayFit
+        """
+        c, groups = self._groups(curves, seed_delay_s)
+        step = float(self.delays_s[1] - self.delays_s[0])
+        min_sep = max(1, int(np.ceil(min_separation_s / step - 1e-9)))
+        nvox = c.shape[1]
+        early, late, share = np.zeros(nvox), np.zeros(nvox), np.zeros(nvox)
+        single = np.zeros(nvox)
+        accepted = np.zeros(nvox, dtype=bool)
+        gram_of: dict[int, np.ndarray] = {}
+        for first, atoms, norms, vox in self._blocks(groups):
+            if first not in gram_of:
+                gram_of[first] = atoms.T @ atoms
+            proj = (atoms.T @ c[:, vox]).reshape(norms.shape[0], norms.shape[1], vox.size)
+            _, d, _, _, _ = self._fit_block(atoms, norms, c[:, vox])
+            i, j, sh, ok = _best_pair(proj, gram_of[first], norms, c[:, vox], min_sep, min_gain)
+            t0 = self.delays_s[first]
+            early[vox], late[vox], share[vox] = t0 + i * step, t0 + j * step, sh
+            single[vox] = t0 + d * step
+            accepted[vox] = ok
+        return TwoDelayFit(
+            early_delay_s=np.where(accepted, early, single),
+            late_delay_s=np.where(accepted, late, single),
+            late_share=np.where(accepted, share, 0.0),
+            accepted=accepted,
+        )
+
+    def _groups(
+        self, curves: np.ndarray, seed_delay_s: np.ndarray
+    ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+        """float32 curves and the voxels of each search window (index of its first delay)."""
         c = np.asarray(curves, dtype=np.float32)
-        n_delays = self.delays_s.size
         h = self.half_width
         step = float(self.delays_s[1] - self.delays_s[0])
         seed = np.nan_to_num(np.asarray(seed_delay_s, dtype=np.float64), nan=0.0)
         centre = np.rint((seed - self.delays_s[0]) / step).astype(np.intp)
-        centre = np.clip(centre, h, n_delays - 1 - h)
-        flow = np.zeros(c.shape[1])
-        delay = seed.copy()
-        start_idx = np.zeros(c.shape[1], dtype=np.intp)
-        weights = np.zeros((2 * h + 1, c.shape[1]))
-        models = np.zeros((2 * h + 1, c.shape[1]), dtype=np.intp)
-        for ci in np.unique(centre):
-            group = np.flatnonzero(centre == ci)
-            window = slice(ci - h, ci + h + 1)
+        centre = np.clip(centre, h, self.delays_s.size - 1 - h)
+        return c, [(int(ci) - h, np.flatnonzero(centre == ci)) for ci in np.unique(centre)]
+
+    def _blocks(
+        self, groups: list[tuple[int, np.ndarray]]
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per block of voxels: first delay index, window atoms ``(N, window * models)``,
+        window norms and the voxel indices."""
+        h = self.half_width
+        for first, group in groups:
+            window = slice(first, first + 2 * h + 1)
             # (N, window * models): every model at every delay of the window.
-            atoms = self.atoms[window].transpose(1, 0, 2).reshape(c.shape[0], -1)
+            atoms = self.atoms[window].transpose(1, 0, 2).reshape(self.atoms.shape[1], -1)
             norms = self.norms[window]
             for start in range(0, group.size, _BLOCK_VOXELS):
-                vox = group[start : start + _BLOCK_VOXELS]
-                f, d, w, m = self._fit_block(atoms, norms, c[:, vox])
-                found = f > 0
-                flow[vox] = f
-                delay[vox[found]] = self.delays_s[ci - h] + d[found] * step
-                start_idx[vox] = ci - h
-                weights[:, vox] = w
-                models[:, vox] = m
-        return ResidueFit(flow, delay, start_idx, weights, models)
+                yield first, atoms, norms, group[start : start + _BLOCK_VOXELS]
 
     @staticmethod
     def _fit_block(
         atoms: np.ndarray, norms: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Posterior-mean flow and delay index of a block over the delays of the window,
-        the normalised weights of those delays and the best model at each."""
+        the normalised weights of those delays, the best model at each and its
+        projection ``(window, nvox)``."""
         n_win, n_models = norms.shape
         proj = (atoms.T @ c).reshape(n_win, n_models, c.shape[1])
         # Profile over the models: the best shape and transit time at each delay.
@@ -196,7 +318,60 @@ class ResidueFitter:
         found = (p_best > 0) & (wsum > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             w_norm = np.where(found, w / wsum, 0.0)
-        return np.where(found, f, 0.0), np.where(found, d, 0.0), w_norm, best_model
+        return np.where(found, f, 0.0), np.where(found, d, 0.0), w_norm, best_model, p_delay
+
+
+def _best_pair(
+    proj: np.ndarray,
+    gram: np.ndarray,
+    norms: np.ndarray,
+    c: np.ndarray,
+    min_sep: int,
+    min_gain: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Best pair of window delays for each voxel of a block.
+
+    ``proj`` is the ``(window, models, nvox)`` projection on every unit model curve of
+    the window, ``gram`` the inner products of those curves. Both components share one
+    (shape, MTT) model: a model profiled on the whole mixed curve would stretch its
+    transit time over both, which biases the shares. Returns the delay indices of the
+    pair (early, late), the later component's share of the blood volume (of the flow,
+    as the model is shared) and whether the pair is accepted.
+    """
+    n_win, n_models, nvox = proj.shape
+    cols = np.arange(nvox)
+    energy = (c * c).sum(axis=0).astype(np.float64)
+    diag = np.arange(n_models)
+    best_e = np.full(nvox, -np.inf)
+    best = np.zeros((2, nvox), dtype=np.intp)
+    best_flow = np.zeros((2, nvox))
+    for i in range(n_win - min_sep):
+        pi = proj[i].astype(np.float64)
+        for j in range(i + min_sep, n_win):
+            # Inner product of the same model at the two delays.
+            g = gram[i * n_models + diag, j * n_models + diag].astype(np.float64)[:, None]
+            den = 1.0 - g * g
+            pj = proj[j].astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                a = (pi - g * pj) / den
+                b = (pj - g * pi) / den
+            e = np.where((den > 1e-4) & (a > 0) & (b > 0), a * pi + b * pj, -np.inf)
+            m = np.argmax(e, axis=0)
+            e_m = e[m, cols]
+            better = e_m > best_e
+            best_e = np.where(better, e_m, best_e)
+            best[0] = np.where(better, i, best[0])
+            best[1] = np.where(better, j, best[1])
+            best_flow[0] = np.where(better, a[m, cols] / norms[i, m], best_flow[0])
+            best_flow[1] = np.where(better, b[m, cols] / norms[j, m], best_flow[1])
+    p_best = np.maximum(proj.max(axis=(0, 1)), 0.0).astype(np.float64)
+    # Two more parameters than one delay (the second delay and amplitude).
+    var = np.maximum(energy - best_e, 0.0) / max(c.shape[0] - 5, 1)
+    gain = best_e - p_best**2
+    ok = np.isfinite(best_e) & (gain > min_gain * np.maximum(var, 1e-12))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(ok, best_flow[1] / (best_flow[0] + best_flow[1]), 0.0)
+    return best[0], best[1], np.nan_to_num(share), ok
 
 
 def residue_fitter(
@@ -255,10 +430,11 @@ def residue_fitter(
     # otherwise gain half a fine step of area).
     a_fine = np.interp(fine - 0.5 * fine_dt, t, a)
     tau = (np.arange(fine.size) + 0.5) * fine_dt
-    models = []
+    models, model_mtt = [], []
     for shape in shapes:
         for mtt in mtts_s:
             models.append(gammaincc(shape, shape * tau / mtt))
+            model_mtt.append(mtt)
     r = np.stack(models, axis=1)  # (fine, models)
     spec = np.fft.rfft(a_fine, 2 * fine.size)[:, None] * np.fft.rfft(r, 2 * fine.size, axis=0)
     conv = np.fft.irfft(spec, 2 * fine.size, axis=0)[: fine.size] * fine_dt
@@ -279,4 +455,5 @@ def residue_fitter(
         norms=np.where(norms > 0, norms, np.inf),
         delays_s=delays,
         half_width=max(1, round(half_width_s / delay_step_s)),
+        model_mtt_s=np.asarray(model_mtt, dtype=np.float64),
     )
