@@ -45,6 +45,12 @@ from strokeflow.analysis.deconvolution import (
     osvd_deconvolver,
     ssvd_deconvolver,
 )
+from strokeflow.analysis.flow_readout import (
+    ModelPeakTable,
+    model_peak_table,
+    residue_at_lag,
+    voxel_peak_model,
+)
 from strokeflow.analysis.residue_fit import ResidueFitter, residue_fitter
 
 _FLOW_SCALE = HEMATOCRIT_FACTOR / BRAIN_DENSITY_G_PER_ML
@@ -93,6 +99,7 @@ def compute_maps(
     flow_window_s: tuple[float, float] | None = (1.0, 3.0),
     fitted_tmax: bool = False,
     model_lag: Literal["off", "full", "truncation"] = "truncation",
+    cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -162,6 +169,12 @@ def compute_maps(
         curves, but early on noisy, spatially filtered tissue (``docs/deconvolution.md``).
         "off": the exponential calibration alone. The peak itself still follows the
         dominant delay of a voxel that mixes delays.
+    cbf_readout : {"max", "max/model", "value/model", "value"}
+        With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
+        residue near the fitted onset; "max/model" divides it by the regularised peak
+        ratio of the voxel's fitted models at its rung (``analysis.flow_readout``);
+        "value" reads the residue at the lag where those models peak instead of its
+        maximum (not raised by noise); "value/model" does both.
 
     Returns
     -------
@@ -189,6 +202,10 @@ def compute_maps(
         raise ValueError(f"step_s must be positive; got {step_s}")
     if model_lag not in ("off", "full", "truncation"):
         raise ValueError(f"model_lag must be 'off', 'full' or 'truncation'; got {model_lag!r}")
+    if cbf_readout not in ("max", "max/model", "value/model", "value"):
+        raise ValueError(
+            f"cbf_readout must be 'max', 'max/model', 'value' or 'value/model'; got {cbf_readout!r}"
+        )
     if flow_window_s is not None and not min(flow_window_s) >= 0:
         raise ValueError(f"flow_window_s must be two non-negative seconds; got {flow_window_s}")
 
@@ -234,6 +251,11 @@ def compute_maps(
         if (fitter is not None and correct_tmax_lag and model_lag != "off" and not fitted_tmax)
         else None
     )
+    peak_table = (
+        model_peak_table(dec, fitter, step_s, flow_window_s)
+        if (fitter is not None and flow_window_s is not None and cbf_readout != "max")
+        else None
+    )
     nvox_total = flat.shape[1]
     outputs = {
         name: np.full(nvox_total, np.nan, dtype=np.float32)
@@ -263,6 +285,8 @@ def compute_maps(
             fitted_tmax,
             model_lags,
             model_lag == "truncation",
+            peak_table,
+            cbf_readout,
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -294,9 +318,12 @@ def _chunk_maps(
     fitted_tmax: bool = False,
     model_lags: np.ndarray | None = None,
     model_lags_relative: bool = False,
+    peak_table: ModelPeakTable | None = None,
+    cbf_readout: str = "max",
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
+    k_all_lags = k
     smooth = curves
     if ttp_smoothing_s > 0:
         smooth = gaussian_filter1d(curves, ttp_smoothing_s / step_s, axis=0, mode="nearest")
@@ -330,7 +357,15 @@ def _chunk_maps(
         onset_s = np.where(flow > 0, delay_s, tmax_raw)
         if flow_window_s is not None:
             near = _max_near_onset(k, onset_s, flow_window_s, dec, step_s)
-            cbf = _FLOW_SCALE * 6000.0 * np.clip(np.where(np.isfinite(near), near, k_max), 0, None)
+            flow_read = np.where(np.isfinite(near), near, k_max)
+            if peak_table is not None:
+                ratio, model_peak_s = voxel_peak_model(peak_table, fit, rung)
+                if cbf_readout.startswith("value"):
+                    value = residue_at_lag(k_all_lags, model_peak_s, dec, step_s)
+                    flow_read = np.where(np.isfinite(value), value, flow_read)
+                if cbf_readout.endswith("/model"):
+                    flow_read = flow_read / ratio
+            cbf = _FLOW_SCALE * 6000.0 * np.clip(flow_read, 0, None)
             with np.errstate(divide="ignore", invalid="ignore"):
                 mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
         if fitted_tmax:
