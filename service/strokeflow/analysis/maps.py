@@ -18,7 +18,9 @@ CBF is the maximum of the oSVD residue within -1..+3 s of the fitted onset: the 
 of tracer held in the tissue is largest at its onset, later only by the regularisation,
 and noise maxima further along the low tail of hypoperfused tissue would otherwise
 inflate its CBF. Choice by measurement: ``benchmarks/deconvolution_family.py``,
-``docs/deconvolution.md``.
+``docs/deconvolution.md``. ``cbf_readout="value"`` (what ``analysis.ctp`` uses) reads the
+residue at the lag where the voxel's fitted models peak instead of its maximum, which
+noise biases upwards (``analysis.flow_readout``).
 
 Regularisation bias correction (oSVD): truncating the SVD smooths k, which lowers its
 maximum (CBF underestimated, most for short transit times: -30 to -50 % at MTT 4 s) and
