@@ -210,6 +210,9 @@ def candidate_methods() -> dict[str, Method]:
         "two-delay Tmax": _maps_method(two_delay_tmax=True),
         "fit F, MTT 6-10": _fitted_flow_blend_method(6.0, 10.0),
         "fit F, MTT 8-12": _fitted_flow_blend_method(8.0, 12.0),
+        "max/model": _maps_method(cbf_readout="max/model"),
+        "value": _maps_method(cbf_readout="value"),
+        "value/model": _maps_method(cbf_readout="value/model"),
     }
 
 

@@ -18,7 +18,9 @@ CBF is the maximum of the oSVD residue within -1..+3 s of the fitted onset: the 
 of tracer held in the tissue is largest at its onset, later only by the regularisation,
 and noise maxima further along the low tail of hypoperfused tissue would otherwise
 inflate its CBF. Choice by measurement: ``benchmarks/deconvolution_family.py``,
-``docs/deconvolution.md``.
+``docs/deconvolution.md``. ``cbf_readout="value"`` (what ``analysis.ctp`` uses) reads the
+residue at the lag where the voxel's fitted models peak instead of its maximum, which
+noise biases upwards (``analysis.flow_readout``).
 
 Regularisation bias correction (oSVD): truncating the SVD smooths k, which lowers its
 maximum (CBF underestimated, most for short transit times: -30 to -50 % at MTT 4 s) and
@@ -44,6 +46,12 @@ from strokeflow.analysis.deconvolution import (
     aif_matrix,
     osvd_deconvolver,
     ssvd_deconvolver,
+)
+from strokeflow.analysis.flow_readout import (
+    ModelPeakTable,
+    model_peak_table,
+    residue_at_lag,
+    voxel_peak_model,
 )
 from strokeflow.analysis.residue_fit import ResidueFitter, residue_fitter
 
@@ -94,6 +102,7 @@ def compute_maps(
     fitted_tmax: bool = False,
     model_lag: Literal["off", "full", "truncation"] = "truncation",
     two_delay_tmax: bool = False,
+    cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -169,6 +178,12 @@ def compute_maps(
         one holding most of the blood volume; elsewhere the readout above. Off by
         default: measured and not adopted (``docs/deconvolution.md``, "Tmax of voxels
         that mix two delays").
+    cbf_readout : {"max", "max/model", "value/model", "value"}
+        With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
+        residue near the fitted onset; "max/model" divides it by the regularised peak
+        ratio of the voxel's fitted models at its rung (``analysis.flow_readout``);
+        "value" reads the residue at the lag where those models peak instead of its
+        maximum (not raised by noise); "value/model" does both.
 
     Returns
     -------
@@ -196,6 +211,10 @@ def compute_maps(
         raise ValueError(f"step_s must be positive; got {step_s}")
     if model_lag not in ("off", "full", "truncation"):
         raise ValueError(f"model_lag must be 'off', 'full' or 'truncation'; got {model_lag!r}")
+    if cbf_readout not in ("max", "max/model", "value/model", "value"):
+        raise ValueError(
+            f"cbf_readout must be 'max', 'max/model', 'value' or 'value/model'; got {cbf_readout!r}"
+        )
     if flow_window_s is not None and not min(flow_window_s) >= 0:
         raise ValueError(f"flow_window_s must be two non-negative seconds; got {flow_window_s}")
 
@@ -241,6 +260,11 @@ def compute_maps(
         if (fitter is not None and correct_tmax_lag and model_lag != "off" and not fitted_tmax)
         else None
     )
+    peak_table = (
+        model_peak_table(dec, fitter, step_s, flow_window_s)
+        if (fitter is not None and flow_window_s is not None and cbf_readout != "max")
+        else None
+    )
     nvox_total = flat.shape[1]
     outputs = {
         name: np.full(nvox_total, np.nan, dtype=np.float32)
@@ -271,6 +295,8 @@ def compute_maps(
             model_lags,
             model_lag == "truncation",
             two_delay_tmax,
+            peak_table,
+            cbf_readout,
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -303,9 +329,12 @@ def _chunk_maps(
     model_lags: np.ndarray | None = None,
     model_lags_relative: bool = False,
     two_delay_tmax: bool = False,
+    peak_table: ModelPeakTable | None = None,
+    cbf_readout: str = "max",
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
+    k_all_lags = k
     smooth = curves
     if ttp_smoothing_s > 0:
         smooth = gaussian_filter1d(curves, ttp_smoothing_s / step_s, axis=0, mode="nearest")
@@ -340,7 +369,15 @@ def _chunk_maps(
         onset_s = np.where(flow > 0, delay_s, tmax_raw)
         if flow_window_s is not None:
             near = _max_near_onset(k, onset_s, flow_window_s, dec, step_s)
-            cbf = _FLOW_SCALE * 6000.0 * np.clip(np.where(np.isfinite(near), near, k_max), 0, None)
+            flow_read = np.where(np.isfinite(near), near, k_max)
+            if peak_table is not None:
+                ratio, model_peak_s = voxel_peak_model(peak_table, fit, rung)
+                if cbf_readout.startswith("value"):
+                    value = residue_at_lag(k_all_lags, model_peak_s, dec, step_s)
+                    flow_read = np.where(np.isfinite(value), value, flow_read)
+                if cbf_readout.endswith("/model"):
+                    flow_read = flow_read / ratio
+            cbf = _FLOW_SCALE * 6000.0 * np.clip(flow_read, 0, None)
             with np.errstate(divide="ignore", invalid="ignore"):
                 mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
         if fitted_tmax:
