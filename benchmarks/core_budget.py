@@ -317,6 +317,20 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def saved_grid(d: Any) -> tuple[BrainMasks, Hemispheres, Geometry, float]:
+    """Masks, hemispheres, geometry and voxel volume (mL) of one saved case (``np.load``)."""
+    masks = BrainMasks(
+        head=d["brain"],
+        brain=d["brain"],
+        csf=d["csf"],
+        vessels=d["vessels"],
+        tissue=d["tissue"],
+        unmeasured=d["unmeasured"],
+    )
+    hemis = Hemispheres(side=d["side"], centre_yx=(0.0, 0.0), angle_deg=0.0)
+    return masks, hemis, Geometry(d["affine"]), float(d["voxel_ml"])
+
+
 def replay_case(path: Path) -> dict[str, Any]:
     """The budget of every variant from a ``--save-dir`` file, lesion stage only.
 
@@ -330,18 +344,8 @@ def replay_case(path: Path) -> dict[str, Any]:
     protocol = rest[len(kind) + 1 :]
     row: dict[str, Any] = {"kind": kind, "protocol": protocol, "seed": int(seed), "status": "ok"}
     settings = CtpSettings()
-    tissue = d["tissue"]
-    masks = BrainMasks(
-        head=d["brain"],
-        brain=d["brain"],
-        csf=d["csf"],
-        vessels=d["vessels"],
-        tissue=tissue,
-        unmeasured=d["unmeasured"],
-    )
-    hemis = Hemispheres(side=d["side"], centre_yx=(0.0, 0.0), angle_deg=0.0)
-    geometry = Geometry(d["affine"])
-    vv = float(d["voxel_ml"])
+    masks, hemis, geometry, vv = saved_grid(d)
+    tissue = masks.tissue
     true_ref = float(d["true_reference"])
     true_cbf = np.where(tissue, d["true_cbf"], np.nan)
     true_tmax = np.where(tissue, d["true_tmax"], np.nan)

@@ -36,14 +36,13 @@ import numpy as np
 from scipy import ndimage
 
 import strokeflow.analysis.ctp as ctp
-from core_budget import cases, truth_on_grid
+from core_budget import cases, saved_grid, truth_on_grid
 from strokeflow.analysis.brainmask import BrainMasks
 from strokeflow.analysis.decisions import evaluate_assessable_decisions, lesion_metrics
-from strokeflow.analysis.hemispheres import Hemispheres, find_hemispheres
+from strokeflow.analysis.hemispheres import find_hemispheres
 from strokeflow.analysis.lesions import clean_mask, ctp_lesion_masks, fill_unmeasured, tmax_above
 from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.settings import CtpSettings
-from strokeflow.analysis.volume import Geometry
 from strokeflow.phantom.family import simulate_lesion_case
 from strokeflow.phantom.protocols import protocol_by_name
 
@@ -137,17 +136,8 @@ def replay_case(path: Path) -> dict[str, Any]:
     """Every variant's volumes, decisions and false / missed core from one saved case."""
     d = np.load(path)
     meta = json.loads(str(d["meta"]))
-    tissue = d["tissue"]
-    masks = BrainMasks(
-        head=d["brain"],
-        brain=d["brain"],
-        csf=d["csf"],
-        vessels=d["vessels"],
-        tissue=tissue,
-        unmeasured=d["unmeasured"],
-    )
-    hemis = Hemispheres(side=d["side"], centre_yx=(0.0, 0.0), angle_deg=0.0)
-    geometry, vv = Geometry(d["affine"]), float(d["voxel_ml"])
+    masks, hemis, geometry, vv = saved_grid(d)
+    tissue = masks.tissue
     tmax = np.nan_to_num(d["tmax"], nan=0.0)
 
     def stage(cbf: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
