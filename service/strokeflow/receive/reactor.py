@@ -12,8 +12,11 @@ primitive is queued for sending, and the association reactor waits on an event t
 sets after every state-machine event. Both still wake every :data:`WAKE_S` at the latest,
 so that pynetdicom's timers (ARTIM, idle) and kill flags are seen as before.
 
-The loops are those of pynetdicom 3.0 with only the waits changed;
-:func:`make_prompt` leaves an association as it is under any other pynetdicom version.
+The two loops (``PromptDUL._run``, ``PromptAssociation._run_reactor``) are adapted from
+pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and ``Association._run_reactor``
+(MIT licence, Copyright (c) 2012-2021 Patrice Munger and pynetdicom contributors) with only
+the waits changed; :func:`make_prompt` leaves an association as it is under any other
+pynetdicom version.
 """
 
 from __future__ import annotations
