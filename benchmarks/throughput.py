@@ -262,6 +262,8 @@ def main() -> int:
     if args.quick:
         args.matrix, args.slices, args.frames, args.studies = 64, 4, 20, [2, 4]
     work = args.keep or Path(tempfile.mkdtemp(prefix="strokeflow-throughput-"))
+    # mkdtemp makes it 0700: the postgres user (when run as root) must reach its folder in it.
+    work.chmod(work.stat().st_mode | 0o011)
     work.mkdir(parents=True, exist_ok=True)
     pg = redis = pacs = None
     try:
