@@ -22,6 +22,7 @@ noise does not bias it upwards as it does a maximum.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,36 @@ class ModelPeakTable:
 
     peak_ratio: np.ndarray
     peak_lag_s: np.ndarray
+
+
+def model_residues_by_rung(dec: Deconvolver, fitter: ResidueFitter) -> Iterator[np.ndarray]:
+    """The residues of the fitter's model curves, deconvolved at each rung in turn.
+
+    Parameters
+    ----------
+    dec : Deconvolver
+        Deconvolver of the arterial input the fitter was built on.
+    fitter : ResidueFitter
+        Model table of the same arterial input and grid.
+
+    Yields
+    ------
+    numpy.ndarray
+        ``(n_lags, delays * models)`` float32 residues of the unit-norm model curves
+        (delay-major columns) at rung 0, 1, ... of ``dec.ranks``. One array, updated in
+        place from rung to rung: read it before asking for the next.
+    """
+    n_delays, n, n_models = fitter.atoms.shape
+    curves = np.ascontiguousarray(fitter.atoms.transpose(1, 0, 2).reshape(n, n_delays * n_models))
+    w = (dec.u_t @ curves) * dec.inv_s[:, None]
+    k = np.zeros((dec.n_lags, curves.shape[1]), dtype=np.float32)
+    prev = 0
+    for rank in dec.ranks:
+        # Each rung keeps more components: add only its new ones.
+        if rank > prev:
+            k += dec.v[:, prev:rank] @ w[prev:rank]
+            prev = rank
+        yield k
 
 
 def model_peak_table(
@@ -87,8 +118,6 @@ def model_peak_table(
             f"need the circulant deconvolver of the fitter's {n}-frame grid; got "
             f"{'circulant' if dec.circulant else 'lower-triangular'}, {dec.n_frames} frames"
         )
-    curves = np.ascontiguousarray(fitter.atoms.transpose(1, 0, 2).reshape(n, n_delays * n_models))
-    w = (dec.u_t @ curves) * dec.inv_s[:, None]
     onset_s = np.repeat(fitter.delays_s, n_models)
     # Unit-norm atoms: their flow is 1 / norm of the unit-flow curve.
     norm = fitter.norms.reshape(-1)
@@ -100,14 +129,8 @@ def model_peak_table(
     )
     ratio = np.ones((len(dec.ranks), n_delays * n_models))
     peak_lag = np.zeros_like(ratio)
-    k = np.zeros((dec.n_lags, curves.shape[1]), dtype=np.float32)
-    cols = np.arange(curves.shape[1])
-    prev = 0
-    for i, rank in enumerate(dec.ranks):
-        # Each rung keeps more components: add only its new ones.
-        if rank > prev:
-            k += dec.v[:, prev:rank] @ w[prev:rank]
-            prev = rank
+    cols = np.arange(n_delays * n_models)
+    for i, k in enumerate(model_residues_by_rung(dec, fitter)):
         windowed = np.where(inside, k, -np.inf)
         idx = np.argmax(windowed, axis=0)
         peak = windowed[idx, cols].astype(np.float64)

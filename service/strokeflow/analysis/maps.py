@@ -50,6 +50,7 @@ from strokeflow.analysis.deconvolution import (
 from strokeflow.analysis.flow_readout import (
     ModelPeakTable,
     model_peak_table,
+    model_residues_by_rung,
     residue_at_lag,
     voxel_peak_model,
 )
@@ -470,17 +471,9 @@ def _model_lag_table(
     ladder and the lag of their residue's maximum read as for a voxel.
     """
     n_delays, n, n_models = fitter.atoms.shape
-    curves = np.ascontiguousarray(fitter.atoms.transpose(1, 0, 2).reshape(n, n_delays * n_models))
-    w = (dec.u_t @ curves) * dec.inv_s[:, None]
     onset_s = np.repeat(fitter.delays_s, n_models)
     out = np.empty((len(dec.ranks), n_delays * n_models))
-    # The rungs keep more and more components: each adds only its new ones to k.
-    k = np.zeros((dec.n_lags, curves.shape[1]), dtype=np.float32)
-    prev = 0
-    for i, rank in enumerate(dec.ranks):
-        if rank > prev:
-            k += dec.v[:, prev:rank] @ w[prev:rank]
-            prev = rank
+    for i, k in enumerate(model_residues_by_rung(dec, fitter)):
         idx, offset = _peak_with_offset(k, wrap=dec.circulant)
         lag = (idx + offset).astype(np.float64)
         if dec.circulant:
