@@ -41,13 +41,13 @@ from strokeflow.analysis.lesions import (
     tmax_above,
     volume_ml,
 )
-from strokeflow.analysis.maps import PerfusionMaps, compute_maps
+from strokeflow.analysis.maps import PerfusionMaps
 from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analysis.slabs import SlabPlan, binning_factor, combine_slices, plan_slabs
-from strokeflow.analysis.stages import AnalysisError, analysis_stage
+from strokeflow.analysis.stages import AnalysisError, analysis_stage, maps_in_threads
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 
@@ -266,13 +266,13 @@ def analyse_ctp(
         if settings.temporal_sigma_s > 0:
             sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
             aif_input = gaussian_filter1d(aif_input, sigma_t, mode="nearest")
-        maps = compute_maps(
+        maps = maps_in_threads(
             smoothed,
             aif_input.astype(np.float32),
             step,
+            masks.tissue,
             method="osvd",
             oscillation_index=settings.oscillation_index,
-            mask=masks.tissue,
             correct_cbf_bias=settings.correct_cbf_bias,
             # The residue at the fitted models' peak lag, not its maximum, which noise
             # raises in low-flow tissue (docs/deconvolution.md: core within 30 -> 34 of
