@@ -454,13 +454,16 @@ def _baseline_and_inputs(
             native = tips(frames - baseline, masks.tissue)
             curves = _resample_within(native, masks.tissue, times_s, step)
             del native
+            smoothed = concentration.copy()
         else:
-            curves = tips(concentration, masks.tissue)[:, masks.tissue]
+            # The filter's output is a copy that leaves every voxel outside the tissue as
+            # it was: it is the smoothed series, no second copy needed.
+            smoothed = tips(concentration, masks.tissue)
+            curves = smoothed[:, masks.tissue]
         if settings.temporal_sigma_s > 0:
             sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
             curves = gaussian_filter1d(curves, sigma_t, axis=0, mode="nearest")
         # Only tissue curves are filtered: every later step reads tissue voxels only.
-        smoothed = concentration.copy()
         smoothed[:, masks.tissue] = curves
         del curves
     clock.lap("smoothing")

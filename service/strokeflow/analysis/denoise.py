@@ -144,7 +144,7 @@ def profile_bilateral(
     )
     mb = m[box]
     coeffs = np.zeros((k, *mb.shape), dtype=np.float32)
-    coeffs[:, mb] = basis.T @ (data[:, m] - mean)
+    coeffs[:, mb] = basis.T @ (curves - mean)
     mf = mb.astype(np.float32)
     offsets = [
         (dy, dx)
