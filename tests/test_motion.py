@@ -168,3 +168,16 @@ def test_bin_inplane_means_blocks_and_crops_the_remainder() -> None:
     np.testing.assert_array_equal(bin_inplane(a, 1), a.astype(np.float32))
     with pytest.raises(ValueError, match="larger than"):
         bin_inplane(a, 11)
+
+
+def test_frames_registered_in_threads_give_the_serial_result(
+    moved, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from strokeflow.analysis import motion
+
+    series, threaded = moved
+    monkeypatch.setattr(motion.os, "cpu_count", lambda: 1)
+    serial = correct_motion(series, PIXEL_MM)
+    for name in ("corrected", "shifts_mm", "rotations_deg", "displacement_mm", "residual"):
+        np.testing.assert_array_equal(getattr(threaded, name), getattr(serial, name), name)
+    assert threaded.messages == serial.messages

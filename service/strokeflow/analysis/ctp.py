@@ -201,7 +201,10 @@ def analyse_ctp(
         _, dy, _ = series.geometry.voxel_size_mm
         factor = 1 if on_grid is not None else binning_factor(dy, settings.analysis_pixel_mm)
         signal = (
-            bin_inplane(series.signal, factor) if factor > 1 else series.signal.astype(np.float32)
+            bin_inplane(series.signal, factor)
+            if factor > 1
+            # Read only from here on: a float32 series (read into the grid) is not copied.
+            else np.asarray(series.signal, dtype=np.float32)
         )
         geometry = series.geometry.downsampled(factor)
         dz, pixel_mm, _ = geometry.voxel_size_mm
@@ -225,9 +228,13 @@ def analyse_ctp(
     clock.lap("motion")
 
     with analysis_stage("resample"):
-        uniform, grid_s = resample_uniform(
-            motion.corrected[keep], series.times_s[keep], settings.temporal_step_s
+        # Every frame kept (the rule): the corrected series itself, not a 40 MB copy.
+        acquired = (
+            (motion.corrected, series.times_s)
+            if keep.all()
+            else (motion.corrected[keep], series.times_s[keep])
         )
+        uniform, grid_s = resample_uniform(acquired[0], acquired[1], settings.temporal_step_s)
         step = settings.temporal_step_s
     clock.lap("resample")
 
@@ -235,7 +242,6 @@ def analyse_ctp(
         arrival = _bolus_arrival(uniform, pixel_mm, dz)
     clock.lap("arrival")
 
-    acquired = (motion.corrected[keep], series.times_s[keep])
     inputs = _baseline_and_inputs(uniform, acquired, arrival, geometry, settings, clock)
     # The baseline must hold no arterial first pass: if the chosen artery started to
     # fill inside it, the baseline is cut before that rise and everything after redone.
@@ -405,7 +411,8 @@ def _bolus_arrival(uniform: np.ndarray, pixel_mm: float, dz_mm: float) -> int:
     the arterial rise directly, the percentile is the fallback.
     """
     first = uniform[: min(2, uniform.shape[0])].mean(axis=0)
-    prelim = brain_masks(first, (uniform - first).max(axis=0), pixel_mm, dz_mm)
+    # max(u - f) = max(u) - f exactly (rounding is monotone), without a 4D difference.
+    prelim = brain_masks(first, uniform.max(axis=0) - first, pixel_mm, dz_mm)
     if not prelim.brain.any():
         raise AnalysisError("no brain found inside the skull: is this a head CT perfusion?")
     arrival = bolus_arrival_index(uniform, prelim.brain)

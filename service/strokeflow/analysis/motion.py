@@ -14,6 +14,8 @@ are therefore the motion of the head relative to the reference frame.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -219,9 +221,8 @@ def correct_motion(
     ref_fft = np.fft.rfft2(levels[0].ref)
 
     params = np.zeros((nt, 3))  # (dy, dx, theta) in px and radians
-    for t in range(nt):
-        if t == reference:
-            continue
+
+    def register(t: int) -> None:
         matrix = np.eye(3)
         for i, (f, lv) in enumerate(zip(factors, levels, strict=True)):
             moving = ndimage.gaussian_filter(bin_inplane(proj[t], f), lv.sigma, truncate=3.0)
@@ -229,6 +230,11 @@ def correct_motion(
                 matrix = lv.from_level(_initial_guess(ref_fft, moving, lv.centre, lv.coords))
             matrix = lv.refine(moving, matrix)
         params[t] = _params_from_matrix(matrix, centre)
+
+    # Frames are registered independently, and the FFTs, interpolations and filters
+    # release the GIL: one thread per core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(register, [t for t in range(nt) if t != reference]))
 
     shifts_mm = params[:, :2] * pixel_mm
     theta = params[:, 2]
