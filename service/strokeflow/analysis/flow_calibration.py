@@ -275,9 +275,7 @@ def prebolus_noise_sd(curves: np.ndarray, aif: np.ndarray, sigma_frames: float =
     c = np.asarray(curves)
     if n_pre < 3 or c.shape[1] == 0:
         return 0.0
-    # A few thousand voxels give the mean variance to a few per cent.
-    step = max(1, c.shape[1] // 20000)
-    pre = c[:n_pre, ::step].astype(np.float64)
+    pre = c[:n_pre].astype(np.float64)
     variance = float(np.mean(np.var(pre, axis=0, ddof=1)))
     lag = np.arange(n_pre)
     if sigma_frames > 0:
