@@ -39,7 +39,7 @@ import strokeflow.analysis.ctp as ctp
 from core_budget import cases, saved_grid, truth_on_grid
 from strokeflow.analysis.brainmask import BrainMasks
 from strokeflow.analysis.decisions import evaluate_assessable_decisions, lesion_metrics
-from strokeflow.analysis.flow_calibration import calibrate_flow, prebolus_noise_sd
+from strokeflow.analysis.flow_calibration import FlowCalibration, calibrate_flow, prebolus_noise_sd
 from strokeflow.analysis.hemispheres import find_hemispheres
 from strokeflow.analysis.lesions import clean_mask, ctp_lesion_masks, fill_unmeasured, tmax_above
 from strokeflow.analysis.maps import _FLOW_SCALE, PerfusionMaps, compute_maps
@@ -212,11 +212,24 @@ def replay_case(path: Path) -> dict[str, Any]:
     _, rcbf_value, ref_value = lesion["value"]
     if "max/model" in lesion:
         variants["mixed"] = _core(rcbf_value * ref_value / lesion["max/model"][2], tmax, masks, vv)
-    for readout in CALIBRATED_READOUTS:
+    for readout, key in CALIBRATED_READOUTS.items():
         if readout in lesion:
             # The voxels as read, only the reference calibrated.
             ref_only = rcbf_value * ref_value / lesion[readout][2]
             variants[f"ref {readout}"] = _core(ref_only, tmax, masks, vv)
+            # The gain looked up at the in-plane average of log MTT rather than at the
+            # voxel's own: its CBF noise then does not move its gain with it.
+            cal = FlowCalibration(*d[key + "_gain"])
+            ok = tissue & (value > 0)
+            log_mtt = np.where(
+                ok,
+                np.log(np.maximum(60.0 * np.nan_to_num(d["cbv"]) / np.where(ok, value, 1), 1e-3)),
+                0,
+            )
+            for sigma in (1.0, 2.0):
+                smooth = np.exp(tissue_gaussian(log_mtt, ok, sigma))
+                cbf = np.where(ok, value / cal.gain_at(smooth), np.nan).astype(np.float32)
+                variants[f"{readout} mttG{sigma:g}"] = stage(cbf)[0]
 
     pipe = PerfusionMaps(tmax, tmax, tmax, d["tmax"], d["tmax"])
     tmax6 = tmax_above(pipe, tissue, vv, SETTINGS.min_cluster_ml, 6.0)
