@@ -15,7 +15,11 @@ replay runs the lesion stage on the saved maps with each decision (rCBF < 0.30 i
   tissue of the voxel's 3 x 3 in-plane neighbourhood;
 * ``value/G1(ratio)``, ``value/G2(ratio)``: the value CBF divided by the spatially averaged
   model peak ratio (value / value-model CBF of the voxel);
-* ``mixed``: value voxels over the max/model reference.
+* ``mixed``: value voxels over the max/model reference;
+* ``value/self``, ``value/self+noise`` (``--readouts``): the value CBF divided by the
+  study's self-calibrated gain at the voxel's measured MTT (``analysis.flow_calibration``,
+  noise-free or with the pre-bolus noise); ``ref ...``: only the reference calibrated;
+  ``... mttG1``, ``... mttG2``: the gain read at the in-plane average of log MTT.
 
 It prints core within max(5 mL, 10 %), median core error, core bias and 95 % limits of
 agreement, false core (no true core in the voxel) and missed all-core voxels, Tmax
