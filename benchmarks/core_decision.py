@@ -15,7 +15,11 @@ replay runs the lesion stage on the saved maps with each decision (rCBF < 0.30 i
   tissue of the voxel's 3 x 3 in-plane neighbourhood;
 * ``value/G1(ratio)``, ``value/G2(ratio)``: the value CBF divided by the spatially averaged
   model peak ratio (value / value-model CBF of the voxel);
-* ``mixed``: value voxels over the max/model reference.
+* ``mixed``: value voxels over the max/model reference;
+* ``value/self``, ``value/self+noise`` (``--readouts``): the value CBF divided by the
+  study's self-calibrated gain at the voxel's measured MTT (``analysis.flow_calibration``,
+  noise-free or with the pre-bolus noise); ``ref ...``: only the reference calibrated;
+  ``... mttG1``, ``... mttG2``: the gain read at the in-plane average of log MTT.
 
 It prints core within max(5 mL, 10 %), median core error, core bias and 95 % limits of
 agreement, false core (no true core in the voxel) and missed all-core voxels, Tmax
@@ -39,9 +43,10 @@ import strokeflow.analysis.ctp as ctp
 from core_budget import cases, saved_grid, truth_on_grid
 from strokeflow.analysis.brainmask import BrainMasks
 from strokeflow.analysis.decisions import evaluate_assessable_decisions, lesion_metrics
+from strokeflow.analysis.flow_calibration import FlowCalibration, calibrate_flow, prebolus_noise_sd
 from strokeflow.analysis.hemispheres import find_hemispheres
 from strokeflow.analysis.lesions import clean_mask, ctp_lesion_masks, fill_unmeasured, tmax_above
-from strokeflow.analysis.maps import PerfusionMaps, compute_maps
+from strokeflow.analysis.maps import _FLOW_SCALE, PerfusionMaps, compute_maps
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.phantom.family import simulate_lesion_case
 from strokeflow.phantom.protocols import protocol_by_name
@@ -50,13 +55,44 @@ SETTINGS = CtpSettings()
 DECISIONS = ("defuse3", "defuse2", "extend", "malignant_profile")
 #: Readouts computed besides the pipeline's own (``value``), key in the saved file.
 EXTRA_READOUTS = {"max/model": "cbf_mm", "value/model": "cbf_vm"}
+#: The pipeline's CBF divided by its self-calibrated gain (``analysis.flow_calibration``),
+#: noise-free and with the measured pre-bolus noise; key in the saved file.
+CALIBRATED_READOUTS = {"value/self": "cbf_vs", "value/self+noise": "cbf_vsn"}
+ALL_READOUTS = {**EXTRA_READOUTS, **CALIBRATED_READOUTS}
+FLOW_SCALE = _FLOW_SCALE * 6000.0
 _extra: dict[str, np.ndarray] = {}
+_readouts: list[str] = list(EXTRA_READOUTS) + list(CALIBRATED_READOUTS)
 
 
 def _maps_with_extra_readouts(*args: Any, **kwargs: Any) -> PerfusionMaps:
     maps = compute_maps(*args, **kwargs)
     for readout in EXTRA_READOUTS:
-        _extra[readout] = compute_maps(*args, **{**kwargs, "cbf_readout": readout}).cbf_ml_100g_min
+        if readout in _readouts:
+            cbf = compute_maps(*args, **{**kwargs, "cbf_readout": readout}).cbf_ml_100g_min
+            _extra[readout] = cbf
+    conc, aif, step_s = args[:3]
+    sigma_frames = SETTINGS.temporal_sigma_s / SETTINGS.temporal_step_s
+    synthetic = {k: v for k, v in kwargs.items() if k != "mask"}
+
+    def measure(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = compute_maps(curves, aif, step_s, **synthetic)
+        return m.cbf_ml_100g_min, m.cbv_ml_100g
+
+    tissue = np.asarray(kwargs["mask"])
+    for readout in CALIBRATED_READOUTS:
+        if readout not in _readouts:
+            continue
+        noise_sd = 0.0
+        if readout.endswith("+noise"):
+            noise_sd = prebolus_noise_sd(conc[:, tissue], aif, sigma_frames)
+        gain = calibrate_flow(
+            aif, step_s, measure, FLOW_SCALE, noise_sd=noise_sd, noise_sigma_frames=sigma_frames
+        )
+        _extra[readout] = gain.corrected_cbf(maps.cbf_ml_100g_min, maps.cbv_ml_100g).astype(
+            np.float32
+        )
+        _extra[readout + " gain"] = np.stack([gain.measured_mtt_s, gain.gain])
+        _extra[readout + " noise"] = np.asarray(noise_sd)
     return maps
 
 
@@ -64,6 +100,7 @@ def save_case(spec: dict[str, Any]) -> str:
     """Analyse one case and save its maps of every readout; returns a status line."""
     name = f"{spec['kind']}/{spec['protocol']}/{spec['seed']}"
     try:
+        _readouts[:] = spec["readouts"]
         ctp.compute_maps = _maps_with_extra_readouts
         case = simulate_lesion_case(spec["kind"], protocol_by_name(spec["protocol"]), spec["seed"])
         an = ctp.analyse_ctp(case.series, SETTINGS)
@@ -86,7 +123,14 @@ def save_case(spec: dict[str, Any]) -> str:
         }
         arrays: dict[str, Any] = {
             "cbf_value": an.maps.cbf_ml_100g_min,
-            **{key: _extra[r] for r, key in EXTRA_READOUTS.items()},
+            "cbv": an.maps.cbv_ml_100g,
+            **{key: _extra[r] for r, key in ALL_READOUTS.items() if r in _extra},
+            **{
+                key + suffix: _extra[r + " " + word]
+                for r, key in CALIBRATED_READOUTS.items()
+                if r in _extra
+                for suffix, word in (("_gain", "gain"), ("_noise", "noise"))
+            },
             "tmax": an.maps.tmax_s,
             "core_fraction": truth.core_fraction.astype(np.float32),
             "tissue": m.tissue,
@@ -146,14 +190,14 @@ def replay_case(path: Path) -> dict[str, Any]:
         return core, rcbf, ref
 
     lesion = {"value": stage(d["cbf_value"])}
-    lesion.update({r: stage(d[key]) for r, key in EXTRA_READOUTS.items()})
+    lesion.update({r: stage(d[key]) for r, key in ALL_READOUTS.items() if key in d})
     variants: dict[str, np.ndarray] = {}
     for readout, (core, rcbf, _) in lesion.items():
         variants[readout] = core
         for sigma in (1.0, 1.5):
             smooth = tissue_gaussian(rcbf, tissue, sigma)
             variants[f"{readout} G{sigma:g}"] = _core(smooth, tmax, masks, vv)
-        if readout != "value":
+        if readout in EXTRA_READOUTS:
             for k in (0.5, 1.0):
                 margin = rcbf + k * local_spread(rcbf, tissue)
                 variants[f"{readout} conf{k:g}"] = _core(margin, tmax, masks, vv)
@@ -161,15 +205,35 @@ def replay_case(path: Path) -> dict[str, Any]:
             margin = smooth + 0.5 * local_spread(smooth, tissue)
             variants[f"{readout} G1+conf0.5"] = _core(margin, tmax, masks, vv)
     value = np.nan_to_num(d["cbf_value"], nan=0.0)
-    value_model = np.nan_to_num(d["cbf_vm"], nan=0.0)
-    ok = tissue & (value > 0) & (value_model > 0)
-    ratio = np.where(ok, value / np.where(ok, value_model, 1.0), np.nan)
-    for sigma in (1.0, 2.0):
-        smooth_ratio = np.where(ok, tissue_gaussian(ratio, ok, sigma), np.nanmedian(ratio[ok]))
-        cbf = np.where(tissue, value / smooth_ratio, np.nan).astype(np.float32)
-        variants[f"value/G{sigma:g}(ratio)"] = stage(cbf)[0]
+    if "cbf_vm" in d:
+        value_model = np.nan_to_num(d["cbf_vm"], nan=0.0)
+        ok = tissue & (value > 0) & (value_model > 0)
+        ratio = np.where(ok, value / np.where(ok, value_model, 1.0), np.nan)
+        for sigma in (1.0, 2.0):
+            smooth_ratio = np.where(ok, tissue_gaussian(ratio, ok, sigma), np.nanmedian(ratio[ok]))
+            cbf = np.where(tissue, value / smooth_ratio, np.nan).astype(np.float32)
+            variants[f"value/G{sigma:g}(ratio)"] = stage(cbf)[0]
     _, rcbf_value, ref_value = lesion["value"]
-    variants["mixed"] = _core(rcbf_value * ref_value / lesion["max/model"][2], tmax, masks, vv)
+    if "max/model" in lesion:
+        variants["mixed"] = _core(rcbf_value * ref_value / lesion["max/model"][2], tmax, masks, vv)
+    for readout, key in CALIBRATED_READOUTS.items():
+        if readout in lesion:
+            # The voxels as read, only the reference calibrated.
+            ref_only = rcbf_value * ref_value / lesion[readout][2]
+            variants[f"ref {readout}"] = _core(ref_only, tmax, masks, vv)
+            # The gain looked up at the in-plane average of log MTT rather than at the
+            # voxel's own: its CBF noise then does not move its gain with it.
+            cal = FlowCalibration(*d[key + "_gain"])
+            ok = tissue & (value > 0)
+            log_mtt = np.where(
+                ok,
+                np.log(np.maximum(60.0 * np.nan_to_num(d["cbv"]) / np.where(ok, value, 1), 1e-3)),
+                0,
+            )
+            for sigma in (1.0, 2.0):
+                smooth = np.exp(tissue_gaussian(log_mtt, ok, sigma))
+                cbf = np.where(ok, value / cal.gain_at(smooth), np.nan).astype(np.float32)
+                variants[f"{readout} mttG{sigma:g}"] = stage(cbf)[0]
 
     pipe = PerfusionMaps(tmax, tmax, tmax, d["tmax"], d["tmax"])
     tmax6 = tmax_above(pipe, tissue, vv, SETTINGS.min_cluster_ml, 6.0)
@@ -242,10 +306,20 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--save-dir", type=Path, help="analyse the cases, save their maps here")
     parser.add_argument("--replay", type=Path, help="run the decisions on a --save-dir")
+    parser.add_argument(
+        "--readouts",
+        nargs="+",
+        default=list(ALL_READOUTS),
+        choices=list(ALL_READOUTS),
+        help="readouts saved besides the pipeline's value (default: all)",
+    )
     args = parser.parse_args()
     if args.save_dir:
         args.save_dir.mkdir(parents=True, exist_ok=True)
-        specs = [{**s, "save_dir": str(args.save_dir)} for s in cases(args.seed_base, True, True)]
+        specs = [
+            {**s, "save_dir": str(args.save_dir), "readouts": args.readouts}
+            for s in cases(args.seed_base, True, True)
+        ]
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for line in pool.map(save_case, specs):
                 print(line, flush=True)

@@ -213,6 +213,12 @@ def candidate_methods() -> dict[str, Method]:
         "max/model": _maps_method(cbf_readout="max/model"),
         "value": _maps_method(cbf_readout="value"),
         "value/model": _maps_method(cbf_readout="value/model"),
+        "value/self": _maps_method(cbf_readout="value", flow_calibration="self"),
+        "value/self+noise": _maps_method(
+            cbf_readout="value",
+            flow_calibration="self+noise",
+            noise_sigma_frames=TEMPORAL_SIGMA_S / GRID_STEP_S,
+        ),
     }
 
 

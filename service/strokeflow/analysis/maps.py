@@ -47,6 +47,7 @@ from strokeflow.analysis.deconvolution import (
     osvd_deconvolver,
     ssvd_deconvolver,
 )
+from strokeflow.analysis.flow_calibration import calibrate_flow, prebolus_noise_sd
 from strokeflow.analysis.flow_readout import (
     ModelPeakTable,
     model_peak_table,
@@ -104,6 +105,8 @@ def compute_maps(
     model_lag: Literal["off", "full", "truncation"] = "truncation",
     two_delay_tmax: bool = False,
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
+    flow_calibration: Literal["off", "self", "self+noise"] = "off",
+    noise_sigma_frames: float = 0.0,
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -185,6 +188,15 @@ def compute_maps(
         ratio of the voxel's fitted models at its rung (``analysis.flow_readout``);
         "value" reads the residue at the lag where those models peak instead of its
         maximum (not raised by noise); "value/model" does both.
+    flow_calibration : {"off", "self", "self+noise"}
+        "self": CBF is divided by the gain this very readout shows, at the voxel's
+        measured MTT, on tissue curves synthesised from this arterial input for a grid
+        of transit times and residue shapes (``analysis.flow_calibration``);
+        "self+noise" adds noise of the level measured on the tissue's pre-bolus frames
+        to those curves, so the gain also holds the readout's noise bias.
+    noise_sigma_frames : float
+        Sigma (frames) of the temporal Gaussian the curves went through, for the noise
+        of "self+noise" (its correlation and the pre-bolus estimate of its level).
 
     Returns
     -------
@@ -215,6 +227,10 @@ def compute_maps(
     if cbf_readout not in ("max", "max/model", "value/model", "value"):
         raise ValueError(
             f"cbf_readout must be 'max', 'max/model', 'value' or 'value/model'; got {cbf_readout!r}"
+        )
+    if flow_calibration not in ("off", "self", "self+noise"):
+        raise ValueError(
+            f"flow_calibration must be 'off', 'self' or 'self+noise'; got {flow_calibration!r}"
         )
     if flow_window_s is not None and not min(flow_window_s) >= 0:
         raise ValueError(f"flow_window_s must be two non-negative seconds; got {flow_window_s}")
@@ -266,21 +282,9 @@ def compute_maps(
         if (fitter is not None and flow_window_s is not None and cbf_readout != "max")
         else None
     )
-    nvox_total = flat.shape[1]
-    outputs = {
-        name: np.full(nvox_total, np.nan, dtype=np.float32)
-        for name in ("cbf", "cbv", "mtt", "tmax", "ttp")
-    }
-    for start in range(0, voxels.size, chunk_voxels):
-        idx = voxels[start : start + chunk_voxels]
-        curves = flat[:, idx].astype(np.float32, copy=False)
-        finite = np.all(np.isfinite(curves), axis=0)
-        if not finite.all():
-            idx = idx[finite]
-            curves = curves[:, finite]
-        if idx.size == 0:
-            continue
-        chunk = _chunk_maps(
+
+    def chunk_maps(curves: np.ndarray) -> dict[str, np.ndarray]:
+        return _chunk_maps(
             curves,
             dec,
             aif_area,
@@ -299,6 +303,47 @@ def compute_maps(
             peak_table,
             cbf_readout,
         )
+
+    gain = None
+    if flow_calibration != "off":
+        noise_sd = 0.0
+        if flow_calibration == "self+noise":
+            # A few thousand voxels give the mean variance to a few per cent.
+            sample = voxels[:: max(1, voxels.size // 20000)]
+            noise_sd = prebolus_noise_sd(flat[:, sample], a, noise_sigma_frames)
+
+        def measure(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            m = chunk_maps(curves)
+            return m["cbf"], m["cbv"]
+
+        gain = calibrate_flow(
+            a,
+            step_s,
+            measure,
+            _FLOW_SCALE * 6000.0,
+            noise_sd=noise_sd,
+            noise_sigma_frames=noise_sigma_frames,
+        )
+    nvox_total = flat.shape[1]
+    outputs = {
+        name: np.full(nvox_total, np.nan, dtype=np.float32)
+        for name in ("cbf", "cbv", "mtt", "tmax", "ttp")
+    }
+    for start in range(0, voxels.size, chunk_voxels):
+        idx = voxels[start : start + chunk_voxels]
+        curves = flat[:, idx].astype(np.float32, copy=False)
+        finite = np.all(np.isfinite(curves), axis=0)
+        if not finite.all():
+            idx = idx[finite]
+            curves = curves[:, finite]
+        if idx.size == 0:
+            continue
+        chunk = chunk_maps(curves)
+        if gain is not None:
+            chunk["cbf"] = gain.corrected_cbf(chunk["cbf"], chunk["cbv"])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cbf_c = chunk["cbf"]
+                chunk["mtt"] = np.where(cbf_c > 0, 60.0 * chunk["cbv"] / cbf_c, np.nan)
         for name, values in chunk.items():
             outputs[name][idx] = values
 
