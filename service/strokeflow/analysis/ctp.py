@@ -278,17 +278,25 @@ def analyse_ctp(
             # raises in low-flow tissue (docs/deconvolution.md: core within 30 -> 34 of
             # the benchmark's 60 cases, 31 -> 33 of 60 at seeds 7000+).
             cbf_readout="value",
+            # Tmax of the dominant of two delays where a voxel mixes two
+            # (docs/deconvolution.md, "A cheaper two-delay Tmax"); the core keeps the
+            # single-delay readout.
+            two_delay_tmax=True,
         )
     clock.lap("deconvolution")
 
     with analysis_stage("lesions"):
-        result = ctp_lesion_masks(maps, masks, inputs.hemis, geometry, settings)
+        result = ctp_lesion_masks(
+            maps, masks, inputs.hemis, geometry, settings, fill_tmax_rims=True
+        )
         core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
         vv = geometry.voxel_volume_ml
         metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
         tmax_extra = extra_tmax_regions(
             settings.tmax_thresholds_s,
-            lambda t: tmax_above(maps, masks.tissue, vv, settings.min_cluster_ml, t),
+            lambda t: tmax_above(
+                maps, masks.tissue, vv, settings.min_cluster_ml, t, masks.unmeasured
+            ),
             tmax6,
             vv,
         )

@@ -75,6 +75,11 @@ class PerfusionMaps:
         Time to the maximum of the residue function, float32, >= 0.
     ttp_s : numpy.ndarray
         Time to peak of the tissue curve from the start of the grid, float32.
+    single_delay_tmax_s : numpy.ndarray or None
+        With ``compute_maps(two_delay_tmax=True)``: the single-delay Tmax readout, float32,
+        which picks the rCBF reference tissue and the core's Tmax condition
+        (``analysis.lesions``), so that the two-delay readout changes the Tmax regions
+        only. None: ``tmax_s`` is that readout.
     """
 
     cbf_ml_100g_min: np.ndarray
@@ -82,6 +87,12 @@ class PerfusionMaps:
     mtt_s: np.ndarray
     tmax_s: np.ndarray
     ttp_s: np.ndarray
+    single_delay_tmax_s: np.ndarray | None = None
+
+    @property
+    def core_tmax_s(self) -> np.ndarray:
+        """Tmax that selects the reference tissue and the core: the single-delay readout."""
+        return self.tmax_s if self.single_delay_tmax_s is None else self.single_delay_tmax_s
 
 
 def compute_maps(
@@ -176,9 +187,9 @@ def compute_maps(
     two_delay_tmax : bool
         With ``residue_fit``: where two delayed model curves explain a voxel clearly better
         than one (``ResidueFitter.fit_models(two_delays=True)``), Tmax is the delay of the
-        one holding most of the blood volume; elsewhere the readout above. Off by
-        default: measured and not adopted (``docs/deconvolution.md``, "Tmax of voxels
-        that mix two delays").
+        one holding most of the blood volume; elsewhere the readout above, which is also
+        kept as ``PerfusionMaps.single_delay_tmax_s`` (``docs/deconvolution.md``, "Tmax
+        of voxels that mix two delays" and "A cheaper two-delay Tmax").
     cbf_readout : {"max", "max/model", "value/model", "value"}
         With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
         residue near the fitted onset; "max/model" divides it by the regularised peak
@@ -267,10 +278,8 @@ def compute_maps(
         else None
     )
     nvox_total = flat.shape[1]
-    outputs = {
-        name: np.full(nvox_total, np.nan, dtype=np.float32)
-        for name in ("cbf", "cbv", "mtt", "tmax", "ttp")
-    }
+    names = ("cbf", "cbv", "mtt", "tmax", "ttp") + (("single_tmax",) if two_delay_tmax else ())
+    outputs = {name: np.full(nvox_total, np.nan, dtype=np.float32) for name in names}
     for start in range(0, voxels.size, chunk_voxels):
         idx = voxels[start : start + chunk_voxels]
         curves = flat[:, idx].astype(np.float32, copy=False)
@@ -311,6 +320,7 @@ def compute_maps(
         mtt_s=shaped("mtt"),
         tmax_s=shaped("tmax"),
         ttp_s=shaped("ttp"),
+        single_delay_tmax_s=shaped("single_tmax") if two_delay_tmax else None,
     )
 
 
@@ -351,6 +361,7 @@ def _chunk_maps(
         lag = np.where(peak_idx >= dec.n_frames, lag - dec.n_lags, lag)
     tmax_raw = lag * step_s
     peak_lag_s = tmax_raw
+    single_tmax = tmax_raw
 
     cbf = _FLOW_SCALE * 6000.0 * np.clip(k_max, 0.0, None)
     cbv = _FLOW_SCALE * 100.0 * _trapezoid_area(curves) / aif_area
@@ -362,7 +373,7 @@ def _chunk_maps(
         # Seed: where the residue first rises to half its peak. The peak itself can lie
         # anywhere on the plateau of a box-like residue; its rise marks the delay.
         half_rise_s = _half_rise_lag(k, peak_idx, dec) * step_s
-        fit = fitter.fit_models(curves, half_rise_s)
+        fit = fitter.fit_models(curves, half_rise_s, two_delays=two_delay_tmax)
         flow, delay_s = fit.flow_per_s, fit.delay_s
         # Only the onset is taken: the fitted flow is not better than max k overall, as
         # short transit times leave flow and residue shape unidentifiable
@@ -392,18 +403,22 @@ def _chunk_maps(
             model_shift_s = (fit.weights * model_lags[rung[None, :], delay_idx, fit.models]).sum(0)
             base_s = tmax_raw if model_lags_relative else peak_lag_s
             tmax_raw = np.where(flow > 0, base_s - model_shift_s, tmax_raw)
-        if two_delay_tmax:
-            # The window of the pair is centred between the rise (which follows the
-            # earlier component of a mixed voxel) and the peak (the dominant one).
-            pair = fitter.fit_two_delays(curves, 0.5 * (half_rise_s + peak_lag_s))
-            tmax_raw = np.where(flow > 0, pair.dominant_delay_s(tmax_raw), tmax_raw)
+        if fit.pair is not None:
+            # The pair is searched in the single fit's window (its projections reused):
+            # the half-rise follows the earlier component of a mixed voxel, and the
+            # window reaches 3 s past it. The single-delay readout stays for the core.
+            single_tmax = np.clip(tmax_raw, 0.0, None)
+            tmax_raw = np.where(flow > 0, fit.pair.dominant_delay_s(tmax_raw), tmax_raw)
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]
         with np.errstate(divide="ignore", invalid="ignore"):
             mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
     tmax = np.clip(tmax_raw, 0.0, None)
-    return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
+    out = {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
+    if two_delay_tmax:
+        out["single_tmax"] = single_tmax if fit.pair is not None else tmax
+    return out
 
 
 #: True transit times (s) at which the regularisation bias is calibrated.
