@@ -93,3 +93,15 @@ def test_two_delay_maps_keep_the_single_delay_readout_for_the_core() -> None:
     err_two = np.abs(two.tmax_s - dominant)[changed]
     err_default = np.abs(default.tmax_s - dominant)[changed]
     assert np.median(err_two) < np.median(err_default)
+
+
+def test_pairs_are_searched_only_where_their_window_reaches_the_threshold() -> None:
+    delays = np.array([1.0, 9.0])
+    clean = np.stack([_mixed(0.6, d - 3.0, d + 1.0) for d in delays], 1)
+    curves = clean.astype(np.float32)
+    every = compute_maps(curves, AIF, STEP_S, two_delay_tmax=True)
+    gated = compute_maps(curves, AIF, STEP_S, two_delay_tmax=True, two_delay_above_s=6.0)
+    # The early voxel's window ends below 6 s: it keeps the single-delay readout ...
+    assert gated.tmax_s[0] == every.single_delay_tmax_s[0] != every.tmax_s[0]
+    # ... and the late one gets its pair as without the gate.
+    assert gated.tmax_s[1] == every.tmax_s[1] != every.single_delay_tmax_s[1]

@@ -18,6 +18,7 @@ from strokeflow.analysis.ctp_quality import (
     unwashed_tissue,
 )
 from strokeflow.analysis.decisions import (
+    HYPOPERFUSION_TMAX_S,
     SEVERE_HYPOPERFUSION_TMAX_S,
     LesionMetrics,
     evaluate_assessable_decisions,
@@ -282,6 +283,9 @@ def analyse_ctp(
             # (docs/deconvolution.md, "A cheaper two-delay Tmax"); the core keeps the
             # single-delay readout.
             two_delay_tmax=True,
+            # Where the pair cannot reach 6 s (normal tissue) it is not searched; the
+            # lowest threshold a result is read at.
+            two_delay_above_s=min(HYPOPERFUSION_TMAX_S, *settings.tmax_thresholds_s),
         )
     clock.lap("deconvolution")
 

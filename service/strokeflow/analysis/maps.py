@@ -54,7 +54,11 @@ from strokeflow.analysis.flow_readout import (
     residue_at_lag,
     voxel_peak_model,
 )
-from strokeflow.analysis.residue_fit import ResidueFitter, residue_fitter
+from strokeflow.analysis.residue_fit import (
+    FIT_DELAY_HALF_WIDTH_S,
+    ResidueFitter,
+    residue_fitter,
+)
 
 _FLOW_SCALE = HEMATOCRIT_FACTOR / BRAIN_DENSITY_G_PER_ML
 
@@ -114,6 +118,7 @@ def compute_maps(
     fitted_tmax: bool = False,
     model_lag: Literal["off", "full", "truncation"] = "truncation",
     two_delay_tmax: bool = False,
+    two_delay_above_s: float | None = None,
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
@@ -190,6 +195,11 @@ def compute_maps(
         one holding most of the blood volume; elsewhere the readout above, which is also
         kept as ``PerfusionMaps.single_delay_tmax_s`` (``docs/deconvolution.md``, "Tmax
         of voxels that mix two delays" and "A cheaper two-delay Tmax").
+    two_delay_above_s : float or None
+        With ``two_delay_tmax``: pairs are searched only in voxels whose search window
+        reaches past this delay (s), which a pair's delays cannot leave; elsewhere (most
+        normal tissue, for a threshold of a few seconds) the single-delay readout stays
+        and the pair search's cost is saved. None searches every voxel.
     cbf_readout : {"max", "max/model", "value/model", "value"}
         With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
         residue near the fitted onset; "max/model" divides it by the regularised peak
@@ -307,6 +317,7 @@ def compute_maps(
             two_delay_tmax,
             peak_table,
             cbf_readout,
+            two_delay_above_s,
         )
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -342,6 +353,7 @@ def _chunk_maps(
     two_delay_tmax: bool = False,
     peak_table: ModelPeakTable | None = None,
     cbf_readout: str = "max",
+    two_delay_above_s: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -373,7 +385,12 @@ def _chunk_maps(
         # Seed: where the residue first rises to half its peak. The peak itself can lie
         # anywhere on the plateau of a box-like residue; its rise marks the delay.
         half_rise_s = _half_rise_lag(k, peak_idx, dec) * step_s
-        fit = fitter.fit_models(curves, half_rise_s, two_delays=two_delay_tmax)
+        pair_voxels: bool | np.ndarray = two_delay_tmax
+        if two_delay_tmax and two_delay_above_s is not None:
+            # A pair's delays lie within the window, which reaches FIT_DELAY_HALF_WIDTH_S
+            # past the seed: below, the pair cannot lift Tmax above the threshold.
+            pair_voxels = half_rise_s + FIT_DELAY_HALF_WIDTH_S > two_delay_above_s
+        fit = fitter.fit_models(curves, half_rise_s, two_delays=pair_voxels)
         flow, delay_s = fit.flow_per_s, fit.delay_s
         # Only the onset is taken: the fitted flow is not better than max k overall, as
         # short transit times leave flow and residue shape unidentifiable

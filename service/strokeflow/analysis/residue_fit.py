@@ -187,7 +187,7 @@ class ResidueFitter:
         curves: np.ndarray,
         seed_delay_s: np.ndarray,
         *,
-        two_delays: bool = False,
+        two_delays: bool | np.ndarray = False,
         min_separation_s: float = TWO_DELAY_MIN_SEPARATION_S,
         min_gain: float = TWO_DELAY_MIN_GAIN,
         candidate_models: int | None = TWO_DELAY_CANDIDATE_MODELS,
@@ -200,9 +200,10 @@ class ResidueFitter:
             ``(N, nvox)`` tissue enhancement, in the units of the arterial input.
         seed_delay_s : numpy.ndarray
             ``(nvox,)`` delay (s) around which the search window is centred.
-        two_delays : bool
+        two_delays : bool or numpy.ndarray
             Also fit the best pair of delays in the same window (``ResidueFit.pair``,
-            see ``fit_two_delays``), from the same projections of the curves.
+            see ``fit_two_delays``), from the same projections of the curves; a
+            ``(nvox,)`` bool array fits pairs for those voxels only (no pair elsewhere).
         min_separation_s, min_gain, candidate_models
             Of the pair search, as in ``fit_two_delays``.
 
@@ -222,7 +223,8 @@ class ResidueFitter:
         models = np.zeros((2 * h + 1, nvox), dtype=np.intp)
         early, late, share = np.zeros(nvox), np.zeros(nvox), np.zeros(nvox)
         accepted = np.zeros(nvox, dtype=bool)
-        same_model = self._same_model_products() if two_delays else None
+        pair_voxels = np.broadcast_to(np.asarray(two_delays, dtype=bool), (nvox,))
+        same_model = self._same_model_products() if pair_voxels.any() else None
         for first, atoms, norms, vox in self._blocks(groups):
             cv = c[:, vox]
             proj = (atoms.T @ cv).reshape(norms.shape[0], norms.shape[1], vox.size)
@@ -233,22 +235,23 @@ class ResidueFitter:
             start_idx[vox] = first
             weights[:, vox] = w
             models[:, vox] = m
-            if same_model is not None:
+            sub = pair_voxels[vox]
+            if same_model is not None and sub.any():
                 window = slice(first, first + 2 * h + 1)
                 i, j, sh, ok = _best_pair(
-                    proj,
+                    proj[:, :, sub],
                     same_model[window, window],
                     norms,
-                    cv,
+                    cv[:, sub],
                     min_sep,
                     min_gain,
                     candidate_models,
                 )
-                t0 = self.delays_s[first]
-                early[vox], late[vox], share[vox] = t0 + i * step, t0 + j * step, sh
-                accepted[vox] = ok
+                t0, at = self.delays_s[first], vox[sub]
+                early[at], late[at], share[at] = t0 + i * step, t0 + j * step, sh
+                accepted[at] = ok
         pair = None
-        if two_delays:
+        if pair_voxels.any() or two_delays is True:
             pair = TwoDelayFit(
                 early_delay_s=np.where(accepted, early, delay),
                 late_delay_s=np.where(accepted, late, delay),
