@@ -67,6 +67,12 @@ MIN_FRAMES = 8
 
 #: Tmax>10 s (and what is derived from it) when the tissue has not washed out.
 TRUNCATION_NOT_ASSESSABLE = "not assessable: scan too short"
+#: Tmax of the dominant of two delays where a voxel mixes two, and the Tmax regions
+#: extended into the vessel and skull rims they surround (they belong together). Measured
+#: (docs/deconvolution.md, "A cheaper two-delay Tmax"): Tmax > 10 s within tolerance
+#: 45/54 -> 51/54 and 43/52 -> 51/52 on two seed bases, core unchanged, but compute_maps
+#: 1.16-1.33 x slower; off while issue 16 holds the analysis to no slower.
+TWO_DELAY_TMAX = False
 
 
 @dataclass
@@ -279,19 +285,16 @@ def analyse_ctp(
             # raises in low-flow tissue (docs/deconvolution.md: core within 30 -> 34 of
             # the benchmark's 60 cases, 31 -> 33 of 60 at seeds 7000+).
             cbf_readout="value",
-            # Tmax of the dominant of two delays where a voxel mixes two
-            # (docs/deconvolution.md, "A cheaper two-delay Tmax"); the core keeps the
-            # single-delay readout.
-            two_delay_tmax=True,
-            # Where the pair cannot reach 6 s (normal tissue) it is not searched; the
-            # lowest threshold a result is read at.
+            # The core keeps the single-delay readout. Where the pair cannot lift Tmax
+            # above the lowest threshold read (normal tissue) it is not searched.
+            two_delay_tmax=TWO_DELAY_TMAX,
             two_delay_above_s=min(HYPOPERFUSION_TMAX_S, *settings.tmax_thresholds_s),
         )
     clock.lap("deconvolution")
 
     with analysis_stage("lesions"):
         result = ctp_lesion_masks(
-            maps, masks, inputs.hemis, geometry, settings, fill_tmax_rims=True
+            maps, masks, inputs.hemis, geometry, settings, fill_tmax_rims=TWO_DELAY_TMAX
         )
         core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
         vv = geometry.voxel_volume_ml
@@ -299,7 +302,12 @@ def analyse_ctp(
         tmax_extra = extra_tmax_regions(
             settings.tmax_thresholds_s,
             lambda t: tmax_above(
-                maps, masks.tissue, vv, settings.min_cluster_ml, t, masks.unmeasured
+                maps,
+                masks.tissue,
+                vv,
+                settings.min_cluster_ml,
+                t,
+                masks.unmeasured if TWO_DELAY_TMAX else None,
             ),
             tmax6,
             vv,

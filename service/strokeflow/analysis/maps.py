@@ -56,6 +56,7 @@ from strokeflow.analysis.flow_readout import (
 )
 from strokeflow.analysis.residue_fit import (
     FIT_DELAY_HALF_WIDTH_S,
+    FIT_DELAY_STEP_S,
     ResidueFitter,
     residue_fitter,
 )
@@ -197,9 +198,10 @@ def compute_maps(
         of voxels that mix two delays" and "A cheaper two-delay Tmax").
     two_delay_above_s : float or None
         With ``two_delay_tmax``: pairs are searched only in voxels whose search window
-        reaches past this delay (s), which a pair's delays cannot leave; elsewhere (most
-        normal tissue, for a threshold of a few seconds) the single-delay readout stays
-        and the pair search's cost is saved. None searches every voxel.
+        (which a pair's delays cannot leave) reaches past this delay (s) or whose
+        single-delay Tmax is above it; elsewhere (most normal tissue, for a threshold of a
+        few seconds) the single-delay readout stays and the pair search's cost is saved.
+        Tmax above this delay or any later one is the same as with None (every voxel).
     cbf_readout : {"max", "max/model", "value/model", "value"}
         With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
         residue near the fitted onset; "max/model" divides it by the regularised peak
@@ -373,7 +375,7 @@ def _chunk_maps(
         lag = np.where(peak_idx >= dec.n_frames, lag - dec.n_lags, lag)
     tmax_raw = lag * step_s
     peak_lag_s = tmax_raw
-    single_tmax = tmax_raw
+    single_tmax: np.ndarray | None = None
 
     cbf = _FLOW_SCALE * 6000.0 * np.clip(k_max, 0.0, None)
     cbv = _FLOW_SCALE * 100.0 * _trapezoid_area(curves) / aif_area
@@ -385,12 +387,7 @@ def _chunk_maps(
         # Seed: where the residue first rises to half its peak. The peak itself can lie
         # anywhere on the plateau of a box-like residue; its rise marks the delay.
         half_rise_s = _half_rise_lag(k, peak_idx, dec) * step_s
-        pair_voxels: bool | np.ndarray = two_delay_tmax
-        if two_delay_tmax and two_delay_above_s is not None:
-            # A pair's delays lie within the window, which reaches FIT_DELAY_HALF_WIDTH_S
-            # past the seed: below, the pair cannot lift Tmax above the threshold.
-            pair_voxels = half_rise_s + FIT_DELAY_HALF_WIDTH_S > two_delay_above_s
-        fit = fitter.fit_models(curves, half_rise_s, two_delays=pair_voxels)
+        fit = fitter.fit_models(curves, half_rise_s)
         flow, delay_s = fit.flow_per_s, fit.delay_s
         # Only the onset is taken: the fitted flow is not better than max k overall, as
         # short transit times leave flow and residue shape unidentifiable
@@ -420,12 +417,23 @@ def _chunk_maps(
             model_shift_s = (fit.weights * model_lags[rung[None, :], delay_idx, fit.models]).sum(0)
             base_s = tmax_raw if model_lags_relative else peak_lag_s
             tmax_raw = np.where(flow > 0, base_s - model_shift_s, tmax_raw)
-        if fit.pair is not None:
-            # The pair is searched in the single fit's window (its projections reused):
-            # the half-rise follows the earlier component of a mixed voxel, and the
-            # window reaches 3 s past it. The single-delay readout stays for the core.
+        if two_delay_tmax:
             single_tmax = np.clip(tmax_raw, 0.0, None)
-            tmax_raw = np.where(flow > 0, fit.pair.dominant_delay_s(tmax_raw), tmax_raw)
+            search = flow > 0
+            if two_delay_above_s is not None:
+                # A pair's delays lie within the window, which ends at most half a delay
+                # step more than FIT_DELAY_HALF_WIDTH_S past the seed. Where it ends below
+                # the threshold and the single readout is below it too, Tmax stays below
+                # it either way: the regions above it are those of searching every voxel.
+                window_end_s = half_rise_s + FIT_DELAY_HALF_WIDTH_S + 0.5 * FIT_DELAY_STEP_S
+                search &= (window_end_s > two_delay_above_s) | (tmax_raw > two_delay_above_s)
+            if search.any():
+                # The pair is searched in the single fit's window: the half-rise follows
+                # the earlier component of a mixed voxel, and the window reaches 3 s past
+                # it. The single-delay readout stays for the core.
+                pair = fitter.fit_two_delays(curves[:, search], half_rise_s[search])
+                tmax_raw = tmax_raw.copy()
+                tmax_raw[search] = pair.dominant_delay_s(tmax_raw[search])
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]
@@ -434,7 +442,7 @@ def _chunk_maps(
     tmax = np.clip(tmax_raw, 0.0, None)
     out = {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
     if two_delay_tmax:
-        out["single_tmax"] = single_tmax if fit.pair is not None else tmax
+        out["single_tmax"] = tmax if single_tmax is None else single_tmax
     return out
 
 
