@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from strokeflow.analysis.lesions import fill_unmeasured
+from strokeflow.analysis.lesions import fill_unmeasured, tmax_above
+from strokeflow.analysis.maps import PerfusionMaps
 
 
 def _slab() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -37,3 +38,18 @@ def test_core_does_not_spread_into_the_rim_of_a_vessel_outside_it() -> None:
     outside[0, :, :12] = False
     assert not filled[outside].any()
     np.testing.assert_array_equal(filled & tissue, core)
+
+
+def test_tmax_regions_extend_into_the_rims_they_surround() -> None:
+    core, tissue, rim, lumen = _slab()
+    tmax = np.where(core, 8.0, 2.0).astype(np.float32)
+    maps = PerfusionMaps(*(np.zeros(core.shape, np.float32),) * 3, tmax, tmax)
+    plain = tmax_above(maps, tissue, 0.01, 0.0, 6.0)
+    filled = tmax_above(maps, tissue, 0.01, 0.0, 6.0, rim)
+    assert not plain[rim].any()
+    inside = rim.copy()
+    inside[0, :, 12:] = False
+    assert filled[inside].all()
+    assert not (filled & rim & ~inside).any()
+    assert not filled[lumen].any()
+    np.testing.assert_array_equal(filled & tissue, plain)

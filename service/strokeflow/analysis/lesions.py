@@ -205,14 +205,21 @@ def tmax_above(
     voxel_volume_ml: float,
     min_cluster_ml: float,
     threshold_s: float,
+    unmeasured: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cleaned ``(z, y, x)`` mask of the tissue whose Tmax exceeds ``threshold_s``.
 
     One definition for the published thresholds and a site's own, so that they differ
-    only in the threshold (a NaN Tmax counts as 0 s).
+    only in the threshold (a NaN Tmax counts as 0 s). With ``unmeasured`` (the vessel and
+    skull rims, ``BrainMasks.unmeasured``) the mask extends into the rims it surrounds
+    (``fill_unmeasured``), as the core does: the hypoperfused volume counts the tissue
+    beside a vessel or under the skull like the tissue around it.
     """
     tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
-    return clean_mask(tmax > threshold_s, tissue, voxel_volume_ml, min_cluster_ml)
+    mask = clean_mask(tmax > threshold_s, tissue, voxel_volume_ml, min_cluster_ml)
+    if unmeasured is not None:
+        mask = fill_unmeasured(mask, tissue, unmeasured)
+    return mask
 
 
 def ctp_lesion_masks(
@@ -221,11 +228,16 @@ def ctp_lesion_masks(
     hemis: Hemispheres,
     geometry: Geometry,
     settings: CtpSettings,
+    *,
+    fill_tmax_rims: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, str, str | None]:
     """Core, Tmax > 6 s and Tmax > 10 s masks of a CT perfusion analysis, and rCBF.
 
     The Tmax masks use the published thresholds (``decisions.PUBLISHED_TMAX_S``), never
-    ``settings.tmax_thresholds_s``: the rule sets were defined on them.
+    ``settings.tmax_thresholds_s``: the rule sets were defined on them. They read
+    ``maps.tmax_s`` and, with ``fill_tmax_rims``, extend into the unmeasured rims they
+    surround (``tmax_above``); the rCBF reference tissue and the core's Tmax condition
+    read ``maps.core_tmax_s`` (the single-delay readout where the maps hold two).
 
     Returns
     -------
@@ -237,9 +249,12 @@ def ctp_lesion_masks(
     """
     tissue = masks.tissue
     vv = geometry.voxel_volume_ml
-    tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
-    tmax6 = tmax_above(maps, tissue, vv, settings.min_cluster_ml, HYPOPERFUSION_TMAX_S)
-    tmax10 = tmax_above(maps, tissue, vv, settings.min_cluster_ml, SEVERE_HYPOPERFUSION_TMAX_S)
+    tmax = np.nan_to_num(maps.core_tmax_s, nan=0.0)
+    rims = masks.unmeasured if fill_tmax_rims else None
+    tmax6 = tmax_above(maps, tissue, vv, settings.min_cluster_ml, HYPOPERFUSION_TMAX_S, rims)
+    tmax10 = tmax_above(
+        maps, tissue, vv, settings.min_cluster_ml, SEVERE_HYPOPERFUSION_TMAX_S, rims
+    )
     tmax10 &= tmax6
     n_left = np.count_nonzero(tmax6 & (hemis.side == LEFT))
     n_right = np.count_nonzero(tmax6 & (hemis.side == RIGHT))

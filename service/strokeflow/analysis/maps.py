@@ -55,7 +55,12 @@ from strokeflow.analysis.flow_readout import (
     residue_at_lag,
     voxel_peak_model,
 )
-from strokeflow.analysis.residue_fit import ResidueFitter, residue_fitter
+from strokeflow.analysis.residue_fit import (
+    FIT_DELAY_HALF_WIDTH_S,
+    FIT_DELAY_STEP_S,
+    ResidueFitter,
+    residue_fitter,
+)
 
 _FLOW_SCALE = HEMATOCRIT_FACTOR / BRAIN_DENSITY_G_PER_ML
 
@@ -76,6 +81,11 @@ class PerfusionMaps:
         Time to the maximum of the residue function, float32, >= 0.
     ttp_s : numpy.ndarray
         Time to peak of the tissue curve from the start of the grid, float32.
+    single_delay_tmax_s : numpy.ndarray or None
+        With ``compute_maps(two_delay_tmax=True)``: the single-delay Tmax readout, float32,
+        which picks the rCBF reference tissue and the core's Tmax condition
+        (``analysis.lesions``), so that the two-delay readout changes the Tmax regions
+        only. None: ``tmax_s`` is that readout.
     """
 
     cbf_ml_100g_min: np.ndarray
@@ -83,6 +93,12 @@ class PerfusionMaps:
     mtt_s: np.ndarray
     tmax_s: np.ndarray
     ttp_s: np.ndarray
+    single_delay_tmax_s: np.ndarray | None = None
+
+    @property
+    def core_tmax_s(self) -> np.ndarray:
+        """Tmax that selects the reference tissue and the core: the single-delay readout."""
+        return self.tmax_s if self.single_delay_tmax_s is None else self.single_delay_tmax_s
 
 
 def compute_maps(
@@ -104,6 +120,7 @@ def compute_maps(
     fitted_tmax: bool = False,
     model_lag: Literal["off", "full", "truncation"] = "truncation",
     two_delay_tmax: bool = False,
+    two_delay_above_s: float | None = None,
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
     flow_calibration: Literal["off", "self", "self+noise"] = "off",
     noise_sigma_frames: float = 0.0,
@@ -179,9 +196,15 @@ def compute_maps(
     two_delay_tmax : bool
         With ``residue_fit``: where two delayed model curves explain a voxel clearly better
         than one (``ResidueFitter.fit_models(two_delays=True)``), Tmax is the delay of the
-        one holding most of the blood volume; elsewhere the readout above. Off by
-        default: measured and not adopted (``docs/deconvolution.md``, "Tmax of voxels
-        that mix two delays").
+        one holding most of the blood volume; elsewhere the readout above, which is also
+        kept as ``PerfusionMaps.single_delay_tmax_s`` (``docs/deconvolution.md``, "Tmax
+        of voxels that mix two delays" and "A cheaper two-delay Tmax").
+    two_delay_above_s : float or None
+        With ``two_delay_tmax``: pairs are searched only in voxels whose search window
+        (which a pair's delays cannot leave) reaches past this delay (s) or whose
+        single-delay Tmax is above it; elsewhere (most normal tissue, for a threshold of a
+        few seconds) the single-delay readout stays and the pair search's cost is saved.
+        Tmax above this delay or any later one is the same as with None (every voxel).
     cbf_readout : {"max", "max/model", "value/model", "value"}
         With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
         residue near the fitted onset; "max/model" divides it by the regularised peak
@@ -302,6 +325,7 @@ def compute_maps(
             two_delay_tmax,
             peak_table,
             cbf_readout,
+            two_delay_above_s,
         )
 
     gain = None
@@ -325,10 +349,8 @@ def compute_maps(
             noise_sigma_frames=noise_sigma_frames,
         )
     nvox_total = flat.shape[1]
-    outputs = {
-        name: np.full(nvox_total, np.nan, dtype=np.float32)
-        for name in ("cbf", "cbv", "mtt", "tmax", "ttp")
-    }
+    names = ("cbf", "cbv", "mtt", "tmax", "ttp") + (("single_tmax",) if two_delay_tmax else ())
+    outputs = {name: np.full(nvox_total, np.nan, dtype=np.float32) for name in names}
     for start in range(0, voxels.size, chunk_voxels):
         idx = voxels[start : start + chunk_voxels]
         curves = flat[:, idx].astype(np.float32, copy=False)
@@ -356,6 +378,7 @@ def compute_maps(
         mtt_s=shaped("mtt"),
         tmax_s=shaped("tmax"),
         ttp_s=shaped("ttp"),
+        single_delay_tmax_s=shaped("single_tmax") if two_delay_tmax else None,
     )
 
 
@@ -377,6 +400,7 @@ def _chunk_maps(
     two_delay_tmax: bool = False,
     peak_table: ModelPeakTable | None = None,
     cbf_readout: str = "max",
+    two_delay_above_s: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -396,6 +420,7 @@ def _chunk_maps(
         lag = np.where(peak_idx >= dec.n_frames, lag - dec.n_lags, lag)
     tmax_raw = lag * step_s
     peak_lag_s = tmax_raw
+    single_tmax: np.ndarray | None = None
 
     cbf = _FLOW_SCALE * 6000.0 * np.clip(k_max, 0.0, None)
     cbv = _FLOW_SCALE * 100.0 * _trapezoid_area(curves) / aif_area
@@ -438,17 +463,32 @@ def _chunk_maps(
             base_s = tmax_raw if model_lags_relative else peak_lag_s
             tmax_raw = np.where(flow > 0, base_s - model_shift_s, tmax_raw)
         if two_delay_tmax:
-            # The window of the pair is centred between the rise (which follows the
-            # earlier component of a mixed voxel) and the peak (the dominant one).
-            pair = fitter.fit_two_delays(curves, 0.5 * (half_rise_s + peak_lag_s))
-            tmax_raw = np.where(flow > 0, pair.dominant_delay_s(tmax_raw), tmax_raw)
+            single_tmax = np.clip(tmax_raw, 0.0, None)
+            search = flow > 0
+            if two_delay_above_s is not None:
+                # A pair's delays lie within the window, which ends at most half a delay
+                # step more than FIT_DELAY_HALF_WIDTH_S past the seed. Where it ends below
+                # the threshold and the single readout is below it too, Tmax stays below
+                # it either way: the regions above it are those of searching every voxel.
+                window_end_s = half_rise_s + FIT_DELAY_HALF_WIDTH_S + 0.5 * FIT_DELAY_STEP_S
+                search &= (window_end_s > two_delay_above_s) | (tmax_raw > two_delay_above_s)
+            if search.any():
+                # The pair is searched in the single fit's window: the half-rise follows
+                # the earlier component of a mixed voxel, and the window reaches 3 s past
+                # it. The single-delay readout stays for the core.
+                pair = fitter.fit_two_delays(curves[:, search], half_rise_s[search])
+                tmax_raw = tmax_raw.copy()
+                tmax_raw[search] = pair.dominant_delay_s(tmax_raw[search])
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]
         with np.errstate(divide="ignore", invalid="ignore"):
             mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
     tmax = np.clip(tmax_raw, 0.0, None)
-    return {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
+    out = {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
+    if two_delay_tmax:
+        out["single_tmax"] = tmax if single_tmax is None else single_tmax
+    return out
 
 
 #: True transit times (s) at which the regularisation bias is calibrated.

@@ -52,6 +52,9 @@ _MAX_DELAY_S = 24.0
 #: squares, in noise variances of the pair's residual, that accepts a pair.
 TWO_DELAY_MIN_SEPARATION_S = 1.0
 TWO_DELAY_MIN_GAIN = 8.0
+#: Two-delay fit: (shape, MTT) models searched for the pair's shared model, the best of
+#: the single-delay profile (docs/deconvolution.md, "A cheaper two-delay Tmax").
+TWO_DELAY_CANDIDATE_MODELS = 6
 _OVERSAMPLE = 4
 _BLOCK_VOXELS = 4096
 
@@ -76,6 +79,8 @@ class ResidueFit:
     models : numpy.ndarray
         ``(window, nvox)`` int best (shape, MTT) model at each delay of the window, an
         index into the last axis of ``ResidueFitter.atoms``.
+    pair : TwoDelayFit or None
+        The best pair of delays in the same window (``fit_models(two_delays=True)``).
     """
 
     flow_per_s: np.ndarray
@@ -83,6 +88,7 @@ class ResidueFit:
     window_start: np.ndarray
     weights: np.ndarray
     models: np.ndarray
+    pair: TwoDelayFit | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,16 @@ class ResidueFitter:
         fit = self.fit_models(curves, seed_delay_s)
         return fit.flow_per_s, fit.delay_s
 
-    def fit_models(self, curves: np.ndarray, seed_delay_s: np.ndarray) -> ResidueFit:
+    def fit_models(
+        self,
+        curves: np.ndarray,
+        seed_delay_s: np.ndarray,
+        *,
+        two_delays: bool | np.ndarray = False,
+        min_separation_s: float = TWO_DELAY_MIN_SEPARATION_S,
+        min_gain: float = TWO_DELAY_MIN_GAIN,
+        candidate_models: int | None = TWO_DELAY_CANDIDATE_MODELS,
+    ) -> ResidueFit:
         """Like ``fit``, and also which table entry (delay, model) fits each voxel best.
 
         Parameters
@@ -185,6 +200,12 @@ class ResidueFitter:
             ``(N, nvox)`` tissue enhancement, in the units of the arterial input.
         seed_delay_s : numpy.ndarray
             ``(nvox,)`` delay (s) around which the search window is centred.
+        two_delays : bool or numpy.ndarray
+            Also fit the best pair of delays in the same window (``ResidueFit.pair``,
+            see ``fit_two_delays``), from the same projections of the curves; a
+            ``(nvox,)`` bool array fits pairs for those voxels only (no pair elsewhere).
+        min_separation_s, min_gain, candidate_models
+            Of the pair search, as in ``fit_two_delays``.
 
         Returns
         -------
@@ -192,21 +213,52 @@ class ResidueFitter:
         """
         c, groups = self._groups(curves, seed_delay_s)
         step = float(self.delays_s[1] - self.delays_s[0])
+        min_sep = max(1, int(np.ceil(min_separation_s / step - 1e-9)))
         h = self.half_width
-        flow = np.zeros(c.shape[1])
+        nvox = c.shape[1]
+        flow = np.zeros(nvox)
         delay = np.nan_to_num(np.asarray(seed_delay_s, dtype=np.float64), nan=0.0).copy()
-        start_idx = np.zeros(c.shape[1], dtype=np.intp)
-        weights = np.zeros((2 * h + 1, c.shape[1]))
-        models = np.zeros((2 * h + 1, c.shape[1]), dtype=np.intp)
+        start_idx = np.zeros(nvox, dtype=np.intp)
+        weights = np.zeros((2 * h + 1, nvox))
+        models = np.zeros((2 * h + 1, nvox), dtype=np.intp)
+        early, late, share = np.zeros(nvox), np.zeros(nvox), np.zeros(nvox)
+        accepted = np.zeros(nvox, dtype=bool)
+        pair_voxels = np.broadcast_to(np.asarray(two_delays, dtype=bool), (nvox,))
+        same_model = self._same_model_products() if pair_voxels.any() else None
         for first, atoms, norms, vox in self._blocks(groups):
-            f, d, w, m, _ = self._fit_block(atoms, norms, c[:, vox])
+            cv = c[:, vox]
+            proj = (atoms.T @ cv).reshape(norms.shape[0], norms.shape[1], vox.size)
+            f, d, w, m = _profile_fit(proj, norms, cv)
             found = f > 0
             flow[vox] = f
             delay[vox[found]] = self.delays_s[first] + d[found] * step
             start_idx[vox] = first
             weights[:, vox] = w
             models[:, vox] = m
-        return ResidueFit(flow, delay, start_idx, weights, models)
+            sub = pair_voxels[vox]
+            if same_model is not None and sub.any():
+                window = slice(first, first + 2 * h + 1)
+                i, j, sh, ok = _best_pair(
+                    proj[:, :, sub],
+                    same_model[window, window],
+                    norms,
+                    cv[:, sub],
+                    min_sep,
+                    min_gain,
+                    candidate_models,
+                )
+                t0, at = self.delays_s[first], vox[sub]
+                early[at], late[at], share[at] = t0 + i * step, t0 + j * step, sh
+                accepted[at] = ok
+        pair = None
+        if pair_voxels.any() or two_delays is True:
+            pair = TwoDelayFit(
+                early_delay_s=np.where(accepted, early, delay),
+                late_delay_s=np.where(accepted, late, delay),
+                late_share=np.where(accepted, share, 0.0),
+                accepted=accepted,
+            )
+        return ResidueFit(flow, delay, start_idx, weights, models, pair)
 
     def fit_two_delays(
         self,
@@ -215,6 +267,7 @@ class ResidueFitter:
         *,
         min_separation_s: float = TWO_DELAY_MIN_SEPARATION_S,
         min_gain: float = TWO_DELAY_MIN_GAIN,
+        candidate_models: int | None = TWO_DELAY_CANDIDATE_MODELS,
     ) -> TwoDelayFit:
         """Best pair of delayed model curves for each voxel (``TwoDelayFit``).
 
@@ -231,35 +284,32 @@ class ResidueFitter:
             A pair is accepted where it lowers the residual sum of squares below that of
             the best single delay of the window by more than this many times the noise
             variance of the pair's residual.
+        candidate_models : int or None
+            The shared (shape, MTT) model of a pair is searched among the models that
+            fit the voxel best at any single delay of the window (this many, ranked by
+            their best projection); None searches the whole table. The pair search costs
+            in proportion to the models searched, and a model that fits neither
+            component alone rarely fits their sum.
 
         Returns
         -------
         TwoDelayFit
         """
-        c, groups = self._groups(curves, seed_delay_s)
-        step = float(self.delays_s[1] - self.delays_s[0])
-        min_sep = max(1, int(np.ceil(min_separation_s / step - 1e-9)))
-        nvox = c.shape[1]
-        early, late, share = np.zeros(nvox), np.zeros(nvox), np.zeros(nvox)
-        single = np.zeros(nvox)
-        accepted = np.zeros(nvox, dtype=bool)
-        gram_of: dict[int, np.ndarray] = {}
-        for first, atoms, norms, vox in self._blocks(groups):
-            if first not in gram_of:
-                gram_of[first] = atoms.T @ atoms
-            proj = (atoms.T @ c[:, vox]).reshape(norms.shape[0], norms.shape[1], vox.size)
-            _, d, _, _, _ = self._fit_block(atoms, norms, c[:, vox])
-            i, j, sh, ok = _best_pair(proj, gram_of[first], norms, c[:, vox], min_sep, min_gain)
-            t0 = self.delays_s[first]
-            early[vox], late[vox], share[vox] = t0 + i * step, t0 + j * step, sh
-            single[vox] = t0 + d * step
-            accepted[vox] = ok
-        return TwoDelayFit(
-            early_delay_s=np.where(accepted, early, single),
-            late_delay_s=np.where(accepted, late, single),
-            late_share=np.where(accepted, share, 0.0),
-            accepted=accepted,
+        fit = self.fit_models(
+            curves,
+            seed_delay_s,
+            two_delays=True,
+            min_separation_s=min_separation_s,
+            min_gain=min_gain,
+            candidate_models=candidate_models,
         )
+        assert fit.pair is not None
+        return fit.pair
+
+    def _same_model_products(self) -> np.ndarray:
+        """``(n_delays, n_delays, n_models)`` float32 inner products of each model's unit
+        curve at two delays: all the pair search needs of the curves' Gram matrix."""
+        return np.einsum("anm,bnm->abm", self.atoms, self.atoms, optimize=True)
 
     def _groups(
         self, curves: np.ndarray, seed_delay_s: np.ndarray
@@ -287,91 +337,147 @@ class ResidueFitter:
             for start in range(0, group.size, _BLOCK_VOXELS):
                 yield first, atoms, norms, group[start : start + _BLOCK_VOXELS]
 
-    @staticmethod
-    def _fit_block(
-        atoms: np.ndarray, norms: np.ndarray, c: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Posterior-mean flow and delay index of a block over the delays of the window,
-        the normalised weights of those delays, the best model at each and its
-        projection ``(window, nvox)``."""
-        n_win, n_models = norms.shape
-        proj = (atoms.T @ c).reshape(n_win, n_models, c.shape[1])
-        # Profile over the models: the best shape and transit time at each delay.
-        best_model = np.argmax(proj, axis=1)
-        p_delay = np.take_along_axis(proj, best_model[:, None, :], axis=1)[:, 0]
-        flow_delay = p_delay / norms[np.arange(n_win)[:, None], best_model]
-        p_best = p_delay.max(axis=0)
-        # Residual sum of squares at delay i is |c|^2 - p_i^2; the noise variance is
-        # estimated from the best fit's residual (N - 3 degrees of freedom).
-        sse_min = np.maximum((c * c).sum(axis=0) - p_best * p_best, 0.0)
-        var = np.maximum(sse_min / max(c.shape[0] - 3, 1), 1e-12)
-        # Near-equal fits at neighbouring delays (noise; flow, transit time and delay
-        # trading off at short transit times) are averaged by their likelihood rather
-        # than left to whichever noise makes best.
-        positive = p_delay > 0
-        log_w = (np.where(positive, p_delay, 0.0) ** 2 - p_best**2) / (2.0 * var)
-        w = np.exp(log_w) * positive
-        wsum = w.sum(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            f = (w * flow_delay).sum(axis=0) / wsum
-            d = (w * np.arange(n_win)[:, None]).sum(axis=0) / wsum
-        found = (p_best > 0) & (wsum > 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w_norm = np.where(found, w / wsum, 0.0)
-        return np.where(found, f, 0.0), np.where(found, d, 0.0), w_norm, best_model, p_delay
+
+def _profile_fit(
+    proj: np.ndarray, norms: np.ndarray, c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior-mean flow and delay index of a block over the delays of the window, the
+    normalised weights of those delays and the best model at each, from the
+    ``(window, models, nvox)`` projections of the curves ``c`` on the window's unit model
+    curves."""
+    n_win = norms.shape[0]
+    # Profile over the models: the best shape and transit time at each delay.
+    best_model = np.argmax(proj, axis=1)
+    p_delay = np.take_along_axis(proj, best_model[:, None, :], axis=1)[:, 0]
+    flow_delay = p_delay / norms[np.arange(n_win)[:, None], best_model]
+    p_best = p_delay.max(axis=0)
+    # Residual sum of squares at delay i is |c|^2 - p_i^2; the noise variance is
+    # estimated from the best fit's residual (N - 3 degrees of freedom).
+    sse_min = np.maximum((c * c).sum(axis=0) - p_best * p_best, 0.0)
+    var = np.maximum(sse_min / max(c.shape[0] - 3, 1), 1e-12)
+    # Near-equal fits at neighbouring delays (noise; flow, transit time and delay
+    # trading off at short transit times) are averaged by their likelihood rather
+    # than left to whichever noise makes best.
+    positive = p_delay > 0
+    log_w = (np.where(positive, p_delay, 0.0) ** 2 - p_best**2) / (2.0 * var)
+    w = np.exp(log_w) * positive
+    wsum = w.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (w * flow_delay).sum(axis=0) / wsum
+        d = (w * np.arange(n_win)[:, None]).sum(axis=0) / wsum
+    found = (p_best > 0) & (wsum > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w_norm = np.where(found, w / wsum, 0.0)
+    return np.where(found, f, 0.0), np.where(found, d, 0.0), w_norm, best_model
 
 
 def _best_pair(
     proj: np.ndarray,
-    gram: np.ndarray,
+    same_model: np.ndarray,
     norms: np.ndarray,
     c: np.ndarray,
     min_sep: int,
     min_gain: float,
+    candidate_models: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Best pair of window delays for each voxel of a block.
 
     ``proj`` is the ``(window, models, nvox)`` projection on every unit model curve of
-    the window, ``gram`` the inner products of those curves. Both components share one
+    the window, ``same_model`` the ``(window, window, models)`` inner products of each
+    model's curves at two delays of the window. Both components share one
     (shape, MTT) model: a model profiled on the whole mixed curve would stretch its
-    transit time over both, which biases the shares. Returns the delay indices of the
-    pair (early, late), the later component's share of the blood volume (of the flow,
-    as the model is shared) and whether the pair is accepted.
+    transit time over both, which biases the shares. With ``candidate_models`` only that
+    many models per voxel are searched, those with the largest projection at any delay.
+    The pairs are searched on every other delay of the window first, then the best
+    pair's delays are moved by up to one step each (the explained energy is smooth in
+    the delays: a coarse grid finds its basin at a third of the cost). Returns the delay
+    indices of the pair (early, late), the later component's share of the blood volume
+    (of the flow, as the model is shared) and whether the pair is accepted.
     """
     n_win, n_models, nvox = proj.shape
-    cols = np.arange(nvox)
     energy = (c * c).sum(axis=0).astype(np.float64)
-    diag = np.arange(n_models)
-    best_e = np.full(nvox, -np.inf)
-    best = np.zeros((2, nvox), dtype=np.intp)
-    best_flow = np.zeros((2, nvox))
-    for i in range(n_win - min_sep):
-        pi = proj[i].astype(np.float64)
-        for j in range(i + min_sep, n_win):
-            # Inner product of the same model at the two delays.
-            g = gram[i * n_models + diag, j * n_models + diag].astype(np.float64)[:, None]
-            den = 1.0 - g * g
-            pj = proj[j].astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                a = (pi - g * pj) / den
-                b = (pj - g * pi) / den
-            e = np.where((den > 1e-4) & (a > 0) & (b > 0), a * pi + b * pj, -np.inf)
-            m = np.argmax(e, axis=0)
-            e_m = e[m, cols]
-            better = e_m > best_e
-            best_e = np.where(better, e_m, best_e)
-            best[0] = np.where(better, i, best[0])
-            best[1] = np.where(better, j, best[1])
-            best_flow[0] = np.where(better, a[m, cols] / norms[i, m], best_flow[0])
-            best_flow[1] = np.where(better, b[m, cols] / norms[j, m], best_flow[1])
     p_best = np.maximum(proj.max(axis=(0, 1)), 0.0).astype(np.float64)
+    # The inverse determinant of the pair's 2 x 2 normal equations (NaN: near-collinear).
+    diag = np.arange(n_models)
+    gram_diag = np.ascontiguousarray(same_model, dtype=np.float32)
+    den = 1.0 - gram_diag * gram_diag
+    with np.errstate(divide="ignore"):
+        inv_den = np.where(den > 1e-4, 1.0 / den, np.nan).astype(np.float32)
+    if candidate_models is not None and candidate_models < n_models:
+        k = max(1, candidate_models)
+        cand = np.argpartition(-proj.max(axis=0), k - 1, axis=0)[:k]  # (k, nvox)
+        proj = np.take_along_axis(proj, cand[None], axis=1)
+    else:
+        cand = np.broadcast_to(diag[:, None], (n_models, nvox))
+    proj = np.asarray(proj, dtype=np.float32)
+    cols = np.arange(nvox)
+    best_e = np.full(nvox, -np.inf, dtype=np.float32)
+    best = np.zeros((2, nvox), dtype=np.intp)
+    best_m = np.zeros(nvox, dtype=np.intp)
+    coarse = np.arange(0, n_win, 2)
+    for i in coarse:
+        # Every later coarse delay j at once: arrays (j, models, nvox).
+        js = coarse[coarse >= i + min_sep]
+        if js.size == 0:
+            continue
+        # Gathered per row: the whole (window, window, k, nvox) gather costs more than
+        # the arithmetic.
+        e = _pair_energy(
+            proj[i][None], proj[js], gram_diag[i, js][:, cand], inv_den[i, js][:, cand]
+        )
+        top = np.argmax(e.reshape(-1, nvox), axis=0)
+        jj, mm = np.divmod(top, e.shape[1])
+        e_top = e[jj, mm, cols]
+        better = e_top > best_e
+        best_e = np.where(better, e_top, best_e)
+        best[0] = np.where(better, i, best[0])
+        best[1] = np.where(better, js[jj], best[1])
+        best_m = np.where(better, mm, best_m)
+    # Refine: both delays moved by -1..+1 step, the coarse pair's model kept.
+    i0, j0, m0 = best[0].copy(), best[1].copy(), best_m
+    model = cand[m0, cols]
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            ri, rj = i0 + di, j0 + dj
+            valid = (ri >= 0) & (rj < n_win) & (rj - ri >= min_sep) & np.isfinite(best_e)
+            ri, rj = np.clip(ri, 0, n_win - 1), np.clip(rj, 0, n_win - 1)
+            e = _pair_energy(
+                proj[ri, m0, cols],
+                proj[rj, m0, cols],
+                gram_diag[ri, rj, model],
+                inv_den[ri, rj, model],
+            )
+            better = valid & (e > best_e)
+            best_e = np.where(better, e, best_e)
+            best[0] = np.where(better, ri, best[0])
+            best[1] = np.where(better, rj, best[1])
+    bi, bj = best
+    pi, pj = proj[bi, m0, cols].astype(np.float64), proj[bj, m0, cols].astype(np.float64)
+    g = gram_diag[bi, bj, model].astype(np.float64)
+    inv = inv_den[bi, bj, model].astype(np.float64)
+    flow_i = (pi - g * pj) * inv / norms[bi, model]
+    flow_j = (pj - g * pi) * inv / norms[bj, model]
+    best_e64 = best_e.astype(np.float64)
     # Two more parameters than one delay (the second delay and amplitude).
-    var = np.maximum(energy - best_e, 0.0) / max(c.shape[0] - 5, 1)
-    gain = best_e - p_best**2
-    ok = np.isfinite(best_e) & (gain > min_gain * np.maximum(var, 1e-12))
+    var = np.maximum(energy - best_e64, 0.0) / max(c.shape[0] - 5, 1)
+    gain = best_e64 - p_best**2
+    ok = np.isfinite(best_e64) & (gain > min_gain * np.maximum(var, 1e-12))
     with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(ok, best_flow[1] / (best_flow[0] + best_flow[1]), 0.0)
+        share = np.where(ok, flow_j / (flow_i + flow_j), 0.0)
     return best[0], best[1], np.nan_to_num(share), ok
+
+
+def _pair_energy(pi: np.ndarray, pj: np.ndarray, g: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """Energy of a curve explained by two unit curves with non-negative amplitudes.
+
+    ``pi``, ``pj`` are the curve's projections on the two, ``g`` their inner product and
+    ``inv`` ``1 / (1 - g^2)`` (NaN where near-collinear); the amplitudes are
+    ``(pi - g pj) inv`` and ``(pj - g pi) inv``. -inf where an amplitude is not positive.
+    """
+    u = pi - g * pj
+    v = pj - g * pi
+    e = (u * pi + v * pj) * inv
+    return np.where((u > 0) & (v > 0) & np.isfinite(e), e, -np.inf)
 
 
 def residue_fitter(

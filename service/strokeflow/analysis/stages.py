@@ -130,10 +130,11 @@ def maps_in_threads(
 
     with ThreadPoolExecutor(max_workers=n_parts) as pool:
         results = list(pool.map(one, parts))
-    merged: dict[str, np.ndarray] = {}
+    merged: dict[str, Any] = {}
     for f in fields(PerfusionMaps):
         out = getattr(results[0], f.name)
-        for part, result in zip(parts[1:], results[1:], strict=True):
-            out[part] = getattr(result, f.name)[part]
+        if out is not None:
+            for part, result in zip(parts[1:], results[1:], strict=True):
+                out[part] = getattr(result, f.name)[part]
         merged[f.name] = out
     return PerfusionMaps(**merged)
