@@ -42,13 +42,13 @@ from strokeflow.analysis.lesions import (
     tmax_above,
     volume_ml,
 )
-from strokeflow.analysis.maps import PerfusionMaps
+from strokeflow.analysis.maps import PerfusionMaps, compute_maps
 from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, quality_ok
 from strokeflow.analysis.resample import resample_uniform
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.analysis.slabs import SlabPlan, binning_factor, combine_slices, plan_slabs
-from strokeflow.analysis.stages import AnalysisError, analysis_stage, maps_in_threads
+from strokeflow.analysis.stages import AnalysisError, analysis_stage, usable_cpus
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 
@@ -279,11 +279,12 @@ def analyse_ctp(
         if settings.temporal_sigma_s > 0:
             sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
             aif_input = gaussian_filter1d(aif_input, sigma_t, mode="nearest")
-        maps = maps_in_threads(
+        maps = compute_maps(
             smoothed,
             aif_input.astype(np.float32),
             step,
-            masks.tissue,
+            mask=masks.tissue,
+            workers=usable_cpus(),
             method="osvd",
             oscillation_index=settings.oscillation_index,
             correct_cbf_bias=settings.correct_cbf_bias,
