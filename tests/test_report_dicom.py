@@ -308,14 +308,17 @@ def _page_series(objects: ResultObjects) -> list[dict[str, object]]:
     return [_without_instance_values(ds) for ds in objects.summary + objects.lesions + objects.maps]
 
 
-def test_pages_drawn_by_the_helper_process_are_those_drawn_in_process(built: Built) -> None:
-    # ``built`` drew its pages in the forked helper (the default).
+def test_pages_drawn_by_the_helper_process_are_those_drawn_in_process(
+    built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(page_job, "_usable_cpus", lambda: 2)  # a helper even on one CPU
+    helped = build_result_objects(built.content, built.sources)
     here = build_result_objects(built.content, built.sources, parallel=False)
-    assert _page_series(built.objects) == _page_series(here)
-    assert len(built.objects.summary) == 1 and built.objects.lesions and built.objects.maps
-    assert built.objects.failures == here.failures == []
-    assert built.objects.seg is not None and here.seg is not None
-    assert built.objects.seg.PixelData == here.seg.PixelData
+    assert _page_series(helped) == _page_series(here)
+    assert len(helped.summary) == 1 and helped.lesions and helped.maps
+    assert helped.failures == here.failures == []
+    assert helped.seg is not None and here.seg is not None
+    assert helped.seg.PixelData == here.seg.PixelData
 
 
 def test_a_helper_process_that_dies_costs_only_time(
@@ -325,6 +328,7 @@ def test_a_helper_process_that_dies_costs_only_time(
         os._exit(3)
 
     monkeypatch.setattr(page_job, "_render_in_child", dies)
+    monkeypatch.setattr(page_job, "_usable_cpus", lambda: 2)
     objects = build_result_objects(built.content, built.sources)
     assert "page helper process failed (exit code 3)" in caplog.text
     assert _page_series(objects) == _page_series(built.objects)

@@ -150,7 +150,8 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
         What the pages show.
     parallel : bool
         Draw them in a forked helper process while the caller goes on (where the
-        platform forks); False draws them here, when the returned function is called.
+        platform forks and this process may use two CPUs or more); False draws them
+        here, when the returned function is called.
 
     Returns
     -------
@@ -166,7 +167,8 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
     re-creates the import and logging locks in a forked child), and a child that hangs
     anyway is killed after :data:`HELPER_TIMEOUT_S` and the pages drawn here.
     """
-    if not parallel or not hasattr(os, "fork"):
+    if not parallel or not hasattr(os, "fork") or _usable_cpus() < 2:
+        # On one CPU the helper would only add its own cost.
         return lambda: render_pages(pages)
     read_fd, write_fd = os.pipe()
     try:
@@ -207,6 +209,13 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
         return render_pages(pages)
 
     return wait
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, where the platform says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _kill(pid: int) -> None:
