@@ -217,28 +217,30 @@ def build_result_objects(
         seg.CodingSchemeIdentificationSequence = coding_scheme_identification()
         return seg
 
+    def structured_report(seg: Dataset) -> Dataset:
+        report = build_measurement_report(content.findings, seg, software_version=version)
+        return build_structured_report(
+            report,
+            [*ordered, seg],
+            procedure=content.findings.procedure,
+            series_description=f"StrokeFlow {title} measurements"[:64],
+            series_number=series_number_base + 5,
+            encoding=sr_encoding,
+        )
+
     seg_failures: list[str] = []
-    seg = attempt("lesion segmentation (SEG)", segmentation, seg_failures)
-    sr = None
-    if seg is None:
-        seg_failures.append("measurement report (SR) not written: it references the SEG")
-    else:
-        seg_done = seg
-
-        def structured_report() -> Dataset:
-            report = build_measurement_report(content.findings, seg_done, software_version=version)
-            return build_structured_report(
-                report,
-                [*ordered, seg_done],
-                procedure=content.findings.procedure,
-                series_description=f"StrokeFlow {title} measurements"[:64],
-                series_number=series_number_base + 5,
-                encoding=sr_encoding,
-            )
-
-        sr = attempt("measurement report (SR)", structured_report, seg_failures)
-    equipment = acquisition_equipment(ordered[0])  # the same for the three page series
-    rendered = wait_for_pages()
+    try:
+        seg = attempt("lesion segmentation (SEG)", segmentation, seg_failures)
+        sr = None
+        if seg is None:
+            seg_failures.append("measurement report (SR) not written: it references the SEG")
+        else:
+            build_sr = functools.partial(structured_report, seg)
+            sr = attempt("measurement report (SR)", build_sr, seg_failures)
+        equipment = acquisition_equipment(ordered[0])  # the same for the three page series
+    finally:
+        # Always collected: the helper is waited for even when this process failed.
+        rendered = wait_for_pages()
 
     def secondary_captures(kind: PageKind) -> list[Dataset]:
         offset, what = _PAGE_SERIES[kind][0], kind
