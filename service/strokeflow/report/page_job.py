@@ -14,6 +14,7 @@ drawn here, serially.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -171,6 +172,9 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
         # On one CPU the helper would only add its own cost.
         return lambda: render_pages(pages)
     read_fd, write_fd = os.pipe()
+    # Frozen: the child's collector never finalises this process's garbage (a database
+    # connection's finaliser would talk on the parent's socket).
+    gc.freeze()
     try:
         with warnings.catch_warnings():
             # Python 3.12+ warns of fork in a threaded process; see the Notes for why
@@ -178,6 +182,7 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
     except OSError as exc:
+        gc.unfreeze()
         os.close(read_fd)
         os.close(write_fd)
         log.info("result pages drawn in this process (no helper process: %s)", exc)
@@ -185,6 +190,7 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
     if pid == 0:
         os.close(read_fd)
         _render_in_child(pages, write_fd)
+    gc.unfreeze()
     os.close(write_fd)
 
     def wait() -> RenderedPages:
