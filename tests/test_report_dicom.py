@@ -8,6 +8,7 @@ fails the test.
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.series import build_inventory
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
+from strokeflow.report import page_job
 from strokeflow.report.content import result_content
 from strokeflow.report.ctp_content import ctp_parts
 from strokeflow.report.dicom_outputs import (
@@ -300,3 +302,42 @@ def test_secondary_capture_has_what_highdicom_from_ref_dataset_gives(built: Buil
     for keyword in ("SoftwareVersions", "ManufacturerModelName", "DerivationDescription"):
         theirs[keyword] = ours[keyword]
     assert _without_instance_values(ours) == _without_instance_values(theirs)
+
+
+def _page_series(objects: ResultObjects) -> list[dict[str, object]]:
+    return [_without_instance_values(ds) for ds in objects.summary + objects.lesions + objects.maps]
+
+
+def test_pages_drawn_by_the_helper_process_are_those_drawn_in_process(
+    built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(page_job, "_usable_cpus", lambda: 2)  # a helper even on one CPU
+    helped = build_result_objects(built.content, built.sources)
+    here = build_result_objects(built.content, built.sources, parallel=False)
+    assert _page_series(helped) == _page_series(here)
+    assert len(helped.summary) == 1 and helped.lesions and helped.maps
+    assert helped.failures == here.failures == []
+    assert helped.seg is not None and here.seg is not None
+    assert helped.seg.PixelData == here.seg.PixelData
+
+
+def test_a_helper_process_that_dies_costs_only_time(
+    built: Built, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def dies(pages: page_job.PageSet, write_fd: int) -> None:
+        os._exit(3)
+
+    monkeypatch.setattr(page_job, "_render_in_child", dies)
+    monkeypatch.setattr(page_job, "_usable_cpus", lambda: 2)
+    objects = build_result_objects(built.content, built.sources)
+    assert "page helper process failed (exit code 3)" in caplog.text
+    assert _page_series(objects) == _page_series(built.objects)
+    assert objects.failures == []
+
+
+def test_a_page_that_cannot_be_drawn_costs_only_its_series(built: Built) -> None:
+    broken = dataclasses.replace(built.content, outlined=["no such region"])
+    objects = build_result_objects(broken, built.sources)
+    assert objects.lesions == [] and objects.summary and objects.maps
+    assert objects.seg is not None and objects.sr is not None
+    assert objects.failures == ["lesion pages (Secondary Capture) not written: 'no such region'"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from strokeflow.report import dicom_outputs
 from strokeflow.report.content import result_content
 from strokeflow.report.mri_content import mri_parts
 from strokeflow.report.nifti import write_mri_maps
+from strokeflow.report.page_job import PageSet, RenderedPages
 from strokeflow.report.render import SummaryContent
 from strokeflow.report.results_json import mri_summary
 from strokeflow.report.summary import AnalysisSummary, TmaxVolume
@@ -51,14 +53,15 @@ class Run:
 
 def _run(src: Path, out: Path, settings: CtpSettings, monkeypatch: pytest.MonkeyPatch) -> Run:
     pages: list[SummaryContent] = []
-    real = dicom_outputs.render_summary_page
+    real = dicom_outputs.start_rendering
 
-    def recording(content: SummaryContent) -> np.ndarray:
-        pages.append(content)
-        return real(content)
+    def recording(page_set: PageSet, *, parallel: bool = True) -> Callable[[], RenderedPages]:
+        pages.append(page_set.summary)
+        return real(page_set, parallel=parallel)
 
-    # The summary page as it is rendered: the labels a reader sees.
-    monkeypatch.setattr(dicom_outputs, "render_summary_page", recording)
+    # The summary page as it is handed to the renderer (a helper process draws it): the
+    # labels a reader sees.
+    monkeypatch.setattr(dicom_outputs, "start_rendering", recording)
     outcome = analyze_paths([src], out, AnalyzeOptions(ctp=settings, write_maps=False))
     results = json.loads((out / "results.json").read_text())
     (entry,) = results["studies"][0]["analyses"]

@@ -14,20 +14,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from strokeflow import __version__
 from strokeflow.report.content import ResultContent
-from strokeflow.report.panels import render_lesion_pages, render_map_pages
-from strokeflow.report.render import Outline, render_summary_page
+from strokeflow.report.page_job import PageKind, PageSet, start_rendering
+from strokeflow.report.render import Outline, SummaryContent
 from strokeflow.report.secondary_capture import acquisition_equipment, build_secondary_captures
 from strokeflow.report.segmentation import (
     build_segmentation,
@@ -123,6 +123,34 @@ def _complete_reference(ds: Dataset) -> Dataset:
     return out
 
 
+def _page_set(content: ResultContent, reference: Dataset) -> PageSet:
+    """What the pages show (a summary that cannot be headed is its page's failure)."""
+    summary: SummaryContent | str
+    try:
+        summary = dataclasses.replace(content.summary, header_lines=_header_lines(reference))
+    except Exception as exc:
+        summary = str(exc) or type(exc).__name__
+    return PageSet(
+        title=content.title,
+        summary=summary,
+        anatomy_zyx=content.anatomy_zyx,
+        regions={r.key: Outline(r.label, r.mask_zyx, r.colour_rgb) for r in content.regions},
+        outlined=list(content.outlined),
+        geometry=content.geometry,
+        anatomy_window=content.anatomy_window,
+        anatomy_head_zyx=content.anatomy_head_zyx,
+        maps=list(content.maps),
+    )
+
+
+#: Each page series: its offset from the series number base and its name in failures.
+_PAGE_SERIES: dict[PageKind, tuple[int, str]] = {
+    "summary": (1, "summary page (Secondary Capture)"),
+    "lesions": (2, "lesion pages (Secondary Capture)"),
+    "maps": (3, "map pages (Secondary Capture)"),
+}
+
+
 def build_result_objects(
     content: ResultContent,
     source_images: Sequence[Dataset],
@@ -130,6 +158,7 @@ def build_result_objects(
     series_number_base: int = 9000,
     sr_encoding: SrEncoding = "comprehensive3d",
     sc_transfer_syntax: str = ExplicitVRLittleEndian,
+    parallel: bool = True,
 ) -> ResultObjects:
     """Render the pages and build the SC, SEG and SR objects of one analysis.
 
@@ -147,6 +176,10 @@ def build_result_objects(
     sc_transfer_syntax : str
         Transfer syntax UID of the Secondary Captures (see
         :func:`~strokeflow.report.secondary_capture.build_secondary_captures`).
+    parallel : bool
+        Draw the pages in a helper process while the SEG and SR are built here
+        (:func:`~strokeflow.report.page_job.start_rendering`); False draws them in this
+        process. The objects are the same either way.
 
     Returns
     -------
@@ -159,9 +192,10 @@ def build_result_objects(
     ordered = [_complete_reference(ds) for ds in ordered]
     version = __version__
     title = content.title
-    failures: list[str] = []
+    # Started first: the pages are drawn while the SEG and SR are built.
+    wait_for_pages = start_rendering(_page_set(content, ordered[0]), parallel=parallel)
 
-    def attempt(name: str, build: Callable[[], _T]) -> _T | None:
+    def attempt(name: str, build: Callable[[], _T], failures: list[str]) -> _T | None:
         # One object failing (a source the toolkit refuses, a page that cannot be drawn)
         # must cost only that object: the others and results.json are still written.
         try:
@@ -170,43 +204,6 @@ def build_result_objects(
             log.warning("result object %s not built: %s", name, exc)
             failures.append(f"{name} not written: {exc}")
             return None
-
-    equipment = acquisition_equipment(ordered[0])  # the same for the three page series
-
-    def sc(pages: list[np.ndarray], offset: int, what: str) -> list[Dataset]:
-        return build_secondary_captures(
-            pages,
-            ordered,
-            series_description=f"StrokeFlow {title} {what}"[:64],
-            series_number=series_number_base + offset,
-            software_version=version,
-            derivation=f"{title} {what} rendered by StrokeFlow {version}",
-            transfer_syntax_uid=sc_transfer_syntax,
-            equipment=equipment,
-        )
-
-    def summary() -> list[Dataset]:
-        page = dataclasses.replace(content.summary, header_lines=_header_lines(ordered[0]))
-        return sc([render_summary_page(page)], 1, "summary")
-
-    def lesions() -> list[Dataset]:
-        by_key = {r.key: r for r in content.regions}
-        outlines = [
-            Outline(by_key[k].label, by_key[k].mask_zyx, by_key[k].colour_rgb)
-            for k in content.outlined
-        ]
-        pages = render_lesion_pages(
-            content.anatomy_zyx,
-            outlines,
-            content.geometry,
-            title=f"{title}: lesions",
-            window=content.anatomy_window,
-            head_zyx=content.anatomy_head_zyx,
-        )
-        return sc(pages, 2, "lesions")
-
-    def maps() -> list[Dataset]:
-        return sc(render_map_pages(content.maps, content.geometry, title=title), 3, "maps")
 
     def segmentation() -> Dataset:
         seg = build_segmentation(
@@ -220,35 +217,60 @@ def build_result_objects(
         seg.CodingSchemeIdentificationSequence = coding_scheme_identification()
         return seg
 
-    summary_objects = attempt("summary page (Secondary Capture)", summary) or []
-    lesion_objects = attempt("lesion pages (Secondary Capture)", lesions) or []
-    map_objects = attempt("map pages (Secondary Capture)", maps) or []
-    seg = attempt("lesion segmentation (SEG)", segmentation)
-    sr = None
-    if seg is None:
-        failures.append("measurement report (SR) not written: it references the SEG")
-    else:
-        seg_done = seg
+    def structured_report(seg: Dataset) -> Dataset:
+        report = build_measurement_report(content.findings, seg, software_version=version)
+        return build_structured_report(
+            report,
+            [*ordered, seg],
+            procedure=content.findings.procedure,
+            series_description=f"StrokeFlow {title} measurements"[:64],
+            series_number=series_number_base + 5,
+            encoding=sr_encoding,
+        )
 
-        def structured_report() -> Dataset:
-            report = build_measurement_report(content.findings, seg_done, software_version=version)
-            return build_structured_report(
-                report,
-                [*ordered, seg_done],
-                procedure=content.findings.procedure,
-                series_description=f"StrokeFlow {title} measurements"[:64],
-                series_number=series_number_base + 5,
-                encoding=sr_encoding,
-            )
+    seg_failures: list[str] = []
+    try:
+        seg = attempt("lesion segmentation (SEG)", segmentation, seg_failures)
+        sr = None
+        if seg is None:
+            seg_failures.append("measurement report (SR) not written: it references the SEG")
+        else:
+            build_sr = functools.partial(structured_report, seg)
+            sr = attempt("measurement report (SR)", build_sr, seg_failures)
+        equipment = acquisition_equipment(ordered[0])  # the same for the three page series
+    finally:
+        # Always collected: the helper is waited for even when this process failed.
+        rendered = wait_for_pages()
 
-        sr = attempt("measurement report (SR)", structured_report)
+    def secondary_captures(kind: PageKind) -> list[Dataset]:
+        offset, what = _PAGE_SERIES[kind][0], kind
+        pages = rendered[kind]
+        if isinstance(pages, str):
+            raise PageError(pages)
+        return build_secondary_captures(
+            pages,
+            ordered,
+            series_description=f"StrokeFlow {title} {what}"[:64],
+            series_number=series_number_base + offset,
+            software_version=version,
+            derivation=f"{title} {what} rendered by StrokeFlow {version}",
+            transfer_syntax_uid=sc_transfer_syntax,
+            equipment=equipment,
+        )
+
+    page_failures: list[str] = []
+    summary_objects, lesion_objects, map_objects = (
+        attempt(_PAGE_SERIES[kind][1], functools.partial(secondary_captures, kind), page_failures)
+        or []
+        for kind in _PAGE_SERIES
+    )
     objects = ResultObjects(
         summary=summary_objects,
         lesions=lesion_objects,
         maps=map_objects,
         seg=seg,
         sr=sr,
-        failures=failures,
+        failures=[*page_failures, *seg_failures],
     )
     # Study-level attributes highdicom does not copy: every object of the study must
     # agree with the source (dcentvfy compares them).
@@ -257,6 +279,10 @@ def build_result_objects(
             for ds in objects.all():
                 setattr(ds, keyword, ordered[0].get(keyword))
     return objects
+
+
+class PageError(Exception):
+    """A page series that could not be drawn (the message says why)."""
 
 
 def write_result_objects(objects: ResultObjects, out_dir: Path) -> list[Path]:

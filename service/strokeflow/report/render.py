@@ -3,7 +3,10 @@
 Pages are ``PAGE_HEIGHT_PX x PAGE_WIDTH_PX`` 8-bit RGB arrays with body text of about
 26 px, readable when PACS scales the page to a diagnostic monitor. The summary page is
 drawn with matplotlib (Agg canvas, no pyplot state) for its curve plot; one figure per
-study, so its cost is fixed. The slice pages (lesions, maps) are composed with numpy
+study, so its cost is fixed. matplotlib is imported only where a page is drawn (about
+0.5 s): the result objects render their pages in a helper process
+(:mod:`strokeflow.report.page_job`) and the process that builds the SEG and SR never loads
+it. The slice pages (lesions, maps) are composed with numpy
 and Pillow in :mod:`strokeflow.report.panels` (on :mod:`strokeflow.report.canvas`), which is
 an order of magnitude faster.
 """
@@ -12,14 +15,15 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
-from matplotlib.patches import Rectangle
 
 from strokeflow.analysis.volume import Geometry
+
+if TYPE_CHECKING:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+    from matplotlib.figure import Figure
 
 PAGE_WIDTH_PX = 1600
 PAGE_HEIGHT_PX = 1200
@@ -176,6 +180,9 @@ class MapSpec:
 
 
 def _figure() -> tuple[Figure, FigureCanvasAgg]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(PAGE_WIDTH_PX / _DPI, PAGE_HEIGHT_PX / _DPI), dpi=_DPI)
     fig.patch.set_facecolor(BACKGROUND)
     return fig, FigureCanvasAgg(fig)
@@ -188,6 +195,8 @@ def _to_rgb(fig: Figure, canvas: FigureCanvasAgg) -> np.ndarray:
 
 
 def _box(fig: Figure, region: str, colour: str) -> None:
+    from matplotlib.patches import Rectangle
+
     left, top, right, bottom = SUMMARY_REGIONS[region]
     fig.patches.append(
         Rectangle(
@@ -247,6 +256,8 @@ def _wrap_px(
     text: str, width_px: float, size_pt: float, renderer: RendererAgg, bold: bool = False
 ) -> list[str]:
     """Greedy word wrap of ``text`` to lines no wider than ``width_px`` as drawn."""
+    from matplotlib.font_manager import FontProperties
+
     prop = FontProperties(size=size_pt, weight="bold" if bold else "normal")
 
     def fits(line: str) -> bool:
@@ -388,6 +399,8 @@ def summary_figure(content: SummaryContent, fig: Figure, canvas: FigureCanvasAgg
 
 def _banner_line(lines: list[str], renderer: RendererAgg) -> str:
     """The banner's second line: the first finding in full when it fits, else a count."""
+    from matplotlib.font_manager import FontProperties
+
     more = len(lines) - 1
     first = lines[0] + (f"  (+{more} more, see below)" if more else "  (see below)")
     width, _, _ = renderer.get_text_width_height_descent(

@@ -1,0 +1,229 @@
+"""The result pages of one analysis, rendered in a helper process while the SEG and SR
+are built.
+
+Drawing the pages (matplotlib for the summary page, numpy and Pillow for the slice pages)
+and building the SEG and SR (highdicom) share nothing but their inputs, and both hold the
+GIL, so on a machine with two cores the pages are drawn by a second (forked) process: it
+imports matplotlib itself and sends the pages back through a pipe, while this process,
+which never imports matplotlib, builds the SEG and SR.
+The pages are pure functions of their inputs, so they are the same pixels whichever
+process draws them. When no helper process can be started or it fails, the pages are
+drawn here, serially.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import pickle
+import signal
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from strokeflow.analysis.volume import Geometry
+from strokeflow.report.render import MapSpec, Outline, SummaryContent
+
+__all__ = ["PageKind", "PageSet", "RenderedPages", "render_pages", "start_rendering"]
+
+log = logging.getLogger(__name__)
+
+#: The three page series, in the order they are written.
+PageKind = Literal["summary", "lesions", "maps"]
+PAGE_KINDS: tuple[PageKind, ...] = ("summary", "lesions", "maps")
+#: Longest wait for the helper process before it is killed (the pages of the largest
+#: study take a few seconds).
+HELPER_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class PageSet:
+    """Everything the pages of one analysis show (what the helper process is sent).
+
+    Attributes
+    ----------
+    title : str
+        E.g. ``"CT perfusion"``; starts each page title.
+    summary : SummaryContent or str
+        The summary page, its header lines filled in (or why they could not be).
+    anatomy_zyx : numpy.ndarray
+        Grey-scale anatomy of the lesion pages.
+    regions : dict of str to Outline
+        Every region's outline, by region key.
+    outlined : list of str
+        Keys of the regions outlined on the lesion pages, the first on top.
+    geometry : Geometry
+        Grid of ``anatomy_zyx``, the outlines and (by default) the maps.
+    anatomy_window : (float, float)
+        Display range of the anatomy.
+    anatomy_head_zyx : numpy.ndarray or None
+        Mask the lesion panels are cropped to (see
+        :func:`~strokeflow.report.panels.render_lesion_pages`).
+    maps : list of MapSpec
+        One map page each (or more, for many slices).
+    """
+
+    title: str
+    summary: SummaryContent | str
+    anatomy_zyx: np.ndarray
+    regions: dict[str, Outline]
+    outlined: list[str]
+    geometry: Geometry
+    anatomy_window: tuple[float, float]
+    anatomy_head_zyx: np.ndarray | None
+    maps: list[MapSpec]
+
+
+#: Pages of each kind, or the reason the kind could not be drawn (one kind failing costs
+#: only its own series).
+RenderedPages = dict[PageKind, list[np.ndarray] | str]
+
+
+def render_pages(pages: PageSet) -> RenderedPages:
+    """Draw the summary, lesion and map pages of ``pages``.
+
+    Parameters
+    ----------
+    pages : PageSet
+        What the pages show.
+
+    Returns
+    -------
+    dict
+        ``"summary"``, ``"lesions"`` and ``"maps"``: a list of ``(rows, columns, 3)``
+        uint8 pages, or the error message when that kind could not be drawn.
+    """
+    # Imported here: matplotlib and Pillow are needed only where pages are drawn.
+    from strokeflow.report.panels import render_lesion_pages, render_map_pages
+    from strokeflow.report.render import render_summary_page
+
+    def summary() -> list[np.ndarray]:
+        if isinstance(pages.summary, str):
+            raise ValueError(pages.summary)
+        return [render_summary_page(pages.summary)]
+
+    draw: dict[PageKind, Callable[[], list[np.ndarray]]] = {
+        "summary": summary,
+        "lesions": lambda: render_lesion_pages(
+            pages.anatomy_zyx,
+            [pages.regions[key] for key in pages.outlined],
+            pages.geometry,
+            title=f"{pages.title}: lesions",
+            window=pages.anatomy_window,
+            head_zyx=pages.anatomy_head_zyx,
+        ),
+        "maps": lambda: render_map_pages(pages.maps, pages.geometry, title=pages.title),
+    }
+    out: RenderedPages = {}
+    for kind in PAGE_KINDS:
+        try:
+            out[kind] = draw[kind]()
+        except Exception as exc:
+            out[kind] = str(exc) or type(exc).__name__
+    return out
+
+
+def _render_in_child(pages: PageSet, write_fd: int) -> None:
+    """The forked helper: draw, send the pickled pages, and leave without running any of
+    the parent's exit handlers or flushing its buffers."""
+    code = 1
+    try:
+        reply = pickle.dumps(render_pages(pages), protocol=pickle.HIGHEST_PROTOCOL)
+        with os.fdopen(write_fd, "wb") as out:
+            out.write(reply)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], RenderedPages]:
+    """Start drawing ``pages`` and return the function that waits for them.
+
+    Parameters
+    ----------
+    pages : PageSet
+        What the pages show.
+    parallel : bool
+        Draw them in a forked helper process while the caller goes on (where the
+        platform forks and this process may use two CPUs or more); False draws them
+        here, when the returned function is called.
+
+    Returns
+    -------
+    callable
+        Returns the :func:`render_pages` result; to call once.
+
+    Notes
+    -----
+    A fork, not a fresh interpreter: the child has the inputs and numpy, SciPy and Pillow
+    already (a spawned one spent about 0.7 s more CPU on the 2400-image study,
+    importing them again). The child only draws (numpy, Pillow, matplotlib's Agg canvas) and writes
+    to its pipe: it takes no lock that another thread of this process may hold (CPython
+    re-creates the import and logging locks in a forked child), and a child that hangs
+    anyway is killed after :data:`HELPER_TIMEOUT_S` and the pages drawn here.
+    """
+    if not parallel or not hasattr(os, "fork") or _usable_cpus() < 2:
+        # On one CPU the helper would only add its own cost.
+        return lambda: render_pages(pages)
+    read_fd, write_fd = os.pipe()
+    # Frozen: the child's collector never finalises this process's garbage (a database
+    # connection's finaliser would talk on the parent's socket).
+    gc.freeze()
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork in a threaded process; see the Notes for why
+            # this child is safe.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError as exc:
+        gc.unfreeze()
+        os.close(read_fd)
+        os.close(write_fd)
+        log.info("result pages drawn in this process (no helper process: %s)", exc)
+        return lambda: render_pages(pages)
+    if pid == 0:
+        os.close(read_fd)
+        _render_in_child(pages, write_fd)
+    gc.unfreeze()
+    os.close(write_fd)
+
+    def wait() -> RenderedPages:
+        watchdog = threading.Timer(HELPER_TIMEOUT_S, _kill, args=(pid,))
+        watchdog.start()
+        try:
+            with os.fdopen(read_fd, "rb") as reply_stream:
+                reply = reply_stream.read()
+            _, status = os.waitpid(pid, 0)
+        finally:
+            watchdog.cancel()
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            try:
+                rendered: RenderedPages = pickle.loads(reply)
+                return rendered
+            except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+                reason = f"unreadable reply ({exc})"
+        else:
+            reason = f"exit code {code}"
+        log.warning("page helper process failed (%s); drawing the pages here", reason)
+        return render_pages(pages)
+
+    return wait
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, where the platform says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
