@@ -311,7 +311,7 @@ def _page_series(objects: ResultObjects) -> list[dict[str, object]]:
 def test_pages_drawn_by_the_helper_process_are_those_drawn_in_process(
     built: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(page_job, "_usable_cpus", lambda: 2)  # a helper even on one CPU
+    monkeypatch.setattr(page_job, "usable_cpus", lambda: 2)  # a helper even on one CPU
     helped = build_result_objects(built.content, built.sources)
     here = build_result_objects(built.content, built.sources, parallel=False)
     assert _page_series(helped) == _page_series(here)
@@ -328,7 +328,7 @@ def test_a_helper_process_that_dies_costs_only_time(
         os._exit(3)
 
     monkeypatch.setattr(page_job, "_render_in_child", dies)
-    monkeypatch.setattr(page_job, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(page_job, "usable_cpus", lambda: 2)
     objects = build_result_objects(built.content, built.sources)
     assert "page helper process failed (exit code 3)" in caplog.text
     assert _page_series(objects) == _page_series(built.objects)

@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from strokeflow.analysis.stages import usable_cpus
 from strokeflow.analysis.volume import Geometry
 from strokeflow.report.render import MapSpec, Outline, SummaryContent
 
@@ -168,7 +169,7 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
     re-creates the import and logging locks in a forked child), and a child that hangs
     anyway is killed after :data:`HELPER_TIMEOUT_S` and the pages drawn here.
     """
-    if not parallel or not hasattr(os, "fork") or _usable_cpus() < 2:
+    if not parallel or not hasattr(os, "fork") or usable_cpus() < 2:
         # On one CPU the helper would only add its own cost.
         return lambda: render_pages(pages)
     read_fd, write_fd = os.pipe()
@@ -215,13 +216,6 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
         return render_pages(pages)
 
     return wait
-
-
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity, where the platform says)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def _kill(pid: int) -> None:
