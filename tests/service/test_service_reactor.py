@@ -1,4 +1,5 @@
-"""The receiver's own pieces of pynetdicom: event-woken reactors, directly encoded answers."""
+"""The receiver's own pieces of pynetdicom: event-woken reactors, directly encoded answers
+sent from the association's thread."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from servicekit import storescu, wait_for, write_ct_files
 from sqlalchemy import func, select
@@ -16,6 +19,7 @@ from sqlalchemy import func, select
 from strokeflow.receive.reactor import PromptAssociation, PromptDUL, prompt_reactors_supported
 from strokeflow.receive.store_response import (
     QuickStoreResponses,
+    encode_p_data_tf,
     encode_store_response,
     use_quick_store_responses,
 )
@@ -116,3 +120,48 @@ def test_stores_release_and_abort_with_prompt_reactors(  # type: ignore[no-untyp
     listener.receiver.index.flush(10)
     with listener.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 6
+
+
+@pytest.mark.parametrize("pdv", [b"\x03" + b"\x00" * 10, b"\x02" + b"\x01" * 16383])
+def test_p_data_tf_is_encoded_as_pynetdicom_encodes_it(pdv: bytes) -> None:
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((5, pdv))
+    assert encode_p_data_tf(5, pdv) == P_DATA_TF(pdata).encode()
+
+
+def _watch(event: evt.Event) -> None:
+    """A handler that only watches."""
+
+
+@pytest.mark.skipif(not prompt_reactors_supported(), reason="pynetdicom other than 3.0")
+def test_answers_go_out_from_the_association_thread_unless_pdus_are_watched(  # type: ignore[no-untyped-def]
+    listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes: list[bool] = []
+    send_now = PromptDUL.send_now
+
+    def counted(self: PromptDUL, encoded_pdu: bytes) -> bool:
+        outcomes.append(send_now(self, encoded_pdu))
+        return outcomes[-1]
+
+    monkeypatch.setattr(PromptDUL, "send_now", counted)
+    files = write_ct_files(tmp_path / "sent", 4)
+    assert storescu(listener.port, files[:2]).returncode == 0
+    assert outcomes == [True, True]  # both answers sent directly, and storescu got them
+
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="STROKEFLOW")
+    assert assoc.is_established
+    wait_for(lambda: _open_associations(listener), 10, "the association")
+    (served,) = _open_associations(listener)
+    served.bind(evt.EVT_PDU_SENT, _watch)  # someone watches the PDUs
+    assert int(assoc.send_c_store(files[2]).Status) == 0x0000
+    assert outcomes[2:] == [False]  # queued for the DUL, which sent it as pynetdicom does
+    served.unbind(evt.EVT_PDU_SENT, _watch)
+    assert int(assoc.send_c_store(files[3]).Status) == 0x0000
+    assert outcomes[3:] == [True]
+    assoc.release()
+    listener.receiver.index.flush(10)
+    with listener.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 4

@@ -26,6 +26,7 @@ import logging
 import os
 import queue
 import select
+import socket
 import ssl
 import threading
 import time
@@ -34,7 +35,7 @@ import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, _PDUType
 from pynetdicom.pdu_primitives import _PDUPrimitiveType
 from pynetdicom.utils import make_target
 
@@ -58,9 +59,12 @@ class PromptDUL(DULServiceProvider):
     activity: threading.Event
     _wake_read: int
     _wake_write: int
+    #: Held while a PDU goes out: by the reactor's own sends and by :meth:`send_now`.
+    _send_lock: threading.Lock
 
     def _prepare(self) -> None:
         self.activity = threading.Event()
+        self._send_lock = threading.Lock()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -74,6 +78,40 @@ class PromptDUL(DULServiceProvider):
         """Queue ``primitive`` for sending, and wake the reactor to send it."""
         super().send_pdu(primitive)
         self.wake()
+
+    def _send(self, pdu: _PDUType) -> None:
+        """As pynetdicom's (encode, send), one PDU at a time with :meth:`send_now`."""
+        with self._send_lock:
+            super()._send(pdu)
+
+    def send_now(self, encoded_pdu: bytes) -> bool:
+        """Send an encoded P-DATA-TF PDU from the calling thread, where the reactor would
+        send it at once and unchanged: in Sta6 (data transfer), with nothing queued ahead
+        of it, over plain TCP (an SSL connection is not written from two threads), and
+        with nobody watching PDUs or state transitions.
+
+        This spares the hand-off to the reactor's thread (a wake-up, a loop, the state
+        machine's action and a PDU object) for every C-STORE answer.
+
+        Returns
+        -------
+        bool
+            ``False`` if it was not sent: queue it with :meth:`send_pdu` instead.
+        """
+        assoc = self.assoc
+        if assoc.get_handlers(evt.EVT_PDU_SENT) or assoc.get_handlers(evt.EVT_FSM_TRANSITION):
+            return False
+        transport = self.socket
+        if transport is None or not isinstance(transport.socket, socket.socket):
+            return False
+        if isinstance(transport.socket, ssl.SSLSocket):
+            return False
+        with self._send_lock:
+            if self.state_machine.current_state != "Sta6" or self.to_provider_queue.qsize():
+                return False
+            # A failed send queues Evt17 (transport closed) for the reactor, as its own do.
+            transport.send(encoded_pdu)
+        return True
 
     def kill_dul(self) -> None:
         """Stop the reactor (at once, not at its next timeout)."""

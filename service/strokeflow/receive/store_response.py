@@ -9,7 +9,9 @@ elements (PS3.7 section 9.3.1.2, Implicit VR Little Endian as every command set)
 
 :class:`QuickStoreResponses` sends such answers that way and leaves every other message
 (a response with an error comment or offending element, any request, or any message when
-a handler watches ``EVT_DIMSE_SENT``) to pynetdicom.
+a handler watches ``EVT_DIMSE_SENT``) to pynetdicom. Where the association's DUL allows it
+(:meth:`strokeflow.receive.reactor.PromptDUL.send_now`), the answer's PDU goes out from
+the association's own thread, not through a hand-off to the DUL's.
 """
 
 from __future__ import annotations
@@ -74,6 +76,25 @@ def encode_store_response(
     return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
 
 
+def encode_p_data_tf(context_id: int, pdv: bytes) -> bytes:
+    """A P-DATA-TF PDU of one presentation data value (PS3.8 section 9.3.5).
+
+    Parameters
+    ----------
+    context_id : int
+        The presentation context ID (odd, 1..255).
+    pdv : bytes
+        The value: its message control header byte, then the fragment.
+
+    Returns
+    -------
+    bytes
+        The PDU as pynetdicom's ``P_DATA_TF`` encodes it.
+    """
+    item = struct.pack(">LB", 1 + len(pdv), context_id) + pdv
+    return struct.pack(">BBL", 0x04, 0x00, len(item)) + item
+
+
 class QuickStoreResponses(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider, sending plain C-STORE responses through
     :func:`encode_store_response`."""
@@ -84,9 +105,13 @@ class QuickStoreResponses(DIMSEServiceProvider):
         if encoded is None:
             super().send_msg(primitive, context_id)
             return
-        pdata = P_DATA()
         # One PDV, the last (and only) command fragment: header bits 11.
-        pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+        pdv = b"\x03" + encoded
+        send_now = getattr(self.dul, "send_now", None)  # a PromptDUL's (reactor.py)
+        if send_now is not None and send_now(encode_p_data_tf(context_id, pdv)):
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, pdv))
         self.dul.send_pdu(pdata)
 
     def _quick_store_response(self, primitive: DimsePrimitiveType) -> bytes | None:
