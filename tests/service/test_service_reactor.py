@@ -4,7 +4,9 @@ sent from the association's thread."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pydicom
 import pytest
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -16,7 +18,12 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from servicekit import storescu, wait_for, write_ct_files
 from sqlalchemy import func, select
 
-from strokeflow.receive.reactor import PromptAssociation, PromptDUL, prompt_reactors_supported
+from strokeflow.receive.reactor import (
+    PromptAssociation,
+    PromptDUL,
+    pdv_items,
+    prompt_reactors_supported,
+)
 from strokeflow.receive.store_response import (
     QuickStoreResponses,
     encode_p_data_tf,
@@ -165,3 +172,61 @@ def test_answers_go_out_from_the_association_thread_unless_pdus_are_watched(  # 
     listener.receiver.index.flush(10)
     with listener.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 4
+
+
+def test_pdv_items_are_those_pynetdicom_decodes() -> None:
+    pdata = P_DATA()
+    values = [(1, b"\x01" + b"\x10" * 40), (1, b"\x03" + b"\x20" * 7), (3, b"\x02")]
+    for value in values:
+        pdata.presentation_data_value_list.append(value)
+    body = P_DATA_TF(pdata).encode()[6:]
+    decoded = P_DATA_TF()
+    decoded.decode(P_DATA_TF(pdata).encode())
+    expected = decoded.to_primitive().presentation_data_value_list
+    items = pdv_items(body)
+    assert items is not None
+    assert [(ctx, bytes(value)) for ctx, value in items] == expected == values
+    # Items that do not fill the body exactly, or have no control header, are left to
+    # pynetdicom's decoder (which refuses them).
+    assert pdv_items(body[:-1]) is None
+    assert pdv_items(body + b"\x00\x00") is None
+    assert pdv_items(b"\x00\x00\x00\x01\x01") is None
+    assert pdv_items(b"") is None
+
+
+@pytest.mark.skipif(not prompt_reactors_supported(), reason="pynetdicom other than 3.0")
+def test_data_pdus_skip_the_state_machine_unless_watched(  # type: ignore[no-untyped-def]
+    listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[int] = []  # PDU types that went through pynetdicom's decoder
+    decode = PromptDUL._decode_pdu
+
+    def counted(self: PromptDUL, bytestream: bytearray) -> Any:
+        decoded.append(bytestream[0])
+        return decode(self, bytestream)
+
+    monkeypatch.setattr(PromptDUL, "_decode_pdu", counted)
+    files = write_ct_files(tmp_path / "sent", 3)
+    assert storescu(listener.port, files[:2]).returncode == 0
+    # The association request and release went through pynetdicom, the data did not.
+    assert 0x04 not in decoded and {0x01, 0x05} <= set(decoded)
+
+    decoded.clear()
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", listener.port, ae_title="STROKEFLOW")
+    wait_for(lambda: _open_associations(listener), 10, "the association")
+    (served,) = _open_associations(listener)
+    served.bind(evt.EVT_PDU_RECV, _watch)
+    assert int(assoc.send_c_store(files[2]).Status) == 0x0000
+    assoc.release()
+    assert 0x04 in decoded  # watched: pynetdicom's PDU objects
+    listener.receiver.index.flush(10)
+    with listener.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 3
+    # Reassembled from the views as pynetdicom would: the same pixels, UID by UID.
+    sent = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, files)}
+    stored = [pydicom.dcmread(p) for p in (listener.data_dir / "studies").rglob("*.dcm")]
+    assert sorted(str(ds.SOPInstanceUID) for ds in stored) == sorted(sent)
+    for ds in stored:
+        assert ds.PixelData == sent[str(ds.SOPInstanceUID)].PixelData
