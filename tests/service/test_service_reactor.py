@@ -3,6 +3,7 @@ sent from the association's thread."""
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pydicom
 import pytest
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -28,6 +29,7 @@ from strokeflow.receive.store_response import (
     QuickStoreResponses,
     encode_p_data_tf,
     encode_store_response,
+    plain_store_request,
     use_quick_store_responses,
 )
 from strokeflow.store.models import Instance
@@ -206,10 +208,20 @@ def test_data_pdus_skip_the_state_machine_unless_watched(  # type: ignore[no-unt
         return decode(self, bytestream)
 
     monkeypatch.setattr(PromptDUL, "_decode_pdu", counted)
+    converted: list[str] = []  # DIMSE messages converted by pynetdicom
+    convert = DIMSEMessage.message_to_primitive
+
+    def conversion(self: DIMSEMessage) -> Any:
+        converted.append(type(self).__name__)
+        return convert(self)
+
+    monkeypatch.setattr(DIMSEMessage, "message_to_primitive", conversion)
     files = write_ct_files(tmp_path / "sent", 3)
     assert storescu(listener.port, files[:2]).returncode == 0
-    # The association request and release went through pynetdicom, the data did not.
+    # The association request and release went through pynetdicom, the data did not,
+    # and the plain C-STORE requests became primitives without its conversion.
     assert 0x04 not in decoded and {0x01, 0x05} <= set(decoded)
+    assert converted == []
 
     decoded.clear()
     ae = AE(ae_title="CT01")
@@ -230,3 +242,53 @@ def test_data_pdus_skip_the_state_machine_unless_watched(  # type: ignore[no-unt
     assert sorted(str(ds.SOPInstanceUID) for ds in stored) == sorted(sent)
     for ds in stored:
         assert ds.PixelData == sent[str(ds.SOPInstanceUID)].PixelData
+
+
+def _received_store_request(request: C_STORE) -> C_STORE_RQ:
+    """``request`` encoded by pynetdicom and decoded back into its DIMSE message."""
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    received = DIMSEMessage()
+    complete = [received.decode_msg(pdata) for pdata in message.encode_msg(3, 16382)]
+    assert complete[-1] and isinstance(received, C_STORE_RQ)
+    return received
+
+
+@pytest.mark.parametrize(
+    ("message_id", "sop_instance", "priority"),
+    [(1, "1.2.3.4", 2), (65535, "1.2.826.0.1.3680043.8.498.12345", 0), (7, "2.25." + "9" * 59, 1)],
+)
+def test_plain_store_request_is_the_primitive_pynetdicom_makes(
+    message_id: int, sop_instance: str, priority: int
+) -> None:
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = sop_instance
+    request.Priority = priority
+    request.DataSet = BytesIO(b"\x08\x00\x16\x00UI\x04\x001.2\x00")
+    received = _received_store_request(request)
+    ours = plain_store_request(received.command_set, received.data_set, 3)
+    theirs = received.message_to_primitive()
+    for name in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority"):
+        assert getattr(ours, name) == getattr(theirs, name)
+        assert type(getattr(ours, name)) is type(getattr(theirs, name))
+    assert ours.MoveOriginatorApplicationEntityTitle is None
+    assert ours.DataSet is theirs.DataSet and ours._context_id == theirs._context_id == 3
+    assert ours._dataset_path is theirs._dataset_path is None
+
+
+def test_a_store_for_a_move_is_left_to_pynetdicom() -> None:
+    request = C_STORE()
+    request.MessageID = 5
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.3"
+    request.MoveOriginatorApplicationEntityTitle = "MOVER"
+    request.MoveOriginatorMessageID = 4
+    request.DataSet = BytesIO(b"\x08\x00\x16\x00UI\x04\x001.2\x00")
+    received = _received_store_request(request)
+    with pytest.raises(ValueError, match="not a plain"):
+        plain_store_request(received.command_set, received.data_set, 3)
+    # The provider falls back to pynetdicom's conversion, Move Originator included.
+    made = QuickStoreResponses._message_primitive(received, 3)
+    assert isinstance(made, C_STORE) and made.MoveOriginatorMessageID == 4
