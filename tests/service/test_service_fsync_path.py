@@ -1,6 +1,6 @@
-"""Where a received file's fsyncs run: in the disk pool beside the checks for a lone
-association, in the association's own thread when others are open in the process; the
-answer waits for them either way, and the receiving process's collector is tuned."""
+"""Where a received file's fsyncs run: the file's in the disk pool, its folder's in the
+association's own thread beside it (both before the answer), and the receiving process's
+collector is tuned."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from servicekit import wait_for, write_ct_files
+from servicekit import write_ct_files
 from sqlalchemy import func, select
 
 from strokeflow.receive import listener as listener_module
@@ -29,61 +29,52 @@ def _associate(port: int) -> Any:
     return assoc
 
 
-def _wait_open(listener: Any, count: int) -> None:
-    wait_for(lambda: len(listener.receiver._tallies) == count, 10, f"{count} associations")
-
-
-def test_fsyncs_leave_the_association_thread_only_when_it_is_alone(  # type: ignore[no-untyped-def]
+def test_the_file_is_fsynced_in_the_pool_and_its_folder_beside_it(  # type: ignore[no-untyped-def]
     listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    synced: list[str] = []  # the thread each file's fsyncs ran in
-    sync_new = scp.sync_new
+    threads: dict[str, list[str]] = {"file": [], "folder": []}
+    sync_and_close, sync_folders = scp.sync_and_close, scp.sync_folders
 
-    def recorded(new: Any) -> None:
-        synced.append(threading.current_thread().name)
-        sync_new(new)
+    def file_synced(fd: int) -> None:
+        threads["file"].append(threading.current_thread().name)
+        sync_and_close(fd)
 
-    monkeypatch.setattr(scp, "sync_new", recorded)
-    files = write_ct_files(tmp_path / "sent", 5)
-    alone = _associate(listener.port)
-    assert int(alone.send_c_store(files[0]).Status) == 0x0000
-    assert synced[0].startswith("disk-write")
+    def folders_synced(folders: Any) -> None:
+        threads["folder"].append(threading.current_thread().name)
+        sync_folders(folders)
 
-    other = _associate(listener.port)
-    _wait_open(listener, 2)
-    assert int(alone.send_c_store(files[1]).Status) == 0x0000
-    assert int(other.send_c_store(files[2]).Status) == 0x0000
-    assert not any(name.startswith("disk-write") for name in synced[1:3])
-    other.release()
-    alone.release()
-
-    last = _associate(listener.port)
-    _wait_open(listener, 1)
-    assert int(last.send_c_store(files[3]).Status) == 0x0000
-    last.release()
-    assert synced[3].startswith("disk-write")
-    listener.receiver.index.flush(10)
-    with listener.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Instance)) == 4
-    assert len(list((listener.settings.data_dir / "studies").rglob("*.dcm"))) == 4
-
-
-def test_an_fsync_failure_in_the_association_thread_answers_out_of_resources(  # type: ignore[no-untyped-def]
-    listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def failing(new: Any) -> None:
-        scp.sync_and_close(new.fd)
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(scp, "sync_new", failing)
-    files = write_ct_files(tmp_path / "sent", 2)
+    monkeypatch.setattr(scp, "sync_and_close", file_synced)
+    monkeypatch.setattr(scp, "sync_folders", folders_synced)
+    files = write_ct_files(tmp_path / "sent", 3)
     first, second = _associate(listener.port), _associate(listener.port)
-    _wait_open(listener, 2)
-    assert int(first.send_c_store(files[0]).Status) == 0xA700
-    assert int(second.send_c_store(files[1]).Status) == 0xA700
+    senders = (first, second, first)
+    statuses = [int(a.send_c_store(f).Status) for a, f in zip(senders, files, strict=True)]
     first.release()
     second.release()
-    assert not list((listener.settings.data_dir / "studies").rglob("*.dcm"))
+    assert statuses == [0x0000] * 3
+    assert len(threads["file"]) == 3 and all(t.startswith("disk-write") for t in threads["file"])
+    assert len(threads["folder"]) == 3
+    assert not any(t.startswith("disk-write") for t in threads["folder"])
+    listener.receiver.index.flush(10)
+    with listener.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 3
+
+
+def test_a_folder_fsync_failure_answers_out_of_resources(  # type: ignore[no-untyped-def]
+    listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(folders: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    files = write_ct_files(tmp_path / "sent", 2)
+    monkeypatch.setattr(scp, "sync_folders", failing)
+    assoc = _associate(listener.port)
+    assert int(assoc.send_c_store(files[0]).Status) == 0xA700
+    monkeypatch.undo()
+    assert int(assoc.send_c_store(files[1]).Status) == 0x0000  # and it keeps serving
+    assoc.release()
+    # Nothing answered 0xA700 is left behind.
+    assert len(list((listener.data_dir / "studies").rglob("*.dcm"))) == 1
 
 
 def test_receiving_process_collector_is_tuned() -> None:

@@ -231,7 +231,7 @@ def test_unknown_vrs_and_misencoded_data_are_refused_and_what_is_stored_reads_ba
         subprocess.run([dcmdump, "-q", str(path)], check=True, capture_output=True)
 
 
-@pytest.mark.parametrize("step", ["create_new", "sync_new"])
+@pytest.mark.parametrize("step", ["create_new", "sync_and_close"])
 def test_disk_failure_answers_out_of_resources_and_keeps_serving(
     listener, ct_files: list[Path], monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
@@ -241,8 +241,8 @@ def test_disk_failure_answers_out_of_resources_and_keeps_serving(
     def failing_once(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 1:
-            if step == "sync_new":  # the file's fsync failed: its descriptor is closed
-                os.close(args[0].fd)
+            if step == "sync_and_close":
+                os.close(args[0])
             raise OSError(28, "No space left on device")
         return real(*args, **kwargs)
 

@@ -22,7 +22,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,14 +54,12 @@ from strokeflow.receive.index import IndexWriter, PendingInstance, instance_reco
 from strokeflow.receive.limits import ConnectionLimits, LimitedAssociationServer
 from strokeflow.receive.part10 import part10_header
 from strokeflow.receive.storage import (
-    NewFile,
     create_new,
     discard_new,
     free_disk_mb,
     quarantine,
     sync_and_close,
     sync_folders,
-    sync_new,
 )
 from strokeflow.store.engine import read_only
 from strokeflow.store.repository import (
@@ -143,7 +141,7 @@ class Receiver:
     _index: IndexWriter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # One file's fsyncs at once per association open at once.
+        # One file's fsync at once per association open at once.
         self._disk = ThreadPoolExecutor(
             max_workers=self.settings.max_associations, thread_name_prefix="disk-write"
         )
@@ -268,15 +266,14 @@ class Receiver:
         """Store one instance durably, then answer; never raises.
 
         The dataset's UIDs are decoded and checked, and its Part 10 file written once,
-        straight to its place (never over another file). Its fsync and its folder's run in
-        the ``disk-write`` pool while this thread looks the UIDs up in the index (one read;
-        the index writer's queue first), checks every element and hashes the bytes, or in
-        this thread after that when other associations are open in this process; once both
-        fsyncs have returned, 0x0000 is answered. Its rows are written afterwards, in a
-        batch, by the index writer (:mod:`strokeflow.receive.index`). An instance already
-        known (a resend, its place taken) and result-class objects take :meth:`_store_known`,
-        which decides in SQL first. Refused data goes to quarantine (its file deleted);
-        disk or database trouble answers 0xA700.
+        straight to its place (never over another file). Its fsync runs in the
+        ``disk-write`` pool while this thread looks the UIDs up in the index (one read; the
+        index writer's queue first), checks every element, hashes the bytes and fsyncs the
+        folder; once both fsyncs have returned, 0x0000 is answered. Its rows are written
+        afterwards, in a batch, by the index writer (:mod:`strokeflow.receive.index`). An
+        instance already known (a resend, its place taken) and result-class objects take
+        :meth:`_store_known`, which decides in SQL first. Refused data goes to quarantine
+        (its file deleted); disk or database trouble answers 0xA700.
         """
         label = self._label(event)
         try:
@@ -310,13 +307,12 @@ class Receiver:
         except OSError as exc:
             self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
-        # Both fsyncs, the file's first: it commits the journal that also holds the new
-        # name, so the folder's fsync after it finds little left to write. Alone, the
-        # association has them run in the pool while it checks (the answer waits for the
-        # slower of the two); with others open in this process it waits in them itself,
-        # after the checks, while the others use the cores: each hand-off to the pool
-        # costs two thread switches of CPU that concurrent senders on two cores need.
-        synced = self._disk.submit(sync_new, new) if len(self._tallies) <= 1 else None
+        # The file's fsync runs in the pool while this thread checks, hashes and fsyncs
+        # the folder: both fsyncs wait for the same journal commit, so side by side they
+        # cost one wait (one after the other: ~5 ms more per instance with one sender).
+        # One hand-off per instance: a pool task for the folder and one for the hash cost
+        # thread switches, CPU that concurrent senders on two cores need.
+        synced = self._disk.submit(sync_and_close, new.fd)
         try:
             known_series = self._check_placement(ds)
             check_content(ds, UID(transfer_syntax))
@@ -330,12 +326,11 @@ class Receiver:
         if known_series is not None:  # indexed, though not at its first place
             discard_new(new, synced)
             return self._store_known(event, label, ds, relpath, (header, bytes(body)))
-        # Hashed here (hashlib lets the GIL go, and the pool's fsyncs run meanwhile where
-        # they were handed over): the received bytes are not held past the answer.
+        # Hashed here (hashlib lets the GIL go): the received bytes are not held past the
+        # answer.
         sha256 = _sha256(header, body)
-        if synced is None:
-            synced = _sync_here(new)
         try:
+            sync_folders(new.folders)
             synced.result()
         except OSError as exc:
             discard_new(new, synced)
@@ -561,18 +556,6 @@ class Receiver:
             # After the association's rows, by the same writer (the quiet timeout still
             # completes these studies should the database refuse).
             self._index.release(tally.studies)
-
-
-def _sync_here(new: NewFile) -> Future[None]:
-    """:func:`sync_new` in this thread, its outcome as a finished future."""
-    done: Future[None] = Future()
-    try:
-        sync_new(new)
-    except OSError as exc:
-        done.set_exception(exc)
-    else:
-        done.set_result(None)
-    return done
 
 
 def _sha256(*parts: bytes | memoryview) -> str:

@@ -135,23 +135,11 @@ def sync_folders(folders: Iterable[Path]) -> None:
         _fsync_dir(folder)
 
 
-def sync_new(new: NewFile) -> None:
-    """fsync and close a file from :func:`create_new`, then fsync its folders.
-
-    Raises
-    ------
-    OSError
-        Either fsync failed (the descriptor is closed all the same).
-    """
-    sync_and_close(new.fd)
-    sync_folders(new.folders)
-
-
 def discard_new(new: NewFile, synced: Future[None] | None = None) -> None:
     """Delete a file from :func:`create_new` that is not to be kept.
 
-    ``synced`` is the pending :func:`sync_new` (or :func:`sync_and_close`) of its
-    descriptor, which closes it; without one the descriptor is closed here.
+    ``synced`` is the pending :func:`sync_and_close` of its descriptor (which closes it);
+    without one the descriptor is closed here.
     """
     if synced is None:
         os.close(new.fd)
