@@ -1,5 +1,5 @@
-"""Where a received file's fsyncs run: the file's in the disk pool, its folder's in the
-association's own thread beside it (both before the answer), and the receiving process's
+"""A received file's fsync and its folder's run side by side in the disk pool (both
+before the answer; the hash in the association's thread), and the receiving process's
 collector is tuned."""
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ def _associate(port: int) -> Any:
     return assoc
 
 
-def test_the_file_is_fsynced_in_the_pool_and_its_folder_beside_it(  # type: ignore[no-untyped-def]
+def test_the_file_and_its_folder_are_fsynced_in_the_pool_and_hashed_beside(  # type: ignore[no-untyped-def]
     listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    threads: dict[str, list[str]] = {"file": [], "folder": []}
+    threads: dict[str, list[str]] = {"file": [], "folder": [], "hash": []}
     sync_and_close, sync_folders = scp.sync_and_close, scp.sync_folders
 
     def file_synced(fd: int) -> None:
@@ -43,6 +43,13 @@ def test_the_file_is_fsynced_in_the_pool_and_its_folder_beside_it(  # type: igno
         threads["folder"].append(threading.current_thread().name)
         sync_folders(folders)
 
+    sha256 = scp._sha256
+
+    def hashed(*parts: Any) -> str:
+        threads["hash"].append(threading.current_thread().name)
+        return sha256(*parts)
+
+    monkeypatch.setattr(scp, "_sha256", hashed)
     monkeypatch.setattr(scp, "sync_and_close", file_synced)
     monkeypatch.setattr(scp, "sync_folders", folders_synced)
     files = write_ct_files(tmp_path / "sent", 3)
@@ -54,7 +61,8 @@ def test_the_file_is_fsynced_in_the_pool_and_its_folder_beside_it(  # type: igno
     assert statuses == [0x0000] * 3
     assert len(threads["file"]) == 3 and all(t.startswith("disk-write") for t in threads["file"])
     assert len(threads["folder"]) == 3
-    assert not any(t.startswith("disk-write") for t in threads["folder"])
+    assert all(t.startswith("disk-write") for t in threads["folder"])
+    assert threads["hash"] and not any(t.startswith("disk-write") for t in threads["hash"])
     listener.receiver.index.flush(10)
     with listener.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 3
