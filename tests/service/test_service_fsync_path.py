@@ -1,6 +1,6 @@
 """A received file's fsync and its folder's run side by side in the disk pool (both
-before the answer; the hash in the association's thread), and the receiving process's
-collector is tuned."""
+before the answer); the hash too for a lone association, in the association's thread when
+others are open; and the receiving process's collector is tuned."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from servicekit import write_ct_files
+from servicekit import wait_for, write_ct_files
 from sqlalchemy import func, select
 
 from strokeflow.receive import listener as listener_module
@@ -52,20 +52,30 @@ def test_the_file_and_its_folder_are_fsynced_in_the_pool_and_hashed_beside(  # t
     monkeypatch.setattr(scp, "_sha256", hashed)
     monkeypatch.setattr(scp, "sync_and_close", file_synced)
     monkeypatch.setattr(scp, "sync_folders", folders_synced)
-    files = write_ct_files(tmp_path / "sent", 3)
+    files = write_ct_files(tmp_path / "sent", 4)
     first, second = _associate(listener.port), _associate(listener.port)
+    wait_for(lambda: len(listener.receiver._tallies) == 2, 10, "two associations")
     senders = (first, second, first)
-    statuses = [int(a.send_c_store(f).Status) for a, f in zip(senders, files, strict=True)]
+    statuses = [int(a.send_c_store(f).Status) for a, f in zip(senders, files[:3], strict=True)]
     first.release()
     second.release()
     assert statuses == [0x0000] * 3
     assert len(threads["file"]) == 3 and all(t.startswith("disk-write") for t in threads["file"])
     assert len(threads["folder"]) == 3
     assert all(t.startswith("disk-write") for t in threads["folder"])
-    assert threads["hash"] and not any(t.startswith("disk-write") for t in threads["hash"])
+    # Two associations were open: each hash in the association's thread.
+    assert len(threads["hash"]) == 3
+    assert not any(t.startswith("disk-write") for t in threads["hash"])
+    threads["hash"].clear()
+    wait_for(lambda: not listener.receiver._tallies, 10, "the two associations to end")
+    alone = _associate(listener.port)
+    wait_for(lambda: len(listener.receiver._tallies) == 1, 10, "only this association")
+    assert int(alone.send_c_store(files[3]).Status) == 0x0000
+    alone.release()
+    assert threads["hash"][-1].startswith("disk-write")  # alone: hashed in the pool
     listener.receiver.index.flush(10)
     with listener.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(Instance)) == 3
+        assert session.scalar(select(func.count()).select_from(Instance)) == 4
 
 
 def test_a_folder_fsync_failure_answers_out_of_resources(  # type: ignore[no-untyped-def]

@@ -141,9 +141,9 @@ class Receiver:
     _index: IndexWriter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # A file's fsync and its folder's at once per association open at once.
+        # A file's fsync, its folder's and a hash at once per association open at once.
         self._disk = ThreadPoolExecutor(
-            max_workers=2 * self.settings.max_associations, thread_name_prefix="disk-write"
+            max_workers=3 * self.settings.max_associations, thread_name_prefix="disk-write"
         )
         self._index = IndexWriter(self.sessions, self.data_dir, lambda: self.clock())
 
@@ -268,8 +268,9 @@ class Receiver:
         The dataset's UIDs are decoded and checked, and its Part 10 file written once,
         straight to its place (never over another file). Its fsync and its folder's run in
         the ``disk-write`` pool while this thread looks the UIDs up in the index (one read;
-        the index writer's queue first), checks every element and hashes the bytes; once
-        both fsyncs have returned, 0x0000 is answered. Its rows are written
+        the index writer's queue first) and checks every element; the bytes are hashed in
+        the pool too for a lone association, in this thread when others are open in this
+        process. Once both fsyncs have returned, 0x0000 is answered. Its rows are written
         afterwards, in a batch, by the index writer (:mod:`strokeflow.receive.index`). An
         instance already known (a resend, its place taken) and result-class objects take
         :meth:`_store_known`, which decides in SQL first. Refused data goes to quarantine
@@ -314,6 +315,11 @@ class Receiver:
         # after the checks).
         synced = self._disk.submit(sync_and_close, new.fd)
         folders_synced = self._disk.submit(sync_folders, new.folders)
+        # A lone association hashes in the pool too, on the core its checks leave idle
+        # (in this thread the hash lengthened each answer: one sender 183 -> 159/s); with
+        # others open here, the cores are busy and a third hand-off is CPU they need.
+        alone = len(self._tallies) <= 1
+        digest = self._disk.submit(_sha256, header, body) if alone else None
         try:
             known_series = self._check_placement(ds)
             check_content(ds, UID(transfer_syntax))
@@ -327,10 +333,9 @@ class Receiver:
         if known_series is not None:  # indexed, though not at its first place
             discard_new(new, synced)
             return self._store_known(event, label, ds, relpath, (header, bytes(body)))
-        # Hashed here while the disk works (hashlib lets the GIL go), not in a third pool
-        # task: each hand-off costs thread switches, CPU that concurrent senders on two
-        # cores need. The received bytes are not held past the answer.
-        sha256 = _sha256(header, body)
+        # Otherwise hashed here while the disk works (hashlib lets the GIL go). Either
+        # way the received bytes are not held past the answer.
+        sha256 = digest.result() if digest is not None else _sha256(header, body)
         try:
             folders_synced.result()
             synced.result()
