@@ -316,7 +316,7 @@ class Receiver:
         synced = self._disk.submit(sync_and_close, new.fd)
         folders_synced = self._disk.submit(sync_folders, new.folders)
         # A lone association hashes in the pool too, on the core its checks leave idle
-        # (in this thread the hash lengthened each answer: one sender 183 -> 159/s); with
+        # (in this thread it lengthened each answer: one sender 125/s against 159/s); with
         # others open here, the cores are busy and a third hand-off is CPU they need.
         alone = len(self._tallies) <= 1
         digest = self._disk.submit(_sha256, header, body) if alone else None
