@@ -2,7 +2,8 @@
 end-to-end latency from the last instance sent to the last result object in the PACS.
 
 Usage: ``python benchmarks/ingest.py [--matrix 512 --slices 16 --frames 40] [--senders 1,4]
-[--receiver-processes 1,2,4] [--repeat N] [--no-e2e] [--study DIR] [--keep DIR]``
+[--receiver-processes 1,2,4] [--repeat N] [--no-e2e] [--study DIR] [--keep DIR]
+[--compare OTHER/service]``
 
 A CT perfusion study is simulated once (default 640 files, ~320 MiB) and sent by DCMTK
 ``storescu`` processes, each with its share of the files on its own association, 1 and 4
@@ -22,7 +23,8 @@ afresh (empty output folder) for every run:
   yardstick);
 - ``strokeflow listener``: checks, the file written and fsynced before answering, its
   SQL rows written in batches afterwards; with ``STROKEFLOW_RECEIVER_PROCESSES`` = each
-  value of ``--receiver-processes``.
+  value of ``--receiver-processes``; with ``--compare``, also another tree's (e.g. the
+  previous landing's), taking turns with the others.
 
 The timed interval is from starting the senders to the last one exiting (its last C-STORE
 answered); every received instance is then counted (files, or SQL rows). DCMTK runs with
@@ -213,9 +215,14 @@ def _listening_processes(log: Path) -> int:
     return log.read_text(errors="replace").count("listening for DICOM") if log.exists() else 0
 
 
-def strokeflow_receiver(processes: int) -> Receiver:
+def strokeflow_receiver(processes: int, service_dir: Path | None = None) -> Receiver:
+    """``strokeflow listener`` with ``processes`` receiving processes; with ``service_dir``
+    another tree's (``--compare``), named "compared" in the table."""
+
     def start(port: int, folder: Path) -> Server:
         env = strokeflow_env(folder / "data", port, receiver_processes=processes)
+        if service_dir is not None:
+            env["PYTHONPATH"] = str(service_dir)
         server = Server("strokeflow listener", [STROKEFLOW, "listener"], folder / "server.log", env)
         # Every receiving process logs once it listens; the port alone answers after the first.
         wait_until(
@@ -225,7 +232,8 @@ def strokeflow_receiver(processes: int) -> Receiver:
         )
         return server
 
-    return Receiver(f"strokeflow listener, {processes} proc", start, _instance_rows)
+    name = "strokeflow" if service_dir is None else "compared strokeflow"
+    return Receiver(f"{name}, {processes} proc", start, _instance_rows)
 
 
 def send(port: int, shares: Sequence[Sequence[Path]], env: dict[str, str], called: str) -> float:
@@ -365,6 +373,8 @@ def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
     else:
         print("Orthanc is not installed: no Orthanc rows, no Orthanc targets")
     receivers += [strokeflow_receiver(n) for n in args.receiver_processes]
+    if args.compare is not None:
+        receivers += [strokeflow_receiver(n, args.compare) for n in args.receiver_processes]
     total_mib, count = study.mib, study.instances
     walls: dict[tuple[str, int], list[float]] = {}
     run = 0
@@ -398,6 +408,20 @@ def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
             f"{total_mib / r.median_s:>8.1f}{ratios}"
         )
     ours = [r for r in rates if r.receiver.startswith("strokeflow")]
+    compared = [r for r in rates if r.receiver.startswith("compared")]
+    if compared:
+        print(f"this tree against {args.compare} (instances/s ratio, same run):")
+        for r in ours:
+            other = next(
+                (
+                    c
+                    for c in compared
+                    if c.receiver.endswith(r.receiver.split(",")[-1]) and c.senders == r.senders
+                ),
+                None,
+            )
+            if other is not None:
+                print(f"  {r.receiver}, {r.senders} sender(s): {other.median_s / r.median_s:.2f}x")
     for reference, targets in (
         (ORTHANC_SYNC, ORTHANC_RATIO_TARGETS),
         (BARE_FSYNC, BARE_FSYNC_RATIO_TARGETS),
@@ -447,6 +471,12 @@ def main() -> int:
     parser.add_argument("--quiet-period-s", type=float, default=2.0)
     parser.add_argument("--e2e-timeout-s", type=float, default=300.0)
     parser.add_argument("--keep", type=Path, help="work (study, logs) here and keep it")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        help="also run the strokeflow of this service folder (e.g. another checkout's "
+        "service/) in the same run, taking turns with the others",
+    )
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")

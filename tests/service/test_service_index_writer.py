@@ -4,7 +4,6 @@ releases not kept waiting), and placement lookups keep their read-only connectio
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from strokeflow.store.models import Instance, Study
 
 def _pending(path: Path) -> PendingInstance:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    digest: Future[str] = Future()
-    digest.set_result("0" * 64)
     return PendingInstance(
         ds=ds,
         study_uid=str(ds.StudyInstanceUID),
@@ -34,7 +31,7 @@ def _pending(path: Path) -> PendingInstance:
         transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
         size_bytes=path.stat().st_size,
         calling_ae_title="CT01",
-        digest=digest,
+        sha256="0" * 64,
     )
 
 

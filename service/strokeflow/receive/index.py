@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -89,7 +88,8 @@ class PendingInstance:
     """An acknowledged instance whose rows are not written yet.
 
     Its record is built by the writer (the dataset's values are decoded there, off the
-    answer's path), with the hash computed beside the fsync (``digest``).
+    answer's path); ``sha256`` was computed by the receiving thread while the file's
+    fsync ran.
     """
 
     ds: Dataset
@@ -100,16 +100,16 @@ class PendingInstance:
     transfer_syntax_uid: str
     size_bytes: int
     calling_ae_title: str
-    digest: Future[str]
+    sha256: str
 
     def record(self) -> InstanceRecord:
-        """The index row (waits for the hash)."""
+        """The index row."""
         return instance_record(
             self.ds,
             transfer_syntax_uid=self.transfer_syntax_uid,
             relpath=self.relpath,
             size_bytes=self.size_bytes,
-            sha256=self.digest.result(),
+            sha256=self.sha256,
             calling_ae_title=self.calling_ae_title,
         )
 

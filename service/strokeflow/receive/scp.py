@@ -266,14 +266,15 @@ class Receiver:
         """Store one instance durably, then answer; never raises.
 
         The dataset's UIDs are decoded and checked, and its Part 10 file written once,
-        straight to its place (never over another file). Its fsync, its folder's fsync and
-        its hash run in the ``disk-write`` pool while this thread looks the UIDs up in the
-        index (one read; the index writer's queue first) and checks every element; once
-        both fsyncs have returned, 0x0000 is answered. Its rows are written afterwards, in a batch,
-        by the index writer (:mod:`strokeflow.receive.index`). An instance already known
-        (a resend, its place taken) and result-class objects take :meth:`_store_known`,
-        which decides in SQL first. Refused data goes to quarantine (its file deleted);
-        disk or database trouble answers 0xA700.
+        straight to its place (never over another file). Its fsync and its folder's run in
+        the ``disk-write`` pool while this thread looks the UIDs up in the index (one read;
+        the index writer's queue first) and checks every element; the bytes are hashed in
+        the pool too for a lone association, in this thread when others are open in this
+        process. Once both fsyncs have returned, 0x0000 is answered. Its rows are written
+        afterwards, in a batch, by the index writer (:mod:`strokeflow.receive.index`). An
+        instance already known (a resend, its place taken) and result-class objects take
+        :meth:`_store_known`, which decides in SQL first. Refused data goes to quarantine
+        (its file deleted); disk or database trouble answers 0xA700.
         """
         label = self._label(event)
         try:
@@ -307,11 +308,18 @@ class Receiver:
         except OSError as exc:
             self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
+        # The file's and the folder's fsync start together: both then wait for the same
+        # journal commit. A folder fsync that starts after that commit has ended costs
+        # another disk flush (benchmarks/ingest.py, one sender, same run: 115 -> 47
+        # instances/s with the two one after the other, 183 -> 102/s with the folder's
+        # after the checks).
         synced = self._disk.submit(sync_and_close, new.fd)
-        # The folder's fsync beside the file's (both before the answer; on a busy machine
-        # one wait for two running fsyncs is shorter than two waits one after the other).
         folders_synced = self._disk.submit(sync_folders, new.folders)
-        digest = self._disk.submit(_sha256, header, body)  # without the GIL
+        # A lone association hashes in the pool too, on the core its checks leave idle
+        # (in this thread it lengthened each answer: one sender 125/s against 159/s); with
+        # others open here, the cores are busy and a third hand-off is CPU they need.
+        alone = len(self._tallies) <= 1
+        digest = self._disk.submit(_sha256, header, body) if alone else None
         try:
             known_series = self._check_placement(ds)
             check_content(ds, UID(transfer_syntax))
@@ -325,10 +333,12 @@ class Receiver:
         if known_series is not None:  # indexed, though not at its first place
             discard_new(new, synced)
             return self._store_known(event, label, ds, relpath, (header, bytes(body)))
+        # Otherwise hashed here while the disk works (hashlib lets the GIL go). Either
+        # way the received bytes are not held past the answer.
+        sha256 = digest.result() if digest is not None else _sha256(header, body)
         try:
             folders_synced.result()
             synced.result()
-            digest.result()  # done by now; the received bytes are not held past the answer
         except OSError as exc:
             discard_new(new, synced)
             self._tally(event).failed += 1
@@ -345,7 +355,7 @@ class Receiver:
                 transfer_syntax_uid=transfer_syntax,
                 size_bytes=size_bytes,
                 calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
-                digest=digest,
+                sha256=sha256,
             )
         )
         LOG.debug("association %s: study %s instance %s new", label, study_uid, sop_uid)
