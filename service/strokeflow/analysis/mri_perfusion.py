@@ -31,6 +31,7 @@ from strokeflow.analysis.mri_diffusion import DiffusionResult, brain_box, croppe
 from strokeflow.analysis.mri_types import MriSettings
 from strokeflow.analysis.quality import QualityFlag
 from strokeflow.analysis.resample import resample_uniform
+from strokeflow.analysis.stages import usable_cpus
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
 
@@ -175,6 +176,7 @@ def analyse_perfusion(
         oscillation_index=settings.oscillation_index,
         mask=tissue,
         correct_tmax_lag=settings.correct_tmax_bias,
+        workers=usable_cpus(),
     )
     clock.lap("deconvolution")
     tmax_filled = _fill_outside(maps.tmax_s, tissue, brain, geometry)
