@@ -97,17 +97,23 @@ def _open_associations(listener) -> list[Association]:  # type: ignore[no-untype
         return list(listener.receiver._tallies)
 
 
-@pytest.mark.skipif(not prompt_reactors_supported(), reason="pynetdicom other than 3.0")
-def test_stores_release_and_abort_with_prompt_reactors(  # type: ignore[no-untyped-def]
-    listener, tmp_path: Path
-) -> None:
-    files = write_ct_files(tmp_path / "sent", 6)
+def _associate(listener) -> tuple[Association, Association]:  # type: ignore[no-untyped-def]
+    """A CT store association to ``listener``: (ours, the listener's side of it)."""
     ae = AE(ae_title="CT01")
     ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="STROKEFLOW")
     assert assoc.is_established
     wait_for(lambda: _open_associations(listener), 10, "the association")
     (served,) = _open_associations(listener)
+    return assoc, served
+
+
+@pytest.mark.skipif(not prompt_reactors_supported(), reason="pynetdicom other than 3.0")
+def test_stores_release_and_abort_with_prompt_reactors(  # type: ignore[no-untyped-def]
+    listener, tmp_path: Path
+) -> None:
+    files = write_ct_files(tmp_path / "sent", 6)
+    assoc, served = _associate(listener)
     assert isinstance(served, PromptAssociation)
     assert isinstance(served.dul, PromptDUL)
     assert isinstance(served.dimse, QuickStoreResponses)
@@ -117,10 +123,8 @@ def test_stores_release_and_abort_with_prompt_reactors(  # type: ignore[no-untyp
     assert assoc.is_released
     wait_for(lambda: not served.is_alive(), 10, "the served association to end")
 
-    aborted = ae.associate("127.0.0.1", listener.port, ae_title="STROKEFLOW")
+    aborted, served = _associate(listener)
     assert int(aborted.send_c_store(files[4]).Status) == 0x0000
-    wait_for(lambda: _open_associations(listener), 10, "the second association")
-    (served,) = _open_associations(listener)
     aborted.abort()
     wait_for(lambda: not served.is_alive(), 10, "the aborted association to end")
     assert _open_associations(listener) == []
@@ -158,12 +162,7 @@ def test_answers_go_out_from_the_association_thread_unless_pdus_are_watched(  # 
     assert storescu(listener.port, files[:2]).returncode == 0
     assert outcomes == [True, True]  # both answers sent directly, and storescu got them
 
-    ae = AE(ae_title="CT01")
-    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title="STROKEFLOW")
-    assert assoc.is_established
-    wait_for(lambda: _open_associations(listener), 10, "the association")
-    (served,) = _open_associations(listener)
+    assoc, served = _associate(listener)
     served.bind(evt.EVT_PDU_SENT, _watch)  # someone watches the PDUs
     assert int(assoc.send_c_store(files[2]).Status) == 0x0000
     assert outcomes[2:] == [False]  # queued for the DUL, which sent it as pynetdicom does
@@ -224,11 +223,7 @@ def test_data_pdus_skip_the_state_machine_unless_watched(  # type: ignore[no-unt
     assert converted == []
 
     decoded.clear()
-    ae = AE(ae_title="CT01")
-    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", listener.port, ae_title="STROKEFLOW")
-    wait_for(lambda: _open_associations(listener), 10, "the association")
-    (served,) = _open_associations(listener)
+    assoc, served = _associate(listener)
     served.bind(evt.EVT_PDU_RECV, _watch)
     assert int(assoc.send_c_store(files[2]).Status) == 0x0000
     assoc.release()
