@@ -27,8 +27,6 @@ builds every voxel's residue at the rank of the rung it kept.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,16 +124,12 @@ class Deconvolver:
         rung = np.zeros(conc.shape[1], dtype=np.intp)
         if self.oscillation_index is not None:
             # The ladder makes many passes over the residues: blocks that stay in the
-            # CPU cache make it ~2x faster than one pass over the whole chunk.
-            # Blocks are independent and numpy releases the GIL: one thread per core.
+            # CPU cache make it ~2x faster than one pass over the whole chunk. (The cores
+            # are shared out one level up: compute_maps runs whole chunks in threads.)
             target = self.oscillation_index
-
-            def choose(start: int) -> None:
+            for start in range(0, conc.shape[1], _CACHE_BLOCK_VOXELS):
                 block = slice(start, start + _CACHE_BLOCK_VOXELS)
                 rung[block] = self._choose_rungs(np.ascontiguousarray(w[:, block]), target)
-
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                list(pool.map(choose, range(0, conc.shape[1], _CACHE_BLOCK_VOXELS)))
         r_max = max(self.ranks)
         # Drop, voxel by voxel, the components beyond the rank of its rung, and build
         # all residues with one product.
