@@ -176,7 +176,7 @@ def test_frames_registered_in_threads_give_the_serial_result(
     from strokeflow.analysis import motion
 
     series, threaded = moved
-    monkeypatch.setattr(motion.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(motion, "usable_cpus", lambda: 1)
     serial = correct_motion(series, PIXEL_MM)
     for name in ("corrected", "shifts_mm", "rotations_deg", "displacement_mm", "residual"):
         np.testing.assert_array_equal(getattr(threaded, name), getattr(serial, name), name)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
+
+from strokeflow.analysis.stages import usable_cpus
 
 # Three sigmas hold 99.7 % of the kernel; the default four only costs time.
 _TRUNCATE = 3.0
@@ -229,7 +230,7 @@ def _bilateral_pass(
     # the GIL in its array loops: one thread per core, taking one slice at a time, whose
     # ~20 passes over its arrays then stay in the CPU cache (a quarter less CPU than
     # half the slab per thread on the 512^2 x 16-slice study; the values are the same).
-    workers = max(1, min(nz, os.cpu_count() or 1))
+    workers = max(1, min(nz, usable_cpus()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(run, [slice(z, z + 1) for z in range(nz)]))
     return out

@@ -14,12 +14,13 @@ are therefore the motion of the head relative to the reference frame.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+
+from strokeflow.analysis.stages import usable_cpus
 
 #: The bone-only image ``clip(hu, 700, 1500) - 700`` used for registration: enhancing
 #: arteries (+300..600 HU over ~40 HU blood) stay below 700 HU, so the image is blind to
@@ -233,7 +234,7 @@ def correct_motion(
 
     # Frames are registered independently, and the FFTs, interpolations and filters
     # release the GIL: one thread per core.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=usable_cpus()) as pool:
         list(pool.map(register, [t for t in range(nt) if t != reference]))
 
     shifts_mm = params[:, :2] * pixel_mm

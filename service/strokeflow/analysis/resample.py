@@ -7,11 +7,12 @@ it, and multi-slab acquisitions give every slice its own clock.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
+
+from strokeflow.analysis.stages import usable_cpus
 
 
 def resample_uniform(
@@ -126,7 +127,7 @@ def resample_uniform(
         out[:, z] = s0 + w * (s1 - s0)
 
     # Slices are independent and numpy releases the GIL in its array loops.
-    with ThreadPoolExecutor(max_workers=min(nz_out, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(nz_out, usable_cpus())) as pool:
         list(pool.map(one_slice, range(nz_out)))
 
     if signal.ndim == 4:
