@@ -67,12 +67,6 @@ MIN_FRAMES = 8
 
 #: Tmax>10 s (and what is derived from it) when the tissue has not washed out.
 TRUNCATION_NOT_ASSESSABLE = "not assessable: scan too short"
-#: Tmax of the dominant of two delays where a voxel mixes two, and the Tmax regions
-#: extended into the vessel and skull rims they surround (they belong together). Measured
-#: (docs/deconvolution.md, "A cheaper two-delay Tmax"): Tmax > 10 s within tolerance
-#: 45/54 -> 51/54 and 43/52 -> 51/52 on two seed bases, core unchanged; compute_maps
-#: 1.16-1.33 x the single-delay cost, paid for by running it on every core.
-TWO_DELAY_TMAX = True
 
 
 @dataclass
@@ -294,14 +288,14 @@ def analyse_ctp(
             cbf_readout="value",
             # The core keeps the single-delay readout. Where the pair cannot lift Tmax
             # above the lowest threshold read (normal tissue) it is not searched.
-            two_delay_tmax=TWO_DELAY_TMAX,
+            two_delay_tmax=settings.two_delay_tmax,
             two_delay_above_s=min(HYPOPERFUSION_TMAX_S, *settings.tmax_thresholds_s),
         )
     clock.lap("deconvolution")
 
     with analysis_stage("lesions"):
         result = ctp_lesion_masks(
-            maps, masks, inputs.hemis, geometry, settings, fill_tmax_rims=TWO_DELAY_TMAX
+            maps, masks, inputs.hemis, geometry, settings, fill_tmax_rims=settings.two_delay_tmax
         )
         core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
         vv = geometry.voxel_volume_ml
@@ -314,7 +308,7 @@ def analyse_ctp(
                 vv,
                 settings.min_cluster_ml,
                 t,
-                masks.unmeasured if TWO_DELAY_TMAX else None,
+                masks.unmeasured if settings.two_delay_tmax else None,
             ),
             tmax6,
             vv,

@@ -46,6 +46,12 @@ class CtpSettings:
         whose residue function oscillates less than this is kept, voxel by voxel.
     correct_cbf_bias : bool
         Divide CBF by the oSVD regularisation peak ratio (see ``analysis.maps``).
+    two_delay_tmax : bool
+        Tmax of the dominant of two delays where a voxel's curve mixes two, and the Tmax
+        regions extended into the vessel and skull rims they surround (the two belong
+        together; the core keeps the single-delay Tmax). Measured in docs/deconvolution.md,
+        "A cheaper two-delay Tmax": Tmax > 10 s within tolerance 45/54 -> 51/54 and
+        43/52 -> 51/52 on two seed bases, core unchanged.
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded.
     max_motion_mm : float
@@ -68,6 +74,7 @@ class CtpSettings:
     temporal_sigma_s: float = 1.0
     oscillation_index: float = 0.095
     correct_cbf_bias: bool = False
+    two_delay_tmax: bool = True
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0
     quality: QualityLimits = field(default_factory=QualityLimits)
