@@ -43,6 +43,7 @@ from strokeflow.report.structured_report import (
     build_structured_report,
     coding_scheme_identification,
 )
+from strokeflow.report.warm import wait_until_warm
 
 __all__ = [
     "ResultContent",
@@ -185,6 +186,8 @@ def build_result_objects(
     -------
     ResultObjects
     """
+    # The warming thread must be done: the page helper is forked from this process.
+    wait_until_warm()
     ordered = sort_along_normal(source_images)
     # Really different planes: the pages can still be made, and the SEG says why it is not.
     with contextlib.suppress(ValueError):
