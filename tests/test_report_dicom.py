@@ -29,7 +29,7 @@ from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.series import build_inventory
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
-from strokeflow.report import page_job, warm
+from strokeflow.report import file_writer, page_job, warm
 from strokeflow.report.content import result_content
 from strokeflow.report.ctp_content import ctp_parts
 from strokeflow.report.dicom_outputs import (
@@ -408,3 +408,38 @@ def test_a_warming_step_that_fails_is_only_logged(
     warm.start_warming()
     warm.wait_until_warm()
     assert "warming fails failed: no such module" in caplog.text
+
+
+def test_files_written_with_the_helper_process_are_those_written_in_process(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_writer, "usable_cpus", lambda: 2)  # a helper even on one CPU
+    helped = write_result_objects(built.objects, tmp_path / "helped")
+    monkeypatch.setattr(file_writer, "usable_cpus", lambda: 1)
+    here = write_result_objects(built.objects, tmp_path / "here")
+    assert [p.name for p in helped] == [p.name for p in here] == [p.name for p in built.paths]
+    assert any("SEG_" in p.name for p in helped)
+    for a, b in zip(helped, here, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_a_file_helper_that_dies_costs_only_time(
+    built: Built,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parent = os.getpid()
+    write = file_writer._write
+
+    def dies_in_the_helper(path: Path, ds: pydicom.Dataset) -> None:
+        if os.getpid() != parent:
+            os._exit(3)
+        write(path, ds)
+
+    monkeypatch.setattr(file_writer, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(file_writer, "_write", dies_in_the_helper)
+    paths = write_result_objects(built.objects, tmp_path)
+    assert "file helper process failed (exit code 3)" in caplog.text
+    seg_path = next(p for p in paths if "SEG_" in p.name)
+    assert seg_path.read_bytes() == next(p for p in built.paths if "SEG_" in p.name).read_bytes()

@@ -26,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from strokeflow import __version__
 from strokeflow.report.content import ResultContent
+from strokeflow.report.file_writer import write_files
 from strokeflow.report.page_job import PageKind, PageSet, start_rendering
 from strokeflow.report.render import Outline, SummaryContent
 from strokeflow.report.secondary_capture import acquisition_equipment, build_secondary_captures
@@ -311,11 +312,10 @@ def write_result_objects(objects: ResultObjects, out_dir: Path) -> list[Path]:
         ("SEG_lesions", objects.seg),
         ("SR_measurements", objects.sr),
     ]
-    paths = []
-    for name, ds in named:
-        if ds is None:
-            continue
-        path = out_dir / f"{ds.SeriesNumber}_{name}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    files = [
+        (out_dir / f"{ds.SeriesNumber}_{name}.dcm", ds) for name, ds in named if ds is not None
+    ]
+    # The SEG, the costliest to encode, is written by a helper while the others are here.
+    seg_index = next((k for k, (_, ds) in enumerate(files) if ds is objects.seg), None)
+    write_files(files, offload=seg_index)
+    return [path for path, _ in files]
