@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import highdicom as hd
@@ -443,3 +444,25 @@ def test_a_file_helper_that_dies_costs_only_time(
     assert "file helper process failed (exit code 3)" in caplog.text
     seg_path = next(p for p in paths if "SEG_" in p.name)
     assert seg_path.read_bytes() == next(p for p in built.paths if "SEG_" in p.name).read_bytes()
+
+
+def test_no_helper_is_forked_while_warming_is_stuck(
+    built: Built, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(warm, "_thread", None)
+    monkeypatch.setattr(warm, "_load_highdicom", release.wait)
+    monkeypatch.setattr(warm, "WARM_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(page_job, "usable_cpus", lambda: 2)
+    forks: list[int] = []
+    fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or fork())
+    warm.start_warming()
+    try:
+        assert not warm.wait_until_warm(0.05)
+        objects = build_result_objects(built.content, built.sources, parallel=True)
+    finally:
+        release.set()
+    assert "warming still running" in caplog.text
+    assert forks == []
+    assert _page_series(objects) == _page_series(built.objects)

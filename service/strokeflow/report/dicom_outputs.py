@@ -187,8 +187,8 @@ def build_result_objects(
     -------
     ResultObjects
     """
-    # The warming thread must be done: the page helper is forked from this process.
-    wait_until_warm()
+    # The warming thread must be done before the page helper is forked from this process.
+    parallel = wait_until_warm() and parallel
     ordered = sort_along_normal(source_images)
     # Really different planes: the pages can still be made, and the SEG says why it is not.
     with contextlib.suppress(ValueError):

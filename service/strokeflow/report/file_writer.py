@@ -23,6 +23,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from strokeflow.analysis.stages import usable_cpus
+from strokeflow.report.warm import wait_until_warm
 
 __all__ = ["write_files"]
 
@@ -38,7 +39,7 @@ def _write(path: Path, ds: Dataset) -> None:
 
 def _start_helper(path: Path, ds: Dataset) -> int | None:
     """Fork a process that writes ``ds`` to ``path`` and exits 0; its pid, or None."""
-    if not hasattr(os, "fork") or usable_cpus() < 2:
+    if not hasattr(os, "fork") or usable_cpus() < 2 or not wait_until_warm():
         return None
     # Frozen: the child's collector never finalises this process's garbage (a database
     # connection's finaliser would talk on the parent's socket).

@@ -6,9 +6,9 @@ drawn with matplotlib (Agg canvas, no pyplot state) for its curve plot; one figu
 study, so its cost is fixed. matplotlib is imported only where a page is drawn (about
 0.5 s): the result objects render their pages in a helper process
 (:mod:`strokeflow.report.page_job`), forked after :mod:`strokeflow.report.warm` has
-imported matplotlib in the background while the analysis ran. The slice pages (lesions, maps) are composed with numpy
-and Pillow in :mod:`strokeflow.report.panels` (on :mod:`strokeflow.report.canvas`), which is
-an order of magnitude faster.
+imported matplotlib in the background while the analysis ran. The slice pages (lesions,
+maps) are composed with numpy and Pillow in :mod:`strokeflow.report.panels` (on
+:mod:`strokeflow.report.canvas`), which is an order of magnitude faster.
 """
 
 from __future__ import annotations

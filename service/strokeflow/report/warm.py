@@ -82,13 +82,35 @@ def start_warming() -> None:
             _thread.start()
 
 
-def wait_until_warm() -> None:
+#: Longest wait for the warming thread (it takes about a second; one that takes longer
+#: is stuck, and no helper is forked while it may hold an import lock).
+WARM_TIMEOUT_S = 60.0
+
+
+def wait_until_warm(timeout_s: float | None = None) -> bool:
     """Wait for :func:`start_warming`'s thread, if one was started.
 
-    Called before the objects are built: the page helper is forked from this process,
-    and no other thread may be importing while it forks.
+    Called before a helper process is forked from this process: no other thread may be
+    importing while it forks.
+
+    Parameters
+    ----------
+    timeout_s : float, optional
+        Longest wait; :data:`WARM_TIMEOUT_S` by default.
+
+    Returns
+    -------
+    bool
+        True when no warming thread is running any more (or none was started); False
+        when it is still running after ``timeout_s`` (then fork no helper).
     """
     with _lock:
         thread = _thread
-    if thread is not None:
-        thread.join()
+    if thread is None:
+        return True
+    limit_s = WARM_TIMEOUT_S if timeout_s is None else timeout_s
+    thread.join(limit_s)
+    if thread.is_alive():
+        log.warning("result objects: warming still running after %.1f s", limit_s)
+        return False
+    return True
