@@ -8,8 +8,11 @@ fails the test.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import highdicom as hd
@@ -27,7 +30,7 @@ from strokeflow.assemble.files import scan_paths
 from strokeflow.assemble.series import build_inventory
 from strokeflow.phantom.ctp import CtpPhantomOptions, simulate_ctp
 from strokeflow.phantom.ctp_dicom import write_ctp_study
-from strokeflow.report import page_job
+from strokeflow.report import file_writer, page_job, warm
 from strokeflow.report.content import result_content
 from strokeflow.report.ctp_content import ctp_parts
 from strokeflow.report.dicom_outputs import (
@@ -40,6 +43,12 @@ from strokeflow.report.dicom_outputs import (
 from strokeflow.report.render import SUMMARY_REGIONS, render_summary_page
 from strokeflow.report.results_json import ctp_summary
 from strokeflow.report.secondary_capture import build_secondary_captures
+from strokeflow.report.segmentation import (
+    build_segmentation,
+    masks_to_grid,
+    sort_along_normal,
+    source_geometry,
+)
 from strokeflow.report.structured_report import sr_in_encoding
 from tools import require_tool
 
@@ -341,3 +350,119 @@ def test_a_page_that_cannot_be_drawn_costs_only_its_series(built: Built) -> None
     assert objects.lesions == [] and objects.summary and objects.maps
     assert objects.seg is not None and objects.sr is not None
     assert objects.failures == ["lesion pages (Secondary Capture) not written: 'no such region'"]
+
+
+def test_seg_frames_are_the_masks_on_the_source_grid_bit_for_bit(built: Built) -> None:
+    seg = build_segmentation(
+        built.content.regions,
+        built.sources,
+        built.content.geometry,
+        series_description="test",
+        series_number=9004,
+        software_version="0",
+    )
+    ordered = sort_along_normal(built.sources)
+    shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
+    expected = masks_to_grid(
+        [r.mask_zyx for r in built.content.regions],
+        built.content.geometry,
+        source_geometry(ordered),
+        shape,
+    )
+    z_of_position = {
+        tuple(float(v) for v in ds.ImagePositionPatient): z for z, ds in enumerate(ordered)
+    }
+    frames = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        position = item.PlanePositionSequence[0].ImagePositionPatient
+        z = z_of_position[tuple(float(v) for v in position)]
+        frames.append(expected[z, :, :, segment - 1])
+    # Every slice of every segment, empty or not, packed as DICOM packs 1-bit pixels.
+    assert len(frames) == shape[0] * len(built.content.regions) == int(seg.NumberOfFrames)
+    packed = np.packbits(np.stack(frames).ravel(), bitorder="little").tobytes()
+    assert seg.PixelData == packed
+    assert seg.SegmentsOverlap == "YES"
+
+
+def test_objects_built_after_warming_are_those_built_cold(built: Built) -> None:
+    warm.start_warming()
+    warm.start_warming()  # once per process
+    warm.wait_until_warm()
+    assert "highdicom" in sys.modules and "matplotlib.figure" in sys.modules
+    objects = build_result_objects(built.content, built.sources)
+    assert _page_series(objects) == _page_series(built.objects)
+    assert objects.seg is not None and built.objects.seg is not None
+    assert objects.seg.PixelData == built.objects.seg.PixelData
+    assert objects.failures == []
+
+
+def test_a_warming_step_that_fails_is_only_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fails() -> None:
+        raise ImportError("no such module")
+
+    monkeypatch.setattr(warm, "_thread", None)
+    monkeypatch.setattr(warm, "_load_highdicom", fails)
+    caplog.set_level(logging.DEBUG, logger=warm.__name__)
+    warm.start_warming()
+    warm.wait_until_warm()
+    assert "warming fails failed: no such module" in caplog.text
+
+
+def test_files_written_with_the_helper_process_are_those_written_in_process(
+    built: Built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(file_writer, "usable_cpus", lambda: 2)  # a helper even on one CPU
+    helped = write_result_objects(built.objects, tmp_path / "helped")
+    monkeypatch.setattr(file_writer, "usable_cpus", lambda: 1)
+    here = write_result_objects(built.objects, tmp_path / "here")
+    assert [p.name for p in helped] == [p.name for p in here] == [p.name for p in built.paths]
+    assert any("SEG_" in p.name for p in helped)
+    for a, b in zip(helped, here, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_a_file_helper_that_dies_costs_only_time(
+    built: Built,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parent = os.getpid()
+    write = file_writer._write
+
+    def dies_in_the_helper(path: Path, ds: pydicom.Dataset) -> None:
+        if os.getpid() != parent:
+            os._exit(3)
+        write(path, ds)
+
+    monkeypatch.setattr(file_writer, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(file_writer, "_write", dies_in_the_helper)
+    paths = write_result_objects(built.objects, tmp_path)
+    assert "file helper process failed (exit code 3)" in caplog.text
+    seg_path = next(p for p in paths if "SEG_" in p.name)
+    assert seg_path.read_bytes() == next(p for p in built.paths if "SEG_" in p.name).read_bytes()
+
+
+def test_no_helper_is_forked_while_warming_is_stuck(
+    built: Built, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(warm, "_thread", None)
+    monkeypatch.setattr(warm, "_load_highdicom", release.wait)
+    monkeypatch.setattr(warm, "WARM_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(page_job, "usable_cpus", lambda: 2)
+    forks: list[int] = []
+    fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or fork())
+    warm.start_warming()
+    try:
+        assert not warm.wait_until_warm(0.05)
+        objects = build_result_objects(built.content, built.sources, parallel=True)
+    finally:
+        release.set()
+    assert "warming still running" in caplog.text
+    assert forks == []
+    assert _page_series(objects) == _page_series(built.objects)

@@ -33,6 +33,7 @@ from strokeflow.assemble.series import StudyInventory, build_inventory
 from strokeflow.report.nifti import write_ctp_maps, write_mri_maps
 from strokeflow.report.results_json import ctp_summary, mri_summary
 from strokeflow.report.summary import AnalysisSummary
+from strokeflow.report.warm import start_warming
 
 if TYPE_CHECKING:
     # The DICOM result objects bring highdicom and matplotlib (~1 s of imports): they are
@@ -313,6 +314,8 @@ def _analyse_study(
     )
     timings = {"read_and_index": round(read_s, 3), "assemble": 0.0}
     timings["assemble"] = round(time.perf_counter() - t0, 3)
+    if options.write_dicom and acquisitions:
+        start_warming()  # the objects' imports and tables load while the analysis runs
     for acq in acquisitions:
         series_dir = Path(study.study_uid) / acq.series_uids[0]
         produced: list[Path] = []
@@ -339,6 +342,8 @@ def _analyse_study(
     record_mr_roles(study, roles)
     mri = _assemble(entry, "MRI", lambda: assemble_mri(study, roles), None)
     if mri is not None:
+        if options.write_dicom:
+            start_warming()
         mri_timings = {"read_and_index": round(read_s, 3)}
         mri_timings["assemble"] = round(time.perf_counter() - t0, 3)
         series_dir = Path(study.study_uid) / "mri"

@@ -26,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from strokeflow import __version__
 from strokeflow.report.content import ResultContent
+from strokeflow.report.file_writer import write_files
 from strokeflow.report.page_job import PageKind, PageSet, start_rendering
 from strokeflow.report.render import Outline, SummaryContent
 from strokeflow.report.secondary_capture import acquisition_equipment, build_secondary_captures
@@ -43,6 +44,7 @@ from strokeflow.report.structured_report import (
     build_structured_report,
     coding_scheme_identification,
 )
+from strokeflow.report.warm import wait_until_warm
 
 __all__ = [
     "ResultContent",
@@ -185,6 +187,8 @@ def build_result_objects(
     -------
     ResultObjects
     """
+    # The warming thread must be done before the page helper is forked from this process.
+    parallel = wait_until_warm() and parallel
     ordered = sort_along_normal(source_images)
     # Really different planes: the pages can still be made, and the SEG says why it is not.
     with contextlib.suppress(ValueError):
@@ -308,11 +312,10 @@ def write_result_objects(objects: ResultObjects, out_dir: Path) -> list[Path]:
         ("SEG_lesions", objects.seg),
         ("SR_measurements", objects.sr),
     ]
-    paths = []
-    for name, ds in named:
-        if ds is None:
-            continue
-        path = out_dir / f"{ds.SeriesNumber}_{name}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    files = [
+        (out_dir / f"{ds.SeriesNumber}_{name}.dcm", ds) for name, ds in named if ds is not None
+    ]
+    # The SEG, the costliest to encode, is written by a helper while the others are here.
+    seg_index = next((k for k, (_, ds) in enumerate(files) if ds is objects.seg), None)
+    write_files(files, offload=seg_index)
+    return [path for path, _ in files]

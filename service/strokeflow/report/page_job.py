@@ -4,8 +4,9 @@ are built.
 Drawing the pages (matplotlib for the summary page, numpy and Pillow for the slice pages)
 and building the SEG and SR (highdicom) share nothing but their inputs, and both hold the
 GIL, so on a machine with two cores the pages are drawn by a second (forked) process: it
-imports matplotlib itself and sends the pages back through a pipe, while this process,
-which never imports matplotlib, builds the SEG and SR.
+sends the pages back through a pipe, while this process builds the SEG and SR. It inherits
+matplotlib already imported where :mod:`strokeflow.report.warm` loaded it during the
+analysis, and imports it itself otherwise.
 The pages are pure functions of their inputs, so they are the same pixels whichever
 process draws them. When no helper process can be started or it fails, the pages are
 drawn here, serially.

@@ -5,10 +5,10 @@ Pages are ``PAGE_HEIGHT_PX x PAGE_WIDTH_PX`` 8-bit RGB arrays with body text of 
 drawn with matplotlib (Agg canvas, no pyplot state) for its curve plot; one figure per
 study, so its cost is fixed. matplotlib is imported only where a page is drawn (about
 0.5 s): the result objects render their pages in a helper process
-(:mod:`strokeflow.report.page_job`) and the process that builds the SEG and SR never loads
-it. The slice pages (lesions, maps) are composed with numpy
-and Pillow in :mod:`strokeflow.report.panels` (on :mod:`strokeflow.report.canvas`), which is
-an order of magnitude faster.
+(:mod:`strokeflow.report.page_job`), forked after :mod:`strokeflow.report.warm` has
+imported matplotlib in the background while the analysis ran. The slice pages (lesions,
+maps) are composed with numpy and Pillow in :mod:`strokeflow.report.panels` (on
+:mod:`strokeflow.report.canvas`), which is an order of magnitude faster.
 """
 
 from __future__ import annotations

@@ -456,7 +456,10 @@ def build_segmentation(
     else:
         target = source_geometry(ordered)
         shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
-    pixels = masks_to_grid([r.mask_zyx for r in regions], analysis_geometry, target, shape)
+    # As uint8 (the same 0/1 values and bits): highdicom's overlap check sums the segments
+    # of every pixel, three times faster over uint8 than over bool.
+    masks = [r.mask_zyx for r in regions]
+    pixels = masks_to_grid(masks, analysis_geometry, target, shape).view(np.uint8)
     if frame_slice is not None:
         pixels = pixels[frame_slice]  # in the source's frame order, as highdicom pairs them
     algorithm = hd.AlgorithmIdentificationSequence(

@@ -1,0 +1,113 @@
+"""Writing one analysis's DICOM files on two CPUs.
+
+Encoding a DICOM file is pure-Python work under the GIL. The SEG of a thin-slice study
+(one frame per slice and segment, each with its functional groups) takes as long to
+encode as all the other result objects together, so a forked helper process writes it
+while this process writes the rest. Where no helper can be started (no fork, one usable
+CPU) or it fails, this process writes every file itself; the files are the same bytes
+either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import signal
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from strokeflow.analysis.stages import usable_cpus
+from strokeflow.report.warm import wait_until_warm
+
+__all__ = ["write_files"]
+
+log = logging.getLogger(__name__)
+
+#: Longest wait for the helper before it is killed and its file written here.
+HELPER_TIMEOUT_S = 60.0
+
+
+def _write(path: Path, ds: Dataset) -> None:
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _start_helper(path: Path, ds: Dataset) -> int | None:
+    """Fork a process that writes ``ds`` to ``path`` and exits 0; its pid, or None."""
+    if not hasattr(os, "fork") or usable_cpus() < 2 or not wait_until_warm():
+        return None
+    # Frozen: the child's collector never finalises this process's garbage (a database
+    # connection's finaliser would talk on the parent's socket).
+    gc.freeze()
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork in a threaded process; the child only encodes
+            # and writes one file, taking no lock another thread may hold.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError as exc:
+        log.info("result files written in this process (no helper process: %s)", exc)
+        return None
+    finally:
+        gc.unfreeze()
+    if pid == 0:
+        code = 1
+        try:
+            _write(path, ds)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait(pid: int) -> int:
+    """The helper's exit code (killed after :data:`HELPER_TIMEOUT_S`)."""
+    watchdog = threading.Timer(HELPER_TIMEOUT_S, _kill, args=(pid,))
+    watchdog.start()
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        watchdog.cancel()
+    return os.waitstatus_to_exitcode(status)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def write_files(files: Sequence[tuple[Path, Dataset]], offload: int | None = None) -> None:
+    """Write every ``(path, dataset)`` as a DICOM Part 10 file.
+
+    Parameters
+    ----------
+    files : sequence of (Path, pydicom.Dataset)
+        What to write where; folders must exist.
+    offload : int, optional
+        Index into ``files`` of the file a forked helper writes while this process
+        writes the others (the costliest to encode); None writes all here.
+
+    Raises
+    ------
+    Exception
+        Whatever writing a file raises in this process (a helper's failure is not
+        raised: its file is written again here, which raises the real error).
+    """
+    pid = None if offload is None else _start_helper(*files[offload])
+    code = 0
+    try:
+        for index, (path, ds) in enumerate(files):
+            if index != offload or pid is None:
+                _write(path, ds)
+    finally:
+        # Always collected, even when a write here failed.
+        if pid is not None:
+            code = _wait(pid)
+    if pid is not None and offload is not None and code != 0:
+        log.warning("file helper process failed (exit code %s); writing it here", code)
+        _write(*files[offload])
