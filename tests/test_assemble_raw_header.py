@@ -126,3 +126,9 @@ def test_vendor_headers_match_pydicom(folder: str, monkeypatch: pytest.MonkeyPat
     (walked, parsed) = _both_ways([shared_data(folder)], monkeypatch)
     assert walked == parsed
     assert walked[0]
+
+
+def test_keyword_tags_match_the_dicom_dictionary() -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    assert {k: tag_for_keyword(k) for k in files._TAGS} == files._TAGS
