@@ -132,3 +132,46 @@ def test_keyword_tags_match_the_dicom_dictionary() -> None:
     from pydicom.datadict import tag_for_keyword
 
     assert {k: tag_for_keyword(k) for k in files._TAGS} == files._TAGS
+
+
+def test_reading_a_plain_ct_perfusion_never_imports_pydicom(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    phantom = simulate_ctp(CtpPhantomOptions(matrix=32, slices=2, frames=20))
+    write_ctp_study(phantom, tmp_path, extra_series=False)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from strokeflow.assemble import assemble_ctp, build_inventory, scan_paths\n"
+        "from strokeflow.assemble.mri import classify_mr_series\n"
+        f"headers, problems = scan_paths([Path({str(tmp_path)!r})])\n"
+        "study = build_inventory(headers)[0]\n"
+        "classify_mr_series(study)\n"
+        "assert assemble_ctp(study), 'no acquisition'\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydicom', 'nibabel')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_raw_dicom_without_preamble_is_still_read(tmp_path: Path) -> None:
+    path = write_ct_instance(
+        tmp_path / "x.dcm",
+        _image(),
+        study=StudyTags(),
+        series_uid=uid("series"),
+        sop_uid=uid("raw"),
+        position_mm=(0.0, 0.0, 0.0),
+    )
+    ds = pydicom.dcmread(path)
+    del ds.file_meta  # no preamble, no file meta: the bare dataset
+    ds.preamble = None
+    for implicit in (False, True):
+        raw = tmp_path / f"raw-{implicit}"
+        ds.save_as(raw, enforce_file_format=False, implicit_vr=implicit, little_endian=True)
+        assert raw.read_bytes()[:2] == b"\x08\x00"
+        assert [h.sop_uid for h in scan_paths([raw])[0]] == [uid("raw")]

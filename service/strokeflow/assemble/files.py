@@ -304,6 +304,8 @@ def read_headers(path: Path) -> list[InstanceHeader] | DicomProblem | None:
             fp.seek(0)
             preamble = fp.read(132)
             has_preamble = len(preamble) == 132 and preamble[128:132] == b"DICM"
+            if not has_preamble and not _may_be_raw_dicom(preamble):
+                return None
             fp.seek(0)
             try:
                 import pydicom
@@ -329,6 +331,18 @@ def read_headers(path: Path) -> list[InstanceHeader] | DicomProblem | None:
                 return DicomProblem(str(path), f"unreadable DICOM: {exc}")
     except OSError as exc:
         return DicomProblem(str(path), f"cannot read file: {exc}")
+
+
+def _may_be_raw_dicom(head: bytes) -> bool:
+    """Whether a file without the ``DICM`` preamble can start a dataset with a
+    SOPInstanceUID: its first tag, in either byte order, must be of a group up to
+    (0008,0018)'s (command, file meta, directory or identifying group). A stray text
+    file (truth.json, a README) is then skipped without importing pydicom to parse it.
+    """
+    if len(head) < 8:
+        return False
+    groups = {int.from_bytes(head[:2], "little"), int.from_bytes(head[:2], "big")}
+    return bool(groups & {0x0000, 0x0002, 0x0004, 0x0008})
 
 
 def _plain_headers(
