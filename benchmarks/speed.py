@@ -265,6 +265,13 @@ def _scaling_row(n_images: int, args: argparse.Namespace, work: Path) -> dict[st
         )
         for label, _ in trees
     ]
+    if len(rows) == 2:
+        this, other = rows
+        print(
+            f"{'':>6} this / compare: min {this['analyze_s'] / other['analyze_s']:.2f}, "
+            f"median {this['analyze_median_s'] / other['analyze_median_s']:.2f}",
+            flush=True,
+        )
     return rows[0]
 
 

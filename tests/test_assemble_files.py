@@ -11,7 +11,7 @@ from pydicom.fileset import FileSet
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from dicomfactory import StudyTags, uid, write_ct_instance, write_ctp_series
-from strokeflow.assemble import DicomProblem, read_frame, scan_paths
+from strokeflow.assemble import DicomProblem, files, read_frame, scan_paths
 
 
 def _image(ny: int = 12, nx: int = 10) -> np.ndarray:
@@ -137,3 +137,22 @@ def test_dicomdir_index_is_not_reported_as_a_problem(tmp_path: Path) -> None:
     headers, problems = scan_paths([tmp_path / "media"])
     assert len(headers) == 10
     assert problems == []
+
+
+@pytest.mark.parametrize("dtype", ["<u1", "<i1", "<u2", "<i2", "<u4", "<i4"])
+@pytest.mark.parametrize(
+    ("slope", "intercept"), [(1.0, -1024.0), (1.0, 0.0), (1.0, 0.5), (2.5, -7.25)]
+)
+def test_rescale_gives_the_bits_of_multiply_then_add(
+    dtype: str, slope: float, intercept: float
+) -> None:
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(info.min, info.max, size=(16, 16), endpoint=True).astype(dtype)
+    expected = np.empty(pixels.shape, dtype=np.float32)
+    np.multiply(pixels, slope, out=expected, casting="unsafe")
+    if intercept:
+        expected += np.float32(intercept)
+    out = np.empty(pixels.shape, dtype=np.float32)
+    files._rescale_into(pixels, slope, intercept, out)
+    np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))

@@ -25,25 +25,64 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
-import pydicom.pixels
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-with warnings.catch_warnings():
-    # nibabel calls its DICOM readers experimental; only the CSA mosaic geometry of
-    # MosaicWrapper is used, which dcm2niix's test collections exercise.
-    warnings.simplefilter("ignore", UserWarning)
-    from nibabel.nicom import dicomwrappers
+from strokeflow.assemble.raw_header import RawHeader, read_raw_header
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom (0.3-0.4 s to import) and nibabel are imported where a file needs them: the
+# headers of plain single-frame files are walked by ``raw_header`` and their native
+# pixels mapped by numpy, so a CT perfusion of such files never imports either.
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-_NATIVE_LITTLE_ENDIAN = {str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian)}
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_NATIVE_LITTLE_ENDIAN = {_IMPLICIT_LE, "1.2.840.10008.1.2.1"}
+#: Tags of the keywords read from every header (pydicom's dictionary is not imported for
+#: them); another keyword is looked up in that dictionary.
+_TAGS = {
+    "AcquisitionDate": 0x00080022,
+    "AcquisitionDateTime": 0x0008002A,
+    "AcquisitionTime": 0x00080032,
+    "BitsAllocated": 0x00280100,
+    "BitsStored": 0x00280101,
+    "Columns": 0x00280011,
+    "ContentDate": 0x00080023,
+    "ContentTime": 0x00080033,
+    "ContrastBolusAgent": 0x00180010,
+    "FrameOfReferenceUID": 0x00200052,
+    "ImageOrientationPatient": 0x00200037,
+    "ImagePositionPatient": 0x00200032,
+    "ImageType": 0x00080008,
+    "InstanceNumber": 0x00200013,
+    "KVP": 0x00180060,
+    "Manufacturer": 0x00080070,
+    "ManufacturerModelName": 0x00081090,
+    "Modality": 0x00080060,
+    "NumberOfFrames": 0x00280008,
+    "PixelRepresentation": 0x00280103,
+    "PixelSpacing": 0x00280030,
+    "RescaleIntercept": 0x00281052,
+    "RescaleSlope": 0x00281053,
+    "Rows": 0x00280010,
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+    "SamplesPerPixel": 0x00280002,
+    "SeriesDate": 0x00080021,
+    "SeriesDescription": 0x0008103E,
+    "SeriesInstanceUID": 0x0020000E,
+    "SeriesNumber": 0x00200011,
+    "SliceThickness": 0x00180050,
+    "StudyDate": 0x00080020,
+    "StudyInstanceUID": 0x0020000D,
+    "TemporalPositionIdentifier": 0x00200100,
+    "TemporalResolution": 0x00200110,
+}
+_PER_FRAME_GROUPS_TAG = 0x52009230
 #: Per-frame b-values below this (s/mm²) are b = 0: Philips writes 0.001-0.004 on the
 #: b0 images of some DTI protocols.
 B0_LIMIT_S_MM2 = 0.01
@@ -144,10 +183,19 @@ def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
             raise FileNotFoundError(f"input {p} does not exist")
 
 
-def _str(ds: Dataset, keyword: str) -> str:
+def _tag(keyword: str) -> int:
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        from pydicom.datadict import tag_for_keyword
+
+        tag = tag_for_keyword(keyword) or 0
+    return tag
+
+
+def _str(ds: Dataset | RawHeader, keyword: str) -> str:
     """Value of a text element without pydicom's per-value conversion (the costly part of
     reading a header); multiple values come back joined by a backslash."""
-    elem = ds.get_item(tag_for_keyword(keyword) or 0)
+    elem = ds.get_item(_tag(keyword))
     if elem is None or elem.value is None:
         return ""
     value = elem.value
@@ -157,12 +205,16 @@ def _str(ds: Dataset, keyword: str) -> str:
         except UnicodeDecodeError:
             text = value.decode("latin-1")
         return text.strip(" \0")
+    if isinstance(value, str):
+        return value.strip()
+    from pydicom.multival import MultiValue  # a converted value: pydicom is loaded
+
     if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v).strip() for v in value)
     return str(value).strip()
 
 
-def _float(ds: Dataset, keyword: str) -> float | None:
+def _float(ds: Dataset | RawHeader, keyword: str) -> float | None:
     text = _str(ds, keyword).split("\\")[0].strip()
     try:
         return float(text) if text else None
@@ -170,12 +222,12 @@ def _float(ds: Dataset, keyword: str) -> float | None:
         return None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: Dataset | RawHeader, keyword: str) -> int | None:
     value = _float(ds, keyword)
     return None if value is None else int(value)
 
 
-def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+def _floats(ds: Dataset | RawHeader, keyword: str, n: int) -> tuple[float, ...] | None:
     text = _str(ds, keyword)
     try:
         numbers = tuple(float(v) for v in text.split("\\")) if text else ()
@@ -184,9 +236,9 @@ def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
     return numbers if len(numbers) == n else None
 
 
-def _us(ds: Dataset, keyword: str, default: int) -> int:
+def _us(ds: Dataset | RawHeader, keyword: str, default: int) -> int:
     """Unsigned short element (Rows, BitsAllocated...) read from its raw bytes."""
-    elem = ds.get_item(tag_for_keyword(keyword) or 0)
+    elem = ds.get_item(_tag(keyword))
     if elem is None or elem.value is None or elem.value == b"":
         return default
     value = elem.value
@@ -196,7 +248,7 @@ def _us(ds: Dataset, keyword: str, default: int) -> int:
     return int(value)
 
 
-def _pixel_offset(fp: Any, ds: Dataset, syntax: str, file_size: int) -> int | None:
+def _pixel_offset(fp: Any, ds: Dataset | RawHeader, syntax: str, file_size: int) -> int | None:
     """Byte offset of native pixel values right after the header (None if not native).
 
     Raises
@@ -208,7 +260,7 @@ def _pixel_offset(fp: Any, ds: Dataset, syntax: str, file_size: int) -> int | No
     head = fp.read(12)
     if len(head) < 8 or head[:4] != _PIXEL_DATA_TAG:
         return None
-    if syntax == str(ImplicitVRLittleEndian):
+    if syntax == _IMPLICIT_LE:
         length = int.from_bytes(head[4:8], "little")
         offset = start + 8
     elif head[4:6] in (b"OW", b"OB"):
@@ -244,16 +296,26 @@ def read_headers(path: Path) -> list[InstanceHeader] | DicomProblem | None:
     try:
         size = path.stat().st_size
         with path.open("rb") as fp:
+            raw = read_raw_header(fp, size)
+            if raw is not None:
+                plain = _plain_headers(path, raw, fp, size)
+                if plain is not None:
+                    return plain
+            fp.seek(0)
             preamble = fp.read(132)
             has_preamble = len(preamble) == 132 and preamble[128:132] == b"DICM"
+            if not has_preamble and not _may_be_raw_dicom(preamble):
+                return None
             fp.seek(0)
             try:
+                import pydicom
+
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_preamble)
                 if not has_preamble and "SOPInstanceUID" not in ds:
                     return None
                 if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == _DICOMDIR_SOP_CLASS:
                     return None  # a media index, not an image
-                syntax = str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian))
+                syntax = str(ds.file_meta.get("TransferSyntaxUID", _IMPLICIT_LE))
                 offset = _pixel_offset(fp, ds, syntax, size) if _us(ds, "Rows", 0) else None
                 header = _header_from_dataset(path, ds, syntax, offset)
                 if isinstance(header, DicomProblem):
@@ -271,8 +333,39 @@ def read_headers(path: Path) -> list[InstanceHeader] | DicomProblem | None:
         return DicomProblem(str(path), f"cannot read file: {exc}")
 
 
+def _may_be_raw_dicom(head: bytes) -> bool:
+    """Whether a file without the ``DICM`` preamble can start a dataset with a
+    SOPInstanceUID: its first tag, in either byte order, must be of a group up to
+    (0008,0018)'s (command, file meta, directory or identifying group). A stray text
+    file (truth.json, a README) is then skipped without importing pydicom to parse it.
+    """
+    if len(head) < 8:
+        return False
+    groups = {int.from_bytes(head[:2], "little"), int.from_bytes(head[:2], "big")}
+    return bool(groups & {0x0000, 0x0002, 0x0004, 0x0008})
+
+
+def _plain_headers(
+    path: Path, raw: RawHeader, fp: Any, size: int
+) -> list[InstanceHeader] | DicomProblem | None:
+    """The header of a single-image file from its walked raw elements; None: read the
+    file with pydicom (a multi-frame or mosaic file, a DICOMDIR, or anything unusual)."""
+    if raw.media_storage_sop_class_uid == _DICOMDIR_SOP_CLASS or _PER_FRAME_GROUPS_TAG in raw:
+        return None
+    try:
+        offset = (
+            _pixel_offset(fp, raw, raw.transfer_syntax_uid, size) if _us(raw, "Rows", 0) else None
+        )
+    except ValueError:
+        return None  # truncated: pydicom's read names the reason as before
+    header = _header_from_dataset(path, raw, raw.transfer_syntax_uid, offset)
+    if isinstance(header, DicomProblem) or ("MOSAIC" in header.image_type and header.rows):
+        return None
+    return [header]
+
+
 def _header_from_dataset(
-    path: Path, ds: Dataset, syntax: str, offset: int | None
+    path: Path, ds: Dataset | RawHeader, syntax: str, offset: int | None
 ) -> InstanceHeader | DicomProblem:
     missing = [
         k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not _str(ds, k)
@@ -423,6 +516,11 @@ def _mosaic_headers(header: InstanceHeader, ds: Dataset) -> list[InstanceHeader]
     ------
     Nothing: a mosaic nibabel cannot read is a DicomProblem naming the reason.
     """
+    with warnings.catch_warnings():
+        # nibabel calls its DICOM readers experimental; only the CSA mosaic geometry of
+        # MosaicWrapper is used, which dcm2niix's test collections exercise.
+        warnings.simplefilter("ignore", UserWarning)
+        from nibabel.nicom import dicomwrappers
     try:
         wrapper = dicomwrappers.wrapper_from_data(ds)
         if not isinstance(wrapper, dicomwrappers.MosaicWrapper):
@@ -521,10 +619,14 @@ def read_frame(header: InstanceHeader, out: np.ndarray) -> None:
             )
             if raw.size != shape[0] * shape[1]:
                 raise ValueError(f"{raw.size} of {shape[0] * shape[1]} pixels present")
-            pixels = _apply_bits_stored(raw.reshape(shape), header)
+            pixels = _apply_bits_stored(raw.reshape(shape), header, in_place=True)
         elif header.number_of_frames > 1 and header.frame_index is not None:
+            import pydicom.pixels
+
             pixels = pydicom.pixels.pixel_array(header.path, index=header.frame_index)
         else:
+            import pydicom
+
             pixels = pydicom.dcmread(header.path).pixel_array
     except Exception as exc:  # any decoder failure is a per-file problem, never fatal
         raise ValueError(f"{_where(header)}: cannot decode pixel data ({exc})") from exc
@@ -532,9 +634,25 @@ def read_frame(header: InstanceHeader, out: np.ndarray) -> None:
         raise ValueError(f"{_where(header)}: pixel array {pixels.shape}, expected {shape}")
     if header.stored_shape is not None and header.frame_index is not None:
         pixels = _mosaic_tile(pixels, header.frame_index, header.rows, header.columns)
-    np.multiply(pixels, header.rescale_slope, out=out, casting="unsafe")
-    if header.rescale_intercept:
-        out += np.float32(header.rescale_intercept)
+    _rescale_into(pixels, header.rescale_slope, header.rescale_intercept, out)
+
+
+def _rescale_into(pixels: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
+    """``out = float32(pixels * slope) + float32(intercept)``, as float32.
+
+    With slope 1 and integers of up to 16 bits (exact in float32), the product is the
+    pixel itself: one pass (pixel + intercept in float32) gives the same bits as the
+    multiply-then-add of the general case, in half the passes over the image.
+    """
+    if slope == 1.0 and pixels.dtype.kind in "ui" and pixels.dtype.itemsize <= 2:
+        if intercept:
+            np.add(pixels, np.float32(intercept), out=out, casting="unsafe")
+        else:
+            np.copyto(out, pixels, casting="unsafe")
+        return
+    np.multiply(pixels, slope, out=out, casting="unsafe")
+    if intercept:
+        out += np.float32(intercept)
 
 
 def _where(header: InstanceHeader) -> str:
@@ -551,11 +669,18 @@ def _mosaic_tile(mosaic: np.ndarray, index: int, rows: int, columns: int) -> np.
     return mosaic[r * rows : (r + 1) * rows, c * columns : (c + 1) * columns]
 
 
-def _apply_bits_stored(pixels: np.ndarray, header: InstanceHeader) -> np.ndarray:
-    """Drop bits above BitsStored (unsigned) or sign-extend from them (signed)."""
+def _apply_bits_stored(
+    pixels: np.ndarray, header: InstanceHeader, *, in_place: bool = False
+) -> np.ndarray:
+    """Drop bits above BitsStored (unsigned) or sign-extend from them (signed).
+
+    ``in_place`` overwrites ``pixels`` (an array read for this call alone).
+    """
     unused = header.bits_allocated - header.bits_stored
     if unused <= 0:
         return pixels
+    out = pixels if in_place else None
     if header.pixel_signed:
-        return (pixels << unused) >> unused
-    return pixels & ((1 << header.bits_stored) - 1)
+        shifted = np.left_shift(pixels, unused, out=out)
+        return np.right_shift(shifted, unused, out=shifted)
+    return np.bitwise_and(pixels, (1 << header.bits_stored) - 1, out=out)

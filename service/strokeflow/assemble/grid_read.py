@@ -16,6 +16,7 @@ so the grid holds the same float32 values it would after ``combine_slices`` and
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,9 +90,17 @@ def read_into_grid(
     used = {z for _, zs in units for z in zs}
     units += [(None, [z]) for z in range(nz) if z not in used]
 
+    # One decode buffer per thread, reused from unit to unit: a fresh one per unit is a
+    # fresh mapping from the kernel (150 MB for a slab of five thin slices), whose pages
+    # are faulted in and zeroed every time. Every element is written before it is read.
+    buffers = threading.local()
+
     def load(unit: tuple[int | None, list[int]]) -> list[tuple[int, int, str]]:
         slab, zs = unit
-        buf = np.empty((nt, len(zs), ny, nx), dtype=np.float32)
+        shape = (nt, len(zs), ny, nx)
+        buf = getattr(buffers, "buf", None)
+        if buf is None or buf.shape != shape:
+            buf = buffers.buf = np.empty(shape, dtype=np.float32)
         errors: list[tuple[int, int, str]] = []
         for j, z in enumerate(zs):
             for t, header in slices[z].images:

@@ -35,11 +35,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from strokeflow.analysis.diffusion import mr_brain_mask
@@ -55,6 +53,9 @@ from strokeflow.assemble.series import (
     positions_along_normal,
     unexpanded_multiframe,
 )
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,9 @@ def _number(value: Any) -> float | None:
             return float(struct.unpack("<d", value)[0])
         else:
             return None
-    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+    from pydicom.multival import MultiValue  # a converted value: pydicom is loaded
+
+    if isinstance(value, list | tuple | MultiValue):
         if not value:
             return None
         value = value[0]
@@ -207,6 +210,8 @@ def b_value_of(ds: Dataset) -> tuple[float | None, str]:
 @lru_cache(maxsize=8192)
 def _file_tags(path: Path, mtime_ns: int, size: int) -> _MrTags:
     """Tags of one file (cached: a mosaic or a multi-frame file holds many images)."""
+    import pydicom  # here, so that a study without MR series never imports it
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)

@@ -54,11 +54,15 @@ def reference_candidates(headers: Sequence[InstanceHeader]) -> list[Path]:
         return list(dict.fromkeys(h.path for h in headers))
     best: dict[float, tuple[float, int]] = {}
     keyed = []
+    normals: dict[tuple[float, ...], np.ndarray] = {}  # one cross product per orientation
     for h in headers:
         if h.position_mm is None or h.orientation is None:
             continue
-        iop = np.asarray(h.orientation, dtype=float)
-        position = round(float(np.dot(np.cross(iop[:3], iop[3:]), h.position_mm)), 2)
+        normal = normals.get(h.orientation)
+        if normal is None:
+            iop = np.asarray(h.orientation, dtype=float)
+            normal = normals[h.orientation] = np.cross(iop[:3], iop[3:])
+        position = round(float(np.dot(normal, h.position_mm)), 2)
         key = _time_key(h)
         keyed.append((position, key, h.path))
         if position not in best or key < best[position]:
