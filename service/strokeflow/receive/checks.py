@@ -131,10 +131,11 @@ def _check_values(ds: Dataset) -> None:
     elements of a CT image costs ~2 ms, most of it for values that cannot fail.
     """
     for raw in list(ds.values()):
+        # (Plain first: a Tag's == is a Python call, and pixel data is plain OB/OW.)
+        if isinstance(raw, RawDataElement) and _plainly_valid(raw):
+            continue
         tag = raw.tag
         if tag == _PIXEL_DATA:
-            continue
-        if isinstance(raw, RawDataElement) and _plainly_valid(raw):
             continue
         elem = ds[tag]  # raises when the value cannot be decoded
         if elem.VR == "SQ":

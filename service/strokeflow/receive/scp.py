@@ -632,9 +632,20 @@ def start_server(
     settings = receiver.settings
     ae = make_ae(settings)
     ssl_context = make_ssl_context(settings)
+
+    def announce(port: int) -> None:
+        LOG.info(
+            "listening for DICOM as %s on %s:%d%s",
+            settings.ae_title,
+            settings.dicom_address,
+            port,
+            " (TLS)" if settings.tls_enabled else "",
+        )
+
     shared_kwargs: dict[str, Any] = {}
     if shared is not None:
-        shared_kwargs = {"listen_socket": shared[0], "board": shared[1]}
+        # Said once the listener has made the shared socket listen, not before.
+        shared_kwargs = {"listen_socket": shared[0], "board": shared[1], "announce": announce}
     try:
         server = ae.make_server(
             (settings.dicom_address, settings.dicom_port),
@@ -651,11 +662,6 @@ def start_server(
     )
     thread.start()
     ae._servers.append(server)  # so that ae.shutdown() also stops it
-    LOG.info(
-        "listening for DICOM as %s on %s:%d%s",
-        settings.ae_title,
-        settings.dicom_address,
-        server.server_address[1],
-        " (TLS)" if settings.tls_enabled else "",
-    )
+    if shared is None:
+        announce(server.server_address[1])
     return server

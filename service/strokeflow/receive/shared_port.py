@@ -17,6 +17,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext
 from typing import Any
@@ -94,15 +95,24 @@ class AcceptBoard:
 
 
 class SharedPortServer(LimitedAssociationServer):
-    """:class:`LimitedAssociationServer` on an inherited listening socket (keyword arguments
-    ``listen_socket`` and ``board``, besides ``limits``), leaving connections to less busy
-    processes."""
+    """:class:`LimitedAssociationServer` on an inherited listening socket, leaving
+    connections to less busy processes.
+
+    Keyword arguments besides ``limits``: ``listen_socket``, ``board``, and ``announce``,
+    called with the port once the socket listens.
+    """
 
     def __init__(
-        self, *args: Any, listen_socket: socket.socket, board: AcceptBoard, **kwargs: Any
+        self,
+        *args: Any,
+        listen_socket: socket.socket,
+        board: AcceptBoard,
+        announce: Callable[[int], None],
+        **kwargs: Any,
     ) -> None:
         self._shared = listen_socket
         self.board = board
+        self._announce = announce
         self._stopping = False
         super().__init__(*args, **kwargs)
 
@@ -121,6 +131,8 @@ class SharedPortServer(LimitedAssociationServer):
         reads as ready, and accepting from it fails at once)."""
         while not self._stopping and not self._listens():
             time.sleep(LISTEN_POLL_S)
+        if not self._stopping:
+            self._announce(self._shared.getsockname()[1])
         super().serve_forever(poll_interval)
 
     def shutdown(self) -> None:
