@@ -273,6 +273,24 @@ def shares_of(files: Sequence[Path], senders: int) -> list[list[Path]]:
     return [list(files[i::senders]) for i in range(senders)]
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) of the processes of group ``pgid``, with the children
+    they have reaped (storescp's forked receivers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid:
+            total += sum(int(v) for v in fields[11:15])
+    return total / tick
+
+
 def measure(
     receiver: Receiver,
     study: Study,
@@ -280,8 +298,10 @@ def measure(
     work: Path,
     run: int,
     env: dict[str, str],
-) -> float:
-    """One fresh receiver, one timed send; seconds. Exits when an instance is missing."""
+) -> tuple[float, float]:
+    """One fresh receiver, one timed send; seconds, and the receiver's CPU seconds during
+    it (to its last answer; its rows may still be written). Exits when an instance is
+    missing."""
     folder = work / f"recv-{run}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -289,7 +309,9 @@ def measure(
     port = free_port()
     server = receiver.start(port, folder)
     try:
+        cpu_before_s = group_cpu_s(server.process.pid)
         wall_s = send(port, shares_of(study.files, senders), env, AE_TITLE)
+        cpu_s = group_cpu_s(server.process.pid) - cpu_before_s
         got = receiver.received(folder) if receiver.count_while_running else -1
     finally:
         server.stop()
@@ -301,7 +323,7 @@ def measure(
             f"(log: {server.log})"
         )
     shutil.rmtree(folder, ignore_errors=True)
-    return wall_s
+    return wall_s, cpu_s
 
 
 @dataclass(frozen=True)
@@ -311,10 +333,16 @@ class Rate:
     receiver: str
     senders: int
     walls_s: list[float]
+    cpus_s: list[float]
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.walls_s)
+
+    @property
+    def median_cpu_s(self) -> float:
+        """The receiver's CPU seconds during a send, median of the runs."""
+        return statistics.median(self.cpus_s)
 
 
 @dataclass(frozen=True)
@@ -377,26 +405,29 @@ def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
         receivers += [strokeflow_receiver(n, args.compare) for n in args.receiver_processes]
     total_mib, count = study.mib, study.instances
     walls: dict[tuple[str, int], list[float]] = {}
+    cpus: dict[tuple[str, int], list[float]] = {}
     run = 0
     for senders in args.senders:
         for _ in range(args.repeat):
             for receiver in receivers:
-                wall_s = measure(receiver, study, senders, work, run, dcmtk_env())
+                wall_s, cpu_s = measure(receiver, study, senders, work, run, dcmtk_env())
                 walls.setdefault((receiver.name, senders), []).append(wall_s)
+                cpus.setdefault((receiver.name, senders), []).append(cpu_s)
                 run += 1
         for receiver in receivers:
             times = ", ".join(f"{w:.2f}" for w in walls[receiver.name, senders])
             print(f"   {receiver.name}, {senders} sender(s): {times} s")
-    rates = [Rate(name, senders, w) for (name, senders), w in walls.items()]
+    rates = [Rate(name, senders, w, cpus[name, senders]) for (name, senders), w in walls.items()]
     print(f"cores: {os.cpu_count()}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(
         f"ingest of {count} instances ({total_mib:.0f} MiB), median of {args.repeat} "
-        f"(TCP_NODELAY=1 for DCMTK); ratios are instances/s over the reference's:"
+        f"(TCP_NODELAY=1 for DCMTK); ratios are instances/s over the reference's; CPU is "
+        f"the receiver's (all its processes) per instance, median of the runs:"
     )
     median = {(r.receiver, r.senders): r.median_s for r in rates}
     print(
         f"  {'receiver':<34}{'senders':>8}{'s':>8}{'inst/s':>9}{'MiB/s':>8}"
-        f"{'/Orthanc':>10}{'/bare+fsync':>12}"
+        f"{'/Orthanc':>10}{'/bare+fsync':>12}{'CPU ms':>8}"
     )
     for r in rates:
         ratios = ""
@@ -405,7 +436,7 @@ def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
             ratios += f"{ref_s / r.median_s:>{width}.2f}" if ref_s else f"{'-':>{width}}"
         print(
             f"  {r.receiver:<34}{r.senders:>8}{r.median_s:>8.2f}{count / r.median_s:>9.0f}"
-            f"{total_mib / r.median_s:>8.1f}{ratios}"
+            f"{total_mib / r.median_s:>8.1f}{ratios}{1000 * r.median_cpu_s / count:>8.2f}"
         )
     ours = [r for r in rates if r.receiver.startswith("strokeflow")]
     compared = [r for r in rates if r.receiver.startswith("compared")]
@@ -442,7 +473,7 @@ def ingest(args: argparse.Namespace, study: Study, work: Path) -> None:
         print("1 sender with DCMTK's default socket options (Nagle on), median of 1:")
         plain = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
         for receiver in (bare_receiver(), strokeflow_receiver(1)):
-            wall_s = measure(receiver, study, 1, work, run, plain)
+            wall_s, _ = measure(receiver, study, 1, work, run, plain)
             run += 1
             print(f"  {receiver.name:<34}{wall_s:8.2f} s {count / wall_s:7.0f} inst/s")
 

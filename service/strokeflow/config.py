@@ -238,7 +238,8 @@ class Settings(BaseSettings):
     #: associations far apart: a series after the completion makes a new job version.
     complete_when_whole: bool = True
     worker_count: int = Field(2, ge=1)
-    #: Receiving processes sharing the DICOM port (SO_REUSEPORT); more when one is GIL-bound.
+    #: Receiving processes sharing the DICOM port (one listening socket, each connection
+    #: to the least busy); more when one is GIL-bound.
     receiver_processes: int = Field(1, ge=1, le=64)
     #: Simultaneous associations per receiving process.
     max_associations: int = Field(16, ge=1)

@@ -177,3 +177,31 @@ def test_kill_mid_send_loses_no_acknowledged_instance(tmp_path: Path) -> None:
         if process.proc is not None and process.proc.poll() is None:
             os.killpg(process.proc.pid, signal.SIGKILL)
             process.proc.wait(10)
+
+
+def test_simultaneous_associations_go_to_different_receiving_processes(
+    listener_process: ListenerProcess, tmp_path: Path
+) -> None:
+    files = write_ct_files(tmp_path / "sent", 4, study="spread")
+    listener_process.start()
+    ae = AE(ae_title="CT01")
+    ae.add_requested_context(CTImageStorage)
+    # One association after the other is open: the second must not join the first's
+    # process while the other one is idle (under SO_REUSEPORT it did, one time in two).
+    first = ae.associate("127.0.0.1", listener_process.port, ae_title="STROKEFLOW")
+    assert first.is_established
+    assert int(first.send_c_store(pydicom.dcmread(files[0])).Status) == 0x0000
+    second = ae.associate("127.0.0.1", listener_process.port, ae_title="STROKEFLOW")
+    assert second.is_established
+    assert int(second.send_c_store(pydicom.dcmread(files[1])).Status) == 0x0000
+    first.release()
+    second.release()
+    assert listener_process.stop() == 0
+    ended = [
+        line.split()[3]  # the process name, after date, time and level
+        for line in listener_process.log.read_text().splitlines()
+        if "association CT01@" in line and " ended: " in line
+    ]
+    assert len(ended) == 2
+    assert ended[0] != ended[1]
+    assert all(name.startswith("strokeflow-receiver-") for name in ended)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from io import BytesIO
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 from pydicom import config, dcmread
 from pydicom.dataelem import RawDataElement
@@ -21,6 +21,7 @@ from pynetdicom.events import Event
 
 from strokeflow.dicomnet.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH
 from strokeflow.receive.storage import InvalidUidError, check_uid, instance_relpath
+from strokeflow.store import header_values
 
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -48,19 +49,22 @@ class InstanceRefusedError(ValueError):
 
 def text_value(ds: Dataset, keyword: str, limit: int) -> str | None:
     """``ds.keyword`` as text cut to ``limit`` characters (the column size); ``None`` if empty."""
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    return str(value)[:limit]
+    value = header_values.text(ds, keyword)
+    return value[:limit] if value else None
 
 
 def int_value(ds: Dataset, keyword: str) -> int | None:
     """``ds.keyword`` as an int; ``None`` if empty or not a number."""
-    value = ds.get(keyword)
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
+    return header_values.integer(ds, keyword)
+
+
+class InstanceUids(NamedTuple):
+    """The checked UIDs of a received instance."""
+
+    study: str
+    series: str
+    sop_instance: str
+    sop_class: str
 
 
 def _check_pixel_length(ds: Dataset, transfer_syntax: UID) -> None:
@@ -89,8 +93,7 @@ def _check_pixel_length(ds: Dataset, transfer_syntax: UID) -> None:
 def _check_truncation(ds: Dataset) -> None:
     # pydicom quietly accepts a value shorter than its declared length (a cut-off
     # transfer); the raw elements still carry the declared length.
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
+    for raw in list(ds.values()):
         if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
             continue
         arrived = len(raw.value or b"")
@@ -127,11 +130,12 @@ def _check_values(ds: Dataset) -> None:
     Values that surely convert (:func:`_plainly_valid`) are left raw: converting the ~50
     elements of a CT image costs ~2 ms, most of it for values that cannot fail.
     """
-    for tag in list(ds.keys()):
-        if tag == _PIXEL_DATA:
-            continue
-        raw = ds.get_item(tag)
+    for raw in list(ds.values()):
+        # (Plain first: a Tag's == is a Python call, and pixel data is plain OB/OW.)
         if isinstance(raw, RawDataElement) and _plainly_valid(raw):
+            continue
+        tag = raw.tag
+        if tag == _PIXEL_DATA:
             continue
         elem = ds[tag]  # raises when the value cannot be decoded
         if elem.VR == "SQ":
@@ -159,7 +163,7 @@ def _check_vr_encoding(encoded: bytes, transfer_syntax: UID) -> None:
         )
 
 
-def read_dataset(event: Event) -> tuple[Dataset, Path]:
+def read_dataset(event: Event) -> tuple[Dataset, Path, InstanceUids]:
     """Decode the C-STORE dataset's header, check its UIDs, give its storage path (relative).
 
     Raises
@@ -177,24 +181,27 @@ def read_dataset(event: Event) -> tuple[Dataset, Path]:
     except Exception as exc:  # any decoder error means the same to the sender
         raise InstanceRefusedError(f"dataset cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
     try:
-        relpath = instance_relpath(
-            ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
+        uids = InstanceUids(
+            check_uid(header_values.text(ds, "StudyInstanceUID"), "StudyInstanceUID"),
+            check_uid(header_values.text(ds, "SeriesInstanceUID"), "SeriesInstanceUID"),
+            check_uid(header_values.text(ds, "SOPInstanceUID"), "SOPInstanceUID"),
+            check_uid(header_values.text(ds, "SOPClassUID"), "SOPClassUID"),
         )
-        sop_class = check_uid(ds.get("SOPClassUID"), "SOPClassUID")
     except InvalidUidError as exc:
         raise InstanceRefusedError(str(exc)) from exc
     except Exception as exc:  # a UID element whose value cannot be decoded
         raise InstanceRefusedError(f"dataset cannot be decoded: {exc}", CANNOT_UNDERSTAND) from exc
-    if str(ds.SOPInstanceUID) != str(request.AffectedSOPInstanceUID):
+    relpath = instance_relpath(uids.study, uids.series, uids.sop_instance)
+    if header_values.text(ds, "SOPInstanceUID") != str(request.AffectedSOPInstanceUID):
         raise InstanceRefusedError(
             f"SOPInstanceUID {ds.SOPInstanceUID} differs from the command's "
             f"{request.AffectedSOPInstanceUID}"
         )
-    if sop_class != str(request.AffectedSOPClassUID):
+    if uids.sop_class != str(request.AffectedSOPClassUID):
         raise InstanceRefusedError(
-            f"SOPClassUID {sop_class} differs from the command's {request.AffectedSOPClassUID}"
+            f"SOPClassUID {uids.sop_class} differs from the command's {request.AffectedSOPClassUID}"
         )
-    return ds, relpath
+    return ds, relpath, uids
 
 
 def check_content(ds: Dataset, transfer_syntax: UID) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from strokeflow.receive.checks import int_value, text_value
 from strokeflow.receive.storage import quarantine_stored
+from strokeflow.store import header_values
 from strokeflow.store.repository import InstanceRecord
 from strokeflow.store.studies import (
     RESULT_SOP_CLASSES,
@@ -61,10 +62,10 @@ def instance_record(
     """The index row of a checked dataset stored at ``relpath`` (relative to the data dir),
     with the counting elements that tell whether its acquisition is whole."""
     return InstanceRecord(
-        study_uid=str(ds.StudyInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        sop_instance_uid=str(ds.SOPInstanceUID),
-        sop_class_uid=str(ds.SOPClassUID),
+        study_uid=_uid(ds, "StudyInstanceUID"),
+        series_uid=_uid(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        sop_class_uid=_uid(ds, "SOPClassUID"),
         transfer_syntax_uid=transfer_syntax_uid,
         path=relpath.as_posix(),
         size_bytes=size_bytes,
@@ -81,6 +82,11 @@ def instance_record(
         expected_series_instances=int_value(ds, "NumberOfSeriesRelatedInstances"),
         counts=image_counts(ds),
     )
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    # Checked before the instance was stored: present and valid.
+    return header_values.text(ds, keyword) or ""
 
 
 @dataclass(frozen=True)
@@ -292,7 +298,7 @@ class IndexWriter:
         manufacturers = {
             i.sop_instance_uid: i.manufacturer
             for i in pending
-            if i.ds.get("SOPClassUID") in RESULT_SOP_CLASSES
+            if header_values.text(i.ds, "SOPClassUID") in RESULT_SOP_CLASSES
         }
         release = batch[-1] if isinstance(batch[-1], _Release) else None
         now = self.clock()

@@ -3,18 +3,21 @@
 The parent process migrates the database, indexes files a previous run acknowledged but
 did not index (:mod:`strokeflow.receive.reconcile`), marks studies orphaned by a previous
 run as released, starts the receivers and runs the completion sweep once a second. With
-``receiver_processes > 1`` each receiver is its own process bound to the same port with
-``SO_REUSEPORT`` (the kernel spreads associations), so decoding and hashing are not held
-back by one interpreter's GIL.
+``receiver_processes > 1`` each receiver is its own process accepting on the one
+listening socket this process opens, a new connection going to the least busy one
+(:mod:`strokeflow.receive.shared_port`), so decoding and hashing are not held back by one
+interpreter's GIL.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -29,8 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from strokeflow.config import Settings
 from strokeflow.logsetup import configure_logging
 from strokeflow.ports import check_free, dicom_listen_port
+from strokeflow.receive.limits import LimitedAssociationServer
 from strokeflow.receive.reconcile import reconcile
 from strokeflow.receive.scp import Receiver, start_server
+from strokeflow.receive.shared_port import AcceptBoard, board_memory, bound_socket
 from strokeflow.store.engine import make_engine, make_session_factory
 from strokeflow.store.migrate import upgrade_to_head
 from strokeflow.store.studies import CompletionRules, release_orphaned, sweep
@@ -123,7 +128,13 @@ def tune_interpreter() -> None:
     gc.set_threshold(RECEIVER_GC_THRESHOLD, older, oldest)
 
 
-def _receiver_process(settings_data: dict[str, Any], ready: Any, parent_pid: int) -> None:
+def _receiver_process(
+    settings_data: dict[str, Any],
+    ready: Any,
+    parent_pid: int,
+    listen_socket: socket.socket,
+    board: tuple[ctypes.Array[ctypes.c_int], int],
+) -> None:
     settings = Settings.model_validate(settings_data)
     configure_logging(log_format=settings.log_format)
     # A plain threading.Event set by SIGTERM, not a multiprocessing one: a process killed
@@ -132,7 +143,7 @@ def _receiver_process(settings_data: dict[str, Any], ready: Any, parent_pid: int
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     receiver = Receiver(settings, receiver_sessions(settings))
-    server = start_server(receiver, reuse_port=True)
+    server = start_server(receiver, shared=(listen_socket, AcceptBoard(*board)))
     tune_interpreter()
     ready.release()
     # Also stop when the parent is gone (killed): an orphan would keep the port.
@@ -140,6 +151,26 @@ def _receiver_process(settings_data: dict[str, Any], ready: Any, parent_pid: int
         pass
     server.shutdown()
     receiver.close()
+
+
+def _watch_receivers(
+    children: list[Any], counts: ctypes.Array[ctypes.c_int], stop: threading.Event
+) -> None:
+    """Log a receiving process that exits, and take it off the accept board so that the
+    others stop leaving connections to it."""
+    gone: set[int] = set()
+    while not stop.wait(1.0):
+        for i, child in enumerate(children):
+            if i not in gone and not child.is_alive():
+                gone.add(i)
+                AcceptBoard(counts, i).mark_gone()
+                LOG.error(
+                    "receiving process %s exited (code %s); %d of %d still receive",
+                    child.name,
+                    child.exitcode,
+                    len(children) - len(gone),
+                    len(children),
+                )
 
 
 def run_listener(
@@ -207,33 +238,52 @@ def run_listener(
         raise ValueError("several receiver processes need a fixed DICOM port, not 0")
     context = multiprocessing.get_context("spawn")
     ready = context.Semaphore(0)
+    address = (settings.dicom_address, settings.dicom_port)
+    try:
+        listen_socket = bound_socket(address)
+    except OSError as exc:
+        raise dicom_listen_port(settings).refusal(exc) from exc
+    counts = board_memory(context, settings.receiver_processes)
     children = [
         context.Process(
             target=_receiver_process,
-            args=(settings.model_dump(mode="json"), ready, os.getpid()),
+            args=(settings.model_dump(mode="json"), ready, os.getpid(), listen_socket, (counts, i)),
             name=f"strokeflow-receiver-{i}",
         )
         for i in range(settings.receiver_processes)
     ]
-    for child in children:
-        child.start()
     try:
-        for _ in children:
-            while not ready.acquire(timeout=1.0):
-                dead = [c.name for c in children if not c.is_alive()]
-                if dead:
-                    raise RuntimeError(f"receiver processes {', '.join(dead)} failed to start")
-                if stop.is_set():
-                    return
+        try:
+            for child in children:
+                child.start()
+            for _ in children:
+                while not ready.acquire(timeout=1.0):
+                    dead = [c.name for c in children if not c.is_alive()]
+                    if dead:
+                        raise RuntimeError(f"receiver processes {', '.join(dead)} failed to start")
+                    if stop.is_set():
+                        return
+            listen_socket.listen(LimitedAssociationServer.request_queue_size)
+        finally:
+            # The children hold it now: once they are gone, connections are refused.
+            listen_socket.close()
         resume_orphaned(sessions)
+        watcher = threading.Thread(
+            target=_watch_receivers,
+            args=(children, counts, stop),
+            name="receiver-watch",
+            daemon=True,
+        )
+        watcher.start()
         if on_listening is not None:
             on_listening()
         sweeper.run(stop)
     finally:
-        for child in children:
+        started = [child for child in children if child.pid is not None]
+        for child in started:
             if child.is_alive():
                 child.terminate()  # SIGTERM: the child finishes its associations' last reply
-        for child in children:
+        for child in started:
             child.join(timeout=30)
             if child.is_alive():
                 child.kill()

@@ -46,6 +46,7 @@ from strokeflow.dicomnet.status import DATASET_DOES_NOT_MATCH, OUT_OF_RESOURCES,
 from strokeflow.ports import dicom_listen_port
 from strokeflow.receive.checks import (
     InstanceRefusedError,
+    InstanceUids,
     check_content,
     read_dataset,
     text_value,
@@ -53,6 +54,7 @@ from strokeflow.receive.checks import (
 from strokeflow.receive.index import IndexWriter, PendingInstance, instance_record
 from strokeflow.receive.limits import ConnectionLimits, LimitedAssociationServer
 from strokeflow.receive.part10 import part10_header
+from strokeflow.receive.shared_port import AcceptBoard, SharedPortServer
 from strokeflow.receive.storage import (
     create_new,
     discard_new,
@@ -278,7 +280,7 @@ class Receiver:
         """
         label = self._label(event)
         try:
-            ds, relpath = read_dataset(event)
+            ds, relpath, uids = read_dataset(event)
         except InstanceRefusedError as exc:
             return self._refuse(event, label, str(exc), exc.status)
         failure = self._index.failure
@@ -287,17 +289,17 @@ class Receiver:
             LOG.error(
                 "association %s: study %s instance %s not stored, the index cannot be written: %s",
                 label,
-                ds.StudyInstanceUID,
-                ds.SOPInstanceUID,
+                uids.study,
+                uids.sop_instance,
                 failure,
             )
             return OUT_OF_RESOURCES
         request = cast(C_STORE, event.request)
         assert request.DataSet is not None  # read_dataset decoded it
         transfer_syntax = str(event.context.transfer_syntax)
-        header = part10_header(str(ds.SOPClassUID), str(ds.SOPInstanceUID), transfer_syntax)
+        header = part10_header(uids.sop_class, uids.sop_instance, transfer_syntax)
         body = request.DataSet.getbuffer()
-        if str(ds.SOPClassUID) in RESULT_SOP_CLASSES:
+        if uids.sop_class in RESULT_SOP_CLASSES:
             # Perhaps one of our own results coming back (a rare class): SQL decides.
             return self._store_known(event, label, ds, relpath, (header, bytes(body)))
         try:
@@ -321,7 +323,7 @@ class Receiver:
         alone = len(self._tallies) <= 1
         digest = self._disk.submit(_sha256, header, body) if alone else None
         try:
-            known_series = self._check_placement(ds)
+            known_series = self._check_placement(uids)
             check_content(ds, UID(transfer_syntax))
         except InstanceRefusedError as exc:
             discard_new(new, synced)
@@ -344,12 +346,12 @@ class Receiver:
             self._tally(event).failed += 1
             return self._disk_error(label, ds, exc)
         size_bytes = len(header) + len(body)
-        study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+        study_uid, sop_uid = uids.study, uids.sop_instance
         self._index.put(
             PendingInstance(
                 ds=ds,
                 study_uid=study_uid,
-                series_uid=str(ds.SeriesInstanceUID),
+                series_uid=uids.series,
                 sop_instance_uid=sop_uid,
                 relpath=relpath,
                 transfer_syntax_uid=transfer_syntax,
@@ -366,7 +368,7 @@ class Receiver:
             tally.studies.add(study_uid)
         return SUCCESS
 
-    def _check_placement(self, ds: Dataset) -> str | None:
+    def _check_placement(self, uids: InstanceUids) -> str | None:
         """The series the index (or the writer's queue) has this instance in, if any.
 
         Raises
@@ -376,8 +378,7 @@ class Receiver:
         SQLAlchemyError
             The index cannot be read.
         """
-        sop_uid, series_uid = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
-        study_uid = str(ds.StudyInstanceUID)
+        sop_uid, series_uid, study_uid = uids.sop_instance, uids.series, uids.study
         instance_series, series_study = self._index.pending_placement(sop_uid, series_uid)
         if instance_series is None or series_study is None:
             known = self._lookup(sop_uid, series_uid)
@@ -572,16 +573,6 @@ def _sha256(*parts: bytes | memoryview) -> str:
     return digest.hexdigest()
 
 
-class _ReusePortServer(LimitedAssociationServer):
-    """Lets several receiving processes listen on one port; the kernel spreads connections."""
-
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
 def make_ae(settings: Settings) -> AE:
     """The application entity: every storage SOP class with every transfer syntax."""
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
@@ -616,14 +607,17 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAssociationServer:
+def start_server(
+    receiver: Receiver, *, shared: tuple[socket.socket, AcceptBoard] | None = None
+) -> ThreadedAssociationServer:
     """Start listening on ``settings.dicom_address:dicom_port`` in a background thread.
 
     Parameters
     ----------
     receiver : Receiver
-    reuse_port : bool
-        Share the port with other processes (``SO_REUSEPORT``).
+    shared : (socket, AcceptBoard), optional
+        Accept on this listening socket, which other receiving processes share
+        (:mod:`strokeflow.receive.shared_port`), instead of binding one.
 
     Returns
     -------
@@ -638,13 +632,28 @@ def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAss
     settings = receiver.settings
     ae = make_ae(settings)
     ssl_context = make_ssl_context(settings)
+
+    def announce(port: int) -> None:
+        LOG.info(
+            "listening for DICOM as %s on %s:%d%s",
+            settings.ae_title,
+            settings.dicom_address,
+            port,
+            " (TLS)" if settings.tls_enabled else "",
+        )
+
+    shared_kwargs: dict[str, Any] = {}
+    if shared is not None:
+        # Said once the listener has made the shared socket listen, not before.
+        shared_kwargs = {"listen_socket": shared[0], "board": shared[1], "announce": announce}
     try:
         server = ae.make_server(
             (settings.dicom_address, settings.dicom_port),
             evt_handlers=receiver.handlers,
             ssl_context=ssl_context,
-            server_class=_ReusePortServer if reuse_port else LimitedAssociationServer,
+            server_class=SharedPortServer if shared is not None else LimitedAssociationServer,
             limits=ConnectionLimits.from_settings(settings),
+            **shared_kwargs,
         )
     except OSError as exc:
         raise dicom_listen_port(settings).refusal(exc) from exc
@@ -653,11 +662,6 @@ def start_server(receiver: Receiver, *, reuse_port: bool = False) -> ThreadedAss
     )
     thread.start()
     ae._servers.append(server)  # so that ae.shutdown() also stops it
-    LOG.info(
-        "listening for DICOM as %s on %s:%d%s",
-        settings.ae_title,
-        settings.dicom_address,
-        server.server_address[1],
-        " (TLS)" if settings.tls_enabled else "",
-    )
+    if shared is None:
+        announce(server.server_address[1])
     return server

@@ -28,6 +28,8 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from strokeflow.store import header_values
+
 LOG = logging.getLogger(__name__)
 
 #: The header elements :func:`read_counts` parses (nothing else).
@@ -71,25 +73,23 @@ _INT_RANGE = range(-(2**31), 2**31)
 
 
 def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        number = None if value is None or value == "" else int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
+    number = header_values.integer(ds, keyword)
     return number if number is None or number in _INT_RANGE else None
 
 
 def _slice_key(ds: pydicom.Dataset) -> tuple[float, ...] | None:
-    def rounded(values: Iterable[object]) -> tuple[float, ...]:
-        return tuple(round(float(v), _POSITION_DECIMALS) for v in values)  # type: ignore[arg-type]
+    def rounded(values: Iterable[float]) -> tuple[float, ...]:
+        return tuple(round(v, _POSITION_DECIMALS) for v in values)
 
     try:
-        position = ds.get("ImagePositionPatient")
+        position = header_values.decimals(ds, "ImagePositionPatient")
         if position is not None and len(position) == 3:
             return rounded(position)
-        location = ds.get("SliceLocation")
-        if location is not None and location != "":
-            return rounded([location])
+        if position is not None and len(position) == 1:
+            return None  # as when pydicom gave one DSfloat (no len()): no key
+        location = header_values.decimals(ds, "SliceLocation")
+        if location is not None and len(location) == 1:
+            return rounded(location)
     except (TypeError, ValueError, OverflowError):
         pass
     return None
