@@ -10,27 +10,20 @@ either way.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
-import signal
-import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from strokeflow.analysis.stages import usable_cpus
+from strokeflow.report.helper_process import fork_helper, killed_after
 from strokeflow.report.warm import wait_until_warm
 
 __all__ = ["write_files"]
 
 log = logging.getLogger(__name__)
-
-#: Longest wait for the helper before it is killed and its file written here.
-HELPER_TIMEOUT_S = 60.0
 
 
 def _write(path: Path, ds: Dataset) -> None:
@@ -41,20 +34,11 @@ def _start_helper(path: Path, ds: Dataset) -> int | None:
     """Fork a process that writes ``ds`` to ``path`` and exits 0; its pid, or None."""
     if not hasattr(os, "fork") or usable_cpus() < 2 or not wait_until_warm():
         return None
-    # Frozen: the child's collector never finalises this process's garbage (a database
-    # connection's finaliser would talk on the parent's socket).
-    gc.freeze()
     try:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns of fork in a threaded process; the child only encodes
-            # and writes one file, taking no lock another thread may hold.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = fork_helper()
     except OSError as exc:
         log.info("result files written in this process (no helper process: %s)", exc)
         return None
-    finally:
-        gc.unfreeze()
     if pid == 0:
         code = 1
         try:
@@ -66,19 +50,10 @@ def _start_helper(path: Path, ds: Dataset) -> int | None:
 
 
 def _wait(pid: int) -> int:
-    """The helper's exit code (killed after :data:`HELPER_TIMEOUT_S`)."""
-    watchdog = threading.Timer(HELPER_TIMEOUT_S, _kill, args=(pid,))
-    watchdog.start()
-    try:
+    """The helper's exit code (killed by the watchdog of ``helper_process``)."""
+    with killed_after(pid):
         _, status = os.waitpid(pid, 0)
-    finally:
-        watchdog.cancel()
     return os.waitstatus_to_exitcode(status)
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def write_files(files: Sequence[tuple[Path, Dataset]], offload: int | None = None) -> None:

@@ -14,14 +14,9 @@ drawn here, serially.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import pickle
-import signal
-import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -30,6 +25,7 @@ import numpy as np
 
 from strokeflow.analysis.stages import usable_cpus
 from strokeflow.analysis.volume import Geometry
+from strokeflow.report.helper_process import fork_helper, killed_after
 from strokeflow.report.render import MapSpec, Outline, SummaryContent
 
 __all__ = ["PageKind", "PageSet", "RenderedPages", "render_pages", "start_rendering"]
@@ -39,9 +35,6 @@ log = logging.getLogger(__name__)
 #: The three page series, in the order they are written.
 PageKind = Literal["summary", "lesions", "maps"]
 PAGE_KINDS: tuple[PageKind, ...] = ("summary", "lesions", "maps")
-#: Longest wait for the helper process before it is killed (the pages of the largest
-#: study take a few seconds).
-HELPER_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -168,23 +161,16 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
     importing them again). The child only draws (numpy, Pillow, matplotlib's Agg canvas) and writes
     to its pipe: it takes no lock that another thread of this process may hold (CPython
     re-creates the import and logging locks in a forked child), and a child that hangs
-    anyway is killed after :data:`HELPER_TIMEOUT_S` and the pages drawn here.
+    anyway is killed by the watchdog of :mod:`strokeflow.report.helper_process` and the
+    pages drawn here.
     """
     if not parallel or not hasattr(os, "fork") or usable_cpus() < 2:
         # On one CPU the helper would only add its own cost.
         return lambda: render_pages(pages)
     read_fd, write_fd = os.pipe()
-    # Frozen: the child's collector never finalises this process's garbage (a database
-    # connection's finaliser would talk on the parent's socket).
-    gc.freeze()
     try:
-        with warnings.catch_warnings():
-            # Python 3.12+ warns of fork in a threaded process; see the Notes for why
-            # this child is safe.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = fork_helper()
     except OSError as exc:
-        gc.unfreeze()
         os.close(read_fd)
         os.close(write_fd)
         log.info("result pages drawn in this process (no helper process: %s)", exc)
@@ -192,18 +178,12 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
     if pid == 0:
         os.close(read_fd)
         _render_in_child(pages, write_fd)
-    gc.unfreeze()
     os.close(write_fd)
 
     def wait() -> RenderedPages:
-        watchdog = threading.Timer(HELPER_TIMEOUT_S, _kill, args=(pid,))
-        watchdog.start()
-        try:
-            with os.fdopen(read_fd, "rb") as reply_stream:
-                reply = reply_stream.read()
+        with killed_after(pid), os.fdopen(read_fd, "rb") as reply_stream:
+            reply = reply_stream.read()
             _, status = os.waitpid(pid, 0)
-        finally:
-            watchdog.cancel()
         code = os.waitstatus_to_exitcode(status)
         if code == 0:
             try:
@@ -217,8 +197,3 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
         return render_pages(pages)
 
     return wait
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
