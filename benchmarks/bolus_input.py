@@ -30,8 +30,6 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from scipy.ndimage import gaussian_filter1d
 
 import strokeflow.analysis.ctp as ctp
 import strokeflow.analysis.maps as maps
+from harness import map_cases
 from strokeflow.analysis.decisions import evaluate_assessable_decisions, lesion_metrics
 from strokeflow.analysis.deconvolution import OSVD_THRESHOLDS, osvd_deconvolver
 from strokeflow.analysis.hemispheres import LEFT, RIGHT, find_hemispheres
@@ -237,14 +236,6 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _run(specs: list[dict[str, Any]], jobs: int) -> Iterator[dict[str, Any]]:
-    if jobs <= 1:
-        yield from map(run_case, specs)
-        return
-    with ProcessPoolExecutor(jobs) as pool:
-        yield from pool.map(run_case, specs)
-
-
 def line(r: dict[str, Any]) -> str:
     """One printed row."""
     head = f"{r['kind']:<10} {r['protocol']:<14} {r['seed']:>5} {r['variant']:<10}"
@@ -304,7 +295,7 @@ def main() -> int:
         for v in args.variants
     ]
     rows = []
-    for r in _run(specs, args.jobs):
+    for r in map_cases(run_case, specs, args.jobs):
         print(line(r), flush=True)
         rows.append(r)
     summary(rows)

@@ -30,13 +30,12 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from harness import map_cases
 from strokeflow.analysis.brainmask import BrainMasks
 from strokeflow.analysis.ctp import CtpAnalysis, analyse_ctp
 from strokeflow.analysis.hemispheres import Hemispheres, find_hemispheres
@@ -386,16 +385,6 @@ def cases(seed_base: int, full: bool, noise: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _run(
-    fn: Callable[[dict[str, Any]], dict[str, Any]], specs: list[dict[str, Any]], jobs: int
-) -> Iterator[dict[str, Any]]:
-    if jobs <= 1:
-        yield from map(fn, specs)
-        return
-    with ProcessPoolExecutor(jobs) as pool:
-        yield from pool.map(fn, specs)
-
-
 def case_line(row: dict[str, Any]) -> str:
     """Core volume of each variant against the truth, one case."""
     name = f"{row['kind']}/{row['protocol']}/{row['seed']}"
@@ -471,7 +460,7 @@ def main() -> int:
             spec["save_dir"] = args.save_dir
     print(f"{'case':<32} {'truth':>6}  " + "  ".join(f"{v[:13]:>14}" for v in VARIANTS))
     rows = []
-    for row in _run(run_case, specs, args.jobs):
+    for row in map_cases(run_case, specs, args.jobs):
         print(case_line(row), flush=True)
         rows.append(row)
     print()

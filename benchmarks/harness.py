@@ -1,6 +1,7 @@
-"""Pieces the service benchmarks share: free ports, waiting, server processes and their
-environment. Benchmarks run as scripts (``python benchmarks/x.py``), so this folder is on
-``sys.path`` and they import it by name."""
+"""Pieces the benchmarks share: free ports, waiting, server processes and their
+environment, cases run in worker processes. Benchmarks run as scripts
+(``python benchmarks/x.py``), so this folder is on ``sys.path`` and they import it by
+name."""
 
 from __future__ import annotations
 
@@ -9,8 +10,23 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TypeVar
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+
+def map_cases(fn: Callable[[_In], _Out], cases: Iterable[_In], jobs: int) -> Iterator[_Out]:
+    """``fn`` of every case, in order: in this process for ``jobs <= 1``, else in a pool of
+    ``jobs`` worker processes (``fn`` and the cases must pickle)."""
+    if jobs <= 1:
+        yield from map(fn, cases)
+        return
+    with ProcessPoolExecutor(jobs) as pool:
+        yield from pool.map(fn, cases)
 
 
 def free_port() -> int:

@@ -14,7 +14,11 @@ from strokeflow.analysis.settings import CtpSettings
 
 
 def _budget_module() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "core_budget.py"
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    # Run as a script, the benchmark finds its sibling modules (harness) on sys.path.
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    path = folder / "core_budget.py"
     spec = importlib.util.spec_from_file_location("core_budget", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
