@@ -72,25 +72,23 @@ def _true_input_on_grid(case: FamilyCase, grid_s: np.ndarray) -> np.ndarray:
     return np.interp(grid_s, frames, art)
 
 
-def _core_fraction(case: FamilyCase, analysis: Any) -> np.ndarray:
+def _slab_fraction(case: FamilyCase, analysis: Any, fine: np.ndarray) -> np.ndarray:
+    """The share of each analysis voxel's 1 mm truth where ``fine`` (1 mm slices) holds."""
     slabs = analysis.slabs
     per = round(slabs.input_slice_mm) * slabs.slices_per_slab
     first = slabs.first_slice * round(slabs.input_slice_mm)
     nz = slabs.n_slabs
-    zones = case.zones_fine[first : first + nz * per]
-    _, ny, nx = zones.shape
-    core = zones == CORE_ZONE
-    return np.asarray(core.reshape(nz, per, ny, nx).mean(axis=1))
+    part = fine[first : first + nz * per]
+    _, ny, nx = part.shape
+    return np.asarray(part.reshape(nz, per, ny, nx).mean(axis=1))
+
+
+def _core_fraction(case: FamilyCase, analysis: Any) -> np.ndarray:
+    return _slab_fraction(case, analysis, case.zones_fine == CORE_ZONE)
 
 
 def _artery_share(case: FamilyCase, analysis: Any, voxels_zyx: np.ndarray) -> float:
-    slabs = analysis.slabs
-    per = round(slabs.input_slice_mm) * slabs.slices_per_slab
-    first = slabs.first_slice * round(slabs.input_slice_mm)
-    nz = slabs.n_slabs
-    lab = case.labels_fine[first : first + nz * per]
-    _, ny, nx = lab.shape
-    share = (lab == ARTERY_LABEL).reshape(nz, per, ny, nx).mean(axis=1)
+    share = _slab_fraction(case, analysis, case.labels_fine == ARTERY_LABEL)
     z, y, x = (voxels_zyx[:, i] for i in range(3))
     return float(share[z, y, x].mean())
 
