@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from strokeflow.analysis.quality import QualityLimits
 
@@ -52,6 +53,12 @@ class CtpSettings:
         together; the core keeps the single-delay Tmax). Measured in docs/deconvolution.md,
         "A cheaper two-delay Tmax": Tmax > 10 s within tolerance 45/54 -> 51/54 and
         43/52 -> 51/52 on two seed bases, core unchanged.
+    unpaired_tmax : {"mean", "peak", "onset"}
+        With ``two_delay_tmax``, Tmax of a searched voxel where no pair is accepted:
+        "peak" the lag-corrected peak of the oSVD residue (late by the residue's shape),
+        "onset" the single-delay fit's onset (early where filtering mixed an earlier
+        neighbour in), "mean" their mean (``compute_maps(unpaired_tmax=...)``;
+        docs/deconvolution.md, "The readout of voxels without a pair").
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded.
     max_motion_mm : float
@@ -75,6 +82,7 @@ class CtpSettings:
     oscillation_index: float = 0.095
     correct_cbf_bias: bool = False
     two_delay_tmax: bool = True
+    unpaired_tmax: Literal["mean", "peak", "onset"] = "mean"
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0
     quality: QualityLimits = field(default_factory=QualityLimits)
