@@ -1,7 +1,7 @@
 """The Tmax regions' error budget: measured Tmax against the truth, shell by shell.
 
 Usage: ``python benchmarks/tmax_budget.py [--seed-base 7000] [--kinds small,penumbral]
-[--protocols 2s_60s_8mm,...] [--unpaired-tmax mean|peak|onset] [--jobs 1] [--save-dir DIR]
+[--protocols 2s_60s_8mm,...] [--unpaired-tmax peak|mean|onset] [--jobs 1] [--save-dir DIR]
 [--json rows.json]``
 
 Each family case (``strokeflow.phantom.family``, seeds ``seed_base + 10 * protocol index +
@@ -217,9 +217,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument(
         "--unpaired-tmax",
-        default="mean",
-        choices=("mean", "peak", "onset"),
-        help="CtpSettings.unpaired_tmax of the analysis (default: mean)",
+        default="peak",
+        choices=("peak", "mean", "onset"),
+        help="CtpSettings.unpaired_tmax of the analysis (default: peak)",
     )
     parser.add_argument("--save-dir", type=Path)
     parser.add_argument("--json", type=Path)

@@ -70,5 +70,7 @@ def test_an_unknown_unpaired_tmax_is_refused() -> None:
         _maps(_box_tissue(np.array([3.0]), 1, seed=6), "median")
 
 
-def test_the_ct_analysis_uses_the_mean_readout() -> None:
-    assert CtpSettings().unpaired_tmax == "mean"
+def test_the_ct_analysis_keeps_the_peak_readout_unless_configured() -> None:
+    # "mean" was measured and not adopted (docs/deconvolution.md): the analysis is as before.
+    assert CtpSettings().unpaired_tmax == "peak"
+    assert CtpSettings(unpaired_tmax="mean").unpaired_tmax == "mean"
