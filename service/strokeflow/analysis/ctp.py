@@ -290,6 +290,7 @@ def analyse_ctp(
             # above the lowest threshold read (normal tissue) it is not searched.
             two_delay_tmax=settings.two_delay_tmax,
             two_delay_above_s=min(HYPOPERFUSION_TMAX_S, *settings.tmax_thresholds_s),
+            unpaired_tmax=settings.unpaired_tmax,
         )
     clock.lap("deconvolution")
 

@@ -123,6 +123,7 @@ def compute_maps(
     model_lag: Literal["off", "full", "truncation"] = "truncation",
     two_delay_tmax: bool = False,
     two_delay_above_s: float | None = None,
+    unpaired_tmax: str = "peak",
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
     flow_calibration: Literal["off", "self", "self+noise"] = "off",
     noise_sigma_frames: float = 0.0,
@@ -212,6 +213,14 @@ def compute_maps(
         single-delay Tmax is above it; elsewhere (most normal tissue, for a threshold of a
         few seconds) the single-delay readout stays and the pair search's cost is saved.
         Tmax above this delay or any later one is the same as with None (every voxel).
+    unpaired_tmax : {"peak", "onset", "mean"}
+        With ``two_delay_tmax``: Tmax of a searched voxel where no pair is accepted. "peak"
+        is the single-delay readout above (lag-corrected peak: late by the residue's
+        shape, e.g. ~1 s on gamma-3 residues at 5 s), "onset" the fitted onset (early
+        where spatial filtering mixed an earlier neighbour in), "mean" the mean of the
+        two. Normal tissue that is not searched, and the core's
+        ``single_delay_tmax_s``, keep the single-delay readout (``docs/deconvolution.md``,
+        "The readout of voxels without a pair").
     cbf_readout : {"max", "max/model", "value/model", "value"}
         With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
         residue near the fitted onset; "max/model" divides it by the regularised peak
@@ -264,6 +273,8 @@ def compute_maps(
         raise ValueError(
             f"flow_calibration must be 'off', 'self' or 'self+noise'; got {flow_calibration!r}"
         )
+    if unpaired_tmax not in ("peak", "onset", "mean"):
+        raise ValueError(f"unpaired_tmax must be 'peak', 'onset' or 'mean'; got {unpaired_tmax!r}")
     if flow_window_s is not None and not min(flow_window_s) >= 0:
         raise ValueError(f"flow_window_s must be two non-negative seconds; got {flow_window_s}")
 
@@ -335,6 +346,7 @@ def compute_maps(
             peak_table,
             cbf_readout,
             two_delay_above_s,
+            unpaired_tmax,
         )
 
     gain = None
@@ -420,6 +432,7 @@ def _chunk_maps(
     peak_table: ModelPeakTable | None = None,
     cbf_readout: str = "max",
     two_delay_above_s: float | None = None,
+    unpaired_tmax: str = "peak",
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -496,8 +509,15 @@ def _chunk_maps(
                 # the earlier component of a mixed voxel, and the window reaches 3 s past
                 # it. The single-delay readout stays for the core.
                 pair = fitter.fit_two_delays(curves[:, search], half_rise_s[search])
+                fallback_s = tmax_raw[search]
+                if unpaired_tmax == "onset":
+                    fallback_s = np.where(flow[search] > 0, onset_s[search], fallback_s)
+                elif unpaired_tmax == "mean":
+                    fallback_s = np.where(
+                        flow[search] > 0, 0.5 * (onset_s[search] + fallback_s), fallback_s
+                    )
                 tmax_raw = tmax_raw.copy()
-                tmax_raw[search] = pair.dominant_delay_s(tmax_raw[search])
+                tmax_raw[search] = pair.dominant_delay_s(fallback_s)
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]
