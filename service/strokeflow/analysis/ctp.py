@@ -291,6 +291,9 @@ def analyse_ctp(
             two_delay_tmax=settings.two_delay_tmax,
             two_delay_above_s=min(HYPOPERFUSION_TMAX_S, *settings.tmax_thresholds_s),
             unpaired_tmax=settings.unpaired_tmax,
+            # Beyond 10 s the tissue is severely delayed and low in flow, and its noisy
+            # onset reads early (the mean everywhere lost Tmax > 10 s cases at low dose).
+            unpaired_mean_below_s=SEVERE_HYPOPERFUSION_TMAX_S,
         )
     clock.lap("deconvolution")
 

@@ -124,6 +124,7 @@ def compute_maps(
     two_delay_tmax: bool = False,
     two_delay_above_s: float | None = None,
     unpaired_tmax: str = "peak",
+    unpaired_mean_below_s: float | None = None,
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
     flow_calibration: Literal["off", "self", "self+noise"] = "off",
     noise_sigma_frames: float = 0.0,
@@ -221,6 +222,10 @@ def compute_maps(
         two. Normal tissue that is not searched, and the core's
         ``single_delay_tmax_s``, keep the single-delay readout (``docs/deconvolution.md``,
         "The readout of voxels without a pair").
+    unpaired_mean_below_s : float, optional
+        With ``unpaired_tmax="mean"``: the mean only where the peak readout is at most
+        this delay; beyond it (severely delayed, low-flow tissue, whose noisy onset reads
+        early) the peak stays. None: everywhere.
     cbf_readout : {"max", "max/model", "value/model", "value"}
         With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
         residue near the fitted onset; "max/model" divides it by the regularised peak
@@ -347,6 +352,7 @@ def compute_maps(
             cbf_readout,
             two_delay_above_s,
             unpaired_tmax,
+            unpaired_mean_below_s,
         )
 
     gain = None
@@ -433,6 +439,7 @@ def _chunk_maps(
     cbf_readout: str = "max",
     two_delay_above_s: float | None = None,
     unpaired_tmax: str = "peak",
+    unpaired_mean_below_s: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -513,9 +520,10 @@ def _chunk_maps(
                 if unpaired_tmax == "onset":
                     fallback_s = np.where(flow[search] > 0, onset_s[search], fallback_s)
                 elif unpaired_tmax == "mean":
-                    fallback_s = np.where(
-                        flow[search] > 0, 0.5 * (onset_s[search] + fallback_s), fallback_s
-                    )
+                    use = flow[search] > 0
+                    if unpaired_mean_below_s is not None:
+                        use &= fallback_s <= unpaired_mean_below_s
+                    fallback_s = np.where(use, 0.5 * (onset_s[search] + fallback_s), fallback_s)
                 tmax_raw = tmax_raw.copy()
                 tmax_raw[search] = pair.dominant_delay_s(fallback_s)
     if calibration is not None and correct_cbf_bias:
