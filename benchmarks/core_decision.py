@@ -43,6 +43,7 @@ import strokeflow.analysis.ctp as ctp
 from core_budget import cases, saved_grid, truth_on_grid
 from strokeflow.analysis.brainmask import BrainMasks
 from strokeflow.analysis.decisions import evaluate_assessable_decisions, lesion_metrics
+from strokeflow.analysis.deconvolution import osvd_deconvolver
 from strokeflow.analysis.flow_calibration import FlowCalibration, calibrate_flow, prebolus_noise_sd
 from strokeflow.analysis.hemispheres import find_hemispheres
 from strokeflow.analysis.lesions import clean_mask, ctp_lesion_masks, fill_unmeasured, tmax_above
@@ -79,6 +80,8 @@ def _maps_with_extra_readouts(*args: Any, **kwargs: Any) -> PerfusionMaps:
         return m.cbf_ml_100g_min, m.cbv_ml_100g
 
     tissue = np.asarray(kwargs["mask"])
+    if "noise" in _readouts:
+        _extra["noise"] = value_noise_sd(conc, aif, step_s, tissue, sigma_frames)
     for readout in CALIBRATED_READOUTS:
         if readout not in _readouts:
             continue
@@ -94,6 +97,55 @@ def _maps_with_extra_readouts(*args: Any, **kwargs: Any) -> PerfusionMaps:
         _extra[readout + " gain"] = np.stack([gain.measured_mtt_s, gain.gain])
         _extra[readout + " noise"] = np.asarray(noise_sd)
     return maps
+
+
+def value_noise_sd(
+    conc: np.ndarray, aif: np.ndarray, step_s: float, tissue: np.ndarray, sigma_frames: float
+) -> np.ndarray:
+    """Per-voxel standard deviation (mL/100 g/min) of the CBF readout from the curve's noise.
+
+    The value readout is the oSVD residue at one lag, a linear function ``a . c`` of the
+    curve at the voxel's rung, so its variance is ``a^T S a`` with ``S`` the noise
+    covariance of the curve: the pre-bolus sample variance of the voxel, pooled over the
+    tissue of its 3 x 3 in-plane patch (the noise level varies slowly in space, unlike the
+    flow, so pooling it does not mix a border) and corrected for the temporal Gaussian's
+    correlation, times the Gaussian's autocorrelation ``exp(-k^2 / 4 s^2)``. The row norm
+    ``a^T rho a`` is the median over lags 0..N-1 of the rung (nearly constant for a
+    circulant inverse). NaN outside ``tissue`` or where fewer than 3 pre-bolus frames exist.
+    """
+    n = conc.shape[0]
+    a = np.asarray(aif, dtype=np.float64)
+    n_pre = int(np.argmax(a >= 0.1 * a.max())) - 1
+    out = np.full(tissue.shape, np.nan, dtype=np.float32)
+    if n_pre < 3:
+        return out
+    lag = np.arange(n)
+    rho = np.exp(-((lag[:, None] - lag[None, :]) ** 2) / (4.0 * max(sigma_frames, 1e-6) ** 2))
+    pre_rho = rho[:n_pre, :n_pre]
+    loss = 1.0 - (pre_rho.sum() - n_pre) / (n_pre * (n_pre - 1))
+    var = np.where(tissue, np.var(conc[:n_pre].astype(np.float64), axis=0, ddof=1), 0.0)
+    kernel = np.ones((1, 3, 3))
+    count = ndimage.convolve(tissue.astype(np.float64), kernel, mode="constant")
+    pooled = ndimage.convolve(var, kernel, mode="constant") / np.maximum(count, 1.0)
+    var_c = pooled / max(loss, 0.05)
+    dec = osvd_deconvolver(
+        a.astype(np.float32), step_s, oscillation_index=SETTINGS.oscillation_index
+    )
+    gain = np.zeros(len(dec.ranks))
+    for i, r in enumerate(dec.ranks):
+        rows = dec.v[:n, :r].astype(np.float64) @ (
+            dec.inv_s[:r, None].astype(np.float64) * dec.u_t[:r].astype(np.float64)
+        )
+        gain[i] = np.sqrt(np.median(np.einsum("ln,nm,lm->l", rows, rho, rows)))
+    idx = np.flatnonzero(tissue.reshape(-1))
+    flat = conc.reshape(n, -1)
+    rung = np.empty(idx.size, dtype=np.intp)
+    for start in range(0, idx.size, 8192):
+        part = idx[start : start + 8192]
+        rung[start : start + part.size] = dec.residues(flat[:, part].astype(np.float32))[1]
+    sd = out.reshape(-1)
+    sd[idx] = FLOW_SCALE * np.sqrt(var_c.reshape(-1)[idx]) * gain[rung]
+    return out
 
 
 def save_case(spec: dict[str, Any]) -> str:
@@ -125,6 +177,7 @@ def save_case(spec: dict[str, Any]) -> str:
             "cbf_value": an.maps.cbf_ml_100g_min,
             "cbv": an.maps.cbv_ml_100g,
             **{key: _extra[r] for r, key in ALL_READOUTS.items() if r in _extra},
+            **({"cbf_sd": _extra["noise"]} if "noise" in _extra else {}),
             **{
                 key + suffix: _extra[r + " " + word]
                 for r, key in CALIBRATED_READOUTS.items()
@@ -132,6 +185,8 @@ def save_case(spec: dict[str, Any]) -> str:
                 for suffix, word in (("_gain", "gain"), ("_noise", "noise"))
             },
             "tmax": an.maps.tmax_s,
+            # The core and its reference select by the single-delay Tmax.
+            "core_tmax": an.maps.core_tmax_s,
             "core_fraction": truth.core_fraction.astype(np.float32),
             "tissue": m.tissue,
             "unmeasured": m.unmeasured,
@@ -169,6 +224,28 @@ def local_spread(values: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     return np.asarray(np.sqrt(np.maximum(m2 - m1 * m1, 0) * n / np.maximum(n - 1, 1)))
 
 
+def tweedie_rcbf(rcbf: np.ndarray, sd_r: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes (Tweedie) posterior mean of each voxel's rCBF under Gaussian noise.
+
+    ``E[r | m] = m + sd^2 d/dm log p(m)``, with ``p`` the density of the measured rCBF over
+    ``candidates`` (a histogram on a 0.005 grid smoothed by a Gaussian of 0.02): a voxel is
+    pulled toward where the study's measured values are dense, by its own noise variance,
+    and not toward its neighbours (no spatial mixing of a border). The shift is limited
+    to +-0.2.
+    """
+    vals = rcbf[candidates & np.isfinite(rcbf)]
+    if vals.size < 50:
+        return rcbf
+    step = 0.005
+    edges = np.arange(-0.5, 2.0 + step, step)
+    hist, _ = np.histogram(vals, bins=edges)
+    dens = ndimage.gaussian_filter1d(hist.astype(np.float64), 0.02 / step) + 1e-3
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    dlogp = np.gradient(np.log(dens), step)
+    shift = np.nan_to_num(sd_r) ** 2 * np.interp(np.nan_to_num(rcbf, nan=1.0), centres, dlogp)
+    return np.asarray(rcbf + np.clip(shift, -0.2, 0.2))
+
+
 def _core(rcbf: np.ndarray, tmax: np.ndarray, masks: BrainMasks, vv: float) -> np.ndarray:
     raw = np.nan_to_num(rcbf, nan=1.0) < SETTINGS.core_rcbf_threshold
     raw &= tmax > SETTINGS.core_requires_tmax_s
@@ -182,10 +259,11 @@ def replay_case(path: Path) -> dict[str, Any]:
     meta = json.loads(str(d["meta"]))
     masks, hemis, geometry, vv = saved_grid(d)
     tissue = masks.tissue
-    tmax = np.nan_to_num(d["tmax"], nan=0.0)
+    core_tmax = d["core_tmax"] if "core_tmax" in d else d["tmax"]
+    tmax = np.nan_to_num(core_tmax, nan=0.0)
 
     def stage(cbf: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        maps = PerfusionMaps(cbf, cbf, cbf, d["tmax"], d["tmax"])
+        maps = PerfusionMaps(cbf, cbf, cbf, d["tmax"], d["tmax"], core_tmax)
         core, _, _, rcbf, ref, _, _ = ctp_lesion_masks(maps, masks, hemis, geometry, SETTINGS)
         return core, rcbf, ref
 
@@ -234,6 +312,23 @@ def replay_case(path: Path) -> dict[str, Any]:
                 smooth = np.exp(tissue_gaussian(log_mtt, ok, sigma))
                 cbf = np.where(ok, value / cal.gain_at(smooth), np.nan).astype(np.float32)
                 variants[f"{readout} mttG{sigma:g}"] = stage(cbf)[0]
+
+    if "cbf_sd" in d:
+        # The readout's own noise (value_noise_sd), as a margin and as the variance of an
+        # empirical-Bayes posterior, on the pipeline's reference and the calibrated one.
+        sd = d["cbf_sd"]
+        cand = tissue & (tmax > SETTINGS.core_requires_tmax_s)
+        pairs = [("value", rcbf_value, sd / ref_value)]
+        for readout in CALIBRATED_READOUTS:
+            if readout in lesion:
+                ref_cal = lesion[readout][2]
+                pairs.append((f"ref {readout}", rcbf_value * ref_value / ref_cal, sd / ref_cal))
+        for label, rcbf, sd_r in pairs:
+            for k in (0.25, 0.5, 0.75, 1.0, 2.0):
+                variants[f"{label} nsd{k:g}"] = _core(rcbf + k * sd_r, tmax, masks, vv)
+            for k in (1.0, 2.0, 3.0):
+                post = tweedie_rcbf(rcbf, k * sd_r, cand)
+                variants[f"{label} EB{k:g}"] = _core(post, tmax, masks, vv)
 
     pipe = PerfusionMaps(tmax, tmax, tmax, d["tmax"], d["tmax"])
     tmax6 = tmax_above(pipe, tissue, vv, SETTINGS.min_cluster_ml, 6.0)
@@ -310,7 +405,7 @@ def main() -> int:
         "--readouts",
         nargs="+",
         default=list(ALL_READOUTS),
-        choices=list(ALL_READOUTS),
+        choices=[*ALL_READOUTS, "noise"],
         help="readouts saved besides the pipeline's value (default: all)",
     )
     args = parser.parse_args()
