@@ -19,7 +19,10 @@ replay runs the lesion stage on the saved maps with each decision (rCBF < 0.30 i
 * ``value/self``, ``value/self+noise`` (``--readouts``): the value CBF divided by the
   study's self-calibrated gain at the voxel's measured MTT (``analysis.flow_calibration``,
   noise-free or with the pre-bolus noise); ``ref ...``: only the reference calibrated;
-  ``... mttG1``, ``... mttG2``: the gain read at the in-plane average of log MTT.
+  ``... mttG1``, ``... mttG2``: the gain read at the in-plane average of log MTT;
+* ``nsdK``, ``EBK`` (``--readouts noise``): the readout's own noise SD (``value_noise_sd``)
+  as a margin, rCBF + K * sd / reference < 0.30, or as the variance of an empirical-Bayes
+  posterior rCBF (``tweedie_rcbf``), on the pipeline's and the self-calibrated reference.
 
 It prints core within max(5 mL, 10 %), median core error, core bias and 95 % limits of
 agreement, false core (no true core in the voxel) and missed all-core voxels, Tmax
