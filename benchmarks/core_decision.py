@@ -20,9 +20,10 @@ replay runs the lesion stage on the saved maps with each decision (rCBF < 0.30 i
   study's self-calibrated gain at the voxel's measured MTT (``analysis.flow_calibration``,
   noise-free or with the pre-bolus noise); ``ref ...``: only the reference calibrated;
   ``... mttG1``, ``... mttG2``: the gain read at the in-plane average of log MTT;
-* ``nsdK``, ``EBK`` (``--readouts noise``): the readout's own noise SD (``value_noise_sd``)
-  as a margin, rCBF + K * sd / reference < 0.30, or as the variance of an empirical-Bayes
-  posterior rCBF (``tweedie_rcbf``), on the pipeline's and the self-calibrated reference.
+* ``nsdK``, ``EBK`` (``--readouts noise``): the readout's own noise SD
+  (``analysis.flow_noise.value_noise_sd``) as a margin, rCBF + K * sd / reference < 0.30,
+  or as the variance of an empirical-Bayes posterior rCBF (``tweedie_rcbf``), on the
+  pipeline's and the self-calibrated reference.
 
 It prints core within max(5 mL, 10 %), median core error, core bias and 95 % limits of
 agreement, false core (no true core in the voxel) and missed all-core voxels, Tmax
@@ -46,8 +47,8 @@ import strokeflow.analysis.ctp as ctp
 from core_budget import cases, saved_grid, truth_on_grid
 from strokeflow.analysis.brainmask import BrainMasks
 from strokeflow.analysis.decisions import evaluate_assessable_decisions, lesion_metrics
-from strokeflow.analysis.deconvolution import osvd_deconvolver
 from strokeflow.analysis.flow_calibration import FlowCalibration, calibrate_flow, prebolus_noise_sd
+from strokeflow.analysis.flow_noise import value_noise_sd
 from strokeflow.analysis.hemispheres import find_hemispheres
 from strokeflow.analysis.lesions import clean_mask, ctp_lesion_masks, fill_unmeasured, tmax_above
 from strokeflow.analysis.maps import _FLOW_SCALE, PerfusionMaps, compute_maps
@@ -55,7 +56,9 @@ from strokeflow.analysis.settings import CtpSettings
 from strokeflow.phantom.family import simulate_lesion_case
 from strokeflow.phantom.protocols import protocol_by_name
 
-SETTINGS = CtpSettings()
+#: The decisions are replayed on the maps of the former default (the reference and the
+#: core as read, no noise margin), which the ``value`` row keeps.
+SETTINGS = CtpSettings(core_reference_calibration="off", core_noise_margin_k=0.0)
 DECISIONS = ("defuse3", "defuse2", "extend", "malignant_profile")
 #: Readouts computed besides the pipeline's own (``value``), key in the saved file.
 EXTRA_READOUTS = {"max/model": "cbf_mm", "value/model": "cbf_vm"}
@@ -84,7 +87,9 @@ def _maps_with_extra_readouts(*args: Any, **kwargs: Any) -> PerfusionMaps:
 
     tissue = np.asarray(kwargs["mask"])
     if "noise" in _readouts:
-        _extra["noise"] = value_noise_sd(conc, aif, step_s, tissue, sigma_frames)
+        _extra["noise"] = value_noise_sd(
+            conc, aif, step_s, tissue, sigma_frames, SETTINGS.oscillation_index
+        )
     for readout in CALIBRATED_READOUTS:
         if readout not in _readouts:
             continue
@@ -100,55 +105,6 @@ def _maps_with_extra_readouts(*args: Any, **kwargs: Any) -> PerfusionMaps:
         _extra[readout + " gain"] = np.stack([gain.measured_mtt_s, gain.gain])
         _extra[readout + " noise"] = np.asarray(noise_sd)
     return maps
-
-
-def value_noise_sd(
-    conc: np.ndarray, aif: np.ndarray, step_s: float, tissue: np.ndarray, sigma_frames: float
-) -> np.ndarray:
-    """Per-voxel standard deviation (mL/100 g/min) of the CBF readout from the curve's noise.
-
-    The value readout is the oSVD residue at one lag, a linear function ``a . c`` of the
-    curve at the voxel's rung, so its variance is ``a^T S a`` with ``S`` the noise
-    covariance of the curve: the pre-bolus sample variance of the voxel, pooled over the
-    tissue of its 3 x 3 in-plane patch (the noise level varies slowly in space, unlike the
-    flow, so pooling it does not mix a border) and corrected for the temporal Gaussian's
-    correlation, times the Gaussian's autocorrelation ``exp(-k^2 / 4 s^2)``. The row norm
-    ``a^T rho a`` is the median over lags 0..N-1 of the rung (nearly constant for a
-    circulant inverse). NaN outside ``tissue`` or where fewer than 3 pre-bolus frames exist.
-    """
-    n = conc.shape[0]
-    a = np.asarray(aif, dtype=np.float64)
-    n_pre = int(np.argmax(a >= 0.1 * a.max())) - 1
-    out = np.full(tissue.shape, np.nan, dtype=np.float32)
-    if n_pre < 3:
-        return out
-    lag = np.arange(n)
-    rho = np.exp(-((lag[:, None] - lag[None, :]) ** 2) / (4.0 * max(sigma_frames, 1e-6) ** 2))
-    pre_rho = rho[:n_pre, :n_pre]
-    loss = 1.0 - (pre_rho.sum() - n_pre) / (n_pre * (n_pre - 1))
-    var = np.where(tissue, np.var(conc[:n_pre].astype(np.float64), axis=0, ddof=1), 0.0)
-    kernel = np.ones((1, 3, 3))
-    count = ndimage.convolve(tissue.astype(np.float64), kernel, mode="constant")
-    pooled = ndimage.convolve(var, kernel, mode="constant") / np.maximum(count, 1.0)
-    var_c = pooled / max(loss, 0.05)
-    dec = osvd_deconvolver(
-        a.astype(np.float32), step_s, oscillation_index=SETTINGS.oscillation_index
-    )
-    gain = np.zeros(len(dec.ranks))
-    for i, r in enumerate(dec.ranks):
-        rows = dec.v[:n, :r].astype(np.float64) @ (
-            dec.inv_s[:r, None].astype(np.float64) * dec.u_t[:r].astype(np.float64)
-        )
-        gain[i] = np.sqrt(np.median(np.einsum("ln,nm,lm->l", rows, rho, rows)))
-    idx = np.flatnonzero(tissue.reshape(-1))
-    flat = conc.reshape(n, -1)
-    rung = np.empty(idx.size, dtype=np.intp)
-    for start in range(0, idx.size, 8192):
-        part = idx[start : start + 8192]
-        rung[start : start + part.size] = dec.residues(flat[:, part].astype(np.float32))[1]
-    sd = out.reshape(-1)
-    sd[idx] = FLOW_SCALE * np.sqrt(var_c.reshape(-1)[idx]) * gain[rung]
-    return out
 
 
 def save_case(spec: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""The per-voxel readout noise and the posterior rCBF of benchmarks/core_decision.py."""
+"""The per-voxel readout noise (analysis.flow_noise) and the posterior rCBF of
+benchmarks/core_decision.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from types import ModuleType
 import numpy as np
 
 from strokeflow.analysis.deconvolution import osvd_deconvolver
+from strokeflow.analysis.flow_noise import value_noise_sd
 
 
 def _module(name: str) -> ModuleType:
@@ -40,7 +42,7 @@ def test_value_noise_sd_matches_the_scatter_of_the_residue_at_a_lag() -> None:
     # function of the noise, whose scatter the estimate must give.
     conc = rng.normal(0.0, sigma_hu, size=(n, 1, 40, 40)).astype(np.float32)
     tissue = np.ones((1, 40, 40), dtype=bool)
-    sd = cd.value_noise_sd(conc, aif, step_s, tissue, 0.0)
+    sd = value_noise_sd(conc, aif, step_s, tissue, 0.0, cd.SETTINGS.oscillation_index)
     dec = osvd_deconvolver(aif, step_s, oscillation_index=cd.SETTINGS.oscillation_index)
     k, rung = dec.residues(conc.reshape(n, -1))
     on_rung = rung == np.bincount(rung).argmax()

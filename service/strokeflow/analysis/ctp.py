@@ -290,6 +290,11 @@ def analyse_ctp(
             # above the lowest threshold read (normal tissue) it is not searched.
             two_delay_tmax=settings.two_delay_tmax,
             two_delay_above_s=min(HYPOPERFUSION_TMAX_S, *settings.tmax_thresholds_s),
+            # The core's reference and its noise margin (CtpSettings); the voxels' CBF is
+            # the value readout either way.
+            reference_calibration=settings.core_reference_calibration,  # type: ignore[arg-type]
+            cbf_noise_sd=settings.core_noise_margin_k > 0,
+            noise_sigma_frames=settings.temporal_sigma_s / settings.temporal_step_s,
         )
     clock.lap("deconvolution")
 

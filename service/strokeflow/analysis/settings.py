@@ -52,6 +52,16 @@ class CtpSettings:
         together; the core keeps the single-delay Tmax). Measured in docs/deconvolution.md,
         "A cheaper two-delay Tmax": Tmax > 10 s within tolerance 45/54 -> 51/54 and
         43/52 -> 51/52 on two seed bases, core unchanged.
+    core_reference_calibration : str
+        "off", "self" or "self+noise": the rCBF reference is taken from the CBF divided by
+        the study's self-calibrated gain (``analysis.flow_calibration``; "+noise" with the
+        measured pre-bolus noise in the synthetic curves), the voxels' CBF staying as read.
+        "off": from the CBF as read (about 0.84 x the true normal flow on the phantoms).
+    core_noise_margin_k : float
+        Core where ``rCBF + k * sd / reference`` is below ``core_rcbf_threshold``, ``sd``
+        the voxel's noise SD of the CBF readout (``analysis.flow_noise``): a noisy
+        penumbral voxel read low is not called core. 0 disables the margin (and its map).
+        Measured in docs/deconvolution.md, "Where the false core lies".
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded.
     max_motion_mm : float
@@ -75,6 +85,19 @@ class CtpSettings:
     oscillation_index: float = 0.095
     correct_cbf_bias: bool = False
     two_delay_tmax: bool = True
+    core_reference_calibration: str = "self+noise"
+    core_noise_margin_k: float = 0.5
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0
     quality: QualityLimits = field(default_factory=QualityLimits)
+
+    def __post_init__(self) -> None:
+        if self.core_reference_calibration not in ("off", "self", "self+noise"):
+            raise ValueError(
+                "core_reference_calibration must be 'off', 'self' or 'self+noise'; "
+                f"got {self.core_reference_calibration!r}"
+            )
+        if not self.core_noise_margin_k >= 0:
+            raise ValueError(
+                f"core_noise_margin_k must be non-negative; got {self.core_noise_margin_k}"
+            )
