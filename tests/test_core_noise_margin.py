@@ -87,7 +87,7 @@ def test_the_reference_comes_from_the_calibrated_map_and_the_voxels_stay_as_read
     masks, hemis, geometry = _grid()
     calibrated = _maps(None).cbf_ml_100g_min * 1.25
     _, _, _, rcbf, reference, _, _ = ctp_lesion_masks(
-        _maps(None, calibrated), masks, hemis, geometry, CtpSettings()
+        _maps(None, calibrated), masks, hemis, geometry, CtpSettings(core_noise_margin_k=0.5)
     )
     assert reference == pytest.approx(1.25 * NORMAL_CBF)
     assert np.allclose(rcbf[CORE], 0.15 / 1.25)
@@ -138,7 +138,7 @@ def test_the_core_settings_are_read_from_the_config_and_reach_compute_maps(
     assert settings.core_reference_calibration == "self"
     assert settings.core_noise_margin_k == 0.25
     default = load_settings(None).analysis.ctp
-    assert (default.core_reference_calibration, default.core_noise_margin_k) == ("self+noise", 0.5)
+    assert (default.core_reference_calibration, default.core_noise_margin_k) == ("off", 0.0)
 
     seen: dict[str, Any] = {}
 
@@ -161,8 +161,8 @@ def test_the_core_settings_are_read_from_the_config_and_reach_compute_maps(
         ctp.analyse_ctp(series, settings)
     assert seen["reference_calibration"] == "self" and seen["cbf_noise_sd"] is True
     with pytest.raises(StopError):
-        ctp.analyse_ctp(series, CtpSettings(core_noise_margin_k=0.0))
-    assert seen["cbf_noise_sd"] is False
+        ctp.analyse_ctp(series, CtpSettings())
+    assert seen["reference_calibration"] == "off" and seen["cbf_noise_sd"] is False
 
     toml.write_text('[analysis.ctp]\ncore_reference_calibration = "twice"\n')
     with pytest.raises(ValueError, match="core_reference_calibration"):
