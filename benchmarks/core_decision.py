@@ -19,7 +19,11 @@ replay runs the lesion stage on the saved maps with each decision (rCBF < 0.30 i
 * ``value/self``, ``value/self+noise`` (``--readouts``): the value CBF divided by the
   study's self-calibrated gain at the voxel's measured MTT (``analysis.flow_calibration``,
   noise-free or with the pre-bolus noise); ``ref ...``: only the reference calibrated;
-  ``... mttG1``, ``... mttG2``: the gain read at the in-plane average of log MTT.
+  ``... mttG1``, ``... mttG2``: the gain read at the in-plane average of log MTT;
+* ``nsdK``, ``EBK`` (``--readouts noise``): the readout's own noise SD
+  (``analysis.flow_noise.value_noise_sd``) as a margin, rCBF + K * sd / reference < 0.30,
+  or as the variance of an empirical-Bayes posterior rCBF (``tweedie_rcbf``), on the
+  pipeline's and the self-calibrated reference.
 
 It prints core within max(5 mL, 10 %), median core error, core bias and 95 % limits of
 agreement, false core (no true core in the voxel) and missed all-core voxels, Tmax
@@ -44,6 +48,7 @@ from core_budget import cases, saved_grid, truth_on_grid
 from strokeflow.analysis.brainmask import BrainMasks
 from strokeflow.analysis.decisions import evaluate_assessable_decisions, lesion_metrics
 from strokeflow.analysis.flow_calibration import FlowCalibration, calibrate_flow, prebolus_noise_sd
+from strokeflow.analysis.flow_noise import value_noise_sd
 from strokeflow.analysis.hemispheres import find_hemispheres
 from strokeflow.analysis.lesions import clean_mask, ctp_lesion_masks, fill_unmeasured, tmax_above
 from strokeflow.analysis.maps import _FLOW_SCALE, PerfusionMaps, compute_maps
@@ -51,7 +56,9 @@ from strokeflow.analysis.settings import CtpSettings
 from strokeflow.phantom.family import simulate_lesion_case
 from strokeflow.phantom.protocols import protocol_by_name
 
-SETTINGS = CtpSettings()
+#: The decisions are replayed on the maps of the former default (the reference and the
+#: core as read, no noise margin), which the ``value`` row keeps.
+SETTINGS = CtpSettings(core_reference_calibration="off", core_noise_margin_k=0.0)
 DECISIONS = ("defuse3", "defuse2", "extend", "malignant_profile")
 #: Readouts computed besides the pipeline's own (``value``), key in the saved file.
 EXTRA_READOUTS = {"max/model": "cbf_mm", "value/model": "cbf_vm"}
@@ -79,6 +86,10 @@ def _maps_with_extra_readouts(*args: Any, **kwargs: Any) -> PerfusionMaps:
         return m.cbf_ml_100g_min, m.cbv_ml_100g
 
     tissue = np.asarray(kwargs["mask"])
+    if "noise" in _readouts:
+        _extra["noise"] = value_noise_sd(
+            conc, aif, step_s, tissue, sigma_frames, SETTINGS.oscillation_index
+        )
     for readout in CALIBRATED_READOUTS:
         if readout not in _readouts:
             continue
@@ -125,6 +136,7 @@ def save_case(spec: dict[str, Any]) -> str:
             "cbf_value": an.maps.cbf_ml_100g_min,
             "cbv": an.maps.cbv_ml_100g,
             **{key: _extra[r] for r, key in ALL_READOUTS.items() if r in _extra},
+            **({"cbf_sd": _extra["noise"]} if "noise" in _extra else {}),
             **{
                 key + suffix: _extra[r + " " + word]
                 for r, key in CALIBRATED_READOUTS.items()
@@ -132,6 +144,8 @@ def save_case(spec: dict[str, Any]) -> str:
                 for suffix, word in (("_gain", "gain"), ("_noise", "noise"))
             },
             "tmax": an.maps.tmax_s,
+            # The core and its reference select by the single-delay Tmax.
+            "core_tmax": an.maps.core_tmax_s,
             "core_fraction": truth.core_fraction.astype(np.float32),
             "tissue": m.tissue,
             "unmeasured": m.unmeasured,
@@ -169,6 +183,28 @@ def local_spread(values: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     return np.asarray(np.sqrt(np.maximum(m2 - m1 * m1, 0) * n / np.maximum(n - 1, 1)))
 
 
+def tweedie_rcbf(rcbf: np.ndarray, sd_r: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes (Tweedie) posterior mean of each voxel's rCBF under Gaussian noise.
+
+    ``E[r | m] = m + sd^2 d/dm log p(m)``, with ``p`` the density of the measured rCBF over
+    ``candidates`` (a histogram on a 0.005 grid smoothed by a Gaussian of 0.02): a voxel is
+    pulled toward where the study's measured values are dense, by its own noise variance,
+    and not toward its neighbours (no spatial mixing of a border). The shift is limited
+    to +-0.2.
+    """
+    vals = rcbf[candidates & np.isfinite(rcbf)]
+    if vals.size < 50:
+        return rcbf
+    step = 0.005
+    edges = np.arange(-0.5, 2.0 + step, step)
+    hist, _ = np.histogram(vals, bins=edges)
+    dens = ndimage.gaussian_filter1d(hist.astype(np.float64), 0.02 / step) + 1e-3
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    dlogp = np.gradient(np.log(dens), step)
+    shift = np.nan_to_num(sd_r) ** 2 * np.interp(np.nan_to_num(rcbf, nan=1.0), centres, dlogp)
+    return np.asarray(rcbf + np.clip(shift, -0.2, 0.2))
+
+
 def _core(rcbf: np.ndarray, tmax: np.ndarray, masks: BrainMasks, vv: float) -> np.ndarray:
     raw = np.nan_to_num(rcbf, nan=1.0) < SETTINGS.core_rcbf_threshold
     raw &= tmax > SETTINGS.core_requires_tmax_s
@@ -182,10 +218,11 @@ def replay_case(path: Path) -> dict[str, Any]:
     meta = json.loads(str(d["meta"]))
     masks, hemis, geometry, vv = saved_grid(d)
     tissue = masks.tissue
-    tmax = np.nan_to_num(d["tmax"], nan=0.0)
+    core_tmax = d["core_tmax"] if "core_tmax" in d else d["tmax"]
+    tmax = np.nan_to_num(core_tmax, nan=0.0)
 
     def stage(cbf: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        maps = PerfusionMaps(cbf, cbf, cbf, d["tmax"], d["tmax"])
+        maps = PerfusionMaps(cbf, cbf, cbf, d["tmax"], d["tmax"], core_tmax)
         core, _, _, rcbf, ref, _, _ = ctp_lesion_masks(maps, masks, hemis, geometry, SETTINGS)
         return core, rcbf, ref
 
@@ -234,6 +271,23 @@ def replay_case(path: Path) -> dict[str, Any]:
                 smooth = np.exp(tissue_gaussian(log_mtt, ok, sigma))
                 cbf = np.where(ok, value / cal.gain_at(smooth), np.nan).astype(np.float32)
                 variants[f"{readout} mttG{sigma:g}"] = stage(cbf)[0]
+
+    if "cbf_sd" in d:
+        # The readout's own noise (value_noise_sd), as a margin and as the variance of an
+        # empirical-Bayes posterior, on the pipeline's reference and the calibrated one.
+        sd = d["cbf_sd"]
+        cand = tissue & (tmax > SETTINGS.core_requires_tmax_s)
+        pairs = [("value", rcbf_value, sd / ref_value)]
+        for readout in CALIBRATED_READOUTS:
+            if readout in lesion:
+                ref_cal = lesion[readout][2]
+                pairs.append((f"ref {readout}", rcbf_value * ref_value / ref_cal, sd / ref_cal))
+        for label, rcbf, sd_r in pairs:
+            for k in (0.25, 0.5, 0.75, 1.0, 2.0):
+                variants[f"{label} nsd{k:g}"] = _core(rcbf + k * sd_r, tmax, masks, vv)
+            for k in (1.0, 2.0, 3.0):
+                post = tweedie_rcbf(rcbf, k * sd_r, cand)
+                variants[f"{label} EB{k:g}"] = _core(post, tmax, masks, vv)
 
     pipe = PerfusionMaps(tmax, tmax, tmax, d["tmax"], d["tmax"])
     tmax6 = tmax_above(pipe, tissue, vv, SETTINGS.min_cluster_ml, 6.0)
@@ -310,7 +364,7 @@ def main() -> int:
         "--readouts",
         nargs="+",
         default=list(ALL_READOUTS),
-        choices=list(ALL_READOUTS),
+        choices=[*ALL_READOUTS, "noise"],
         help="readouts saved besides the pipeline's value (default: all)",
     )
     args = parser.parse_args()

@@ -294,6 +294,11 @@ def analyse_ctp(
             # Beyond 10 s the tissue is severely delayed and low in flow, and its noisy
             # onset reads early (the mean everywhere lost Tmax > 10 s cases at low dose).
             unpaired_mean_below_s=SEVERE_HYPOPERFUSION_TMAX_S,
+            # The core's reference and its noise margin (CtpSettings); the voxels' CBF is
+            # the value readout either way.
+            reference_calibration=settings.core_reference_calibration,
+            cbf_noise_sd=settings.core_noise_margin_k > 0,
+            noise_sigma_frames=settings.temporal_sigma_s / settings.temporal_step_s,
         )
     clock.lap("deconvolution")
 

@@ -237,7 +237,11 @@ def ctp_lesion_masks(
     ``settings.tmax_thresholds_s``: the rule sets were defined on them. They read
     ``maps.tmax_s`` and, with ``fill_tmax_rims``, extend into the unmeasured rims they
     surround (``tmax_above``); the rCBF reference tissue and the core's Tmax condition
-    read ``maps.core_tmax_s`` (the single-delay readout where the maps hold two).
+    read ``maps.core_tmax_s`` (the single-delay readout where the maps hold two). The
+    reference is the mean of ``maps.reference_cbf_ml_100g_min`` where the maps hold it
+    (the self-calibrated CBF), and the core is where ``rCBF + k * sd / reference`` is below
+    the threshold, ``sd`` the voxel's ``maps.cbf_noise_sd_ml_100g_min`` and ``k`` the
+    ``settings.core_noise_margin_k`` (no margin without the noise map).
 
     Returns
     -------
@@ -275,9 +279,19 @@ def ctp_lesion_masks(
     if np.count_nonzero(contralateral) < 50:
         contralateral = tissue
         reference_text = "mean CBF of all brain tissue (too little normal tissue)"
-    reference = reference_cbf(cbf, contralateral, masks.unmeasured)
+    # The reference from the self-calibrated map where the maps hold one (the voxels stay
+    # as read); the core's rCBF plus a margin of the voxel's readout noise.
+    ref_map = maps.reference_cbf_ml_100g_min
+    ref_source = cbf if ref_map is None else np.nan_to_num(ref_map, nan=0.0)
+    reference = reference_cbf(ref_source, contralateral, masks.unmeasured)
     rcbf = np.where(tissue, cbf / max(reference, 1e-6), np.nan).astype(np.float32)
-    raw_core = np.nan_to_num(rcbf, nan=1.0) < settings.core_rcbf_threshold
+    core_rcbf = rcbf
+    sd = maps.cbf_noise_sd_ml_100g_min
+    if sd is not None and settings.core_noise_margin_k > 0:
+        # Where the noise could not be estimated (too short a baseline) no margin.
+        margin = settings.core_noise_margin_k * np.nan_to_num(sd, nan=0.0) / max(reference, 1e-6)
+        core_rcbf = rcbf + margin
+    raw_core = np.nan_to_num(core_rcbf, nan=1.0) < settings.core_rcbf_threshold
     if settings.core_requires_tmax_s > 0:
         raw_core &= tmax > settings.core_requires_tmax_s
     core = clean_mask(raw_core, tissue, vv, settings.min_cluster_ml)

@@ -48,7 +48,16 @@ from strokeflow.analysis.deconvolution import (
     osvd_deconvolver,
     ssvd_deconvolver,
 )
-from strokeflow.analysis.flow_calibration import calibrate_flow, prebolus_noise_sd
+from strokeflow.analysis.flow_calibration import (
+    FlowCalibration,
+    calibrate_flow,
+    prebolus_noise_sd,
+)
+from strokeflow.analysis.flow_noise import (
+    noise_sd_at_rung,
+    pooled_prebolus_variance,
+    rung_noise_gain,
+)
 from strokeflow.analysis.flow_readout import (
     ModelPeakTable,
     model_peak_table,
@@ -87,6 +96,14 @@ class PerfusionMaps:
         which picks the rCBF reference tissue and the core's Tmax condition
         (``analysis.lesions``), so that the two-delay readout changes the Tmax regions
         only. None: ``tmax_s`` is that readout.
+    reference_cbf_ml_100g_min : numpy.ndarray or None
+        With ``compute_maps(reference_calibration=...)``: CBF divided by the study's
+        self-calibrated gain, float32, from which ``analysis.lesions`` takes only the rCBF
+        reference (the voxels stay as read). None: the reference is taken from
+        ``cbf_ml_100g_min``.
+    cbf_noise_sd_ml_100g_min : numpy.ndarray or None
+        With ``compute_maps(cbf_noise_sd=True)``: the per-voxel noise SD of the CBF value
+        readout (``analysis.flow_noise``), float32, NaN where it cannot be estimated.
     """
 
     cbf_ml_100g_min: np.ndarray
@@ -95,6 +112,8 @@ class PerfusionMaps:
     tmax_s: np.ndarray
     ttp_s: np.ndarray
     single_delay_tmax_s: np.ndarray | None = None
+    reference_cbf_ml_100g_min: np.ndarray | None = None
+    cbf_noise_sd_ml_100g_min: np.ndarray | None = None
 
     @property
     def core_tmax_s(self) -> np.ndarray:
@@ -128,6 +147,8 @@ def compute_maps(
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
     flow_calibration: Literal["off", "self", "self+noise"] = "off",
     noise_sigma_frames: float = 0.0,
+    reference_calibration: Literal["off", "self", "self+noise"] = "off",
+    cbf_noise_sd: bool = False,
 ) -> PerfusionMaps:
     """Deconvolve every voxel and derive the perfusion maps.
 
@@ -240,7 +261,18 @@ def compute_maps(
         to those curves, so the gain also holds the readout's noise bias.
     noise_sigma_frames : float
         Sigma (frames) of the temporal Gaussian the curves went through, for the noise
-        of "self+noise" (its correlation and the pre-bolus estimate of its level).
+        of "self+noise" (its correlation and the pre-bolus estimate of its level), and of
+        ``cbf_noise_sd``.
+    reference_calibration : {"off", "self", "self+noise"}
+        As ``flow_calibration``, but the calibrated CBF is returned apart
+        (``PerfusionMaps.reference_cbf_ml_100g_min``) and ``cbf_ml_100g_min`` is left as
+        read: the rCBF reference is taken from the calibrated map, the voxels are not
+        divided by a gain looked up at their own noisy MTT (``docs/deconvolution.md``).
+    cbf_noise_sd : bool
+        oSVD only: also return the per-voxel noise SD of the CBF readout
+        (``PerfusionMaps.cbf_noise_sd_ml_100g_min``, ``analysis.flow_noise``): the
+        pre-bolus variance pooled over 3 x 3 in-plane tissue, propagated through the
+        voxel's rung. Exact for the "value" readout (the residue at one lag).
 
     Returns
     -------
@@ -280,6 +312,13 @@ def compute_maps(
         )
     if unpaired_tmax not in ("peak", "onset", "mean"):
         raise ValueError(f"unpaired_tmax must be 'peak', 'onset' or 'mean'; got {unpaired_tmax!r}")
+    if reference_calibration not in ("off", "self", "self+noise"):
+        raise ValueError(
+            "reference_calibration must be 'off', 'self' or 'self+noise'; "
+            f"got {reference_calibration!r}"
+        )
+    if cbf_noise_sd and method != "osvd":
+        raise ValueError("cbf_noise_sd needs method='osvd' (the noise is read per rung)")
     if flow_window_s is not None and not min(flow_window_s) >= 0:
         raise ValueError(f"flow_window_s must be two non-negative seconds; got {flow_window_s}")
 
@@ -355,10 +394,9 @@ def compute_maps(
             unpaired_mean_below_s,
         )
 
-    gain = None
-    if flow_calibration != "off":
+    def self_calibration(mode: str) -> FlowCalibration:
         noise_sd = 0.0
-        if flow_calibration == "self+noise":
+        if mode == "self+noise":
             # A few thousand voxels give the mean variance to a few per cent.
             sample = voxels[:: max(1, voxels.size // 20000)]
             noise_sd = prebolus_noise_sd(flat[:, sample], a, noise_sigma_frames)
@@ -367,7 +405,7 @@ def compute_maps(
             m = chunk_maps(curves)
             return m["cbf"], m["cbv"]
 
-        gain = calibrate_flow(
+        return calibrate_flow(
             a,
             step_s,
             measure,
@@ -375,8 +413,22 @@ def compute_maps(
             noise_sd=noise_sd,
             noise_sigma_frames=noise_sigma_frames,
         )
+
+    gain = self_calibration(flow_calibration) if flow_calibration != "off" else None
+    ref_gain = None
+    if reference_calibration == flow_calibration:
+        ref_gain = gain
+    elif reference_calibration != "off":
+        ref_gain = self_calibration(reference_calibration)
+    noise_var = noise_gain = None
+    if cbf_noise_sd:
+        tissue = valid.reshape(frame_shape)
+        noise_var = pooled_prebolus_variance(conc, a, tissue, noise_sigma_frames).reshape(-1)
+        noise_gain = rung_noise_gain(dec, noise_sigma_frames)
     nvox_total = flat.shape[1]
     names = ("cbf", "cbv", "mtt", "tmax", "ttp") + (("single_tmax",) if two_delay_tmax else ())
+    names += ("ref_cbf",) if ref_gain is not None else ()
+    names += ("cbf_sd",) if noise_gain is not None else ()
     outputs = {name: np.full(nvox_total, np.nan, dtype=np.float32) for name in names}
 
     def one_chunk(start: int) -> None:
@@ -389,6 +441,13 @@ def compute_maps(
         if idx.size == 0:
             return
         chunk = chunk_maps(curves)
+        rung = chunk.pop("rung")
+        if ref_gain is not None:
+            # Before ``gain``: a study calibrated both ways reads its reference from the
+            # same calibrated map, not from a doubly divided one.
+            chunk["ref_cbf"] = ref_gain.corrected_cbf(chunk["cbf"], chunk["cbv"])
+        if noise_var is not None and noise_gain is not None:
+            chunk["cbf_sd"] = noise_sd_at_rung(noise_var[idx], noise_gain, rung)
         if gain is not None:
             chunk["cbf"] = gain.corrected_cbf(chunk["cbf"], chunk["cbv"])
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -416,6 +475,8 @@ def compute_maps(
         tmax_s=shaped("tmax"),
         ttp_s=shaped("ttp"),
         single_delay_tmax_s=shaped("single_tmax") if two_delay_tmax else None,
+        reference_cbf_ml_100g_min=shaped("ref_cbf") if ref_gain is not None else None,
+        cbf_noise_sd_ml_100g_min=shaped("cbf_sd") if noise_gain is not None else None,
     )
 
 
@@ -532,7 +593,7 @@ def _chunk_maps(
         with np.errstate(divide="ignore", invalid="ignore"):
             mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
     tmax = np.clip(tmax_raw, 0.0, None)
-    out = {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp}
+    out = {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp, "rung": rung}
     if two_delay_tmax:
         out["single_tmax"] = tmax if single_tmax is None else single_tmax
     return out

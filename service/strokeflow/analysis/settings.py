@@ -63,6 +63,19 @@ class CtpSettings:
         docs/deconvolution.md, "The readout of voxels without a pair": Tmax > 6 s within
         tolerance 53 -> 58 and 53 -> 60 of 60 cases on seeds 100+ and 11000+, Tmax > 10 s,
         the core and the decisions unchanged.
+    core_reference_calibration : {"off", "self", "self+noise"}
+        "off", "self" or "self+noise": the rCBF reference is taken from the CBF divided by
+        the study's self-calibrated gain (``analysis.flow_calibration``; "+noise" with the
+        measured pre-bolus noise in the synthetic curves), the voxels' CBF staying as read.
+        "off": from the CBF as read (about 0.84 x the true normal flow on the phantoms).
+    core_noise_margin_k : float
+        Core where ``rCBF + k * sd / reference`` is below ``core_rcbf_threshold``, ``sd``
+        the voxel's noise SD of the CBF readout (``analysis.flow_noise``): a noisy
+        penumbral voxel read low is not called core. 0 disables the margin (and its map).
+        Measured in docs/deconvolution.md, "Where the false core lies": with
+        ``core_reference_calibration="self+noise"`` and k = 0.5, core within tolerance
+        33 -> 35 and 27 -> 41 of 60 on two seed bases, but the low-dose phantoms' core
+        11 -> 8 of 12, so both stay off by default.
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded.
     max_motion_mm : float
@@ -87,6 +100,19 @@ class CtpSettings:
     correct_cbf_bias: bool = False
     two_delay_tmax: bool = True
     unpaired_tmax: Literal["peak", "mean", "onset"] = "mean"
+    core_reference_calibration: Literal["off", "self", "self+noise"] = "off"
+    core_noise_margin_k: float = 0.0
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0
     quality: QualityLimits = field(default_factory=QualityLimits)
+
+    def __post_init__(self) -> None:
+        if self.core_reference_calibration not in ("off", "self", "self+noise"):
+            raise ValueError(
+                "core_reference_calibration must be 'off', 'self' or 'self+noise'; "
+                f"got {self.core_reference_calibration!r}"
+            )
+        if not self.core_noise_margin_k >= 0:
+            raise ValueError(
+                f"core_noise_margin_k must be non-negative; got {self.core_noise_margin_k}"
+            )
