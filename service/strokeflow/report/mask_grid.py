@@ -88,6 +88,16 @@ def _axis_indices(
     return out[0], out[1], out[2]
 
 
+def _padded_stack(masks_zyx: Sequence[np.ndarray]) -> np.ndarray:
+    """Bool ``(n, z + 1, y + 1, x + 1)``: the masks, one after the other in memory (every
+    resampling step gathers whole rows, and one mask's slice is one contiguous plane),
+    with one False voxel past the end of every axis, where index -1 (outside) lands."""
+    stacked = np.zeros((len(masks_zyx), *(n + 1 for n in masks_zyx[0].shape)), bool)
+    for k, mask in enumerate(masks_zyx):
+        stacked[k, :-1, :-1, :-1] = mask
+    return stacked
+
+
 def masks_to_grid(
     masks_zyx: Sequence[np.ndarray],
     mask_geometry: Geometry,
@@ -113,13 +123,7 @@ def masks_to_grid(
     """
     if not masks_zyx:
         return np.zeros((*target_shape, 0), dtype=bool)
-    # One False voxel past the end of every axis: index -1 (outside) lands on it. Segments
-    # lead in memory: every step gathers whole rows, and each SEG frame (one segment of
-    # one slice) is then a contiguous plane for the encoder, whose sum over segments
-    # adds planes.
-    stacked = np.zeros((len(masks_zyx), *(n + 1 for n in masks_zyx[0].shape)), bool)
-    for k, mask in enumerate(masks_zyx):
-        stacked[k, :-1, :-1, :-1] = mask
+    stacked = _padded_stack(masks_zyx)
     axes = _axis_indices(mask_geometry, masks_zyx[0].shape, target, target_shape)
     if axes is not None:
         # Columns, then rows, then slices: each step only gathers, never a full index grid
@@ -206,10 +210,7 @@ def packed_slices(
     # slab's planes over its source slices, so the fine grid (80 x 512 x 512 per mask
     # for 1 mm slices) is never made, only its packed eighth.
     iz, iy, ix = axes
-    stacked = np.zeros((n, *(s + 1 for s in masks_zyx[0].shape)), bool)
-    for k, mask in enumerate(masks_zyx):
-        stacked[k, :-1, :-1, :-1] = mask
-    planes = np.take(np.take(stacked, ix, 3), iy, 2)  # (n, slabs + 1, y, x); -1: False
+    planes = np.take(np.take(_padded_stack(masks_zyx), ix, 3), iy, 2)  # (n, slabs + 1, y, x)
     packed = np.packbits(planes.reshape(n, planes.shape[1], ny * nx), axis=-1, bitorder="little")
     out: np.ndarray = np.take(packed, iz, 1)
     return out
