@@ -385,6 +385,59 @@ def test_seg_frames_are_the_masks_on_the_source_grid_bit_for_bit(built: Built) -
     assert seg.SegmentsOverlap == "YES"
 
 
+def test_seg_is_the_object_highdicom_builds_from_the_full_pixel_array(built: Built) -> None:
+    ours = built.objects.seg
+    assert ours is not None
+    ordered = sort_along_normal(built.sources)
+    shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
+    pixels = masks_to_grid(
+        [r.mask_zyx for r in built.content.regions],
+        built.content.geometry,
+        source_geometry(ordered),
+        shape,
+    ).astype(np.uint8)
+    theirs = hd.seg.Segmentation(
+        source_images=ordered,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription.from_dataset(item) for item in ours.SegmentSequence
+        ],
+        series_instance_uid=ours.SeriesInstanceUID,
+        series_number=ours.SeriesNumber,
+        sop_instance_uid=ours.SOPInstanceUID,
+        instance_number=1,
+        manufacturer=ours.Manufacturer,
+        manufacturer_model_name=ours.ManufacturerModelName,
+        software_versions=ours.SoftwareVersions,
+        device_serial_number=ours.DeviceSerialNumber,
+        content_description=ours.ContentDescription,
+        content_label=ours.ContentLabel,
+        series_description=ours.SeriesDescription,
+        omit_empty_frames=False,
+    )
+    for keyword in ("BodyPartExamined", "CodingSchemeIdentificationSequence"):
+        theirs[keyword] = ours[keyword]
+    for keyword in ("StudyDescription", "StudyID"):
+        if keyword in ours:
+            theirs[keyword] = ours[keyword]
+    # Every attribute (the pixels, the overlap, every frame's functional groups) but the
+    # dimension organisation UID, which highdicom makes anew each time.
+    skip = {"DimensionOrganizationSequence", "DimensionIndexSequence"}
+    assert {k: v for k, v in _without_instance_values(ours).items() if k not in skip} == {
+        k: v for k, v in _without_instance_values(theirs).items() if k not in skip
+    }
+    assert ours.PixelData == theirs.PixelData and ours.SegmentsOverlap == "YES"
+    for keyword in skip:
+        assert [_without_uids(i) for i in ours[keyword]] == [
+            _without_uids(i) for i in theirs[keyword]
+        ]
+
+
+def _without_uids(ds: pydicom.Dataset) -> dict[str, object]:
+    return {e.keyword: e.value for e in ds if e.VR != "UI"}
+
+
 def test_objects_built_after_warming_are_those_built_cold(built: Built) -> None:
     warm.start_warming()
     warm.start_warming()  # once per process

@@ -3,10 +3,13 @@ are built.
 
 Drawing the pages (matplotlib for the summary page, numpy and Pillow for the slice pages)
 and building the SEG and SR (highdicom) share nothing but their inputs, and both hold the
-GIL, so on a machine with two cores the pages are drawn by a second (forked) process: it
-sends the pages back through a pipe, while this process builds the SEG and SR. It inherits
-matplotlib already imported where :mod:`strokeflow.report.warm` loaded it during the
-analysis, and imports it itself otherwise.
+GIL, so on a machine with two cores the summary and lesion pages are drawn by a second
+(forked) process: it sends them back through a pipe, while this process builds the SEG
+and SR and then draws the map pages (:data:`HELPER_KINDS`: the split that keeps both
+processes busy for about as long on the thin-slice study, where the map pages would be
+most of what is sent back). The helper inherits matplotlib already imported where
+:mod:`strokeflow.report.warm` loaded it during the analysis, and imports it itself
+otherwise.
 The pages are pure functions of their inputs, so they are the same pixels whichever
 process draws them. When no helper process can be started or it fails, the pages are
 drawn here, serially.
@@ -17,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 #: The three page series, in the order they are written.
 PageKind = Literal["summary", "lesions", "maps"]
 PAGE_KINDS: tuple[PageKind, ...] = ("summary", "lesions", "maps")
+#: The pages the helper process draws; this process draws the others meanwhile.
+HELPER_KINDS: tuple[PageKind, ...] = ("summary", "lesions")
 
 
 @dataclass(frozen=True)
@@ -80,19 +85,21 @@ class PageSet:
 RenderedPages = dict[PageKind, list[np.ndarray] | str]
 
 
-def render_pages(pages: PageSet) -> RenderedPages:
+def render_pages(pages: PageSet, kinds: Sequence[PageKind] = PAGE_KINDS) -> RenderedPages:
     """Draw the summary, lesion and map pages of ``pages``.
 
     Parameters
     ----------
     pages : PageSet
         What the pages show.
+    kinds : sequence of {"summary", "lesions", "maps"}
+        The page series to draw; all three by default.
 
     Returns
     -------
     dict
-        ``"summary"``, ``"lesions"`` and ``"maps"``: a list of ``(rows, columns, 3)``
-        uint8 pages, or the error message when that kind could not be drawn.
+        Each of ``kinds``: a list of ``(rows, columns, 3)`` uint8 pages, or the error
+        message when that kind could not be drawn.
     """
     # Imported here: matplotlib and Pillow are needed only where pages are drawn.
     from strokeflow.report.panels import render_lesion_pages, render_map_pages
@@ -116,7 +123,7 @@ def render_pages(pages: PageSet) -> RenderedPages:
         "maps": lambda: render_map_pages(pages.maps, pages.geometry, title=pages.title),
     }
     out: RenderedPages = {}
-    for kind in PAGE_KINDS:
+    for kind in kinds:
         try:
             out[kind] = draw[kind]()
         except Exception as exc:
@@ -129,7 +136,7 @@ def _render_in_child(pages: PageSet, write_fd: int) -> None:
     the parent's exit handlers or flushing its buffers."""
     code = 1
     try:
-        reply = pickle.dumps(render_pages(pages), protocol=pickle.HIGHEST_PROTOCOL)
+        reply = pickle.dumps(render_pages(pages, HELPER_KINDS), protocol=pickle.HIGHEST_PROTOCOL)
         with os.fdopen(write_fd, "wb") as out:
             out.write(reply)
         code = 0
@@ -152,7 +159,8 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
     Returns
     -------
     callable
-        Returns the :func:`render_pages` result; to call once.
+        Returns the :func:`render_pages` result; to call once. With a helper process,
+        it draws this process's share of the pages before it waits for the helper's.
 
     Notes
     -----
@@ -181,19 +189,23 @@ def start_rendering(pages: PageSet, *, parallel: bool = True) -> Callable[[], Re
     os.close(write_fd)
 
     def wait() -> RenderedPages:
-        with killed_after(pid), os.fdopen(read_fd, "rb") as reply_stream:
-            reply = reply_stream.read()
-            _, status = os.waitpid(pid, 0)
+        try:
+            here = render_pages(pages, [k for k in PAGE_KINDS if k not in HELPER_KINDS])
+        finally:
+            # Always collected, even when drawing here failed.
+            with killed_after(pid), os.fdopen(read_fd, "rb") as reply_stream:
+                reply = reply_stream.read()
+                _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         if code == 0:
             try:
-                rendered: RenderedPages = pickle.loads(reply)
-                return rendered
+                helped: RenderedPages = pickle.loads(reply)
+                return {kind: {**helped, **here}[kind] for kind in PAGE_KINDS}
             except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
                 reason = f"unreadable reply ({exc})"
         else:
             reason = f"exit code {code}"
         log.warning("page helper process failed (%s); drawing the pages here", reason)
-        return render_pages(pages)
+        return {**render_pages(pages, HELPER_KINDS), **here}
 
     return wait

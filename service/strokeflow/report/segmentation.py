@@ -3,8 +3,8 @@
 The regions overlap (the core lies inside Tmax > 6 s, Tmax > 10 s too), so they are
 stored as separate BINARY segments, not as a label map. The analysis runs on a binned
 grid; masks are brought back to the source geometry by nearest-neighbour lookup through
-both grids' affines, so every source pixel takes the value of the analysis voxel that
-contains its centre.
+both grids' affines (:mod:`strokeflow.report.mask_grid`), so every source pixel takes the
+value of the analysis voxel that contains its centre.
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from strokeflow.analysis.volume import Geometry
+from strokeflow.report.mask_grid import (  # re-exported: the resampling of the SEG's masks
+    grid_lookup as grid_lookup,
+)
+from strokeflow.report.mask_grid import (
+    mask_to_grid as mask_to_grid,
+)
+from strokeflow.report.mask_grid import (
+    masks_to_grid as masks_to_grid,
+)
+from strokeflow.report.mask_grid import packed_slices, segments_overlap
 
 #: Private coding scheme for concepts DICOM has no code for (declared in every object).
 PRIVATE_SCHEME = "99STRKFLW"
@@ -254,161 +264,6 @@ def _frames_geometry(ds: Dataset) -> tuple[Geometry, np.ndarray, np.ndarray]:
     return Geometry(affine), slice_of, slice_positions
 
 
-def grid_lookup(
-    mask_geometry: Geometry,
-    mask_shape: tuple[int, ...],
-    target: Geometry,
-    target_shape: tuple[int, ...],
-) -> np.ndarray:
-    """Flat index of the mask voxel containing each target voxel's centre.
-
-    Parameters
-    ----------
-    mask_geometry, target : Geometry
-        Source and target grids.
-    mask_shape, target_shape : tuple of int
-        ``(z, y, x)`` of the two grids.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``target_shape`` int64 indices into the flattened mask; -1 outside its grid.
-    """
-    # index_mask(xyz) = inv(A_mask) @ A_target @ index_target(xyz). Rounded by hand, not
-    # with scipy's affine_transform: its "constant" mode drops target pixels whose centre
-    # maps less than half a voxel outside the edge centres, i.e. the outer fine pixels of
-    # each binned edge voxel.
-    m = np.linalg.inv(mask_geometry.affine_lps) @ target.affine_lps
-    nz, ny, nx = target_shape
-    sz, sy, sx = mask_shape
-    axis_aligned = np.allclose(m[:3, :3] - np.diag(np.diag(m[:3, :3])), 0.0, atol=1e-9)
-    if axis_aligned:
-        # The usual case (same orientation, binned in-plane): one index per row, column
-        # and slice instead of one per voxel.
-        ix = np.floor(m[0, 0] * np.arange(nx) + m[0, 3] + 0.5).astype(np.int64)
-        iy = np.floor(m[1, 1] * np.arange(ny) + m[1, 3] + 0.5).astype(np.int64)
-        iz = np.floor(m[2, 2] * np.arange(nz) + m[2, 3] + 0.5).astype(np.int64)
-        ok_x, ok_y, ok_z = (ix >= 0) & (ix < sx), (iy >= 0) & (iy < sy), (iz >= 0) & (iz < sz)
-        flat = (iz[:, None, None] * sy + iy[None, :, None]) * sx + ix[None, None, :]
-        inside = ok_z[:, None, None] & ok_y[None, :, None] & ok_x[None, None, :]
-        return np.where(inside, flat, -1)
-    yy, xx = np.meshgrid(np.arange(ny, dtype=float), np.arange(nx, dtype=float), indexing="ij")
-    out = np.full(target_shape, -1, dtype=np.int64)
-    for z in range(nz):
-        jx, jy, jz = (
-            np.floor(m[i, 0] * xx + m[i, 1] * yy + m[i, 2] * z + m[i, 3] + 0.5).astype(np.int64)
-            for i in range(3)
-        )
-        inside = (jx >= 0) & (jx < sx) & (jy >= 0) & (jy < sy) & (jz >= 0) & (jz < sz)
-        out[z] = np.where(inside, (jz * sy + jy) * sx + jx, -1)
-    return out
-
-
-def _axis_indices(
-    mask_geometry: Geometry,
-    mask_shape: tuple[int, ...],
-    target: Geometry,
-    target_shape: tuple[int, ...],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Per-axis mask indices ``(iz, iy, ix)`` of the target's slices, rows and columns when
-    the grids share their axes (the usual case: same orientation, binned in-plane), with -1
-    outside the mask grid; ``None`` when they do not.
-
-    Rounded exactly as :func:`grid_lookup` rounds, so both give the same voxels.
-    """
-    m = np.linalg.inv(mask_geometry.affine_lps) @ target.affine_lps
-    if not np.allclose(m[:3, :3] - np.diag(np.diag(m[:3, :3])), 0.0, atol=1e-9):
-        return None
-    out = []
-    # Affine column 2 is z, 1 is y, 0 is x; the shapes are (z, y, x).
-    for axis, n_target, n_mask in zip((2, 1, 0), target_shape, mask_shape, strict=True):
-        index = np.floor(m[axis, axis] * np.arange(n_target) + m[axis, 3] + 0.5).astype(np.intp)
-        out.append(np.where((index >= 0) & (index < n_mask), index, -1))
-    return out[0], out[1], out[2]
-
-
-def masks_to_grid(
-    masks_zyx: Sequence[np.ndarray],
-    mask_geometry: Geometry,
-    target: Geometry,
-    target_shape: tuple[int, ...],
-) -> np.ndarray:
-    """Nearest-neighbour resampling of several masks of one grid onto another grid.
-
-    Parameters
-    ----------
-    masks_zyx : sequence of numpy.ndarray
-        Bool ``(z, y, x)`` masks, all on ``mask_geometry``.
-    mask_geometry, target : Geometry
-        Source and target grids.
-    target_shape : tuple of int
-        ``(z, y, x)`` of the target grid.
-
-    Returns
-    -------
-    numpy.ndarray
-        Bool ``(*target_shape, len(masks_zyx))`` (a view whose memory holds one
-        segment after the other); False outside the masks' grid.
-    """
-    if not masks_zyx:
-        return np.zeros((*target_shape, 0), dtype=bool)
-    # One False voxel past the end of every axis: index -1 (outside) lands on it. Segments
-    # lead in memory: every step gathers whole rows, and each SEG frame (one segment of
-    # one slice) is then a contiguous plane for the encoder, whose sum over segments
-    # adds planes.
-    stacked = np.zeros((len(masks_zyx), *(n + 1 for n in masks_zyx[0].shape)), bool)
-    for k, mask in enumerate(masks_zyx):
-        stacked[k, :-1, :-1, :-1] = mask
-    axes = _axis_indices(mask_geometry, masks_zyx[0].shape, target, target_shape)
-    if axes is not None:
-        # Columns, then rows, then slices: each step only gathers, never a full index grid
-        # (80 x 512 x 512 int64 indices would be 170 MB for a thin-slice study), and the
-        # element-wise gather runs on the small grid while the steps that make the fine
-        # grid copy whole rows, then whole planes (5 x faster on a 1 mm study).
-        iz, iy, ix = axes
-        out = np.take(np.take(np.take(stacked, ix, 3), iy, 2), iz, 1)
-    else:
-        lookup = grid_lookup(mask_geometry, masks_zyx[0].shape, target, target_shape)
-        nz, ny, nx = masks_zyx[0].shape
-        flat = stacked[:, :-1, :-1, :-1].reshape(len(masks_zyx), nz * ny * nx)
-        flat = np.concatenate([flat, np.zeros((len(masks_zyx), 1), bool)], axis=1)
-        out = flat[:, lookup]  # index -1 -> the False column
-    moved: np.ndarray = np.moveaxis(out, 0, -1)
-    return moved
-
-
-def mask_to_grid(
-    mask_zyx: np.ndarray,
-    mask_geometry: Geometry,
-    target: Geometry,
-    target_shape: tuple[int, ...],
-    lookup: np.ndarray | None = None,
-) -> np.ndarray:
-    """Nearest-neighbour resampling of a mask onto another grid of the same patient.
-
-    Parameters
-    ----------
-    mask_zyx : numpy.ndarray
-        Bool ``(z, y, x)`` mask on ``mask_geometry``.
-    mask_geometry, target : Geometry
-        Source and target grids.
-    target_shape : tuple of int
-        ``(z, y, x)`` of the target grid.
-    lookup : numpy.ndarray, optional
-        :func:`grid_lookup` of these grids, to share between masks.
-
-    Returns
-    -------
-    numpy.ndarray
-        Bool mask of ``target_shape``; False outside the mask's grid.
-    """
-    if lookup is None:
-        return masks_to_grid([mask_zyx], mask_geometry, target, target_shape)[..., 0]
-    flat = np.append(mask_zyx.ravel().astype(bool), False)  # index -1 -> False
-    out: np.ndarray = flat[lookup]
-    return out
-
-
 def build_segmentation(
     regions: Sequence[Region],
     source_images: Sequence[Dataset],
@@ -440,28 +295,26 @@ def build_segmentation(
         A highdicom Segmentation, same study and frame of reference as the source.
     """
     ordered = shared_orientation(sort_along_normal(source_images))
-    frame_slice = None
     plane_positions = None
     if is_enhanced(ordered[0]):
         target, frame_slice, slice_positions = _frames_geometry(ordered[0])
         shape = (len(slice_positions), int(ordered[0].Rows), int(ordered[0].Columns))
+        # The SEG's planes: one per source frame, on that frame's slice...
+        plane_slice, plane_mm = frame_slice, frame_planes(ordered[0])[0]
         if len(slice_positions) < len(frame_slice):
-            # Several frames per slice (b-values, time points): one SEG frame per slice,
-            # placed explicitly.
+            # ...but one per slice where several frames share one (b-values, time
+            # points), placed explicitly.
             plane_positions = [
                 hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, tuple(p))
                 for p in slice_positions
             ]
-            frame_slice = None
+            plane_slice, plane_mm = np.arange(len(slice_positions)), slice_positions
     else:
         target = source_geometry(ordered)
         shape = (len(ordered), int(ordered[0].Rows), int(ordered[0].Columns))
-    # As uint8 (the same 0/1 values and bits): highdicom's overlap check sums the segments
-    # of every pixel, three times faster over uint8 than over bool.
-    masks = [r.mask_zyx for r in regions]
-    pixels = masks_to_grid(masks, analysis_geometry, target, shape).view(np.uint8)
-    if frame_slice is not None:
-        pixels = pixels[frame_slice]  # in the source's frame order, as highdicom pairs them
+        plane_slice = np.arange(len(ordered))
+        plane_mm = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in ordered])
+    packed = packed_slices([r.mask_zyx for r in regions], analysis_geometry, target, shape)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name,
         version=software_version,
@@ -482,9 +335,16 @@ def build_segmentation(
         )
         for k, region in enumerate(regions)
     ]
+    # highdicom builds every frame's functional groups from an empty pixel array of the
+    # right shape (nothing in them depends on the pixels, as every frame is kept), which
+    # spares it the overlap check and the encoding of the real pixels: a sum over the
+    # segments of every source pixel (80 x 512 x 512 x 4 for a thin-slice study, 0.1 to
+    # 0.5 s) and one frame at a time. The pixels and the overlap are then set from the
+    # packed masks: the same bytes and value as highdicom gives for the real array.
+    empty = np.broadcast_to(np.zeros((), np.uint8), (len(plane_slice), *shape[1:], len(regions)))
     seg = hd.seg.Segmentation(
         source_images=ordered,
-        pixel_array=pixels,
+        pixel_array=empty,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=generate_uid(),
@@ -501,5 +361,58 @@ def build_segmentation(
         omit_empty_frames=False,
         plane_positions=plane_positions,
     )
+    segments, planes = _frame_planes(seg, plane_mm)
+    seg.PixelData = _binary_pixel_data(packed, segments, plane_slice[planes], shape[1] * shape[2])
+    seg.SegmentsOverlap = "YES" if segments_overlap(packed) else "NO"
     seg.BodyPartExamined = "HEAD"
     return seg
+
+
+#: Largest distance (mm) between a SEG frame's position and the plane it is taken for.
+_PLANE_MATCH_MM = 1e-3
+
+
+def _frame_planes(seg: Dataset, plane_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segment index and plane index of every frame of a built SEG, in frame order.
+
+    Read back from the frames' functional groups, so the pixels follow whatever frame
+    order highdicom chose; a plane is found by its position (``plane_mm``, ``(n, 3)``,
+    of the pixel array's planes, all distinct).
+    """
+    frames = seg.PerFrameFunctionalGroupsSequence
+    shared = seg.SharedFunctionalGroupsSequence[0]  # holds the segment when there is one
+    segments = np.array(
+        [
+            int(
+                (f if "SegmentIdentificationSequence" in f else shared)
+                .SegmentIdentificationSequence[0]
+                .ReferencedSegmentNumber
+            )
+            - 1
+            for f in frames
+        ]
+    )
+    positions = np.array(
+        [[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in frames]
+    )
+    distance = np.linalg.norm(positions[:, None, :] - plane_mm[None, :, :], axis=-1)
+    planes = np.argmin(distance, axis=1)
+    if np.any(distance[np.arange(len(frames)), planes] > _PLANE_MATCH_MM):
+        raise ValueError("a SEG frame is at no position of the source planes")
+    return segments, planes
+
+
+def _binary_pixel_data(
+    packed: np.ndarray, segments: np.ndarray, slices: np.ndarray, pixels_per_frame: int
+) -> bytes:
+    """PixelData of 1-bit frames (segment ``segments[i]`` of slice ``slices[i]`` of
+    :func:`~strokeflow.report.mask_grid.packed_slices`' ``packed``), packed end to end as
+    DICOM packs them: no padding between frames, one byte at the end to an even length."""
+    frames = packed[segments, slices]  # (frames, bytes per frame)
+    if pixels_per_frame % 8:
+        # Frames do not end on a byte: the bit stream runs on across them.
+        bits = np.unpackbits(frames, axis=-1, count=pixels_per_frame, bitorder="little")
+        frames = np.packbits(bits.ravel(), bitorder="little")
+    data = frames.tobytes()
+    # highdicom's padding byte (an ASCII "0"), kept so that the object is the one it gives.
+    return data + b"0" if len(data) % 2 else data
