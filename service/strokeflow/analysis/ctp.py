@@ -294,6 +294,7 @@ def analyse_ctp(
             # Beyond 10 s the tissue is severely delayed and low in flow, and its noisy
             # onset reads early (the mean everywhere lost Tmax > 10 s cases at low dose).
             unpaired_mean_below_s=SEVERE_HYPOPERFUSION_TMAX_S,
+            pair_flow_cap=settings.pair_flow_cap if settings.pair_flow_cap > 1 else None,
             # The core's reference and its noise margin (CtpSettings); the voxels' CBF is
             # the value readout either way.
             reference_calibration=settings.core_reference_calibration,

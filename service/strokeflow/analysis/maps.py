@@ -144,6 +144,7 @@ def compute_maps(
     two_delay_above_s: float | None = None,
     unpaired_tmax: str = "peak",
     unpaired_mean_below_s: float | None = None,
+    pair_flow_cap: float | None = None,
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
     flow_calibration: Literal["off", "self", "self+noise"] = "off",
     noise_sigma_frames: float = 0.0,
@@ -247,6 +248,11 @@ def compute_maps(
         With ``unpaired_tmax="mean"``: the mean only where the peak readout is at most
         this delay; beyond it (severely delayed, low-flow tissue, whose noisy onset reads
         early) the peak stays. None: everywhere.
+    pair_flow_cap : float, optional
+        With ``two_delay_tmax``: where a searched voxel's pair is accepted, CBF is
+        multiplied by the pair's total flow over the single-delay fit's flow (a curve
+        spread over two delays has a lower residue peak and a single model of stretched
+        transit time; the pair does not), at least 1 and at most this factor. None: off.
     cbf_readout : {"max", "max/model", "value/model", "value"}
         With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
         residue near the fitted onset; "max/model" divides it by the regularised peak
@@ -392,6 +398,7 @@ def compute_maps(
             two_delay_above_s,
             unpaired_tmax,
             unpaired_mean_below_s,
+            pair_flow_cap,
         )
 
     def self_calibration(mode: str) -> FlowCalibration:
@@ -501,6 +508,7 @@ def _chunk_maps(
     two_delay_above_s: float | None = None,
     unpaired_tmax: str = "peak",
     unpaired_mean_below_s: float | None = None,
+    pair_flow_cap: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -587,6 +595,14 @@ def _chunk_maps(
                     fallback_s = np.where(use, 0.5 * (onset_s[search] + fallback_s), fallback_s)
                 tmax_raw = tmax_raw.copy()
                 tmax_raw[search] = pair.dominant_delay_s(fallback_s)
+                if pair_flow_cap is not None:
+                    single = flow[search]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        gain = np.where(pair.accepted & (single > 0), pair.flow_per_s / single, 1.0)
+                    cbf = cbf.copy()
+                    cbf[search] *= np.clip(np.nan_to_num(gain, nan=1.0), 1.0, pair_flow_cap)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]

@@ -76,6 +76,13 @@ class CtpSettings:
         ``core_reference_calibration="self+noise"`` and k = 0.5, core within tolerance
         33 -> 35 and 27 -> 41 of 60 on two seed bases, but the low-dose phantoms' core
         11 -> 8 of 12, so both stay off by default.
+    pair_flow_cap : float
+        Where a voxel's curve is fitted better by two delays than by one (the two-delay
+        Tmax's pair), its CBF is multiplied by the pair's total flow over the single-delay
+        fit's flow, clipped to [1, this]: a voxel whose slab or filtering mixes penumbral
+        zones reached at different times has a lower, spread residue peak and reads as
+        core (docs/deconvolution.md, "The flow of voxels that mix two delays"). Values
+        <= 1 disable it. Needs ``two_delay_tmax``.
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded.
     max_motion_mm : float
@@ -100,8 +107,9 @@ class CtpSettings:
     correct_cbf_bias: bool = False
     two_delay_tmax: bool = True
     unpaired_tmax: Literal["peak", "mean", "onset"] = "mean"
-    core_reference_calibration: Literal["off", "self", "self+noise"] = "off"
+    core_reference_calibration: Literal["off", "self", "self+noise"] = "self+noise"
     core_noise_margin_k: float = 0.0
+    pair_flow_cap: float = 1.5
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0
     quality: QualityLimits = field(default_factory=QualityLimits)
@@ -115,4 +123,8 @@ class CtpSettings:
         if not self.core_noise_margin_k >= 0:
             raise ValueError(
                 f"core_noise_margin_k must be non-negative; got {self.core_noise_margin_k}"
+            )
+        if not (0 <= self.pair_flow_cap < float("inf")):
+            raise ValueError(
+                f"pair_flow_cap must be a finite factor >= 0; got {self.pair_flow_cap}"
             )
