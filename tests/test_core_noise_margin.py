@@ -138,7 +138,8 @@ def test_the_core_settings_are_read_from_the_config_and_reach_compute_maps(
     assert settings.core_reference_calibration == "self"
     assert settings.core_noise_margin_k == 0.25
     default = load_settings(None).analysis.ctp
-    assert (default.core_reference_calibration, default.core_noise_margin_k) == ("off", 0.0)
+    assert (default.core_reference_calibration, default.core_noise_margin_k) == ("self+noise", 0.0)
+    assert default.pair_flow_cap == 1.5
 
     seen: dict[str, Any] = {}
 
@@ -162,8 +163,15 @@ def test_the_core_settings_are_read_from_the_config_and_reach_compute_maps(
     assert seen["reference_calibration"] == "self" and seen["cbf_noise_sd"] is True
     with pytest.raises(StopError):
         ctp.analyse_ctp(series, CtpSettings())
-    assert seen["reference_calibration"] == "off" and seen["cbf_noise_sd"] is False
+    assert seen["reference_calibration"] == "self+noise" and seen["cbf_noise_sd"] is False
+    assert seen["pair_flow_cap"] == 1.5
+    with pytest.raises(StopError):
+        ctp.analyse_ctp(series, CtpSettings(core_reference_calibration="off", pair_flow_cap=0.0))
+    assert seen["reference_calibration"] == "off" and seen["pair_flow_cap"] is None
 
     toml.write_text('[analysis.ctp]\ncore_reference_calibration = "twice"\n')
     with pytest.raises(ValueError, match="core_reference_calibration"):
+        load_settings(toml)
+    toml.write_text("[analysis.ctp]\npair_flow_cap = -1.0\n")
+    with pytest.raises(ValueError, match="pair_flow_cap"):
         load_settings(toml)

@@ -294,6 +294,10 @@ def analyse_ctp(
             # Beyond 10 s the tissue is severely delayed and low in flow, and its noisy
             # onset reads early (the mean everywhere lost Tmax > 10 s cases at low dose).
             unpaired_mean_below_s=SEVERE_HYPOPERFUSION_TMAX_S,
+            # The pair's flow only where the published 6 s gate searches: site thresholds
+            # widen the search but leave the core alone.
+            pair_flow_cap=settings.pair_flow_cap if settings.pair_flow_cap > 1 else None,
+            pair_flow_above_s=HYPOPERFUSION_TMAX_S,
             # The core's reference and its noise margin (CtpSettings); the voxels' CBF is
             # the value readout either way.
             reference_calibration=settings.core_reference_calibration,

@@ -144,6 +144,8 @@ def compute_maps(
     two_delay_above_s: float | None = None,
     unpaired_tmax: str = "peak",
     unpaired_mean_below_s: float | None = None,
+    pair_flow_cap: float | None = None,
+    pair_flow_above_s: float | None = None,
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
     flow_calibration: Literal["off", "self", "self+noise"] = "off",
     noise_sigma_frames: float = 0.0,
@@ -247,6 +249,15 @@ def compute_maps(
         With ``unpaired_tmax="mean"``: the mean only where the peak readout is at most
         this delay; beyond it (severely delayed, low-flow tissue, whose noisy onset reads
         early) the peak stays. None: everywhere.
+    pair_flow_cap : float, optional
+        With ``two_delay_tmax``: where a searched voxel's pair is accepted, CBF is
+        multiplied by the pair's total flow over the single-delay fit's flow (a curve
+        spread over two delays has a lower residue peak and a single model of stretched
+        transit time; the pair does not), at least 1 and at most this factor. None: off.
+    pair_flow_above_s : float, optional
+        With ``pair_flow_cap``: only in voxels that the pair search's gate admits for this
+        delay (s) rather than ``two_delay_above_s``, so that site Tmax thresholds, which
+        widen the search, leave the CBF map alone. None: ``two_delay_above_s``.
     cbf_readout : {"max", "max/model", "value/model", "value"}
         With ``residue_fit`` and ``flow_window_s``: "max" is the maximum of the oSVD
         residue near the fitted onset; "max/model" divides it by the regularised peak
@@ -392,6 +403,8 @@ def compute_maps(
             two_delay_above_s,
             unpaired_tmax,
             unpaired_mean_below_s,
+            pair_flow_cap,
+            pair_flow_above_s,
         )
 
     def self_calibration(mode: str) -> FlowCalibration:
@@ -501,6 +514,8 @@ def _chunk_maps(
     two_delay_above_s: float | None = None,
     unpaired_tmax: str = "peak",
     unpaired_mean_below_s: float | None = None,
+    pair_flow_cap: float | None = None,
+    pair_flow_above_s: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Maps of one ``(n, nvox)`` chunk of finite curves."""
     k, rung = dec.residues(curves)
@@ -565,13 +580,18 @@ def _chunk_maps(
         if two_delay_tmax:
             single_tmax = np.clip(tmax_raw, 0.0, None)
             search = flow > 0
+            # A pair's delays lie within the window, which ends at most half a delay step
+            # more than FIT_DELAY_HALF_WIDTH_S past the seed. Where it ends below the
+            # threshold and the single readout is below it too, Tmax stays below it either
+            # way: the regions above it are those of searching every voxel.
+            window_end_s = half_rise_s + FIT_DELAY_HALF_WIDTH_S + 0.5 * FIT_DELAY_STEP_S
+            flow_gate = search.copy()
             if two_delay_above_s is not None:
-                # A pair's delays lie within the window, which ends at most half a delay
-                # step more than FIT_DELAY_HALF_WIDTH_S past the seed. Where it ends below
-                # the threshold and the single readout is below it too, Tmax stays below
-                # it either way: the regions above it are those of searching every voxel.
-                window_end_s = half_rise_s + FIT_DELAY_HALF_WIDTH_S + 0.5 * FIT_DELAY_STEP_S
                 search &= (window_end_s > two_delay_above_s) | (tmax_raw > two_delay_above_s)
+            flow_above_s = two_delay_above_s if pair_flow_above_s is None else pair_flow_above_s
+            if flow_above_s is not None:
+                flow_gate &= (window_end_s > flow_above_s) | (tmax_raw > flow_above_s)
+            flow_gate = flow_gate[search]
             if search.any():
                 # The pair is searched in the single fit's window: the half-rise follows
                 # the earlier component of a mixed voxel, and the window reaches 3 s past
@@ -587,6 +607,15 @@ def _chunk_maps(
                     fallback_s = np.where(use, 0.5 * (onset_s[search] + fallback_s), fallback_s)
                 tmax_raw = tmax_raw.copy()
                 tmax_raw[search] = pair.dominant_delay_s(fallback_s)
+                if pair_flow_cap is not None:
+                    single = flow[search]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        paired = pair.accepted & (single > 0) & flow_gate
+                        gain = np.where(paired, pair.flow_per_s / single, 1.0)
+                    cbf = cbf.copy()
+                    cbf[search] *= np.clip(np.nan_to_num(gain, nan=1.0), 1.0, pair_flow_cap)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]

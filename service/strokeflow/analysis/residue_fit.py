@@ -111,12 +111,16 @@ class TwoDelayFit:
     accepted : numpy.ndarray
         ``(nvox,)`` bool: the pair explains the curve better than one delay by more than
         ``min_gain`` times the noise variance of the pair's residual.
+    flow_per_s : numpy.ndarray
+        ``(nvox,)`` float64 total flow (1/s) of the two components (their amplitudes'
+        sum) where a pair is accepted; the single-delay fit's flow elsewhere.
     """
 
     early_delay_s: np.ndarray
     late_delay_s: np.ndarray
     late_share: np.ndarray
     accepted: np.ndarray
+    flow_per_s: np.ndarray
 
     def dominant_delay_s(self, fallback_s: np.ndarray) -> np.ndarray:
         """Delay of the component holding most of the blood volume; ``fallback_s`` where
@@ -222,6 +226,7 @@ class ResidueFitter:
         weights = np.zeros((2 * h + 1, nvox))
         models = np.zeros((2 * h + 1, nvox), dtype=np.intp)
         early, late, share = np.zeros(nvox), np.zeros(nvox), np.zeros(nvox)
+        pair_flow = np.zeros(nvox)
         accepted = np.zeros(nvox, dtype=bool)
         pair_voxels = np.broadcast_to(np.asarray(two_delays, dtype=bool), (nvox,))
         same_model = self._same_model_products() if pair_voxels.any() else None
@@ -238,7 +243,7 @@ class ResidueFitter:
             sub = pair_voxels[vox]
             if same_model is not None and sub.any():
                 window = slice(first, first + 2 * h + 1)
-                i, j, sh, ok = _best_pair(
+                i, j, sh, ok, pf = _best_pair(
                     proj[:, :, sub],
                     same_model[window, window],
                     norms,
@@ -250,6 +255,7 @@ class ResidueFitter:
                 t0, at = self.delays_s[first], vox[sub]
                 early[at], late[at], share[at] = t0 + i * step, t0 + j * step, sh
                 accepted[at] = ok
+                pair_flow[at] = pf
         pair = None
         if pair_voxels.any() or two_delays is True:
             pair = TwoDelayFit(
@@ -257,6 +263,7 @@ class ResidueFitter:
                 late_delay_s=np.where(accepted, late, delay),
                 late_share=np.where(accepted, share, 0.0),
                 accepted=accepted,
+                flow_per_s=np.where(accepted, pair_flow, flow),
             )
         return ResidueFit(flow, delay, start_idx, weights, models, pair)
 
@@ -379,7 +386,7 @@ def _best_pair(
     min_sep: int,
     min_gain: float,
     candidate_models: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Best pair of window delays for each voxel of a block.
 
     ``proj`` is the ``(window, models, nvox)`` projection on every unit model curve of
@@ -392,7 +399,8 @@ def _best_pair(
     pair's delays are moved by up to one step each (the explained energy is smooth in
     the delays: a coarse grid finds its basin at a third of the cost). Returns the delay
     indices of the pair (early, late), the later component's share of the blood volume
-    (of the flow, as the model is shared) and whether the pair is accepted.
+    (of the flow, as the model is shared), whether the pair is accepted and the pair's
+    total flow (0 where it is not).
     """
     n_win, n_models, nvox = proj.shape
     energy = (c * c).sum(axis=0).astype(np.float64)
@@ -464,7 +472,8 @@ def _best_pair(
     ok = np.isfinite(best_e64) & (gain > min_gain * np.maximum(var, 1e-12))
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(ok, flow_j / (flow_i + flow_j), 0.0)
-    return best[0], best[1], np.nan_to_num(share), ok
+    total = np.where(ok, flow_i + flow_j, 0.0)
+    return best[0], best[1], np.nan_to_num(share), ok, np.nan_to_num(total)
 
 
 def _pair_energy(pi: np.ndarray, pj: np.ndarray, g: np.ndarray, inv: np.ndarray) -> np.ndarray:

@@ -68,6 +68,10 @@ class CtpSettings:
         the study's self-calibrated gain (``analysis.flow_calibration``; "+noise" with the
         measured pre-bolus noise in the synthetic curves), the voxels' CBF staying as read.
         "off": from the CBF as read (about 0.84 x the true normal flow on the phantoms).
+        Default "self+noise", together with ``pair_flow_cap``: alone it uncovers the
+        delay-mixed penumbra read low (docs/deconvolution.md, "The flow of voxels that mix
+        two delays": both together, core within tolerance 33 -> 41 and 27 -> 36 of 60 on
+        two seed bases).
     core_noise_margin_k : float
         Core where ``rCBF + k * sd / reference`` is below ``core_rcbf_threshold``, ``sd``
         the voxel's noise SD of the CBF readout (``analysis.flow_noise``): a noisy
@@ -75,7 +79,15 @@ class CtpSettings:
         Measured in docs/deconvolution.md, "Where the false core lies": with
         ``core_reference_calibration="self+noise"`` and k = 0.5, core within tolerance
         33 -> 35 and 27 -> 41 of 60 on two seed bases, but the low-dose phantoms' core
-        11 -> 8 of 12, so both stay off by default.
+        11 -> 8 of 12, so the margin stays off by default.
+    pair_flow_cap : float
+        Where a voxel's curve is fitted better by two delays than by one (the two-delay
+        Tmax's pair), its CBF is multiplied by the pair's total flow over the single-delay
+        fit's flow, clipped to [1, this]: a voxel whose slab or filtering mixes penumbral
+        zones reached at different times has a lower, spread residue peak and reads as
+        core (docs/deconvolution.md, "The flow of voxels that mix two delays"). Values
+        <= 1 disable it. Needs ``two_delay_tmax``. 1.5 was chosen of 1.25 / 1.5 / 2.0 on
+        seeds 7000+ and confirmed on 100+ and 11000+.
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded.
     max_motion_mm : float
@@ -100,8 +112,9 @@ class CtpSettings:
     correct_cbf_bias: bool = False
     two_delay_tmax: bool = True
     unpaired_tmax: Literal["peak", "mean", "onset"] = "mean"
-    core_reference_calibration: Literal["off", "self", "self+noise"] = "off"
+    core_reference_calibration: Literal["off", "self", "self+noise"] = "self+noise"
     core_noise_margin_k: float = 0.0
+    pair_flow_cap: float = 1.5
     min_cluster_ml: float = 0.5
     max_motion_mm: float = 15.0
     quality: QualityLimits = field(default_factory=QualityLimits)
@@ -115,4 +128,8 @@ class CtpSettings:
         if not self.core_noise_margin_k >= 0:
             raise ValueError(
                 f"core_noise_margin_k must be non-negative; got {self.core_noise_margin_k}"
+            )
+        if not (0 <= self.pair_flow_cap < float("inf")):
+            raise ValueError(
+                f"pair_flow_cap must be a finite factor >= 0; got {self.pair_flow_cap}"
             )
