@@ -92,3 +92,34 @@ def test_the_ct_analysis_reads_the_mean_unless_configured() -> None:
     # readout of voxels without a pair"); "peak" is the previous readout.
     assert CtpSettings().unpaired_tmax == "mean"
     assert CtpSettings(unpaired_tmax="peak").unpaired_tmax == "peak"
+
+
+def test_beyond_the_mean_limit_only_a_well_determined_onset_joins_the_mean() -> None:
+    # Box tissue at 11 s: its peak reads late, beyond the 10 s limit of the mean.
+    delays = np.array([11.0])
+    clean = _box_tissue(delays, 40, seed=5)
+    kwargs = dict(two_delay_tmax=True, two_delay_above_s=4.0, unpaired_tmax="mean")
+    limited = compute_maps(clean, AIF, STEP_S, unpaired_mean_below_s=10.0, **kwargs).tmax_s
+    gated = compute_maps(
+        clean, AIF, STEP_S, unpaired_mean_below_s=10.0, unpaired_onset_sd_s=0.2, **kwargs
+    ).tmax_s
+    everywhere = compute_maps(clean, AIF, STEP_S, **kwargs).tmax_s
+    # At this noise the onset is well determined: the gate takes the mean, nearer the truth.
+    assert np.median(limited) - 11.0 > 0.5
+    assert abs(np.median(gated) - np.median(everywhere)) < 0.1
+    assert abs(np.median(gated) - 11.0) < abs(np.median(limited) - 11.0)
+    # Low-flow tissue buried in noise has a spread onset: the gate keeps its peak.
+    rng = np.random.default_rng(6)
+    weak = tissue_enhancement(T_S, AIF, 4.0, 12.0, delay_s=11.0)
+    noisy = (weak[:, None] + rng.normal(0.0, 1.5, (T_S.size, 200))).astype(np.float32)
+    limited_noisy = compute_maps(noisy, AIF, STEP_S, unpaired_mean_below_s=10.0, **kwargs)
+    gated_noisy = compute_maps(
+        noisy, AIF, STEP_S, unpaired_mean_below_s=10.0, unpaired_onset_sd_s=0.2, **kwargs
+    )
+    same = np.isclose(limited_noisy.tmax_s, gated_noisy.tmax_s)
+    assert same.mean() > 0.5
+
+
+def test_a_negative_onset_sd_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="unpaired_onset_sd_s"):
+        CtpSettings(unpaired_onset_sd_s=-1.0)

@@ -294,6 +294,8 @@ def analyse_ctp(
             # Beyond 10 s the tissue is severely delayed and low in flow, and its noisy
             # onset reads early (the mean everywhere lost Tmax > 10 s cases at low dose).
             unpaired_mean_below_s=SEVERE_HYPOPERFUSION_TMAX_S,
+            # ... unless the onset is well determined there (CtpSettings).
+            unpaired_onset_sd_s=settings.unpaired_onset_sd_s or None,
             # The pair's flow only where the published 6 s gate searches: site thresholds
             # widen the search but leave the core alone.
             pair_flow_cap=settings.pair_flow_cap if settings.pair_flow_cap > 1 else None,

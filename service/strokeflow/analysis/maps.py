@@ -144,6 +144,7 @@ def compute_maps(
     two_delay_above_s: float | None = None,
     unpaired_tmax: str = "peak",
     unpaired_mean_below_s: float | None = None,
+    unpaired_onset_sd_s: float | None = None,
     pair_flow_cap: float | None = None,
     pair_flow_above_s: float | None = None,
     cbf_readout: Literal["max", "max/model", "value/model", "value"] = "max",
@@ -249,6 +250,10 @@ def compute_maps(
         With ``unpaired_tmax="mean"``: the mean only where the peak readout is at most
         this delay; beyond it (severely delayed, low-flow tissue, whose noisy onset reads
         early) the peak stays. None: everywhere.
+    unpaired_onset_sd_s : float, optional
+        With ``unpaired_mean_below_s``: the mean also beyond that delay where the fitted
+        onset is well determined, its posterior SD over the fit's delays (the likelihood
+        weights) at most this many seconds. None: only below ``unpaired_mean_below_s``.
     pair_flow_cap : float, optional
         With ``two_delay_tmax``: where a searched voxel's pair is accepted, CBF is
         multiplied by the pair's total flow over the single-delay fit's flow (a curve
@@ -403,6 +408,7 @@ def compute_maps(
             two_delay_above_s,
             unpaired_tmax,
             unpaired_mean_below_s,
+            unpaired_onset_sd_s,
             pair_flow_cap,
             pair_flow_above_s,
         )
@@ -514,6 +520,7 @@ def _chunk_maps(
     two_delay_above_s: float | None = None,
     unpaired_tmax: str = "peak",
     unpaired_mean_below_s: float | None = None,
+    unpaired_onset_sd_s: float | None = None,
     pair_flow_cap: float | None = None,
     pair_flow_above_s: float | None = None,
 ) -> dict[str, np.ndarray]:
@@ -603,7 +610,11 @@ def _chunk_maps(
                 elif unpaired_tmax == "mean":
                     use = flow[search] > 0
                     if unpaired_mean_below_s is not None:
-                        use &= fallback_s <= unpaired_mean_below_s
+                        below = fallback_s <= unpaired_mean_below_s
+                        if unpaired_onset_sd_s is not None:
+                            onset_sd = _onset_sd_s(fit.weights[:, search], fitter)
+                            below |= onset_sd <= unpaired_onset_sd_s
+                        use &= below
                     fallback_s = np.where(use, 0.5 * (onset_s[search] + fallback_s), fallback_s)
                 tmax_raw = tmax_raw.copy()
                 tmax_raw[search] = pair.dominant_delay_s(fallback_s)
@@ -626,6 +637,16 @@ def _chunk_maps(
     if two_delay_tmax:
         out["single_tmax"] = tmax if single_tmax is None else single_tmax
     return out
+
+
+def _onset_sd_s(weights: np.ndarray, fitter: ResidueFitter) -> np.ndarray:
+    """Posterior SD (s) of the fitted onset: the spread of the fit's delay likelihood
+    weights ``(window, nvox)``; 0 where the voxel has none."""
+    step_s = float(fitter.delays_s[1] - fitter.delays_s[0])
+    index = np.arange(weights.shape[0], dtype=np.float64)[:, None]
+    mean = (weights * index).sum(axis=0)
+    var = (weights * (index - mean) ** 2).sum(axis=0)
+    return np.sqrt(np.maximum(var, 0.0)) * step_s
 
 
 #: True transit times (s) at which the regularisation bias is calibrated.

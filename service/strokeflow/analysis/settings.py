@@ -63,6 +63,12 @@ class CtpSettings:
         docs/deconvolution.md, "The readout of voxels without a pair": Tmax > 6 s within
         tolerance 53 -> 58 and 53 -> 60 of 60 cases on seeds 100+ and 11000+, Tmax > 10 s,
         the core and the decisions unchanged.
+    unpaired_onset_sd_s : float
+        With ``unpaired_tmax="mean"``: the mean is taken beyond 10 s too where the fitted
+        onset is well determined (posterior SD of its delay at most this, s); where it is
+        not (noisy, low-flow, severely delayed tissue) the peak stays. 0 disables it.
+        0.2 s was chosen of 0.2 / 0.3 / 0.4 / 0.6 on seeds 7000+ (docs/deconvolution.md,
+        "A well-determined onset beyond 10 s").
     core_reference_calibration : {"off", "self", "self+noise"}
         "off", "self" or "self+noise": the rCBF reference is taken from the CBF divided by
         the study's self-calibrated gain (``analysis.flow_calibration``; "+noise" with the
@@ -112,6 +118,7 @@ class CtpSettings:
     correct_cbf_bias: bool = False
     two_delay_tmax: bool = True
     unpaired_tmax: Literal["peak", "mean", "onset"] = "mean"
+    unpaired_onset_sd_s: float = 0.2
     core_reference_calibration: Literal["off", "self", "self+noise"] = "self+noise"
     core_noise_margin_k: float = 0.0
     pair_flow_cap: float = 1.5
@@ -128,6 +135,10 @@ class CtpSettings:
         if not self.core_noise_margin_k >= 0:
             raise ValueError(
                 f"core_noise_margin_k must be non-negative; got {self.core_noise_margin_k}"
+            )
+        if not (0 <= self.unpaired_onset_sd_s < float("inf")):
+            raise ValueError(
+                f"unpaired_onset_sd_s must be a finite delay >= 0; got {self.unpaired_onset_sd_s}"
             )
         if not (0 <= self.pair_flow_cap < float("inf")):
             raise ValueError(
