@@ -135,6 +135,8 @@ class Receiver:
     sessions: sessionmaker[Session]
     #: Time source, replaceable in tests.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    #: The receiving processes' shared counts, when this is one of several.
+    board: AcceptBoard | None = None
     _tallies: dict[Any, AssociationTally] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     #: Read-only connections for placement lookups, free for the next one.
@@ -319,9 +321,9 @@ class Receiver:
         folders_synced = self._disk.submit(sync_folders, new.folders)
         # A lone association hashes in the pool too, on the core its checks leave idle
         # (in this thread it lengthened each answer: one sender 125/s against 159/s); with
-        # others open here, the cores are busy and a third hand-off is CPU they need.
-        alone = len(self._tallies) <= 1
-        digest = self._disk.submit(_sha256, header, body) if alone else None
+        # others open, here or in the other receiving processes, the cores are busy and a
+        # third hand-off is CPU they need.
+        digest = self._disk.submit(_sha256, header, body) if self._alone() else None
         try:
             known_series = self._check_placement(uids)
             check_content(ds, UID(transfer_syntax))
@@ -367,6 +369,12 @@ class Receiver:
             tally.new += 1
             tally.studies.add(study_uid)
         return SUCCESS
+
+    def _alone(self) -> bool:
+        """Whether this is the only association open (in any receiving process)."""
+        if self.board is not None:
+            return self.board.open_connections() <= 1
+        return len(self._tallies) <= 1
 
     def _check_placement(self, uids: InstanceUids) -> str | None:
         """The series the index (or the writer's queue) has this instance in, if any.
