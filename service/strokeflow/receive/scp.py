@@ -77,6 +77,8 @@ LOG = logging.getLogger(__name__)
 
 #: How long a release, or a resend's SQL decision, waits for the index writer (s).
 FLUSH_TIMEOUT_S = 10.0
+#: (7FE0,0010) Pixel Data.
+_PIXEL_DATA = 0x7FE00010
 
 
 @dataclass
@@ -349,6 +351,10 @@ class Receiver:
             return self._disk_error(label, ds, exc)
         size_bytes = len(header) + len(body)
         study_uid, sop_uid = uids.study, uids.sop_instance
+        # The row needs the header only: the pixel data's copy is not kept while the
+        # batch gathers (a few MiB per receiving process).
+        if _PIXEL_DATA in ds:
+            del ds[_PIXEL_DATA]
         self._index.put(
             PendingInstance(
                 ds=ds,
