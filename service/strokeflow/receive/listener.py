@@ -148,6 +148,7 @@ def _receiver_process(
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     accept_board = AcceptBoard(*board)
     receiver = Receiver(settings, receiver_sessions(settings), board=accept_board)
+    receiver.open_index()
     server = start_server(receiver, shared=(listen_socket, accept_board))
     tune_interpreter()
     ready.release()
@@ -225,11 +226,14 @@ def run_listener(
     if settings.receiver_processes == 1:
         receiver = Receiver(settings, receiver_sessions(settings))
         try:
+            receiver.open_index()
+            # Tuned before it listens: a sender may start at once, and the collection
+            # that precedes the freeze takes ~0.1 s of CPU.
+            tune_interpreter()
             server = start_server(receiver)
-        except OSError:
+        except (OSError, SQLAlchemyError):
             receiver.close()
             raise
-        tune_interpreter()
         resume_orphaned(sessions)
         try:
             if on_listening is not None:

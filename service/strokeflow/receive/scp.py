@@ -153,6 +153,20 @@ class Receiver:
         )
         self._index = IndexWriter(self.sessions, self.data_dir, lambda: self.clock())
 
+    def open_index(self) -> None:
+        """Before the first association: open the index's connections (a reader for the
+        lookups, one for the writer) and make the lookup's statement, which the first
+        instance would otherwise wait for.
+
+        Raises
+        ------
+        SQLAlchemyError
+            The index cannot be read.
+        """
+        self._lookup("", "")
+        with self.sessions() as session:
+            session.connection()
+
     @property
     def _engine(self) -> Engine:
         return cast(Engine, self.sessions.kw["bind"])
