@@ -22,7 +22,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +50,7 @@ from strokeflow.receive.checks import (
     read_dataset,
     text_value,
 )
+from strokeflow.receive.disk_workers import DiskWorkers
 from strokeflow.receive.index import IndexWriter, PendingInstance, instance_record
 from strokeflow.receive.limits import ConnectionLimits, LimitedAssociationServer
 from strokeflow.receive.part10 import part10_header
@@ -143,14 +143,12 @@ class Receiver:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     #: Read-only connections for placement lookups, free for the next one.
     _readers: list[Connection] = field(default_factory=list, init=False, repr=False)
-    _disk: ThreadPoolExecutor = field(init=False, repr=False)
+    _disk: DiskWorkers = field(init=False, repr=False)
     _index: IndexWriter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # A file's fsync, its folder's and a hash at once per association open at once.
-        self._disk = ThreadPoolExecutor(
-            max_workers=3 * self.settings.max_associations, thread_name_prefix="disk-write"
-        )
+        self._disk = DiskWorkers(3 * self.settings.max_associations, "disk-write")
         self._index = IndexWriter(self.sessions, self.data_dir, lambda: self.clock())
 
     def open_index(self) -> None:
@@ -179,7 +177,7 @@ class Receiver:
     def close(self) -> None:
         """Write the queued rows, stop the disk writers (after the server has stopped)."""
         self._index.close()
-        self._disk.shutdown(wait=True)
+        self._disk.shutdown()
         with self._lock:
             readers, self._readers = self._readers, []
         for conn in readers:
@@ -287,10 +285,11 @@ class Receiver:
 
         The dataset's UIDs are decoded and checked, and its Part 10 file written once,
         straight to its place (never over another file). Its fsync and its folder's run in
-        the ``disk-write`` pool while this thread looks the UIDs up in the index (one read;
-        the index writer's queue first) and checks every element; the bytes are hashed in
-        the pool too for a lone association, in this thread when others are open in this
-        process. Once both fsyncs have returned, 0x0000 is answered. Its rows are written
+        ``disk-write`` threads (:mod:`strokeflow.receive.disk_workers`) while this thread
+        looks the UIDs up in the index (one read; the index writer's queue first) and
+        checks every element; the bytes are hashed there too for a lone association, in
+        this thread when others are open in any receiving process. Once both fsyncs have
+        returned, 0x0000 is answered. Its rows are written
         afterwards, in a batch, by the index writer (:mod:`strokeflow.receive.index`). An
         instance already known (a resend, its place taken) and result-class objects take
         :meth:`_store_known`, which decides in SQL first. Refused data goes to quarantine
