@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
@@ -47,6 +46,7 @@ from strokeflow.receive.checks import (
     InstanceRefusedError,
     InstanceUids,
     check_content,
+    context_transfer_syntax,
     read_dataset,
     text_value,
 )
@@ -341,7 +341,7 @@ class Receiver:
         digest = self._disk.submit(_sha256, header, body) if self._alone() else None
         try:
             known_series = self._check_placement(uids)
-            check_content(ds, UID(transfer_syntax))
+            check_content(ds, context_transfer_syntax(event))
         except InstanceRefusedError as exc:
             discard_new(new, synced)
             return self._refuse(event, label, str(exc), exc.status, header + bytes(body))
@@ -454,7 +454,7 @@ class Receiver:
             return self._database_error(label, ds, f"index writer behind: {self._index.failure}")
         transfer_syntax = str(event.context.transfer_syntax)
         try:
-            check_content(ds, UID(transfer_syntax))
+            check_content(ds, context_transfer_syntax(event))
         except InstanceRefusedError as exc:
             return self._refuse(event, label, str(exc), exc.status, b"".join(parts))
         sha256 = _sha256(*parts)
