@@ -61,6 +61,15 @@ def state(sessions: sessionmaker[Session], study: str = STUDY) -> StudyState:
         return found.state
 
 
+def test_release_is_seen_by_a_study_already_loaded_in_the_session(sessions) -> None:  # type: ignore[no-untyped-def]
+    receive(sessions, record(1), at=T0)
+    with sessions() as session, session.begin():
+        study = get_study(session, STUDY)
+        assert study is not None and not study.released
+        assert mark_released(session, [STUDY], T0) == 1
+        assert study.released and study.released_at == T0
+
+
 def test_released_study_completes_after_the_quiet_period(sessions) -> None:  # type: ignore[no-untyped-def]
     receive(sessions, record(1), record(2), at=T0)
     release(sessions)

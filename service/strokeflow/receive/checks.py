@@ -15,6 +15,7 @@ from typing import NamedTuple, cast
 from pydicom import config, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -23,7 +24,7 @@ from strokeflow.dicomnet.status import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH
 from strokeflow.receive.storage import InvalidUidError, check_uid, instance_relpath
 from strokeflow.store import header_values
 
-_PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA = BaseTag(0x7FE00010)
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 #: VRs whose raw values pydicom converts without ever raising when reading validation is
@@ -163,6 +164,13 @@ def _check_vr_encoding(encoded: bytes, transfer_syntax: UID) -> None:
         )
 
 
+def context_transfer_syntax(event: Event) -> UID:
+    """The transfer syntax of the event's presentation context (pynetdicom's ``UID``, not
+    made and validated again for each instance)."""
+    value = event.context.transfer_syntax
+    return value if isinstance(value, UID) else UID(value)
+
+
 def read_dataset(event: Event) -> tuple[Dataset, Path, InstanceUids]:
     """Decode the C-STORE dataset's header, check its UIDs, give its storage path (relative).
 
@@ -175,7 +183,7 @@ def read_dataset(event: Event) -> tuple[Dataset, Path, InstanceUids]:
     request = cast(C_STORE, event.request)
     stream = request.DataSet
     if stream is not None:
-        _check_vr_encoding(stream.getbuffer()[:6].tobytes(), UID(event.context.transfer_syntax))
+        _check_vr_encoding(stream.getbuffer()[:6].tobytes(), context_transfer_syntax(event))
     try:
         ds = event.dataset
     except Exception as exc:  # any decoder error means the same to the sender

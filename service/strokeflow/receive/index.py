@@ -42,9 +42,12 @@ LOG = logging.getLogger(__name__)
 #: At most this many instances per transaction (a transaction holds SQLite's write lock).
 MAX_BATCH = 200
 #: How long (s) the writer lets a batch gather after its first instance: a transaction per
-#: instance costs the receiving process ~1-2 ms of CPU, which its associations need. A
-#: release, a flush (a resend's decision, a stop) or a full batch does not wait.
-GATHER_S = 0.05
+#: instance costs the receiving process ~1-2 ms of CPU, which its associations need, and
+#: each batch's ~8 statements are spread over its instances (4 senders to 4 processes:
+#: ~6 instances a batch at 0.05 s; at 0.2 s, 7 % less CPU per instance in the receiving
+#: processes, benchmarks/ingest.py's study, same run). A release, a flush (a resend's
+#: decision, a stop) or a full batch does not wait: a study's last rows are not delayed.
+GATHER_S = 0.2
 #: Wait between attempts while the database refuses a batch (s), doubling up to the max.
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
@@ -95,7 +98,7 @@ class PendingInstance:
 
     Its record is built by the writer (the dataset's values are decoded there, off the
     answer's path); ``sha256`` was computed by the receiving thread while the file's
-    fsync ran.
+    fsync ran. ``ds`` holds the header only (the receiver drops its pixel data first).
     """
 
     ds: Dataset

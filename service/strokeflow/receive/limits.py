@@ -192,7 +192,21 @@ class _PduGuard(socket.socket):
             return b""
         return data
 
-    def _frames_within_limit(self, data: bytes) -> bool:
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        if self._refused:
+            return 0
+        if nbytes is None:  # each base's own default: the buffer's size
+            received = super().recv_into(buffer, flags=flags)
+        else:
+            received = super().recv_into(buffer, nbytes, flags)
+        if flags & socket.MSG_PEEK or self.limits is None:
+            return received
+        if not self._frames_within_limit(memoryview(buffer)[:received]):
+            self._refuse()
+            return 0
+        return received
+
+    def _frames_within_limit(self, data: bytes | memoryview) -> bool:
         assert self.limits is not None
         view = memoryview(data)
         while view:
@@ -344,19 +358,24 @@ class _WholeReadSocket(AssociationSocket):
     """pynetdicom's socket wrapper, reading a PDU in as few calls as the kernel allows.
 
     pynetdicom reads 4 KiB per ``recv``: 128 calls through Python (and the guard) for a
-    512 KiB image; this asks for everything still missing, up to 1 MiB at a time. The
-    guard still sees every byte (it watches ``recv``).
+    512 KiB image; this asks for everything still missing, up to 1 MiB at a time, straight
+    into the buffer it returns (not into a chunk then copied onto the buffer). The guard
+    still sees every byte (it watches ``recv`` and ``recv_into``).
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
         assert sock is not None
-        buffer = bytearray()
-        while len(buffer) < nr_bytes:
-            chunk = sock.recv(min(nr_bytes - len(buffer), 1 << 20))
-            if not chunk:  # the connection closed: what arrived, as pynetdicom does
-                break
-            buffer += chunk
+        buffer = bytearray(nr_bytes)
+        got = 0
+        with memoryview(buffer) as view:
+            while got < nr_bytes:
+                received = sock.recv_into(view[got:], min(nr_bytes - got, 1 << 20))
+                if not received:  # the connection closed: what arrived, as pynetdicom does
+                    break
+                got += received
+        if got < nr_bytes:
+            del buffer[got:]
         return buffer
 
 

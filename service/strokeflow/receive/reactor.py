@@ -178,8 +178,12 @@ class PromptDUL(DULServiceProvider):
         if values is not None:
             primitive = P_DATA()
             primitive.presentation_data_value_list.extend(values)  # type: ignore[arg-type]
-            self.assoc.dimse.receive_primitive(primitive)
-            self.activity.set()  # perhaps a whole message for the association reactor
+            dimse = self.assoc.dimse
+            dimse.receive_primitive(primitive)
+            if dimse.message is None:
+                # A whole message (or one that failed) for the association reactor; the
+                # fragments before it wake nobody (each wake-up was a thread switch).
+                self.activity.set()
             return
         try:
             pdu, event = self._decode_pdu(bytearray(header) + body)

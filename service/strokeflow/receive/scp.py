@@ -22,14 +22,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
@@ -48,9 +46,11 @@ from strokeflow.receive.checks import (
     InstanceRefusedError,
     InstanceUids,
     check_content,
+    context_transfer_syntax,
     read_dataset,
     text_value,
 )
+from strokeflow.receive.disk_workers import DiskWorkers
 from strokeflow.receive.index import IndexWriter, PendingInstance, instance_record
 from strokeflow.receive.limits import ConnectionLimits, LimitedAssociationServer
 from strokeflow.receive.part10 import part10_header
@@ -77,6 +77,8 @@ LOG = logging.getLogger(__name__)
 
 #: How long a release, or a resend's SQL decision, waits for the index writer (s).
 FLUSH_TIMEOUT_S = 10.0
+#: (7FE0,0010) Pixel Data.
+_PIXEL_DATA = 0x7FE00010
 
 
 @dataclass
@@ -135,19 +137,33 @@ class Receiver:
     sessions: sessionmaker[Session]
     #: Time source, replaceable in tests.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    #: The receiving processes' shared counts, when this is one of several.
+    board: AcceptBoard | None = None
     _tallies: dict[Any, AssociationTally] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     #: Read-only connections for placement lookups, free for the next one.
     _readers: list[Connection] = field(default_factory=list, init=False, repr=False)
-    _disk: ThreadPoolExecutor = field(init=False, repr=False)
+    _disk: DiskWorkers = field(init=False, repr=False)
     _index: IndexWriter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # A file's fsync, its folder's and a hash at once per association open at once.
-        self._disk = ThreadPoolExecutor(
-            max_workers=3 * self.settings.max_associations, thread_name_prefix="disk-write"
-        )
+        self._disk = DiskWorkers(3 * self.settings.max_associations, "disk-write")
         self._index = IndexWriter(self.sessions, self.data_dir, lambda: self.clock())
+
+    def open_index(self) -> None:
+        """Before the first association: open the index's connections (a reader for the
+        lookups, one for the writer) and make the lookup's statement, which the first
+        instance would otherwise wait for.
+
+        Raises
+        ------
+        SQLAlchemyError
+            The index cannot be read.
+        """
+        self._lookup("", "")
+        with self.sessions() as session:
+            session.connection()
 
     @property
     def _engine(self) -> Engine:
@@ -161,7 +177,7 @@ class Receiver:
     def close(self) -> None:
         """Write the queued rows, stop the disk writers (after the server has stopped)."""
         self._index.close()
-        self._disk.shutdown(wait=True)
+        self._disk.shutdown()
         with self._lock:
             readers, self._readers = self._readers, []
         for conn in readers:
@@ -269,10 +285,11 @@ class Receiver:
 
         The dataset's UIDs are decoded and checked, and its Part 10 file written once,
         straight to its place (never over another file). Its fsync and its folder's run in
-        the ``disk-write`` pool while this thread looks the UIDs up in the index (one read;
-        the index writer's queue first) and checks every element; the bytes are hashed in
-        the pool too for a lone association, in this thread when others are open in this
-        process. Once both fsyncs have returned, 0x0000 is answered. Its rows are written
+        ``disk-write`` threads (:mod:`strokeflow.receive.disk_workers`) while this thread
+        looks the UIDs up in the index (one read; the index writer's queue first) and
+        checks every element; the bytes are hashed there too for a lone association, in
+        this thread when others are open in any receiving process. Once both fsyncs have
+        returned, 0x0000 is answered. Its rows are written
         afterwards, in a batch, by the index writer (:mod:`strokeflow.receive.index`). An
         instance already known (a resend, its place taken) and result-class objects take
         :meth:`_store_known`, which decides in SQL first. Refused data goes to quarantine
@@ -319,12 +336,12 @@ class Receiver:
         folders_synced = self._disk.submit(sync_folders, new.folders)
         # A lone association hashes in the pool too, on the core its checks leave idle
         # (in this thread it lengthened each answer: one sender 125/s against 159/s); with
-        # others open here, the cores are busy and a third hand-off is CPU they need.
-        alone = len(self._tallies) <= 1
-        digest = self._disk.submit(_sha256, header, body) if alone else None
+        # others open, here or in the other receiving processes, the cores are busy and a
+        # third hand-off is CPU they need.
+        digest = self._disk.submit(_sha256, header, body) if self._alone() else None
         try:
             known_series = self._check_placement(uids)
-            check_content(ds, UID(transfer_syntax))
+            check_content(ds, context_transfer_syntax(event))
         except InstanceRefusedError as exc:
             discard_new(new, synced)
             return self._refuse(event, label, str(exc), exc.status, header + bytes(body))
@@ -347,6 +364,10 @@ class Receiver:
             return self._disk_error(label, ds, exc)
         size_bytes = len(header) + len(body)
         study_uid, sop_uid = uids.study, uids.sop_instance
+        # The row needs the header only: the pixel data's copy is not kept while the
+        # batch gathers (a few MiB per receiving process).
+        if _PIXEL_DATA in ds:
+            del ds[_PIXEL_DATA]
         self._index.put(
             PendingInstance(
                 ds=ds,
@@ -367,6 +388,12 @@ class Receiver:
             tally.new += 1
             tally.studies.add(study_uid)
         return SUCCESS
+
+    def _alone(self) -> bool:
+        """Whether this is the only association open (in any receiving process)."""
+        if self.board is not None:
+            return self.board.open_connections() <= 1
+        return len(self._tallies) <= 1
 
     def _check_placement(self, uids: InstanceUids) -> str | None:
         """The series the index (or the writer's queue) has this instance in, if any.
@@ -427,7 +454,7 @@ class Receiver:
             return self._database_error(label, ds, f"index writer behind: {self._index.failure}")
         transfer_syntax = str(event.context.transfer_syntax)
         try:
-            check_content(ds, UID(transfer_syntax))
+            check_content(ds, context_transfer_syntax(event))
         except InstanceRefusedError as exc:
             return self._refuse(event, label, str(exc), exc.status, b"".join(parts))
         sha256 = _sha256(*parts)

@@ -84,6 +84,10 @@ class AcceptBoard:
         mine = counts[self.index]
         return any(n < mine for i, n in enumerate(counts) if i != self.index)
 
+    def open_connections(self) -> int:
+        """Connections open in all the receiving processes together."""
+        return sum(n for n in self.counts[:] if n < GONE)
+
     def mark_gone(self) -> None:
         """Mark this slot's process as exited (called by the parent, which watches it)."""
         self.counts[self.index] = GONE

@@ -22,11 +22,11 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
+from typing import Protocol
 
 #: A DICOM UID: digit components separated by dots, at most 64 characters. Checked before
 #: a UID becomes a path component, so a hostile UID cannot escape the data directory.
@@ -135,7 +135,14 @@ def sync_folders(folders: Iterable[Path]) -> None:
         _fsync_dir(folder)
 
 
-def discard_new(new: NewFile, synced: Future[None] | None = None) -> None:
+class Pending(Protocol):
+    """A task running elsewhere (a ``Future`` or a disk worker's task)."""
+
+    def result(self) -> object:
+        """Wait for it; raise what it raised."""
+
+
+def discard_new(new: NewFile, synced: Pending | None = None) -> None:
     """Delete a file from :func:`create_new` that is not to be kept.
 
     ``synced`` is the pending :func:`sync_and_close` of its descriptor (which closes it);

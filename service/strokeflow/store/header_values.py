@@ -20,6 +20,7 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 #: Text VRs whose pydicom value is the bytes decoded with trailing spaces and NULs cut.
 #: (AE strips leading spaces too; PN, DS, IS and the date-times become objects.)
@@ -33,11 +34,12 @@ _PLAIN_DECIMAL = re.compile(rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0
 
 
 @lru_cache(maxsize=256)
-def _tag_and_vr(keyword: str) -> tuple[int, str]:
+def _tag_and_vr(keyword: str) -> tuple[BaseTag, str]:
+    # A BaseTag, which Dataset.get_item takes as it is (an int goes through Tag()).
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise ValueError(f"{keyword!r} is not a DICOM keyword")
-    return tag, dictionary_VR(tag)
+    return BaseTag(tag), dictionary_VR(tag)
 
 
 def _plain_raw(ds: Dataset, keyword: str, vrs: frozenset[str]) -> bytes | bool | None:

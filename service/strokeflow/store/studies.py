@@ -276,11 +276,18 @@ def mark_released(session: Session, study_uids: Iterable[str], now: datetime) ->
     uids = sorted(set(study_uids))
     if not uids:
         return 0
+    # Without the ORM's synchronisation, which evaluated the WHERE clause in Python for
+    # every release (setting up every mapper the first time), ~1 ms a release; Study
+    # objects loaded in this session are expired instead.
     result = session.execute(
         update(Study)
         .where(Study.study_uid.in_(uids), Study.state == StudyState.RECEIVING)
-        .values(released=True, released_at=now)
+        .values(released=True, released_at=now),
+        execution_options={"synchronize_session": False},
     )
+    for loaded in list(session.identity_map.values()):
+        if isinstance(loaded, Study):
+            session.expire(loaded)
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
