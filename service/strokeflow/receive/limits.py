@@ -370,6 +370,7 @@ class _WholeReadSocket(AssociationSocket):
         got = 0
         with memoryview(buffer) as view:
             while got < nr_bytes:
+                _quick_ack(sock)
                 received = sock.recv_into(view[got:], min(nr_bytes - got, 1 << 20))
                 if not received:  # the connection closed: what arrived, as pynetdicom does
                     break
@@ -377,6 +378,23 @@ class _WholeReadSocket(AssociationSocket):
         if got < nr_bytes:
             del buffer[got:]
         return buffer
+
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _quick_ack(sock: Any) -> None:
+    """Ask the kernel to acknowledge what arrives at once (Linux ``TCP_QUICKACK``, which
+    the kernel clears again by itself, so it is set before every read).
+
+    A sender with Nagle's algorithm on holds the last, partial segment of each message
+    until everything before it is acknowledged; a delayed acknowledgement (up to 40 ms)
+    then stalls every instance. Not available, or not a TCP socket: nothing is done.
+    """
+    if _TCP_QUICKACK is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
 class _CheaplyCopiedContexts(list[Any]):
