@@ -469,9 +469,7 @@ def compute_maps(
             chunk["cbf_sd"] = noise_sd_at_rung(noise_var[idx], noise_gain, rung)
         if gain is not None:
             chunk["cbf"] = gain.corrected_cbf(chunk["cbf"], chunk["cbv"])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                cbf_c = chunk["cbf"]
-                chunk["mtt"] = np.where(cbf_c > 0, 60.0 * chunk["cbv"] / cbf_c, np.nan)
+            chunk["mtt"] = _mtt_s(chunk["cbf"], chunk["cbv"])
         # Chunks write disjoint voxels of the outputs.
         for name, values in chunk.items():
             outputs[name][idx] = values
@@ -546,8 +544,7 @@ def _chunk_maps(
 
     cbf = _FLOW_SCALE * 6000.0 * np.clip(k_max, 0.0, None)
     cbv = _FLOW_SCALE * 100.0 * _trapezoid_area(curves) / aif_area
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
+    mtt = _mtt_s(cbf, cbv)
     if calibration is not None and correct_tmax_lag:
         tmax_raw = tmax_raw - calibration.lookup(rung, mtt)[1]
     if fitter is not None and dec.circulant:
@@ -571,8 +568,7 @@ def _chunk_maps(
                 if cbf_readout.endswith("/model"):
                     flow_read = flow_read / ratio
             cbf = _FLOW_SCALE * 6000.0 * np.clip(flow_read, 0, None)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
+            mtt = _mtt_s(cbf, cbv)
         if fitted_tmax:
             tmax_raw = onset_s
         elif model_lags is not None:
@@ -586,19 +582,20 @@ def _chunk_maps(
             tmax_raw = np.where(flow > 0, base_s - model_shift_s, tmax_raw)
         if two_delay_tmax:
             single_tmax = np.clip(tmax_raw, 0.0, None)
-            search = flow > 0
             # A pair's delays lie within the window, which ends at most half a delay step
             # more than FIT_DELAY_HALF_WIDTH_S past the seed. Where it ends below the
             # threshold and the single readout is below it too, Tmax stays below it either
             # way: the regions above it are those of searching every voxel.
             window_end_s = half_rise_s + FIT_DELAY_HALF_WIDTH_S + 0.5 * FIT_DELAY_STEP_S
-            flow_gate = search.copy()
-            if two_delay_above_s is not None:
-                search &= (window_end_s > two_delay_above_s) | (tmax_raw > two_delay_above_s)
-            flow_above_s = two_delay_above_s if pair_flow_above_s is None else pair_flow_above_s
-            if flow_above_s is not None:
-                flow_gate &= (window_end_s > flow_above_s) | (tmax_raw > flow_above_s)
-            flow_gate = flow_gate[search]
+
+            readout_s = tmax_raw  # the single-delay readout: the gates read it, not the pair's
+
+            def searched_for(above_s: float | None) -> np.ndarray:
+                if above_s is None:
+                    return flow > 0
+                return (flow > 0) & ((window_end_s > above_s) | (readout_s > above_s))
+
+            search = searched_for(two_delay_above_s)
             if search.any():
                 # The pair is searched in the single fit's window: the half-rise follows
                 # the earlier component of a mixed voxel, and the window reaches 3 s past
@@ -620,23 +617,30 @@ def _chunk_maps(
                 tmax_raw[search] = pair.dominant_delay_s(fallback_s)
                 if pair_flow_cap is not None:
                     single = flow[search]
+                    flow_above_s = (
+                        two_delay_above_s if pair_flow_above_s is None else pair_flow_above_s
+                    )
+                    paired = pair.accepted & searched_for(flow_above_s)[search]
                     with np.errstate(divide="ignore", invalid="ignore"):
-                        paired = pair.accepted & (single > 0) & flow_gate
                         gain = np.where(paired, pair.flow_per_s / single, 1.0)
                     cbf = cbf.copy()
                     cbf[search] *= np.clip(np.nan_to_num(gain, nan=1.0), 1.0, pair_flow_cap)
-                    with np.errstate(divide="ignore", invalid="ignore"):
-                        mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
+                    mtt = _mtt_s(cbf, cbv)
     if calibration is not None and correct_cbf_bias:
         # After the flow window: the peak it reads is the one the regularisation lowered.
         cbf = cbf / calibration.lookup(rung, mtt)[0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mtt = np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
+        mtt = _mtt_s(cbf, cbv)
     tmax = np.clip(tmax_raw, 0.0, None)
     out = {"cbf": cbf, "cbv": cbv, "mtt": mtt, "tmax": tmax, "ttp": ttp, "rung": rung}
     if two_delay_tmax:
         out["single_tmax"] = tmax if single_tmax is None else single_tmax
     return out
+
+
+def _mtt_s(cbf: np.ndarray, cbv: np.ndarray) -> np.ndarray:
+    """MTT (s) = 60 CBV / CBF (mL/100 g, mL/100 g/min); NaN where CBF is not positive."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(cbf > 0, 60.0 * cbv / cbf, np.nan)
 
 
 def _onset_sd_s(weights: np.ndarray, fitter: ResidueFitter) -> np.ndarray:
