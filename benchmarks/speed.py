@@ -84,7 +84,7 @@ import atexit, os
 def _peak():
     with open("/proc/self/status") as status:
         kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
-    with open(os.environ["STROKEFLOW_BENCH_PEAK_FILE"], "w") as out:
+    with open(os.environ["SPEED_BENCH_PEAK_FILE"], "w") as out:
         out.write(kib)
 
 atexit.register(_peak)
@@ -109,10 +109,12 @@ def _analyze(
     if not dicom:
         cli_args.append("--no-dicom")
     peak_file = out / "peak_rss_kib"
+    # Not a STROKEFLOW_* name: any of those makes ``analyze`` read the whole configuration
+    # (strokeflow.cli.analysis_settings), which a run without one does not.
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(service_dir)] if service_dir else sys.path),
-        STROKEFLOW_BENCH_PEAK_FILE=str(peak_file),
+        SPEED_BENCH_PEAK_FILE=str(peak_file),
     )
     if blas_threads is not None:
         env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(blas_threads)
