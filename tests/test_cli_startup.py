@@ -1,7 +1,7 @@
 """What a ``strokeflow analyze`` process spends outside the analysis: the settings without
 the service's configuration model when there is no configuration, the service commands
-mounted only for command lines that may name one, and no last garbage collection at
-exit."""
+mounted only for command lines that may name one, the NIfTI maps written side by side
+(the same bytes), and no last garbage collection at exit."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from strokeflow.analysis.mri import MriSettings
 from strokeflow.analysis.settings import CtpSettings
+from strokeflow.analysis.volume import Geometry
 from strokeflow.cli import OWN_COMMANDS, analysis_settings, app
 from strokeflow.config import load_settings
+from strokeflow.report.nifti import save_volume, save_volumes
 
 
 def _without_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,3 +98,22 @@ def test_help_still_lists_the_service_and_web_commands() -> None:
 def test_the_objects_are_frozen_before_the_last_collection() -> None:
     out = _run_main(["version"], "print('frozen', gc.get_freeze_count() > 0)")
     assert out.split()[-2:] == ["frozen", "True"]
+
+
+def test_maps_written_side_by_side_are_the_bytes_of_one_at_a_time(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    geometry = Geometry(np.diag([0.8, 0.8, 5.0, 1.0]))
+    volumes = [
+        rng.normal(size=(4, 24, 20)).astype(np.float32),
+        rng.normal(size=(4, 24, 20)) > 0.5,
+        np.full((4, 24, 20), np.nan, dtype=np.float32),
+    ]
+    one = [save_volume(v, geometry, tmp_path / f"one-{i}.nii.gz") for i, v in enumerate(volumes)]
+    many = save_volumes(
+        [(v, geometry, tmp_path / f"many-{i}.nii.gz") for i, v in enumerate(volumes)]
+    )
+    assert many == [tmp_path / f"many-{i}.nii.gz" for i in range(len(volumes))]
+    for a, b, v in zip(one, many, volumes, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+        back = np.asarray(nib.load(b).dataobj)
+        np.testing.assert_array_equal(np.transpose(back, (2, 1, 0)), v.astype(back.dtype))

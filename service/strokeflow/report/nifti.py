@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +12,7 @@ import numpy as np
 from strokeflow.analysis.ctp import CtpAnalysis
 from strokeflow.analysis.lesions import TmaxRegion
 from strokeflow.analysis.mri import MriAnalysis
+from strokeflow.analysis.stages import usable_cpus
 from strokeflow.analysis.volume import Geometry
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -31,6 +34,31 @@ def save_volume(volume_zyx: np.ndarray, geometry: Geometry, path: Path) -> Path:
     return path
 
 
+def save_volumes(volumes: Sequence[tuple[np.ndarray, Geometry, Path]]) -> list[Path]:
+    """:func:`save_volume` of each ``(volume_zyx, geometry, path)``, files side by side.
+
+    Each file is gzip-compressed and written by a thread of its own, one per core:
+    zlib and the file system calls release the GIL, and the compression is most of the
+    time (the ten CT maps of the 640-image study: ~50 ms of zlib, ~45 ms of opening
+    files, one after the other). The files are those of :func:`save_volume`, byte for
+    byte.
+
+    Parameters
+    ----------
+    volumes : sequence of (numpy.ndarray, Geometry, Path)
+        Each ``(z, y, x)`` array, its geometry and the ``.nii.gz`` path to write.
+
+    Returns
+    -------
+    list of Path
+        The paths written, in the order of ``volumes``.
+    """
+    if len(volumes) < 2:
+        return [save_volume(*item) for item in volumes]
+    with ThreadPoolExecutor(max_workers=min(len(volumes), usable_cpus())) as pool:
+        return list(pool.map(lambda item: save_volume(*item), volumes))
+
+
 def write_ctp_maps(analysis: CtpAnalysis, out_dir: Path) -> list[Path]:
     """Write CBF, CBV, MTT, Tmax, TTP, rCBF and the lesion masks into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +77,7 @@ def write_ctp_maps(analysis: CtpAnalysis, out_dir: Path) -> list[Path]:
         **_extra_masks(analysis.tmax_extra),
         "tissue_mask": analysis.masks.tissue,
     }
-    return [save_volume(v, g, out_dir / f"{name}.nii.gz") for name, v in volumes.items()]
+    return save_volumes([(v, g, out_dir / f"{name}.nii.gz") for name, v in volumes.items()])
 
 
 def _extra_masks(regions: tuple[TmaxRegion, ...]) -> dict[str, np.ndarray]:
@@ -70,7 +98,7 @@ def write_mri_maps(analysis: MriAnalysis, out_dir: Path) -> list[Path]:
         volumes["tmax6_mask"] = analysis.tmax6
         volumes["tmax10_mask"] = analysis.tmax10
         volumes.update(_extra_masks(analysis.tmax_extra))
-    paths = [save_volume(v, g, out_dir / f"{name}.nii.gz") for name, v in volumes.items()]
+    items = [(v, g, out_dir / f"{name}.nii.gz") for name, v in volumes.items()]
     maps, pwi_geometry = analysis.maps, analysis.pwi_geometry
     if maps is not None and pwi_geometry is not None:
         pwi = {
@@ -80,7 +108,5 @@ def write_mri_maps(analysis: MriAnalysis, out_dir: Path) -> list[Path]:
             "pwi_tmax_s": maps.tmax_s,
             "pwi_ttp_s": maps.ttp_s,
         }
-        paths += [
-            save_volume(v, pwi_geometry, out_dir / f"{name}.nii.gz") for name, v in pwi.items()
-        ]
-    return paths
+        items += [(v, pwi_geometry, out_dir / f"{name}.nii.gz") for name, v in pwi.items()]
+    return save_volumes(items)
