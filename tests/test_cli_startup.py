@@ -20,11 +20,12 @@ from strokeflow.analysis.volume import Geometry
 from strokeflow.cli import OWN_COMMANDS, analysis_settings, app
 from strokeflow.config import load_settings
 from strokeflow.report.nifti import save_volume, save_volumes
+from strokeflow.settings_env import ENV_PREFIX
 
 
 def _without_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.upper().startswith("STROKEFLOW_"):
+        if name.upper().startswith(ENV_PREFIX):
             monkeypatch.delenv(name)
 
 
@@ -66,7 +67,7 @@ def _run_main(argv: list[str], epilogue: str) -> str:
         "from strokeflow.cli import main\n"
         "main()\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("STROKEFLOW_")}
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

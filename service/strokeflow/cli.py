@@ -13,6 +13,7 @@ import typer
 from strokeflow import __version__
 from strokeflow.clihelp import show_flags_without_metavar
 from strokeflow.logsetup import configure_logging
+from strokeflow.settings_env import ENV_PREFIX
 
 if TYPE_CHECKING:
     from strokeflow.analysis.mri import MriSettings
@@ -63,12 +64,6 @@ def _analysis_line(summary: AnalysisSummary) -> str:
     )
 
 
-#: Prefix of every environment variable the configuration reads (``STROKEFLOW_CONFIG``,
-#: ``STROKEFLOW_ANALYSIS__CTP__CORE_RCBF_THRESHOLD``, ...), compared without case as
-#: pydantic-settings does.
-SETTINGS_ENV_PREFIX = "STROKEFLOW_"
-
-
 def analysis_settings(config: Path | None) -> tuple[CtpSettings, MriSettings]:
     """The CT and MR analysis settings of the configuration, for ``strokeflow analyze``.
 
@@ -96,7 +91,7 @@ def analysis_settings(config: Path | None) -> tuple[CtpSettings, MriSettings]:
     from strokeflow.analysis.settings import CtpSettings
 
     configured = config is not None or any(
-        name.upper().startswith(SETTINGS_ENV_PREFIX) for name in os.environ
+        name.upper().startswith(ENV_PREFIX) for name in os.environ
     )
     if not configured:
         return CtpSettings(), MriSettings()

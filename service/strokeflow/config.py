@@ -36,6 +36,7 @@ from strokeflow.analysis.mri import MriSettings
 from strokeflow.analysis.quality import MriQualityLimits, QualityLimits
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.logsetup import LogFormat
+from strokeflow.settings_env import CONFIG_FILE_ENV, ENV_PREFIX
 
 
 def _known_fields(cls: type, value: Any, section: str) -> Any:
@@ -136,9 +137,6 @@ class RetryPolicy:
         return min(self.dispatch_backoff_s * 2 ** max(attempts - 1, 0), self.dispatch_backoff_max_s)
 
 
-#: Environment variable naming the TOML file when no path is passed explicitly.
-CONFIG_FILE_ENV = "STROKEFLOW_CONFIG"
-
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
 _DESTINATION = re.compile(
     r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@\s]+):(?P<port>\d+)$"
@@ -204,7 +202,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="STROKEFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
     ae_title: str = "STROKEFLOW"
