@@ -25,6 +25,11 @@ from strokeflow.analysis.decisions import (
     lesion_metrics,
 )
 from strokeflow.analysis.denoise import profile_bilateral
+from strokeflow.analysis.filter_width import (
+    FilterWidth,
+    choose_filter_width,
+    tissue_contrast_to_noise,
+)
 from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres
 from strokeflow.analysis.inputs import (
     VascularCurve,
@@ -109,6 +114,7 @@ class CtpAnalysis:
     not_assessable: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     tmax_extra: tuple[TmaxRegion, ...] = ()
+    filter_width: FilterWidth | None = None
 
     @property
     def quality_ok(self) -> bool:
@@ -131,6 +137,7 @@ class _Inputs:
     vof: VascularCurve | None
     aif_scale: float
     aif_side: int
+    filter_width: FilterWidth
 
 
 def analyse_ctp(
@@ -376,6 +383,7 @@ def analyse_ctp(
         not_assessable=not_assessable,
         timings_s=clock.timings,
         tmax_extra=tmax_extra,
+        filter_width=inputs.filter_width,
     )
 
 
@@ -473,7 +481,8 @@ def _baseline_and_inputs(
     clock.lap("masks")
 
     with analysis_stage("smoothing"):
-        sigma_px = settings.smoothing_sigma_mm / pixel_mm
+        width = _filter_width(acquired, arrival, concentration, baseline, masks, geometry, settings)
+        sigma_px = width.sigma_mm / pixel_mm
         tips = partial(
             profile_bilateral,
             sigma_px=sigma_px,
@@ -524,6 +533,40 @@ def _baseline_and_inputs(
         vof=vof,
         aif_scale=aif_scale,
         aif_side=aif_side,
+        filter_width=width,
+    )
+
+
+def _filter_width(
+    acquired: tuple[np.ndarray, np.ndarray],
+    arrival: int,
+    concentration: np.ndarray,
+    baseline_hu: np.ndarray,
+    masks: BrainMasks,
+    geometry: Geometry,
+    settings: CtpSettings,
+) -> FilterWidth:
+    """The filter width this study's bandwidth and noise allow (``analysis.filter_width``).
+
+    The arterial input is probed on the unfiltered curves of both hemispheres: the side
+    the final one is taken from is only known once the filtered curves are compared.
+    """
+    if settings.smoothing_sigma_wide_mm == settings.smoothing_sigma_mm:
+        return FilterWidth(settings.smoothing_sigma_mm, None, None, "one width for every study")
+    step = settings.temporal_step_s
+    probe = select_aif(
+        concentration, _blood_search(baseline_hu, masks), step, geometry.voxel_volume_ml
+    )
+    frames, times_s = acquired
+    # The uniform grid starts at the latest first image over slices (resample_uniform).
+    arrival_s = float(np.asarray(times_s)[0].max()) + arrival * step
+    return choose_filter_width(
+        settings.smoothing_sigma_mm,
+        settings.smoothing_sigma_wide_mm,
+        None if probe is None else probe.fwhm_s,
+        tissue_contrast_to_noise(frames, times_s, arrival_s, concentration, masks.tissue),
+        settings.smoothing_fwhm_range_s,
+        settings.smoothing_cnr_range,
     )
 
 

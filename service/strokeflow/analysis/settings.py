@@ -30,7 +30,20 @@ class CtpSettings:
         Input slices thinner than this are combined into ``analysis_slab_mm`` slabs
         (whole groups of adjacent slices), before any noise filtering.
     smoothing_sigma_mm : float
-        Spatial sigma of the time-profile bilateral filter (edge-preserving smoothing).
+        Spatial sigma of the time-profile bilateral filter (edge-preserving smoothing)
+        for a study with a sharp arterial input and clear tissue curves.
+    smoothing_sigma_wide_mm : float
+        The filter's sigma for a study whose arterial input (found on the unfiltered
+        curves) is wide or whose tissue curves are noisy; between, the sigma moves
+        linearly with the arterial FWHM across ``smoothing_fwhm_range_s`` and with the
+        tissue contrast-to-noise ratio across ``smoothing_cnr_range``, the wider kept
+        (``analysis.filter_width``). Equal to ``smoothing_sigma_mm``: one width for all.
+        Measured in docs/deconvolution.md, "A filter width that follows the study".
+    smoothing_fwhm_range_s : tuple of float
+        ``(sharp, wide)`` arterial FWHM (s) of the narrow and of the wide width.
+    smoothing_cnr_range : tuple of float
+        ``(noisy, clear)`` peak of the median tissue enhancement over its pre-bolus noise
+        SD, of the wide and of the narrow width.
     smoothing_iterations : int
         Passes of that filter.
     smoothing_strength : float
@@ -109,7 +122,10 @@ class CtpSettings:
     analysis_pixel_mm: float = 1.8
     analysis_slab_mm: float = 5.0
     thin_slice_below_mm: float = 3.0
-    smoothing_sigma_mm: float = 4.5
+    smoothing_sigma_mm: float = 3.5
+    smoothing_sigma_wide_mm: float = 4.5
+    smoothing_fwhm_range_s: tuple[float, float] = (6.0, 10.0)
+    smoothing_cnr_range: tuple[float, float] = (1.0, 1.3)
     smoothing_iterations: int = 3
     smoothing_strength: float = 0.5
     temporal_step_s: float = 1.0
@@ -144,3 +160,12 @@ class CtpSettings:
             raise ValueError(
                 f"pair_flow_cap must be a finite factor >= 0; got {self.pair_flow_cap}"
             )
+        for name in ("smoothing_fwhm_range_s", "smoothing_cnr_range"):
+            low, high = getattr(self, name)
+            if not (0 <= low <= high < float("inf")):
+                raise ValueError(
+                    f"{name} must be (low, high) with 0 <= low <= high; got {low, high}"
+                )
+        for name in ("smoothing_sigma_mm", "smoothing_sigma_wide_mm"):
+            if not (0 < getattr(self, name) < float("inf")):
+                raise ValueError(f"{name} must be a finite width > 0 mm; got {getattr(self, name)}")

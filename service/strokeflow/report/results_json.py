@@ -32,7 +32,8 @@ def ctp_summary(
     Quantities and decisions the acquisition cannot support (``analysis.not_assessable``,
     e.g. Tmax > 10 s when the scan ended before the tissue washed out) are None, with
     the reason in ``not_assessable``. ``analysis_slab_mm`` is the slice thickness
-    analysed: thin input slices are averaged into slabs of about 5 mm.
+    analysed: thin input slices are averaged into slabs of about 5 mm. ``smoothing`` is
+    the edge-preserving filter's width for this study and what chose it.
     """
     m = analysis.metrics
     na = analysis.not_assessable
@@ -84,6 +85,16 @@ def ctp_summary(
                 "input_slices_left_out": slabs.dropped_slices,
             },
             "bolus_arrival_s": round(analysis.arrival_s, 2),
+            "smoothing": None
+            if analysis.filter_width is None
+            else {
+                "sigma_mm": analysis.filter_width.sigma_mm,
+                "arterial_fwhm_s": analysis.filter_width.arterial_fwhm_s,
+                "tissue_contrast_to_noise": None
+                if analysis.filter_width.tissue_cnr is None
+                else round(analysis.filter_width.tissue_cnr, 2),
+                "reason": analysis.filter_width.reason,
+            },
             "unwashed_tissue_ml": analysis.unwashed_tissue_ml,
         },
         warnings=tuple(warnings),
