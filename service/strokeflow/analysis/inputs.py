@@ -237,27 +237,29 @@ def select_aif(
     if idx.shape[0] < n_voxels:
         return None
     curves = concentration[:, search]
-    peak, ttp, fwhm, tail, roughness = _features(curves, step_s)
     n_cand = int(np.clip(0.01 * idx.shape[0], 20, 400))
-    order = np.argsort(peak)[::-1][:n_cand]
+    # Only the candidates' curves are described further (the same features, a fraction
+    # of the work): from here on, positions index the candidates.
+    order = np.argsort(curves.max(axis=0))[::-1][:n_cand]
+    curves, idx = curves[:, order], idx[order]
+    peak, ttp, fwhm, tail, roughness = _features(curves, step_s)
     # Area filter: drop candidates in large enhancing clusters (sinuses, confluence).
     cand_mask = np.zeros(search.shape, dtype=bool)
-    cand_mask[tuple(idx[order].T)] = True
+    cand_mask[tuple(idx.T)] = True
     labels, _ = ndimage.label(cand_mask, structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(labels.ravel())
-    size_ml = sizes[labels[tuple(idx[order].T)]] * voxel_volume_ml
-    ok = (size_ml <= 2.0) & (tail[order] < 0.5) & (peak[order] > 0)
+    size_ml = sizes[labels[tuple(idx.T)]] * voxel_volume_ml
+    ok = (size_ml <= 2.0) & (tail < 0.5) & (peak > 0)
     # Smoothness: drop the roughest third (noise spikes, not bolus curves).
-    rough = roughness[order]
-    ok &= rough <= np.percentile(rough[ok], 67) if ok.any() else ok
-    order = order[ok]
-    if order.size < 2:
+    ok &= roughness <= np.percentile(roughness[ok], 67) if ok.any() else ok
+    kept = np.flatnonzero(ok)
+    if kept.size < 2:
         return None
     # Earliest arrivals first; then the narrowest and highest.
-    t_first = float(ttp[order].min())
-    early = order[ttp[order] <= t_first + 2.0 * step_s + 1.0]
+    t_first = float(ttp[kept].min())
+    early = kept[ttp[kept] <= t_first + 2.0 * step_s + 1.0]
     if early.size < n_voxels:
-        early = order[np.argsort(ttp[order])[: max(n_voxels, 2)]]
+        early = kept[np.argsort(ttp[kept])[: max(n_voxels, 2)]]
     score = peak[early] / np.maximum(fwhm[early], step_s)
     chosen = early[np.argsort(score)[::-1][:n_voxels]]
     return _summarise(curves[:, chosen], idx[chosen], step_s)
