@@ -481,7 +481,12 @@ def _baseline_and_inputs(
     clock.lap("masks")
 
     with analysis_stage("smoothing"):
-        width = _filter_width(acquired, arrival, concentration, baseline, masks, geometry, settings)
+        # Where arteries may be, and the arterial input of both hemispheres: it measures
+        # the study's bandwidth for the filter, and it is the input where no side is
+        # affected (or the affected side's other half holds none).
+        searchable = _blood_search(baseline, masks)
+        both_sides = select_aif(concentration, searchable, step, geometry.voxel_volume_ml)
+        width = _filter_width(acquired, arrival, concentration, masks, both_sides, settings)
         sigma_px = width.sigma_mm / pixel_mm
         tips = partial(
             profile_bilateral,
@@ -518,7 +523,7 @@ def _baseline_and_inputs(
         hemis = find_hemispheres(masks.brain, geometry)
         affected = preliminary_affected_side(smoothed, masks.tissue, hemis, step)
         aif, vof, aif_scale, aif_side = _vascular_inputs(
-            concentration, masks, hemis, affected, geometry, step, baseline
+            concentration, masks, hemis, affected, geometry, step, searchable, both_sides
         )
     clock.lap("aif_vof")
     return _Inputs(
@@ -541,22 +546,18 @@ def _filter_width(
     acquired: tuple[np.ndarray, np.ndarray],
     arrival: int,
     concentration: np.ndarray,
-    baseline_hu: np.ndarray,
     masks: BrainMasks,
-    geometry: Geometry,
+    probe: VascularCurve | None,
     settings: CtpSettings,
 ) -> FilterWidth:
     """The filter width this study's bandwidth and noise allow (``analysis.filter_width``).
 
-    The arterial input is probed on the unfiltered curves of both hemispheres: the side
+    ``probe`` is the arterial input of both hemispheres on the unfiltered curves: the side
     the final one is taken from is only known once the filtered curves are compared.
     """
     if settings.smoothing_sigma_wide_mm == settings.smoothing_sigma_mm:
         return FilterWidth(settings.smoothing_sigma_mm, None, None, "one width for every study")
     step = settings.temporal_step_s
-    probe = select_aif(
-        concentration, _blood_search(baseline_hu, masks), step, geometry.voxel_volume_ml
-    )
     frames, times_s = acquired
     # The uniform grid starts at the latest first image over slices (resample_uniform).
     arrival_s = float(np.asarray(times_s)[0].max()) + arrival * step
@@ -599,17 +600,23 @@ def _vascular_inputs(
     affected: int,
     geometry: Geometry,
     step_s: float,
-    baseline_hu: np.ndarray,
+    searchable: np.ndarray,
+    both_sides: VascularCurve | None,
 ) -> tuple[VascularCurve, VascularCurve | None, float, int]:
+    """Arterial input, venous output, partial-volume scale and the input's side.
+
+    The input is taken from the unaffected side where one is affected, otherwise (or
+    where that side holds none) it is ``both_sides``, ``select_aif`` over all of
+    ``searchable``.
+    """
     vv = geometry.voxel_volume_ml
-    searchable = _blood_search(baseline_hu, masks)
     aif = None
     aif_side = 0
     if affected != 0:
         aif = select_aif(concentration, searchable & (hemis.side == -affected), step_s, vv)
         aif_side = -affected
     if aif is None:
-        aif = select_aif(concentration, searchable, step_s, vv)
+        aif = both_sides
         aif_side = 0
     if aif is None:
         raise AnalysisError("no arterial input found: no early, strongly enhancing vessel")
