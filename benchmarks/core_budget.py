@@ -227,7 +227,18 @@ def attribute(
 def _lesion_stage(
     analysis: CtpAnalysis, cbf: np.ndarray, tmax: np.ndarray, settings: CtpSettings
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    maps = dataclasses.replace(analysis.maps, cbf_ml_100g_min=cbf, tmax_s=tmax)
+    # ``tmax`` is the core's Tmax (``PerfusionMaps.core_tmax_s``): the single-delay readout
+    # where the maps hold two, which is what the core's Tmax condition reads.
+    # The reference map (the self-calibrated readout) belongs to the measured CBF only: with
+    # the true CBF the reference is taken from it.
+    measured = cbf is analysis.maps.cbf_ml_100g_min
+    maps = dataclasses.replace(
+        analysis.maps,
+        cbf_ml_100g_min=cbf,
+        tmax_s=tmax,
+        single_delay_tmax_s=None,
+        reference_cbf_ml_100g_min=analysis.maps.reference_cbf_ml_100g_min if measured else None,
+    )
     hemis = find_hemispheres(analysis.masks.brain, analysis.geometry)
     core, _, _, rcbf, reference, _, _ = ctp_lesion_masks(
         maps, analysis.masks, hemis, analysis.geometry, settings
@@ -248,7 +259,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         truth = truth_on_grid(case, analysis)
         vv = analysis.geometry.voxel_volume_ml
         measured_cbf = analysis.maps.cbf_ml_100g_min
-        measured_tmax = analysis.maps.tmax_s
+        measured_tmax = analysis.maps.core_tmax_s
         true_cbf = np.where(analysis.masks.tissue, truth.cbf_ml_100g_min, np.nan)
         true_tmax = np.where(analysis.masks.tissue, truth.tmax_s, np.nan)
         true_ref = float(case.truth["mean_normal_cbf_ml_100g_min"])

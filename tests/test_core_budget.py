@@ -71,3 +71,15 @@ def test_budget_names_the_tmax_condition_when_it_rejects_the_core() -> None:
     budget, core = budget_mod.attribute(rcbf, tmax, masks, f, 0.01, CtpSettings())
     assert not core.any()
     assert np.isclose(budget["tmax"], float(f[masks.tissue].sum()) * 0.01)
+
+
+def test_budget_reruns_the_pipelines_core_on_a_family_case() -> None:
+    # The budget re-runs the lesion stage itself; where it no longer reads what the
+    # pipeline's core reads (the single-delay Tmax, the self-calibrated reference) every
+    # case reports a mismatch instead of a budget.
+    budget = _budget_module()
+    spec = {"kind": "small", "protocol": "1s_45s", "seed": 7000, "noise": True}
+    row = budget.run_case(spec)
+    assert row["status"] == "ok", row["status"]
+    measured = row["variants"]["measured"]["budget"]
+    assert measured["estimate"] > 0
