@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -28,6 +29,7 @@ from strokeflow.analysis.denoise import profile_bilateral
 from strokeflow.analysis.filter_width import (
     FilterWidth,
     choose_filter_width,
+    flow_filter_share,
     tissue_contrast_to_noise,
 )
 from strokeflow.analysis.hemispheres import LEFT, RIGHT, Hemispheres, find_hemispheres
@@ -47,7 +49,7 @@ from strokeflow.analysis.lesions import (
     tmax_above,
     volume_ml,
 )
-from strokeflow.analysis.maps import PerfusionMaps, compute_maps
+from strokeflow.analysis.maps import PerfusionMaps, blend_flow, compute_maps
 from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, quality_ok
 from strokeflow.analysis.resample import resample_uniform
@@ -138,6 +140,9 @@ class _Inputs:
     aif_scale: float
     aif_side: int
     filter_width: FilterWidth
+    #: The light filter's series the CBF is read from in part (``flow_filter_share``);
+    #: None where the CBF is read from ``smoothed`` alone.
+    flow_curves: np.ndarray | None = None
 
 
 def analyse_ctp(
@@ -280,10 +285,10 @@ def analyse_ctp(
         if settings.temporal_sigma_s > 0:
             sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
             aif_input = gaussian_filter1d(aif_input, sigma_t, mode="nearest")
-        maps = compute_maps(
-            smoothed,
-            aif_input.astype(np.float32),
-            step,
+        deconvolve = partial(
+            compute_maps,
+            aif=aif_input.astype(np.float32),
+            step_s=step,
             mask=masks.tissue,
             workers=usable_cpus(),
             method="osvd",
@@ -313,6 +318,14 @@ def analyse_ctp(
             cbf_noise_sd=settings.core_noise_margin_k > 0,
             noise_sigma_frames=settings.temporal_sigma_s / settings.temporal_step_s,
         )
+        maps = deconvolve(smoothed)
+        if inputs.flow_curves is not None:
+            # The CBF (and the core's reference) in part from the lightly filtered curves,
+            # whose lesion shells the filter has not mixed; Tmax stays the study filter's.
+            light = deconvolve(inputs.flow_curves)
+            inputs.flow_curves = None
+            maps = blend_flow(maps, light, inputs.filter_width.flow_share)
+            del light
     clock.lap("deconvolution")
 
     with analysis_stage("lesions"):
@@ -495,28 +508,28 @@ def _baseline_and_inputs(
             iterations=settings.smoothing_iterations,
             strength=settings.smoothing_strength,
         )
-        frames, times_s = acquired
-        if variable_sampling(times_s):
-            # Filtered on the acquired frames, where the noise is independent from frame
-            # to frame, then resampled: interpolating the sparse frames first spreads each
-            # of their noise samples over several grid points, and that correlated noise
-            # takes over the leading principal components the filter compares and keeps,
-            # washing out the timing differences between lesion zones.
-            native = tips(frames - baseline, masks.tissue)
-            curves = _resample_within(native, masks.tissue, times_s, step)
-            del native
-            smoothed = concentration.copy()
-        else:
-            # The filter's output is a copy that leaves every voxel outside the tissue as
-            # it was: it is the smoothed series, no second copy needed.
-            smoothed = tips(concentration, masks.tissue)
-            curves = smoothed[:, masks.tissue]
-        if settings.temporal_sigma_s > 0:
-            sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
-            curves = gaussian_filter1d(curves, sigma_t, axis=0, mode="nearest")
-        # Only tissue curves are filtered: every later step reads tissue voxels only.
-        smoothed[:, masks.tissue] = curves
-        del curves
+        smoothed = _filtered_series(tips, concentration, acquired, baseline, masks.tissue, settings)
+        share = (
+            flow_filter_share(width.arterial_fwhm_s, settings.smoothing_fwhm_range_s)
+            if settings.flow_filter_iterations > 0
+            else 0.0
+        )
+        flow_curves = None
+        if share > 0:
+            light_px = settings.flow_filter_sigma_mm / pixel_mm
+            light = partial(
+                profile_bilateral,
+                sigma_px=light_px,
+                radius_px=max(1, int(np.ceil(1.6 * light_px))),
+                iterations=settings.flow_filter_iterations,
+                strength=settings.smoothing_strength,
+            )
+            flow_curves = _filtered_series(
+                light, concentration, acquired, baseline, masks.tissue, settings
+            )
+            width = replace(
+                width, flow_sigma_mm=settings.flow_filter_sigma_mm, flow_share=round(share, 3)
+            )
     clock.lap("smoothing")
 
     with analysis_stage("aif_vof"):
@@ -539,7 +552,46 @@ def _baseline_and_inputs(
         aif_scale=aif_scale,
         aif_side=aif_side,
         filter_width=width,
+        flow_curves=flow_curves,
     )
+
+
+def _filtered_series(
+    tips: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    concentration: np.ndarray,
+    acquired: tuple[np.ndarray, np.ndarray],
+    baseline: np.ndarray,
+    tissue: np.ndarray,
+    settings: CtpSettings,
+) -> np.ndarray:
+    """The concentration series with its tissue curves filtered by ``tips``.
+
+    Variable sampling is filtered on the acquired frames and then resampled; the
+    temporal Gaussian (``settings.temporal_sigma_s``) follows.
+    """
+    step = settings.temporal_step_s
+    frames, times_s = acquired
+    if variable_sampling(times_s):
+        # Filtered on the acquired frames, where the noise is independent from frame
+        # to frame, then resampled: interpolating the sparse frames first spreads each
+        # of their noise samples over several grid points, and that correlated noise
+        # takes over the leading principal components the filter compares and keeps,
+        # washing out the timing differences between lesion zones.
+        native = tips(frames - baseline, tissue)
+        curves = _resample_within(native, tissue, times_s, step)
+        del native
+        smoothed = concentration.copy()
+    else:
+        # The filter's output is a copy that leaves every voxel outside the tissue as
+        # it was: it is the smoothed series, no second copy needed.
+        smoothed = tips(concentration, tissue)
+        curves = smoothed[:, tissue]
+    if settings.temporal_sigma_s > 0:
+        sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
+        curves = gaussian_filter1d(curves, sigma_t, axis=0, mode="nearest")
+    # Only tissue curves are filtered: every later step reads tissue voxels only.
+    smoothed[:, tissue] = curves
+    return smoothed
 
 
 def _filter_width(

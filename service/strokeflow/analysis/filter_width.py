@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FilterWidth", "choose_filter_width", "tissue_contrast_to_noise"]
+__all__ = ["FilterWidth", "choose_filter_width", "flow_filter_share", "tissue_contrast_to_noise"]
 
 #: Tissue voxels sampled for the contrast-to-noise ratio (evenly strided).
 SAMPLE_VOXELS = 8192
@@ -39,12 +39,19 @@ class FilterWidth:
         SD; None when fewer than two frames precede the bolus.
     reason : str
         Why this width, for results.json.
+    flow_sigma_mm : float or None
+        Sigma of the light filter the CBF is read from in part (``flow_filter_share``);
+        None when the CBF is read from this width alone.
+    flow_share : float
+        Share of the CBF read from the light filter's curves (0..1).
     """
 
     sigma_mm: float
     arterial_fwhm_s: float | None
     tissue_cnr: float | None
     reason: str
+    flow_sigma_mm: float | None = None
+    flow_share: float = 0.0
 
 
 def tissue_contrast_to_noise(
@@ -152,6 +159,33 @@ def choose_filter_width(
         f"contrast-to-noise {cnr_text}: noisy to {noisy:g}, clear from {clear:g})"
     )
     return FilterWidth(round(sigma_mm, 3), arterial_fwhm_s, tissue_cnr, why)
+
+
+def flow_filter_share(arterial_fwhm_s: float | None, fwhm_range_s: tuple[float, float]) -> float:
+    """Share of the CBF read from the lightly filtered curves, by the arterial input's width.
+
+    A filter mixes each voxel's curve with its neighbours'; where they are reached at other
+    times (the shells of a delayed lesion, 2-4 s apart) the mixed curve is wider and its
+    residue peak, the flow, reads low, while its area stays right. A sharp input resolves
+    those curves apart with little filtering, so its CBF is read from a light filter; a wide
+    input needs the study's filter for the flow too (``docs/deconvolution.md``).
+
+    Parameters
+    ----------
+    arterial_fwhm_s : float or None
+        FWHM of the arterial input found before the filter (``FilterWidth``); None: none
+        found, which counts as wide.
+    fwhm_range_s : tuple of float
+        ``(sharp, wide)``: share 1 at most ``sharp`` s, 0 from ``wide`` s, linear between.
+
+    Returns
+    -------
+    float
+        The share, 0..1.
+    """
+    if arterial_fwhm_s is None:
+        return 0.0
+    return 1.0 - _ramp(arterial_fwhm_s, *fwhm_range_s)
 
 
 def _ramp(value: float, low: float, high: float) -> float:

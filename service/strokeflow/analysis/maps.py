@@ -33,6 +33,7 @@ divided out of CBF (``correct_cbf_bias``, off by default) and subtracted from Tm
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -635,6 +636,44 @@ def _chunk_maps(
     if two_delay_tmax:
         out["single_tmax"] = tmax if single_tmax is None else single_tmax
     return out
+
+
+def blend_flow(maps: PerfusionMaps, other: PerfusionMaps, share: float) -> PerfusionMaps:
+    """``maps`` with its CBF taken ``share`` from ``other`` (MTT recomputed from it).
+
+    The CBF, the reference CBF map and the CBF noise map (where ``maps`` holds them) are
+    ``(1 - share) * maps + share * other``; CBV, Tmax and TTP stay those of ``maps``.
+
+    Parameters
+    ----------
+    maps, other : PerfusionMaps
+        Maps of one study on one grid, e.g. from two filters of its curves.
+    share : float
+        0..1.
+
+    Returns
+    -------
+    PerfusionMaps
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must lie in [0, 1]; got {share}")
+
+    def mix(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+        if a is None or b is None:
+            return a
+        return ((1.0 - share) * a + share * b).astype(np.float32)
+
+    cbf = mix(maps.cbf_ml_100g_min, other.cbf_ml_100g_min)
+    assert cbf is not None
+    return dataclasses.replace(
+        maps,
+        cbf_ml_100g_min=cbf,
+        mtt_s=_mtt_s(cbf, maps.cbv_ml_100g).astype(np.float32),
+        reference_cbf_ml_100g_min=mix(
+            maps.reference_cbf_ml_100g_min, other.reference_cbf_ml_100g_min
+        ),
+        cbf_noise_sd_ml_100g_min=mix(maps.cbf_noise_sd_ml_100g_min, other.cbf_noise_sd_ml_100g_min),
+    )
 
 
 def _mtt_s(cbf: np.ndarray, cbv: np.ndarray) -> np.ndarray:

@@ -48,6 +48,14 @@ class CtpSettings:
         Passes of that filter.
     smoothing_strength : float
         Profile-similarity scale of that filter: smaller keeps lesion borders sharper.
+    flow_filter_sigma_mm : float
+        Spatial sigma of the light bilateral filter whose curves the CBF (and so the core)
+        is read from in a study with a sharp arterial input (``docs/deconvolution.md``, "The
+        flow read from lightly filtered curves"); Tmax and the other maps keep the study's
+        filter. The share of the CBF taken from it falls from 1 at an arterial FWHM of
+        ``smoothing_fwhm_range_s[0]`` to 0 at ``[1]``.
+    flow_filter_iterations : int
+        Passes of that light filter; 0 reads the CBF from the study's filter everywhere.
     temporal_step_s : float
         Uniform time step the curves are resampled to before deconvolution.
     temporal_sigma_s : float
@@ -128,6 +136,8 @@ class CtpSettings:
     smoothing_cnr_range: tuple[float, float] = (1.0, 1.3)
     smoothing_iterations: int = 3
     smoothing_strength: float = 0.5
+    flow_filter_sigma_mm: float = 2.0
+    flow_filter_iterations: int = 2
     temporal_step_s: float = 1.0
     temporal_sigma_s: float = 1.0
     oscillation_index: float = 0.095
@@ -166,6 +176,10 @@ class CtpSettings:
                 raise ValueError(
                     f"{name} must be (low, high) with 0 <= low <= high; got {low, high}"
                 )
-        for name in ("smoothing_sigma_mm", "smoothing_sigma_wide_mm"):
+        if self.flow_filter_iterations < 0:
+            raise ValueError(
+                f"flow_filter_iterations must be >= 0; got {self.flow_filter_iterations}"
+            )
+        for name in ("smoothing_sigma_mm", "smoothing_sigma_wide_mm", "flow_filter_sigma_mm"):
             if not (0 < getattr(self, name) < float("inf")):
                 raise ValueError(f"{name} must be a finite width > 0 mm; got {getattr(self, name)}")

@@ -94,6 +94,9 @@ def ctp_summary(
                 if analysis.filter_width.tissue_cnr is None
                 else round(analysis.filter_width.tissue_cnr, 2),
                 "reason": analysis.filter_width.reason,
+                # The CBF (and so the core) read in part from lightly filtered curves.
+                "flow_filter_sigma_mm": analysis.filter_width.flow_sigma_mm,
+                "flow_filter_share": analysis.filter_width.flow_share,
             },
             "unwashed_tissue_ml": analysis.unwashed_tissue_ml,
         },

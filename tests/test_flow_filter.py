@@ -1,0 +1,78 @@
+"""The CBF of a sharp-input study is read from lightly filtered curves; Tmax is not.
+
+Measured in docs/deconvolution.md ("The flow read from lightly filtered curves"): the
+study's bilateral filter mixes the curves of lesion shells reached 2-4 s apart, whose
+mixed residue peaks low, so penumbra reads as core and the core's border as penumbra.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from strokeflow.analysis.ctp import analyse_ctp
+from strokeflow.analysis.filter_width import flow_filter_share
+from strokeflow.analysis.maps import PerfusionMaps, blend_flow
+from strokeflow.analysis.settings import CtpSettings
+from strokeflow.phantom.family import simulate_lesion_case
+from strokeflow.phantom.protocols import protocol_by_name
+
+
+def test_the_share_falls_from_a_sharp_to_a_wide_input() -> None:
+    assert flow_filter_share(5.0, (6.0, 10.0)) == 1.0
+    assert flow_filter_share(8.0, (6.0, 10.0)) == pytest.approx(0.5)
+    assert flow_filter_share(12.0, (6.0, 10.0)) == 0.0
+    # No arterial input measured: the study's filter alone.
+    assert flow_filter_share(None, (6.0, 10.0)) == 0.0
+
+
+def _maps(cbf: float, tmax: float) -> PerfusionMaps:
+    shape = (1, 2, 2)
+    return PerfusionMaps(
+        cbf_ml_100g_min=np.full(shape, cbf, np.float32),
+        cbv_ml_100g=np.full(shape, 4.0, np.float32),
+        mtt_s=np.full(shape, 60.0 * 4.0 / cbf, np.float32),
+        tmax_s=np.full(shape, tmax, np.float32),
+        ttp_s=np.full(shape, 9.0, np.float32),
+        reference_cbf_ml_100g_min=np.full(shape, cbf + 1.0, np.float32),
+    )
+
+
+def test_blending_mixes_the_flow_only() -> None:
+    study, light = _maps(30.0, 7.0), _maps(50.0, 3.0)
+    half = blend_flow(study, light, 0.25)
+    np.testing.assert_allclose(half.cbf_ml_100g_min, 35.0)
+    np.testing.assert_allclose(half.reference_cbf_ml_100g_min, 36.0)
+    np.testing.assert_allclose(half.mtt_s, 60.0 * 4.0 / 35.0, rtol=1e-6)
+    np.testing.assert_array_equal(half.tmax_s, study.tmax_s)
+    np.testing.assert_array_equal(half.cbv_ml_100g, study.cbv_ml_100g)
+    np.testing.assert_array_equal(blend_flow(study, light, 0.0).cbf_ml_100g_min, 30.0)
+    with pytest.raises(ValueError, match="share"):
+        blend_flow(study, light, 1.5)
+
+
+def test_a_sharp_study_reads_its_flow_lightly_filtered_and_keeps_its_tmax() -> None:
+    case = simulate_lesion_case("large_core", protocol_by_name("1s_45s"), seed=7003)
+    lit = analyse_ctp(case.series, CtpSettings())
+    plain = analyse_ctp(case.series, CtpSettings(flow_filter_iterations=0))
+    width = lit.filter_width
+    assert width is not None and width.flow_share == 1.0 and width.flow_sigma_mm == 2.0
+    assert plain.filter_width is not None and plain.filter_width.flow_share == 0.0
+    np.testing.assert_array_equal(lit.maps.tmax_s, plain.maps.tmax_s)
+    assert not np.array_equal(lit.maps.cbf_ml_100g_min, plain.maps.cbf_ml_100g_min)
+    # The shells beside the core no longer read as core: closer to the truth.
+    truth = float(case.truth["core_ml"])
+    assert abs(lit.metrics.core_ml - truth) < abs(plain.metrics.core_ml - truth)
+
+
+def test_a_wide_input_keeps_the_studys_filter_for_the_flow() -> None:
+    case = simulate_lesion_case("medium", protocol_by_name("1.5s_60s_wide"), seed=41)
+    width = analyse_ctp(case.series, CtpSettings()).filter_width
+    assert width is not None and width.flow_share == 0.0 and width.flow_sigma_mm is None
+
+
+def test_the_light_filter_needs_valid_settings() -> None:
+    with pytest.raises(ValueError, match="flow_filter_iterations"):
+        CtpSettings(flow_filter_iterations=-1)
+    with pytest.raises(ValueError, match="flow_filter_sigma_mm"):
+        CtpSettings(flow_filter_sigma_mm=0.0)
