@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -500,15 +499,12 @@ def _baseline_and_inputs(
         searchable = _blood_search(baseline, masks)
         both_sides = select_aif(concentration, searchable, step, geometry.voxel_volume_ml)
         width = _filter_width(acquired, arrival, concentration, masks, both_sides, settings)
-        sigma_px = width.sigma_mm / pixel_mm
-        tips = partial(
-            profile_bilateral,
-            sigma_px=sigma_px,
-            radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
-            iterations=settings.smoothing_iterations,
-            strength=settings.smoothing_strength,
+        filtered = partial(
+            _filtered_series, concentration, acquired, baseline, masks.tissue, settings
         )
-        smoothed = _filtered_series(tips, concentration, acquired, baseline, masks.tissue, settings)
+        smoothed = filtered(
+            sigma_px=width.sigma_mm / pixel_mm, iterations=settings.smoothing_iterations
+        )
         share = (
             flow_filter_share(width.arterial_fwhm_s, settings.smoothing_fwhm_range_s)
             if settings.flow_filter_iterations > 0
@@ -516,16 +512,9 @@ def _baseline_and_inputs(
         )
         flow_curves = None
         if share > 0:
-            light_px = settings.flow_filter_sigma_mm / pixel_mm
-            light = partial(
-                profile_bilateral,
-                sigma_px=light_px,
-                radius_px=max(1, int(np.ceil(1.6 * light_px))),
+            flow_curves = filtered(
+                sigma_px=settings.flow_filter_sigma_mm / pixel_mm,
                 iterations=settings.flow_filter_iterations,
-                strength=settings.smoothing_strength,
-            )
-            flow_curves = _filtered_series(
-                light, concentration, acquired, baseline, masks.tissue, settings
             )
             width = replace(
                 width, flow_sigma_mm=settings.flow_filter_sigma_mm, flow_share=round(share, 3)
@@ -557,19 +546,30 @@ def _baseline_and_inputs(
 
 
 def _filtered_series(
-    tips: Callable[[np.ndarray, np.ndarray], np.ndarray],
     concentration: np.ndarray,
     acquired: tuple[np.ndarray, np.ndarray],
     baseline: np.ndarray,
     tissue: np.ndarray,
     settings: CtpSettings,
+    *,
+    sigma_px: float,
+    iterations: int,
 ) -> np.ndarray:
-    """The concentration series with its tissue curves filtered by ``tips``.
+    """The concentration series with its tissue curves bilaterally filtered.
 
-    Variable sampling is filtered on the acquired frames and then resampled; the
-    temporal Gaussian (``settings.temporal_sigma_s``) follows.
+    The profile-bilateral filter (``denoise.profile_bilateral``, spatial sigma
+    ``sigma_px`` pixels, ``iterations`` passes, ``settings.smoothing_strength``); variable
+    sampling is filtered on the acquired frames and then resampled; the temporal Gaussian
+    (``settings.temporal_sigma_s``) follows.
     """
     step = settings.temporal_step_s
+    tips = partial(
+        profile_bilateral,
+        sigma_px=sigma_px,
+        radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
+        iterations=iterations,
+        strength=settings.smoothing_strength,
+    )
     frames, times_s = acquired
     if variable_sampling(times_s):
         # Filtered on the acquired frames, where the noise is independent from frame
