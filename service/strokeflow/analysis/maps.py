@@ -663,8 +663,7 @@ def blend_flow(maps: PerfusionMaps, other: PerfusionMaps, share: float) -> Perfu
             return a
         return ((1.0 - share) * a + share * b).astype(np.float32)
 
-    cbf = mix(maps.cbf_ml_100g_min, other.cbf_ml_100g_min)
-    assert cbf is not None
+    cbf = ((1.0 - share) * maps.cbf_ml_100g_min + share * other.cbf_ml_100g_min).astype(np.float32)
     return dataclasses.replace(
         maps,
         cbf_ml_100g_min=cbf,
