@@ -60,6 +60,13 @@ def test_a_sharp_study_reads_its_flow_lightly_filtered_and_keeps_its_tmax() -> N
     assert plain.filter_width is not None and plain.filter_width.flow_share == 0.0
     np.testing.assert_array_equal(lit.maps.tmax_s, plain.maps.tmax_s)
     assert not np.array_equal(lit.maps.cbf_ml_100g_min, plain.maps.cbf_ml_100g_min)
+    # The light curves are deconvolved where the core can lie and on a sample of the rest;
+    # the rest is the study filter's flow scaled to theirs: a whole map, no holes.
+    tissue = lit.masks.tissue
+    np.testing.assert_array_equal(
+        np.isfinite(lit.maps.cbf_ml_100g_min[tissue]),
+        np.isfinite(plain.maps.cbf_ml_100g_min[tissue]),
+    )
     # The shells beside the core no longer read as core: closer to the truth.
     truth = float(case.truth["core_ml"])
     assert abs(lit.metrics.core_ml - truth) < abs(plain.metrics.core_ml - truth)

@@ -321,7 +321,8 @@ def analyse_ctp(
         if inputs.flow_curves is not None:
             # The CBF (and the core's reference) in part from the lightly filtered curves,
             # whose lesion shells the filter has not mixed; Tmax stays the study filter's.
-            light = deconvolve(inputs.flow_curves)
+            where = _flow_candidates(maps, masks.tissue)
+            light = _scaled_outside(maps, deconvolve(inputs.flow_curves, mask=where), where)
             inputs.flow_curves = None
             maps = blend_flow(maps, light, inputs.filter_width.flow_share)
             del light
@@ -542,6 +543,52 @@ def _baseline_and_inputs(
         aif_side=aif_side,
         filter_width=width,
         flow_curves=flow_curves,
+    )
+
+
+#: Tissue whose study-filter CBF is below this share of the tissue's median CBF may be core
+#: once read from the light curves; every ``FLOW_SAMPLE_STRIDE``-th tissue voxel is read too.
+FLOW_CANDIDATE_SHARE = 0.75
+FLOW_SAMPLE_STRIDE = 4
+
+
+def _flow_candidates(maps: PerfusionMaps, tissue: np.ndarray) -> np.ndarray:
+    """Tissue whose flow the light curves must read: possible core, and a sample of the rest."""
+    cbf = np.nan_to_num(maps.cbf_ml_100g_min, nan=0.0)
+    level = float(np.median(cbf[tissue])) if tissue.any() else 0.0
+    low = tissue & (cbf < FLOW_CANDIDATE_SHARE * level)
+    low = ndimage.binary_dilation(low, np.ones((1, 5, 5), dtype=bool)) & tissue
+    sample = np.zeros(tissue.size, dtype=bool)
+    sample[np.flatnonzero(tissue.reshape(-1))[::FLOW_SAMPLE_STRIDE]] = True
+    return low | sample.reshape(tissue.shape)
+
+
+def _scaled_outside(maps: PerfusionMaps, light: PerfusionMaps, where: np.ndarray) -> PerfusionMaps:
+    """``light`` filled outside ``where`` by ``maps`` scaled to the light curves' level.
+
+    The scale of each flow map is the ratio of its sums over the voxels of ``where`` that are
+    not candidates (the strided sample of the rest of the tissue).
+    """
+
+    def fill(study: np.ndarray | None, read: np.ndarray | None) -> np.ndarray | None:
+        if study is None or read is None:
+            return read
+        both = where & np.isfinite(study) & np.isfinite(read)
+        denom = float(study[both].sum())
+        gain = float(read[both].sum()) / denom if denom > 0 else 1.0
+        return np.where(where, read, study * np.float32(gain)).astype(np.float32)
+
+    cbf = fill(maps.cbf_ml_100g_min, light.cbf_ml_100g_min)
+    assert cbf is not None
+    return replace(
+        light,
+        cbf_ml_100g_min=cbf,
+        reference_cbf_ml_100g_min=fill(
+            maps.reference_cbf_ml_100g_min, light.reference_cbf_ml_100g_min
+        ),
+        cbf_noise_sd_ml_100g_min=fill(
+            maps.cbf_noise_sd_ml_100g_min, light.cbf_noise_sd_ml_100g_min
+        ),
     )
 
 
