@@ -139,9 +139,6 @@ class _Inputs:
     aif_scale: float
     aif_side: int
     filter_width: FilterWidth
-    #: The light filter's series the CBF is read from in part (``flow_filter_share``);
-    #: None where the CBF is read from ``smoothed`` alone.
-    flow_curves: np.ndarray | None = None
 
 
 def analyse_ctp(
@@ -318,15 +315,28 @@ def analyse_ctp(
             noise_sigma_frames=settings.temporal_sigma_s / settings.temporal_step_s,
         )
         maps = deconvolve(smoothed)
-        if inputs.flow_curves is not None:
-            # The CBF (and the core's reference) in part from the lightly filtered curves,
-            # whose lesion shells the filter has not mixed; Tmax stays the study filter's.
+    clock.lap("deconvolution")
+    if inputs.filter_width.flow_share > 0:
+        # The CBF (and the core's reference) in part from lightly filtered curves, whose
+        # lesion shells the filter has not mixed; Tmax stays the study filter's.
+        with analysis_stage("smoothing"):
+            flow_curves = _filtered_series(
+                inputs.concentration,
+                acquired,
+                inputs.baseline,
+                masks.tissue,
+                settings,
+                sigma_px=settings.flow_filter_sigma_mm / pixel_mm,
+                iterations=settings.flow_filter_iterations,
+            )
+        clock.lap("flow_smoothing")
+        with analysis_stage("deconvolution"):
             where = _flow_candidates(maps, masks.tissue)
-            light = _scaled_outside(maps, deconvolve(inputs.flow_curves, mask=where), where)
-            inputs.flow_curves = None
+            light = _scaled_outside(maps, deconvolve(flow_curves, mask=where), where)
+            del flow_curves
             maps = blend_flow(maps, light, inputs.filter_width.flow_share)
             del light
-    clock.lap("deconvolution")
+        clock.lap("flow_deconvolution")
 
     with analysis_stage("lesions"):
         result = ctp_lesion_masks(
@@ -500,23 +510,22 @@ def _baseline_and_inputs(
         searchable = _blood_search(baseline, masks)
         both_sides = select_aif(concentration, searchable, step, geometry.voxel_volume_ml)
         width = _filter_width(acquired, arrival, concentration, masks, both_sides, settings)
-        filtered = partial(
-            _filtered_series, concentration, acquired, baseline, masks.tissue, settings
-        )
-        smoothed = filtered(
-            sigma_px=width.sigma_mm / pixel_mm, iterations=settings.smoothing_iterations
+        smoothed = _filtered_series(
+            concentration,
+            acquired,
+            baseline,
+            masks.tissue,
+            settings,
+            sigma_px=width.sigma_mm / pixel_mm,
+            iterations=settings.smoothing_iterations,
         )
         share = (
             flow_filter_share(width.arterial_fwhm_s, settings.smoothing_fwhm_range_s)
             if settings.flow_filter_iterations > 0
             else 0.0
         )
-        flow_curves = None
         if share > 0:
-            flow_curves = filtered(
-                sigma_px=settings.flow_filter_sigma_mm / pixel_mm,
-                iterations=settings.flow_filter_iterations,
-            )
+            # The light filter itself runs once the baseline is final (``analyse_ctp``).
             width = replace(
                 width, flow_sigma_mm=settings.flow_filter_sigma_mm, flow_share=round(share, 3)
             )
@@ -542,7 +551,6 @@ def _baseline_and_inputs(
         aif_scale=aif_scale,
         aif_side=aif_side,
         filter_width=width,
-        flow_curves=flow_curves,
     )
 
 
