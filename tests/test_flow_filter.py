@@ -12,7 +12,7 @@ import pytest
 
 from strokeflow.analysis.ctp import analyse_ctp
 from strokeflow.analysis.filter_width import flow_filter_share
-from strokeflow.analysis.maps import PerfusionMaps, blend_flow
+from strokeflow.analysis.maps import PerfusionMaps, blend_flow, maps_on_grid
 from strokeflow.analysis.settings import CtpSettings
 from strokeflow.phantom.family import simulate_lesion_case
 from strokeflow.phantom.protocols import protocol_by_name
@@ -72,6 +72,20 @@ def test_a_sharp_study_reads_its_flow_lightly_filtered_and_keeps_its_tmax() -> N
     assert abs(lit.metrics.core_ml - truth) < abs(plain.metrics.core_ml - truth)
 
 
+def test_a_noise_margin_reads_the_same_light_flow_on_the_grid() -> None:
+    # With a CBF noise margin the light curves go back onto the grid (their noise is
+    # pooled in plane); the flow they give is the one of the flat curves.
+    case = simulate_lesion_case("medium", protocol_by_name("1s_45s"), seed=7001)
+    flat = analyse_ctp(case.series, CtpSettings())
+    pooled = analyse_ctp(case.series, CtpSettings(core_noise_margin_k=0.5))
+    assert pooled.filter_width is not None and pooled.filter_width.flow_share == 1.0
+    np.testing.assert_array_equal(pooled.maps.cbf_ml_100g_min, flat.maps.cbf_ml_100g_min)
+    noise = pooled.maps.cbf_noise_sd_ml_100g_min
+    assert noise is not None and flat.maps.cbf_noise_sd_ml_100g_min is None
+    tissue = pooled.masks.tissue
+    assert np.isfinite(noise[tissue]).mean() > 0.95 and np.nanmedian(noise[tissue]) > 0
+
+
 def test_a_wide_input_keeps_the_studys_filter_for_the_flow() -> None:
     case = simulate_lesion_case("medium", protocol_by_name("1.5s_60s_wide"), seed=41)
     width = analyse_ctp(case.series, CtpSettings()).filter_width
@@ -83,3 +97,25 @@ def test_the_light_filter_needs_valid_settings() -> None:
         CtpSettings(flow_filter_iterations=-1)
     with pytest.raises(ValueError, match="flow_filter_sigma_mm"):
         CtpSettings(flow_filter_sigma_mm=0.0)
+
+
+def test_maps_of_a_few_voxels_go_back_onto_the_grid() -> None:
+    where = np.zeros((1, 2, 3), dtype=bool)
+    where[0, 0, 1] = where[0, 1, 2] = True
+    flat = PerfusionMaps(
+        cbf_ml_100g_min=np.array([10.0, 20.0], np.float32),
+        cbv_ml_100g=np.array([1.0, 2.0], np.float32),
+        mtt_s=np.array([6.0, 6.0], np.float32),
+        tmax_s=np.array([2.0, 8.0], np.float32),
+        ttp_s=np.array([9.0, 12.0], np.float32),
+        reference_cbf_ml_100g_min=np.array([11.0, 21.0], np.float32),
+    )
+    grid = maps_on_grid(flat, where)
+    assert grid.cbf_ml_100g_min.shape == where.shape
+    assert grid.cbf_ml_100g_min[0, 0, 1] == 10.0 and grid.tmax_s[0, 1, 2] == 8.0
+    assert grid.reference_cbf_ml_100g_min is not None
+    assert grid.reference_cbf_ml_100g_min[0, 1, 2] == 21.0
+    assert np.isnan(grid.cbf_ml_100g_min[~where]).all()
+    assert grid.single_delay_tmax_s is None and grid.cbf_noise_sd_ml_100g_min is None
+    with pytest.raises(ValueError, match="voxels"):
+        maps_on_grid(flat, np.ones((1, 2, 3), dtype=bool))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -48,7 +49,7 @@ from strokeflow.analysis.lesions import (
     tmax_above,
     volume_ml,
 )
-from strokeflow.analysis.maps import PerfusionMaps, blend_flow, compute_maps
+from strokeflow.analysis.maps import PerfusionMaps, blend_flow, compute_maps, maps_on_grid
 from strokeflow.analysis.motion import MotionResult, bin_inplane, correct_motion
 from strokeflow.analysis.quality import QualityFlag, quality_ok
 from strokeflow.analysis.resample import resample_uniform
@@ -319,21 +320,26 @@ def analyse_ctp(
     if inputs.filter_width.flow_share > 0:
         # The CBF (and the core's reference) in part from lightly filtered curves, whose
         # lesion shells the filter has not mixed; Tmax stays the study filter's.
+        # Only where the core can lie (and a sample) are the light curves rebuilt and read.
+        where = _flow_candidates(maps, masks.tissue)
         with analysis_stage("smoothing"):
-            flow_curves = _filtered_series(
+            flow_curves = _filtered_curves(
                 inputs.concentration,
                 acquired,
                 inputs.baseline,
                 masks.tissue,
+                where,
                 settings,
                 sigma_px=settings.flow_filter_sigma_mm / pixel_mm,
                 iterations=settings.flow_filter_iterations,
             )
         clock.lap("flow_smoothing")
         with analysis_stage("deconvolution"):
-            where = _flow_candidates(maps, masks.tissue)
-            light = _scaled_outside(maps, deconvolve(flow_curves, mask=where), where)
+            light = _deconvolved_at(
+                deconvolve, flow_curves, where, pooled_noise=settings.core_noise_margin_k > 0
+            )
             del flow_curves
+            light = _scaled_outside(maps, light, where)
             maps = blend_flow(maps, light, inputs.filter_width.flow_share)
             del light
         clock.lap("flow_deconvolution")
@@ -432,19 +438,20 @@ def variable_sampling(times_s: np.ndarray) -> bool:
 
 
 def _resample_within(
-    signal: np.ndarray, mask: np.ndarray, times_s: np.ndarray, step_s: float
+    curves: np.ndarray, mask: np.ndarray, times_s: np.ndarray, step_s: float
 ) -> np.ndarray:
-    """The ``mask`` voxels of ``(t, z, y, x)`` ``signal`` on the uniform grid, ``(n, k)``.
+    """``(t, n)`` curves of the ``mask`` voxels (``flatnonzero`` order) on the uniform grid.
 
     Only the masked voxels are interpolated (the filter changed nothing else); each slice
     keeps its clock, so the grid is the one :func:`resample_uniform` gives the series.
     """
-    nt, nz = signal.shape[:2]
+    nt, nz = curves.shape[0], mask.shape[0]
     counts = mask.reshape(nz, -1).sum(axis=1)
+    ends = np.cumsum(counts)
     width = max(1, int(counts.max()))
     packed = np.zeros((nt, nz, 1, width), dtype=np.float32)
     for z in range(nz):
-        packed[:, z, 0, : counts[z]] = signal[:, z][:, mask[z]]
+        packed[:, z, 0, : counts[z]] = curves[:, ends[z] - counts[z] : ends[z]]
     uniform, _ = resample_uniform(packed, times_s, step_s)
     return np.concatenate([uniform[:, z, 0, : counts[z]] for z in range(nz)], axis=1)
 
@@ -571,6 +578,25 @@ def _flow_candidates(maps: PerfusionMaps, tissue: np.ndarray) -> np.ndarray:
     return low | sample.reshape(tissue.shape)
 
 
+def _deconvolved_at(
+    deconvolve: Callable[..., PerfusionMaps],
+    curves: np.ndarray,
+    where: np.ndarray,
+    *,
+    pooled_noise: bool,
+) -> PerfusionMaps:
+    """Maps (on the grid, NaN elsewhere) of the ``(t, n)`` curves of the ``where`` voxels.
+
+    The curves are deconvolved as they are; only a CBF noise map, whose variance is pooled
+    over in-plane neighbours, needs them back on the grid.
+    """
+    if pooled_noise:
+        grid = np.zeros((curves.shape[0], *where.shape), dtype=np.float32)
+        grid[:, where] = curves
+        return deconvolve(grid, mask=where)
+    return maps_on_grid(deconvolve(curves, mask=None), where)
+
+
 def _scaled_outside(maps: PerfusionMaps, light: PerfusionMaps, where: np.ndarray) -> PerfusionMaps:
     """``light`` filled outside ``where`` by ``maps`` scaled to the light curves' level.
 
@@ -610,16 +636,47 @@ def _filtered_series(
     sigma_px: float,
     iterations: int,
 ) -> np.ndarray:
-    """The concentration series with its tissue curves bilaterally filtered.
+    """The concentration series with its tissue curves filtered (:func:`_filtered_curves`).
+
+    Only tissue curves are filtered: every later step reads tissue voxels only.
+    """
+    smoothed = concentration.copy()
+    smoothed[:, tissue] = _filtered_curves(
+        concentration,
+        acquired,
+        baseline,
+        tissue,
+        tissue,
+        settings,
+        sigma_px=sigma_px,
+        iterations=iterations,
+    )
+    return smoothed
+
+
+def _filtered_curves(
+    concentration: np.ndarray,
+    acquired: tuple[np.ndarray, np.ndarray],
+    baseline: np.ndarray,
+    tissue: np.ndarray,
+    select: np.ndarray,
+    settings: CtpSettings,
+    *,
+    sigma_px: float,
+    iterations: int,
+) -> np.ndarray:
+    """The bilaterally filtered ``(t, n)`` curves of the ``select`` voxels of ``tissue``.
 
     The profile-bilateral filter (``denoise.profile_bilateral``, spatial sigma
-    ``sigma_px`` pixels, ``iterations`` passes, ``settings.smoothing_strength``); variable
-    sampling is filtered on the acquired frames and then resampled; the temporal Gaussian
-    (``settings.temporal_sigma_s``) follows.
+    ``sigma_px`` pixels, ``iterations`` passes, ``settings.smoothing_strength``) over all
+    of ``tissue``, its curves rebuilt for ``select`` only (in ``numpy.flatnonzero``
+    order); variable sampling is filtered on the acquired frames and then resampled; the
+    temporal Gaussian (``settings.temporal_sigma_s``) follows.
     """
     step = settings.temporal_step_s
     tips = partial(
         profile_bilateral,
+        select=select,
         sigma_px=sigma_px,
         radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
         iterations=iterations,
@@ -632,21 +689,13 @@ def _filtered_series(
         # of their noise samples over several grid points, and that correlated noise
         # takes over the leading principal components the filter compares and keeps,
         # washing out the timing differences between lesion zones.
-        native = tips(frames - baseline, tissue)
-        curves = _resample_within(native, tissue, times_s, step)
-        del native
-        smoothed = concentration.copy()
+        curves = _resample_within(tips(frames - baseline, tissue), select, times_s, step)
     else:
-        # The filter's output is a copy that leaves every voxel outside the tissue as
-        # it was: it is the smoothed series, no second copy needed.
-        smoothed = tips(concentration, tissue)
-        curves = smoothed[:, tissue]
+        curves = tips(concentration, tissue)
     if settings.temporal_sigma_s > 0:
         sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
         curves = gaussian_filter1d(curves, sigma_t, axis=0, mode="nearest")
-    # Only tissue curves are filtered: every later step reads tissue voxels only.
-    smoothed[:, tissue] = curves
-    return smoothed
+    return curves
 
 
 def _filter_width(

@@ -74,6 +74,7 @@ def profile_bilateral(
     concentration: np.ndarray,
     mask: np.ndarray,
     *,
+    select: np.ndarray | None = None,
     sigma_px: float = 1.5,
     radius_px: int = 3,
     n_components: int = 12,
@@ -90,15 +91,18 @@ def profile_bilateral(
     averaged away. Profiles are compared in the space of the ``n_components`` leading
     principal components of the tissue curves, where noise is small and distances are
     cheap; the profile distance is normalised by its median over neighbouring pairs
-    (mostly the same tissue: the noise level). Voxels outside ``mask`` are unchanged
-    and never contribute.
+    (mostly the same tissue: the noise level). Voxels outside ``mask`` never contribute.
 
     Parameters
     ----------
     concentration : numpy.ndarray
         ``(t, z, y, x)`` enhancement curves.
     mask : numpy.ndarray
-        ``(z, y, x)`` bool tissue voxels.
+        ``(z, y, x)`` bool tissue voxels: filtered, and the only neighbours drawn on.
+    select : numpy.ndarray, optional
+        ``(z, y, x)`` bool, the voxels whose curves are returned (default ``mask``); a
+        selected voxel outside ``mask`` keeps its curve. Only these curves are rebuilt
+        from the filtered components, so a few voxels of a big study cost little.
     sigma_px : float
         Spatial Gaussian sigma in pixels.
     radius_px : int
@@ -114,20 +118,24 @@ def profile_bilateral(
     Returns
     -------
     numpy.ndarray
-        float32 ``(t, z, y, x)``.
+        float32 ``(t, n)``: the filtered curves of the ``n`` selected voxels, in the
+        order of ``numpy.flatnonzero(select)``.
     """
     if concentration.ndim != 4 or mask.shape != concentration.shape[1:]:
         raise ValueError(
             f"concentration must be (t, z, y, x) with mask (z, y, x); got "
             f"{concentration.shape} and {mask.shape}"
         )
-    data = np.asarray(concentration, dtype=np.float32)
     m = mask.astype(bool)
+    wanted = m if select is None else np.asarray(select, dtype=bool)
+    if wanted.shape != m.shape:
+        raise ValueError(f"select must be shaped like mask {m.shape}; got {wanted.shape}")
+    data = np.asarray(concentration, dtype=np.float32)
     n_vox = int(np.count_nonzero(m))
     nt = data.shape[0]
     k = min(n_components, nt)
     if n_vox < 2 * k:
-        return data.copy()
+        return data[:, wanted]
     curves = data[:, m]  # (t, n)
     mean = curves.mean(axis=1, keepdims=True)
     step = max(1, n_vox // 20000)
@@ -146,6 +154,7 @@ def profile_bilateral(
     mb = m[box]
     coeffs = np.zeros((k, *mb.shape), dtype=np.float32)
     coeffs[:, mb] = basis.T @ (curves - mean)
+    del curves, sample
     mf = mb.astype(np.float32)
     offsets = [
         (dy, dx)
@@ -155,9 +164,12 @@ def profile_bilateral(
     ]
     for _ in range(iterations):
         coeffs = _bilateral_pass(coeffs, mf, offsets, sigma_px, strength, radius_px)
-    out = data.copy()
-    block = out[(slice(None), *box)]
-    block[:, mb] = basis @ coeffs[:, mb] + mean
+    if select is None:
+        return basis @ coeffs[:, mb] + mean
+    # Selected voxels of the mask all lie in its box, in the same (C) order there.
+    out = data[:, wanted]
+    in_mask = m[wanted]
+    out[:, in_mask] = basis @ coeffs[:, wanted[box] & mb] + mean
     return out
 
 

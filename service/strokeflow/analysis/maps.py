@@ -638,6 +638,46 @@ def _chunk_maps(
     return out
 
 
+def maps_on_grid(maps: PerfusionMaps, where: np.ndarray) -> PerfusionMaps:
+    """Maps of the voxels of ``where`` (``(n,)`` each) placed on its grid, NaN elsewhere.
+
+    Parameters
+    ----------
+    maps : PerfusionMaps
+        Maps of ``compute_maps`` over ``(t, n)`` curves: one value per voxel of ``where``,
+        in ``numpy.flatnonzero`` order.
+    where : numpy.ndarray
+        Boolean, shaped like one frame, with ``n`` voxels set.
+
+    Returns
+    -------
+    PerfusionMaps
+        float32 maps shaped like ``where``.
+    """
+    n = int(np.count_nonzero(where))
+
+    def placed(values: np.ndarray) -> np.ndarray:
+        if values.shape != (n,):
+            raise ValueError(f"a map of {values.shape} for {n} voxels of {where.shape}")
+        grid = np.full(where.shape, np.nan, dtype=np.float32)
+        grid[where] = values
+        return grid
+
+    def optional(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else placed(values)
+
+    return PerfusionMaps(
+        cbf_ml_100g_min=placed(maps.cbf_ml_100g_min),
+        cbv_ml_100g=placed(maps.cbv_ml_100g),
+        mtt_s=placed(maps.mtt_s),
+        tmax_s=placed(maps.tmax_s),
+        ttp_s=placed(maps.ttp_s),
+        single_delay_tmax_s=optional(maps.single_delay_tmax_s),
+        reference_cbf_ml_100g_min=optional(maps.reference_cbf_ml_100g_min),
+        cbf_noise_sd_ml_100g_min=optional(maps.cbf_noise_sd_ml_100g_min),
+    )
+
+
 def blend_flow(maps: PerfusionMaps, other: PerfusionMaps, share: float) -> PerfusionMaps:
     """``maps`` with its CBF taken ``share`` from ``other`` (MTT recomputed from it).
 
