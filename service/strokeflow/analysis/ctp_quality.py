@@ -9,6 +9,7 @@ from strokeflow.analysis.inputs import VascularCurve
 from strokeflow.analysis.motion import MotionResult
 from strokeflow.analysis.quality import QualityFlag, QualityLimits
 from strokeflow.analysis.volume import PerfusionSeries
+from strokeflow.analysis.voxels import voxel_curves
 
 #: A tissue curve has washed out when, over the last ``TAIL_WINDOW_S`` of the scan, it is
 #: back below this fraction of its peak; one that is still above has not completed its
@@ -125,8 +126,8 @@ def acquisition_flags(
     if arrival >= 2 and tissue.any():
         # Per-voxel noise from the baseline frames; enhancement from the mean tissue
         # curve, whose peak is not inflated by noise as a per-voxel maximum would be.
-        noise = float(np.median(concentration[:arrival, tissue].std(axis=0, ddof=1)))
-        enhancement = float(concentration[:, tissue].mean(axis=1).max())
+        noise = float(np.median(voxel_curves(concentration[:arrival], tissue).std(axis=0, ddof=1)))
+        enhancement = float(voxel_curves(concentration, tissue).mean(axis=1).max())
         snr = enhancement / max(noise, 1e-6)
         if snr < limits.min_snr:
             flags.append(
@@ -163,7 +164,7 @@ def unwashed_tissue(
         mean over the last ``TAIL_WINDOW_S`` is above ``MAX_TISSUE_TAIL_FRACTION`` of the peak.
     """
     out = np.zeros(tissue.shape, dtype=bool)
-    curves = smoothed[:, tissue]
+    curves = voxel_curves(smoothed, tissue)
     n = curves.shape[0]
     if curves.shape[1] == 0 or n < 4:
         return out

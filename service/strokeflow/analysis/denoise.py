@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from strokeflow.analysis.stages import usable_cpus
+from strokeflow.analysis.voxels import put_voxel_curves, voxel_curves
 
 # Three sigmas hold 99.7 % of the kernel; the default four only costs time.
 _TRUNCATE = 3.0
@@ -135,8 +136,8 @@ def profile_bilateral(
     nt = data.shape[0]
     k = min(n_components, nt)
     if n_vox < 2 * k:
-        return data[:, wanted]
-    curves = data[:, m]  # (t, n)
+        return voxel_curves(data, wanted)
+    curves = voxel_curves(data, m)  # (t, n)
     mean = curves.mean(axis=1, keepdims=True)
     step = max(1, n_vox // 20000)
     sample = curves[:, ::step] - mean
@@ -153,7 +154,7 @@ def profile_bilateral(
     )
     mb = m[box]
     coeffs = np.zeros((k, *mb.shape), dtype=np.float32)
-    coeffs[:, mb] = basis.T @ (curves - mean)
+    put_voxel_curves(coeffs, mb, basis.T @ (curves - mean))
     del curves, sample
     mf = mb.astype(np.float32)
     offsets = [
@@ -165,11 +166,11 @@ def profile_bilateral(
     for _ in range(iterations):
         coeffs = _bilateral_pass(coeffs, mf, offsets, sigma_px, strength, radius_px)
     if select is None:
-        return basis @ coeffs[:, mb] + mean
+        return basis @ voxel_curves(coeffs, mb) + mean
     # Selected voxels of the mask all lie in its box, in the same (C) order there.
-    out = data[:, wanted]
+    out = voxel_curves(data, wanted)
     in_mask = m[wanted]
-    out[:, in_mask] = basis @ coeffs[:, wanted[box] & mb] + mean
+    out[:, in_mask] = basis @ voxel_curves(coeffs, wanted[box] & mb) + mean
     return out
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from strokeflow.analysis.volume import Geometry
+from strokeflow.analysis.voxels import voxel_curves
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def bolus_arrival_index(signal: np.ndarray, brain: np.ndarray) -> int:
     int
         Frame index ``>= 1`` (at least one baseline frame is kept).
     """
-    inside = signal[:, brain]
+    inside = voxel_curves(signal, brain)
     early = np.median(inside[: min(3, inside.shape[0])], axis=0)
     high = np.percentile(inside - early, 99.5, axis=1)
     rise = high - high[0]
@@ -129,7 +130,7 @@ def arterial_rise_index(signal: np.ndarray, search: np.ndarray, min_voxels: int 
     int or None
         Frame index of the rise; None when fewer than ``min_voxels`` voxels enhance strongly.
     """
-    curves = signal[:, search]
+    curves = voxel_curves(signal, search)
     if curves.shape[1] < min_voxels or curves.shape[0] < 4:
         return None
     early = np.median(curves[: min(3, curves.shape[0])], axis=0)
@@ -236,7 +237,7 @@ def select_aif(
     idx = np.argwhere(search)
     if idx.shape[0] < n_voxels:
         return None
-    curves = concentration[:, search]
+    curves = voxel_curves(concentration, search)
     n_cand = int(np.clip(0.01 * idx.shape[0], 20, 400))
     # Only the candidates' curves are described further (the same features, a fraction
     # of the work): from here on, positions index the candidates.
@@ -286,7 +287,7 @@ def select_vof(
     idx = np.argwhere(search)
     if idx.shape[0] < n_voxels:
         return None
-    curves = concentration[:, search]
+    curves = voxel_curves(concentration, search)
     peak, ttp, _, tail, _ = _features(curves, step_s)
     area = curves.sum(axis=0) * step_s
     later = (ttp > aif.ttp_s + step_s) & (peak > 0.5 * aif.peak)

@@ -419,7 +419,7 @@ def compute_maps(
         if mode == "self+noise":
             # A few thousand voxels give the mean variance to a few per cent.
             sample = voxels[:: max(1, voxels.size // 20000)]
-            noise_sd = prebolus_noise_sd(flat[:, sample], a, noise_sigma_frames)
+            noise_sd = prebolus_noise_sd(np.take(flat, sample, axis=1), a, noise_sigma_frames)
 
         def measure(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             m = chunk_maps(curves)
@@ -453,7 +453,7 @@ def compute_maps(
 
     def one_chunk(start: int) -> None:
         idx = voxels[start : start + chunk_voxels]
-        curves = flat[:, idx].astype(np.float32, copy=False)
+        curves = np.take(flat, idx, axis=1).astype(np.float32, copy=False)
         finite = np.all(np.isfinite(curves), axis=0)
         if not finite.all():
             idx = idx[finite]
