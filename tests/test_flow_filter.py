@@ -119,3 +119,65 @@ def test_maps_of_a_few_voxels_go_back_onto_the_grid() -> None:
     assert grid.single_delay_tmax_s is None and grid.cbf_noise_sd_ml_100g_min is None
     with pytest.raises(ValueError, match="voxels"):
         maps_on_grid(flat, np.ones((1, 2, 3), dtype=bool))
+
+
+def _study_maps() -> tuple[PerfusionMaps, np.ndarray]:
+    """Tissue at CBF 40 and Tmax 1 s with two low-flow blocks, one delayed, one not."""
+    shape = (2, 40, 40)
+    cbf = np.full(shape, 40.0, np.float32)
+    tmax = np.full(shape, 1.0, np.float32)
+    cbf[:, 5:10, 5:10] = 8.0  # low flow, delayed: may be core
+    tmax[:, 3:12, 3:12] = 8.0
+    cbf[:, 25:30, 25:30] = 8.0  # low flow, on time: cannot be core
+    maps = PerfusionMaps(
+        cbf_ml_100g_min=cbf,
+        cbv_ml_100g=np.full(shape, 4.0, np.float32),
+        mtt_s=60.0 * 4.0 / cbf,
+        tmax_s=tmax,
+        ttp_s=np.full(shape, 9.0, np.float32),
+        reference_cbf_ml_100g_min=cbf * np.float32(1.1),
+    )
+    return maps, np.ones(shape, dtype=bool)
+
+
+def test_light_flow_is_read_where_the_studys_tmax_allows_a_core() -> None:
+    from strokeflow.analysis.ctp import FLOW_SAMPLE_STRIDE, _flow_candidates
+
+    maps, tissue = _study_maps()
+    voxels = _flow_candidates(maps, tissue, 6.0)
+    delayed = np.zeros(tissue.shape, dtype=bool)
+    delayed[:, 4:11, 4:11] = True  # the block widened by one pixel (all of it delayed)
+    np.testing.assert_array_equal(voxels.candidates, delayed)
+    assert not (voxels.candidates & voxels.sample).any()
+    assert abs(voxels.sample.sum() - tissue.sum() / FLOW_SAMPLE_STRIDE) <= delayed.sum() / 8
+    # Without the core's Tmax condition any low flow may be core.
+    ungated = _flow_candidates(maps, tissue, 0.0)
+    assert ungated.candidates[:, 24:31, 24:31].all() and ungated.candidates[delayed].all()
+
+
+def test_the_rest_takes_the_light_level_of_the_sample() -> None:
+    from strokeflow.analysis.ctp import _flow_candidates, _scaled_outside
+
+    study, tissue = _study_maps()
+    voxels = _flow_candidates(study, tissue, 6.0)
+    # The light curves read 1.25 x the study's flow on the sample and 2 x in the candidates:
+    # the rest is scaled by the sample's 1.25 only.
+    light_cbf = np.where(voxels.candidates, 2.0, 1.25) * study.cbf_ml_100g_min
+    light_cbf = np.where(voxels.read, light_cbf, np.nan).astype(np.float32)
+    assert study.reference_cbf_ml_100g_min is not None
+    light = PerfusionMaps(
+        cbf_ml_100g_min=light_cbf,
+        cbv_ml_100g=study.cbv_ml_100g,
+        mtt_s=study.mtt_s,
+        tmax_s=study.tmax_s,
+        ttp_s=study.ttp_s,
+        reference_cbf_ml_100g_min=light_cbf * np.float32(1.1),
+    )
+    filled = _scaled_outside(study, light, voxels)
+    rest = ~voxels.read
+    np.testing.assert_allclose(filled.cbf_ml_100g_min[rest], 1.25 * study.cbf_ml_100g_min[rest])
+    np.testing.assert_array_equal(filled.cbf_ml_100g_min[voxels.read], light_cbf[voxels.read])
+    assert filled.reference_cbf_ml_100g_min is not None
+    np.testing.assert_allclose(
+        filled.reference_cbf_ml_100g_min[rest], 1.25 * study.reference_cbf_ml_100g_min[rest]
+    )

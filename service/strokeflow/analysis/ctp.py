@@ -58,6 +58,7 @@ from strokeflow.analysis.slabs import SlabPlan, binning_factor, combine_slices, 
 from strokeflow.analysis.stages import AnalysisError, analysis_stage, usable_cpus
 from strokeflow.analysis.timing import StageClock
 from strokeflow.analysis.volume import Geometry, PerfusionSeries
+from strokeflow.analysis.voxels import put_voxel_curves, voxel_curves
 
 __all__ = ["AnalysisError", "CtpAnalysis", "analyse_ctp", "preliminary_affected_side"]
 
@@ -321,7 +322,8 @@ def analyse_ctp(
         # The CBF (and the core's reference) in part from lightly filtered curves, whose
         # lesion shells the filter has not mixed; Tmax stays the study filter's.
         # Only where the core can lie (and a sample) are the light curves rebuilt and read.
-        where = _flow_candidates(maps, masks.tissue)
+        voxels = _flow_candidates(maps, masks.tissue, settings.core_requires_tmax_s)
+        where = voxels.read
         with analysis_stage("smoothing"):
             flow_curves = _filtered_curves(
                 inputs.concentration,
@@ -339,7 +341,7 @@ def analyse_ctp(
                 deconvolve, flow_curves, where, pooled_noise=settings.core_noise_margin_k > 0
             )
             del flow_curves
-            light = _scaled_outside(maps, light, where)
+            light = _scaled_outside(maps, light, voxels)
             maps = blend_flow(maps, light, inputs.filter_width.flow_share)
             del light
         clock.lap("flow_deconvolution")
@@ -561,21 +563,45 @@ def _baseline_and_inputs(
     )
 
 
-#: Tissue whose study-filter CBF is below this share of the tissue's median CBF may be core
-#: once read from the light curves; every ``FLOW_SAMPLE_STRIDE``-th tissue voxel is read too.
+#: Tissue whose study-filter CBF is below this share of the tissue's median CBF (widened by
+#: ``FLOW_CANDIDATE_WIDEN_PX`` in plane) may be core once read from the light curves; every
+#: ``FLOW_SAMPLE_STRIDE``-th tissue voxel is read too, for the level of the rest.
 FLOW_CANDIDATE_SHARE = 0.75
-FLOW_SAMPLE_STRIDE = 4
+FLOW_CANDIDATE_WIDEN_PX = 1
+FLOW_SAMPLE_STRIDE = 16
 
 
-def _flow_candidates(maps: PerfusionMaps, tissue: np.ndarray) -> np.ndarray:
-    """Tissue whose flow the light curves must read: possible core, and a sample of the rest."""
+@dataclass(frozen=True)
+class _FlowVoxels:
+    """The voxels whose flow the light curves read (``read = candidates | sample``)."""
+
+    candidates: np.ndarray
+    sample: np.ndarray
+
+    @property
+    def read(self) -> np.ndarray:
+        return self.candidates | self.sample
+
+
+def _flow_candidates(
+    maps: PerfusionMaps, tissue: np.ndarray, core_requires_tmax_s: float
+) -> _FlowVoxels:
+    """Tissue whose flow the light curves must read: possible core, and a sample of the rest.
+
+    Possible core is low-flow tissue (and its in-plane neighbours, which the study's filter
+    mixed with it) where the study's Tmax lets a voxel be core: the light flow changes the
+    CBF only, and the core needs ``Tmax > core_requires_tmax_s`` of the study's readout.
+    """
     cbf = np.nan_to_num(maps.cbf_ml_100g_min, nan=0.0)
     level = float(np.median(cbf[tissue])) if tissue.any() else 0.0
     low = tissue & (cbf < FLOW_CANDIDATE_SHARE * level)
-    low = ndimage.binary_dilation(low, np.ones((1, 5, 5), dtype=bool)) & tissue
+    side = 2 * FLOW_CANDIDATE_WIDEN_PX + 1
+    low = ndimage.binary_dilation(low, np.ones((1, side, side), dtype=bool)) & tissue
+    if core_requires_tmax_s > 0:
+        low &= np.nan_to_num(maps.core_tmax_s, nan=0.0) > core_requires_tmax_s
     sample = np.zeros(tissue.size, dtype=bool)
     sample[np.flatnonzero(tissue.reshape(-1))[::FLOW_SAMPLE_STRIDE]] = True
-    return low | sample.reshape(tissue.shape)
+    return _FlowVoxels(candidates=low, sample=sample.reshape(tissue.shape) & ~low)
 
 
 def _deconvolved_at(
@@ -592,25 +618,28 @@ def _deconvolved_at(
     """
     if pooled_noise:
         grid = np.zeros((curves.shape[0], *where.shape), dtype=np.float32)
-        grid[:, where] = curves
+        put_voxel_curves(grid, where, curves)
         return deconvolve(grid, mask=where)
     return maps_on_grid(deconvolve(curves, mask=None), where)
 
 
-def _scaled_outside(maps: PerfusionMaps, light: PerfusionMaps, where: np.ndarray) -> PerfusionMaps:
-    """``light`` filled outside ``where`` by ``maps`` scaled to the light curves' level.
+def _scaled_outside(
+    maps: PerfusionMaps, light: PerfusionMaps, voxels: _FlowVoxels
+) -> PerfusionMaps:
+    """``light`` filled outside ``voxels.read`` by ``maps`` scaled to the light curves' level.
 
-    The scale of each flow map is the ratio of its sums over the voxels of ``where`` that are
-    not candidates (the strided sample of the rest of the tissue).
+    The scale of each flow map is the ratio of its sums over ``voxels.sample`` (the strided
+    sample of the tissue that cannot be core).
     """
+    read = voxels.read
 
-    def fill(study: np.ndarray | None, read: np.ndarray | None) -> np.ndarray | None:
-        if study is None or read is None:
-            return read
-        both = where & np.isfinite(study) & np.isfinite(read)
+    def fill(study: np.ndarray | None, light_map: np.ndarray | None) -> np.ndarray | None:
+        if study is None or light_map is None:
+            return light_map
+        both = voxels.sample & np.isfinite(study) & np.isfinite(light_map)
         denom = float(study[both].sum())
-        gain = float(read[both].sum()) / denom if denom > 0 else 1.0
-        return np.where(where, read, study * np.float32(gain)).astype(np.float32)
+        gain = float(light_map[both].sum()) / denom if denom > 0 else 1.0
+        return np.where(read, light_map, study * np.float32(gain)).astype(np.float32)
 
     cbf = fill(maps.cbf_ml_100g_min, light.cbf_ml_100g_min)
     assert cbf is not None
@@ -641,7 +670,7 @@ def _filtered_series(
     Only tissue curves are filtered: every later step reads tissue voxels only.
     """
     smoothed = concentration.copy()
-    smoothed[:, tissue] = _filtered_curves(
+    curves = _filtered_curves(
         concentration,
         acquired,
         baseline,
@@ -651,6 +680,7 @@ def _filtered_series(
         sigma_px=sigma_px,
         iterations=iterations,
     )
+    put_voxel_curves(smoothed, tissue, curves)
     return smoothed
 
 
@@ -735,7 +765,7 @@ def preliminary_affected_side(
     The AIF must come from the unaffected side, so the side is guessed from time to
     peak: the hemisphere with clearly more tissue peaking 4 s after the brain's median.
     """
-    curves = smoothed[:, tissue]
+    curves = voxel_curves(smoothed, tissue)
     if curves.shape[1] == 0:
         return 0
     ttp = curves.argmax(axis=0) * step_s
