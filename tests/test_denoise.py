@@ -143,8 +143,9 @@ def test_selected_curves_are_those_of_the_whole_filter() -> None:
     np.testing.assert_array_equal(part[:, ~in_mask], signal[:, select & ~mask])
     # The filter did smooth: the selected tissue curves are closer to the noise-free ones.
     clean = (rise * gain * np.ones((1, nz, n, n)))[:, select & mask]
-    assert np.abs(part[:, in_mask] - clean).mean() < 0.6 * np.abs(
-        signal[:, select & mask] - clean
-    ).mean()
+    assert (
+        np.abs(part[:, in_mask] - clean).mean()
+        < 0.6 * np.abs(signal[:, select & mask] - clean).mean()
+    )
     with pytest.raises(ValueError, match="select"):
         profile_bilateral(signal, mask, select=select[:, :-1])
