@@ -167,10 +167,13 @@ def profile_bilateral(
         coeffs = _bilateral_pass(coeffs, mf, offsets, sigma_px, strength, radius_px)
     if select is None:
         return basis @ voxel_curves(coeffs, mb) + mean
-    # Selected voxels of the mask all lie in its box, in the same (C) order there.
-    out = voxel_curves(data, wanted)
+    # Selected voxels of the mask all lie in its box, in the same (C) order there; only
+    # the selected voxels outside the mask are read from the input.
     in_mask = m[wanted]
+    out = np.empty((nt, in_mask.size), dtype=np.float32)
     out[:, in_mask] = basis @ voxel_curves(coeffs, wanted[box] & mb) + mean
+    if not in_mask.all():
+        out[:, ~in_mask] = voxel_curves(data, wanted & ~m)
     return out
 
 
