@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -132,12 +133,74 @@ def profile_bilateral(
     if wanted.shape != m.shape:
         raise ValueError(f"select must be shaped like mask {m.shape}; got {wanted.shape}")
     data = np.asarray(concentration, dtype=np.float32)
+    filtered = partial(
+        profile_bilateral_curves,
+        voxel_curves(data, m),
+        m,
+        sigma_px=sigma_px,
+        radius_px=radius_px,
+        n_components=n_components,
+        strength=strength,
+        iterations=iterations,
+    )
+    if select is None:
+        return filtered()
+    # Only the selected voxels outside the mask are read from the input.
+    in_mask = m[wanted]
+    out = np.empty((data.shape[0], in_mask.size), dtype=np.float32)
+    out[:, in_mask] = filtered(select=wanted & m)
+    if not in_mask.all():
+        out[:, ~in_mask] = voxel_curves(data, wanted & ~m)
+    return out
+
+
+def profile_bilateral_curves(
+    curves: np.ndarray,
+    mask: np.ndarray,
+    *,
+    select: np.ndarray | None = None,
+    sigma_px: float = 1.5,
+    radius_px: int = 3,
+    n_components: int = 12,
+    strength: float = 0.5,
+    iterations: int = 2,
+) -> np.ndarray:
+    """:func:`profile_bilateral` of the ``(t, n)`` curves of the ``mask`` voxels.
+
+    Parameters
+    ----------
+    curves : numpy.ndarray
+        ``(t, n)`` curves of the ``n`` voxels of ``mask``, in ``numpy.flatnonzero`` order.
+    mask : numpy.ndarray
+        ``(z, y, x)`` bool: where the curves lie.
+    select : numpy.ndarray, optional
+        ``(z, y, x)`` bool within ``mask``: the voxels whose curves are returned (default
+        all of ``mask``).
+    sigma_px, radius_px, n_components, strength, iterations
+        As :func:`profile_bilateral`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(t, n_select)`` in ``numpy.flatnonzero(select)`` order.
+
+    Raises
+    ------
+    ValueError
+        If the curves do not match the mask, or ``select`` leaves it.
+    """
+    m = mask.astype(bool)
     n_vox = int(np.count_nonzero(m))
-    nt = data.shape[0]
+    if curves.ndim != 2 or curves.shape[1] != n_vox:
+        raise ValueError(f"curves must be (t, {n_vox}) for the mask; got {curves.shape}")
+    wanted = m if select is None else np.asarray(select, dtype=bool)
+    if wanted.shape != m.shape or np.any(wanted & ~m):
+        raise ValueError("select must be a part of mask, shaped like it")
+    curves = np.asarray(curves, dtype=np.float32)
+    nt = curves.shape[0]
     k = min(n_components, nt)
     if n_vox < 2 * k:
-        return voxel_curves(data, wanted)
-    curves = voxel_curves(data, m)  # (t, n)
+        return curves if select is None else curves[:, wanted[m]]
     mean = curves.mean(axis=1, keepdims=True)
     step = max(1, n_vox // 20000)
     sample = curves[:, ::step] - mean
@@ -155,7 +218,7 @@ def profile_bilateral(
     mb = m[box]
     coeffs = np.zeros((k, *mb.shape), dtype=np.float32)
     put_voxel_curves(coeffs, mb, basis.T @ (curves - mean))
-    del curves, sample
+    del sample
     mf = mb.astype(np.float32)
     offsets = [
         (dy, dx)
@@ -165,16 +228,8 @@ def profile_bilateral(
     ]
     for _ in range(iterations):
         coeffs = _bilateral_pass(coeffs, mf, offsets, sigma_px, strength, radius_px)
-    if select is None:
-        return basis @ voxel_curves(coeffs, mb) + mean
-    # Selected voxels of the mask all lie in its box, in the same (C) order there; only
-    # the selected voxels outside the mask are read from the input.
-    in_mask = m[wanted]
-    out = np.empty((nt, in_mask.size), dtype=np.float32)
-    out[:, in_mask] = basis @ voxel_curves(coeffs, wanted[box] & mb) + mean
-    if not in_mask.all():
-        out[:, ~in_mask] = voxel_curves(data, wanted & ~m)
-    return out
+    # Voxels of the mask all lie in its box, in the same (C) order there.
+    return basis @ voxel_curves(coeffs, wanted[box]) + mean
 
 
 def _bilateral_pass(
