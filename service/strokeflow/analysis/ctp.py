@@ -25,7 +25,8 @@ from strokeflow.analysis.decisions import (
     evaluate_assessable_decisions,
     lesion_metrics,
 )
-from strokeflow.analysis.denoise import profile_bilateral
+from strokeflow.analysis.delay_align import alignment_shifts_frames, shift_curves
+from strokeflow.analysis.denoise import profile_bilateral, profile_bilateral_curves
 from strokeflow.analysis.filter_width import (
     FilterWidth,
     choose_filter_width,
@@ -318,12 +319,54 @@ def analyse_ctp(
         )
         maps = deconvolve(smoothed)
     clock.lap("deconvolution")
-    if inputs.filter_width.flow_share > 0:
-        # The CBF (and the core's reference) in part from lightly filtered curves, whose
-        # lesion shells the filter has not mixed; Tmax stays the study filter's.
-        # Only where the core can lie (and a sample) are the light curves rebuilt and read.
+    light_share = inputs.filter_width.flow_share
+    aligned_share = inputs.filter_width.aligned_flow_share
+    if light_share > 0 or aligned_share > 0:
+        # Only where the core can lie (and a sample) are the flow's curves rebuilt and read.
         voxels = _flow_candidates(maps, masks.tissue, settings.core_requires_tmax_s)
         where = voxels.read
+        study_maps = maps
+    if aligned_share > 0:
+        # The CBF of a study whose input is not sharp (in part) from curves filtered at the
+        # study's width once aligned in time, so that the penumbra's shells, mixed by the
+        # filter, keep their residue's peak; Tmax stays the study filter's.
+        with analysis_stage("smoothing"):
+            shifts = alignment_shifts_frames(
+                maps.core_tmax_s,
+                masks.tissue,
+                sigma_px=settings.flow_align_sigma_mm / pixel_mm,
+                dead_zone_s=settings.flow_align_dead_zone_s,
+                step_s=step,
+            )
+        # No tissue delayed beyond the dead zone: the aligned curves would be the study
+        # filter's own (filtered on the same uniform grid), and so would their flow.
+        if shifts.any() or variable_sampling(acquired[1]):
+            with analysis_stage("smoothing"):
+                aligned_curves = _aligned_curves(
+                    inputs.concentration,
+                    masks.tissue,
+                    where,
+                    shifts,
+                    settings,
+                    sigma_px=inputs.filter_width.sigma_mm / pixel_mm,
+                )
+            clock.lap("aligned_smoothing")
+            with analysis_stage("deconvolution"):
+                aligned = _deconvolved_at(
+                    deconvolve,
+                    aligned_curves,
+                    where,
+                    pooled_noise=settings.core_noise_margin_k > 0,
+                )
+                del aligned_curves
+                # Of the flow not read from the light curves (the blends sum to the shares).
+                rest = min(aligned_share / (1.0 - light_share), 1.0)
+                maps = blend_flow(maps, _scaled_outside(study_maps, aligned, voxels), rest)
+                del aligned
+            clock.lap("aligned_deconvolution")
+    if light_share > 0:
+        # The CBF (and the core's reference) in part from lightly filtered curves, whose
+        # lesion shells the filter has not mixed; Tmax stays the study filter's.
         with analysis_stage("smoothing"):
             flow_curves = _filtered_curves(
                 inputs.concentration,
@@ -341,8 +384,8 @@ def analyse_ctp(
                 deconvolve, flow_curves, where, pooled_noise=settings.core_noise_margin_k > 0
             )
             del flow_curves
-            light = _scaled_outside(maps, light, voxels)
-            maps = blend_flow(maps, light, inputs.filter_width.flow_share)
+            light = _scaled_outside(study_maps, light, voxels)
+            maps = blend_flow(maps, light, light_share)
             del light
         clock.lap("flow_deconvolution")
 
@@ -538,6 +581,9 @@ def _baseline_and_inputs(
             width = replace(
                 width, flow_sigma_mm=settings.flow_filter_sigma_mm, flow_share=round(share, 3)
             )
+        if settings.flow_align_dead_zone_s >= 0 and width.flow_share < 1:
+            # The rest of the flow from delay-aligned curves, once Tmax is known.
+            width = replace(width, aligned_flow_share=round(1.0 - width.flow_share, 3))
     clock.lap("smoothing")
 
     with analysis_stage("aif_vof"):
@@ -725,6 +771,42 @@ def _filtered_curves(
     if settings.temporal_sigma_s > 0:
         sigma_t = settings.temporal_sigma_s / settings.temporal_step_s
         curves = gaussian_filter1d(curves, sigma_t, axis=0, mode="nearest")
+    return curves
+
+
+def _aligned_curves(
+    concentration: np.ndarray,
+    tissue: np.ndarray,
+    select: np.ndarray,
+    shifts: np.ndarray,
+    settings: CtpSettings,
+    *,
+    sigma_px: float,
+) -> np.ndarray:
+    """The ``(t, n)`` curves of the ``select`` voxels, filtered once aligned in time.
+
+    Each tissue curve is shifted by ``shifts`` (frames, ``numpy.flatnonzero(tissue)``
+    order: ``delay_align.alignment_shifts_frames`` of the study's Tmax), the whole tissue
+    is filtered as the study's filter does (sigma ``sigma_px``,
+    ``settings.smoothing_iterations`` passes), the selected curves are shifted back and the
+    temporal Gaussian follows. The curves are those of the uniform grid, whatever the
+    sampling.
+    """
+    step = settings.temporal_step_s
+    curves = profile_bilateral_curves(
+        shift_curves(voxel_curves(concentration, tissue), shifts),
+        tissue,
+        select=select,
+        sigma_px=sigma_px,
+        radius_px=max(1, int(np.ceil(1.6 * sigma_px))),
+        iterations=settings.smoothing_iterations,
+        strength=settings.smoothing_strength,
+    )
+    shift_map = np.zeros(tissue.shape, dtype=np.float32)
+    shift_map[tissue] = shifts
+    curves = shift_curves(curves, -shift_map[select])
+    if settings.temporal_sigma_s > 0:
+        curves = gaussian_filter1d(curves, settings.temporal_sigma_s / step, axis=0, mode="nearest")
     return curves
 
 

@@ -44,6 +44,9 @@ class FilterWidth:
         None when the CBF is read from this width alone.
     flow_share : float
         Share of the CBF read from the light filter's curves (0..1).
+    aligned_flow_share : float
+        Share of the CBF read from curves filtered at ``sigma_mm`` once aligned in time
+        (``analysis.delay_align``; 0..1, at most ``1 - flow_share``).
     """
 
     sigma_mm: float
@@ -52,6 +55,7 @@ class FilterWidth:
     reason: str
     flow_sigma_mm: float | None = None
     flow_share: float = 0.0
+    aligned_flow_share: float = 0.0
 
 
 def tissue_contrast_to_noise(

@@ -56,6 +56,16 @@ class CtpSettings:
         ``smoothing_fwhm_range_s[0]`` to 0 at ``[1]``.
     flow_filter_iterations : int
         Passes of that light filter; 0 reads the CBF from the study's filter everywhere.
+    flow_align_dead_zone_s : float
+        Where the light filter's share is below 1 (a wide arterial input), the rest of the
+        CBF is read from curves filtered at the study's width after each delayed curve was
+        shifted to the normal tissue's arrival (and back): the filter then mixes neighbours
+        reached at other times without widening the curves (``analysis.delay_align``;
+        docs/deconvolution.md, "The flow of delayed tissue read from delay-aligned
+        curves"). Delays within this many seconds of the tissue's median Tmax are not
+        shifted. Negative: no alignment, the study's filter.
+    flow_align_sigma_mm : float
+        In-plane sigma of the smoothing of the study's Tmax that sets the shifts.
     temporal_step_s : float
         Uniform time step the curves are resampled to before deconvolution.
     temporal_sigma_s : float
@@ -138,6 +148,8 @@ class CtpSettings:
     smoothing_strength: float = 0.5
     flow_filter_sigma_mm: float = 2.0
     flow_filter_iterations: int = 2
+    flow_align_dead_zone_s: float = 2.0
+    flow_align_sigma_mm: float = 3.6
     temporal_step_s: float = 1.0
     temporal_sigma_s: float = 1.0
     oscillation_index: float = 0.095
@@ -180,6 +192,15 @@ class CtpSettings:
             raise ValueError(
                 f"flow_filter_iterations must be >= 0; got {self.flow_filter_iterations}"
             )
-        for name in ("smoothing_sigma_mm", "smoothing_sigma_wide_mm", "flow_filter_sigma_mm"):
+        if not self.flow_align_dead_zone_s < float("inf"):
+            raise ValueError(
+                f"flow_align_dead_zone_s must be finite; got {self.flow_align_dead_zone_s}"
+            )
+        for name in (
+            "smoothing_sigma_mm",
+            "smoothing_sigma_wide_mm",
+            "flow_filter_sigma_mm",
+            "flow_align_sigma_mm",
+        ):
             if not (0 < getattr(self, name) < float("inf")):
                 raise ValueError(f"{name} must be a finite width > 0 mm; got {getattr(self, name)}")

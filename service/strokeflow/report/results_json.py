@@ -97,6 +97,7 @@ def ctp_summary(
                 # The CBF (and so the core) read in part from lightly filtered curves.
                 "flow_filter_sigma_mm": analysis.filter_width.flow_sigma_mm,
                 "flow_filter_share": analysis.filter_width.flow_share,
+                "aligned_flow_share": analysis.filter_width.aligned_flow_share,
             },
             "unwashed_tissue_ml": analysis.unwashed_tissue_ml,
         },
