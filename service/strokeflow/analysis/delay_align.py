@@ -23,8 +23,8 @@ from strokeflow.analysis.voxels import voxel_curves
 
 __all__ = ["MAX_TMAX_S", "alignment_shifts_frames", "shift_curves"]
 
-#: Tmax beyond which a voxel is shifted no further (s): later curves are mostly cut off by
-#: the end of the scan, and a longer shift would only move their baseline.
+#: Tmax beyond which a voxel is shifted no further (s): a guard against the Tmax of noisy,
+#: scan-truncated curves. Lower caps trade one case against another (docs/deconvolution.md).
 MAX_TMAX_S = 15.0
 
 
