@@ -359,9 +359,9 @@ def analyse_ctp(
                     pooled_noise=settings.core_noise_margin_k > 0,
                 )
                 del aligned_curves
-                # Of the flow not read from the light curves (the blends sum to the shares).
-                rest = min(aligned_share / (1.0 - light_share), 1.0)
-                maps = blend_flow(maps, _scaled_outside(study_maps, aligned, voxels), rest)
+                # The aligned flow stands in for the study filter's (its share is all the
+                # light flow leaves: ``aligned_flow_share = 1 - flow_share``).
+                maps = blend_flow(maps, _scaled_outside(study_maps, aligned, voxels), 1.0)
                 del aligned
             clock.lap("aligned_deconvolution")
     if light_share > 0:

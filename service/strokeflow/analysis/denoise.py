@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -133,24 +132,25 @@ def profile_bilateral(
     if wanted.shape != m.shape:
         raise ValueError(f"select must be shaped like mask {m.shape}; got {wanted.shape}")
     data = np.asarray(concentration, dtype=np.float32)
-    filtered = partial(
-        profile_bilateral_curves,
+    # The tissue curves are handed over, not kept here: the filter frees them once it
+    # holds their components.
+    filtered = profile_bilateral_curves(
         voxel_curves(data, m),
         m,
+        select=None if select is None else wanted & m,
         sigma_px=sigma_px,
         radius_px=radius_px,
         n_components=n_components,
         strength=strength,
         iterations=iterations,
     )
-    if select is None:
-        return filtered()
-    # Only the selected voxels outside the mask are read from the input.
     in_mask = m[wanted]
+    if in_mask.all():
+        return filtered
+    # Only the selected voxels outside the mask are read from the input.
     out = np.empty((data.shape[0], in_mask.size), dtype=np.float32)
-    out[:, in_mask] = filtered(select=wanted & m)
-    if not in_mask.all():
-        out[:, ~in_mask] = voxel_curves(data, wanted & ~m)
+    out[:, in_mask] = filtered
+    out[:, ~in_mask] = voxel_curves(data, wanted & ~m)
     return out
 
 
@@ -218,7 +218,7 @@ def profile_bilateral_curves(
     mb = m[box]
     coeffs = np.zeros((k, *mb.shape), dtype=np.float32)
     put_voxel_curves(coeffs, mb, basis.T @ (curves - mean))
-    del sample
+    del curves, sample
     mf = mb.astype(np.float32)
     offsets = [
         (dy, dx)
