@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 
+from benchmark_modules import load_benchmark
 from strokeflow.analysis.brainmask import BrainMasks
 from strokeflow.analysis.settings import CtpSettings
-
-
-def _budget_module() -> ModuleType:
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    # Run as a script, the benchmark finds its sibling modules (harness) on sys.path.
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    path = folder / "core_budget.py"
-    spec = importlib.util.spec_from_file_location("core_budget", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["core_budget"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _slab() -> tuple[BrainMasks, np.ndarray, np.ndarray, np.ndarray]:
@@ -53,7 +35,7 @@ def _slab() -> tuple[BrainMasks, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_budget_misses_and_false_calls_add_up_to_the_estimate() -> None:
-    budget_mod = _budget_module()
+    budget_mod = load_benchmark("core_budget")
     masks, f, rcbf, tmax = _slab()
     budget, core = budget_mod.attribute(rcbf, tmax, masks, f, 0.01, CtpSettings())
     truth = float(f.sum()) * 0.01
@@ -65,7 +47,7 @@ def test_budget_misses_and_false_calls_add_up_to_the_estimate() -> None:
 
 
 def test_budget_names_the_tmax_condition_when_it_rejects_the_core() -> None:
-    budget_mod = _budget_module()
+    budget_mod = load_benchmark("core_budget")
     masks, f, rcbf, tmax = _slab()
     tmax[:] = 3.0
     budget, core = budget_mod.attribute(rcbf, tmax, masks, f, 0.01, CtpSettings())
@@ -77,7 +59,7 @@ def test_budget_reruns_the_pipelines_core_on_a_family_case() -> None:
     # The budget re-runs the lesion stage itself; where it no longer reads what the
     # pipeline's core reads (the single-delay Tmax, the self-calibrated reference) every
     # case reports a mismatch instead of a budget.
-    budget = _budget_module()
+    budget = load_benchmark("core_budget")
     spec = {"kind": "small", "protocol": "1s_45s", "seed": 7000, "noise": True}
     row = budget.run_case(spec)
     assert row["status"] == "ok", row["status"]

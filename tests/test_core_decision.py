@@ -3,27 +3,11 @@ benchmarks/core_decision.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 
+from benchmark_modules import load_benchmark
 from strokeflow.analysis.deconvolution import osvd_deconvolver
 from strokeflow.analysis.flow_noise import value_noise_sd
-
-
-def _module(name: str) -> ModuleType:
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    if str(bench) not in sys.path:
-        sys.path.insert(0, str(bench))  # core_decision imports core_budget by bare name
-    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _aif(n: int, step_s: float) -> np.ndarray:
@@ -33,7 +17,7 @@ def _aif(n: int, step_s: float) -> np.ndarray:
 
 
 def test_value_noise_sd_matches_the_scatter_of_the_residue_at_a_lag() -> None:
-    cd = _module("core_decision")
+    cd = load_benchmark("core_decision")
     rng = np.random.default_rng(3)
     n, step_s, sigma_hu = 50, 1.0, 2.0
     aif = _aif(n, step_s)
@@ -53,7 +37,7 @@ def test_value_noise_sd_matches_the_scatter_of_the_residue_at_a_lag() -> None:
 
 
 def test_posterior_rcbf_moves_toward_the_nearer_dense_mode_by_the_noise_variance() -> None:
-    cd = _module("core_decision")
+    cd = load_benchmark("core_decision")
     rng = np.random.default_rng(5)
     # Core voxels near 0.15 and penumbra near 0.55, each read with noise 0.06.
     truth = np.concatenate([np.full(2000, 0.15), np.full(6000, 0.55)])

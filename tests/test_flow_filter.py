@@ -7,14 +7,10 @@ mixed residue peaks low, so penumbra reads as core and the core's border as penu
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pytest
 
+from benchmark_modules import load_benchmark
 from strokeflow.analysis.ctp import analyse_ctp
 from strokeflow.analysis.filter_width import flow_filter_share
 from strokeflow.analysis.maps import PerfusionMaps, blend_flow, maps_on_grid
@@ -91,18 +87,6 @@ def test_a_noise_margin_reads_the_same_light_flow_on_the_grid() -> None:
     assert np.isfinite(noise[tissue]).mean() > 0.95 and np.nanmedian(noise[tissue]) > 0
 
 
-def _grid_truth(case: Any, analysis: Any) -> Any:
-    folder = Path(__file__).resolve().parents[1] / "benchmarks"
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))  # core_budget imports its siblings by bare name
-    spec = importlib.util.spec_from_file_location("core_budget", folder / "core_budget.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["core_budget"] = module
-    spec.loader.exec_module(module)
-    return module.truth_on_grid(case, analysis)
-
-
 def test_a_wide_input_reads_its_flow_from_delay_aligned_curves() -> None:
     # Under a wide input the light curves are too noisy, and the study's filter mixes the
     # penumbra's shells, which then read low. Aligned in time first, the delayed shells
@@ -121,7 +105,7 @@ def test_a_wide_input_reads_its_flow_from_delay_aligned_curves() -> None:
         np.isfinite(aligned.maps.cbf_ml_100g_min[tissue]),
         np.isfinite(plain.maps.cbf_ml_100g_min[tissue]),
     )
-    truth = _grid_truth(case, aligned)
+    truth = load_benchmark("core_budget").truth_on_grid(case, aligned)
     true_cbf = truth.cbf_ml_100g_min
     shells = (
         tissue
