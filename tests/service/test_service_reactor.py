@@ -160,14 +160,18 @@ def test_answers_go_out_from_the_association_thread_unless_pdus_are_watched(  # 
     monkeypatch.setattr(PromptDUL, "send_now", counted)
     files = write_ct_files(tmp_path / "sent", 4)
     assert storescu(listener.port, files[:2]).returncode == 0
+    # The answer reaches the sender before ``counted`` records it: wait for the record.
+    wait_for(lambda: len(outcomes) >= 2, 5.0, "two answers recorded")
     assert outcomes == [True, True]  # both answers sent directly, and storescu got them
 
     assoc, served = _associate(listener)
     served.bind(evt.EVT_PDU_SENT, _watch)  # someone watches the PDUs
     assert int(assoc.send_c_store(files[2]).Status) == 0x0000
+    wait_for(lambda: len(outcomes) >= 3, 5.0, "the third answer recorded")
     assert outcomes[2:] == [False]  # queued for the DUL, which sent it as pynetdicom does
     served.unbind(evt.EVT_PDU_SENT, _watch)
     assert int(assoc.send_c_store(files[3]).Status) == 0x0000
+    wait_for(lambda: len(outcomes) >= 4, 5.0, "the fourth answer recorded")
     assert outcomes[3:] == [True]
     assoc.release()
     listener.receiver.index.flush(10)
