@@ -139,7 +139,9 @@ def test_selected_curves_are_those_of_the_whole_filter() -> None:
     part = profile_bilateral(signal, mask, select=select, sigma_px=1.2, radius_px=2)
     assert part.shape == (nt, int(select.sum()))
     in_mask = mask[select]
-    np.testing.assert_array_equal(part[:, in_mask], whole[:, select[mask]])
+    # The same curves up to float32 rounding: BLAS may block the reconstruction's matrix
+    # product differently for another number of columns (seen on an AMD EPYC: 4e-6 of 1).
+    np.testing.assert_allclose(part[:, in_mask], whole[:, select[mask]], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(part[:, ~in_mask], signal[:, select & ~mask])
     # The filter did smooth: the selected tissue curves are closer to the noise-free ones.
     clean = (rise * gain * np.ones((1, nz, n, n)))[:, select & mask]
