@@ -115,6 +115,12 @@ def test_bilateral_pass_equals_the_plain_per_offset_filter_exactly() -> None:
     mf = np.ones((5, 40, 36), dtype=np.float32)
     mf[:, :3] = 0.0
     mf[2, 15:18, 5:9] = 0.0
+    # Slices whose tissue boxes differ (the pass filters each slice's own box): a box off
+    # the array's edges, one at its last column, and a slice with no tissue at all.
+    mf[1, :12] = 0.0
+    mf[1, :, 25:] = 0.0
+    mf[3, :, :20] = 0.0
+    mf[4] = 0.0
     coeffs *= mf
     r, sigma = 3, 1.5
     offsets = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]

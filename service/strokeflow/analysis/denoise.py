@@ -257,11 +257,25 @@ def _bilateral_pass(
     # Noise-free data would make every difference "infinitely" significant.
     d_ref = max(d_ref, 1e-6 * float((coeffs**2).sum(axis=0)[mf > 0].mean() + 1e-12))
     inv_strength = np.float32(1.0 / strength)
-    out = np.empty_like(coeffs)
+    out = coeffs.copy()
     wanted = set(offsets)
 
-    def run(zs: slice) -> None:
-        c, cpad, mpad_z, m = coeffs[:, zs], padded[:, zs], mpad[zs], mf[zs]
+    def run(z: int) -> None:
+        # Only the slice's own tissue box is filtered: beyond it no voxel has a neighbour
+        # in tissue, so the rest of the slice keeps its values (as the whole slice would).
+        rows, cols = np.flatnonzero(mf[z].any(axis=1)), np.flatnonzero(mf[z].any(axis=0))
+        if rows.size == 0:
+            return
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        h, w_ = y1 - y0, x1 - x0
+        c, m = coeffs[:, z, y0:y1, x0:x1], mf[z, y0:y1, x0:x1]
+        # The box with its margin of ``r`` in the padded arrays.
+        cpad = padded[:, z, y0 : y1 + 2 * r, x0 : x1 + 2 * r]
+        mpad_z = mpad[z, y0 : y1 + 2 * r, x0 : x1 + 2 * r]
+
+        def box_view(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+            return a[..., r + dy : r + dy + h, r + dx : r + dx + w_]
+
         num = np.zeros_like(c)
         den = np.zeros(m.shape, dtype=np.float32)
         diff = np.empty_like(c)
@@ -270,10 +284,10 @@ def _bilateral_pass(
         mirrored: dict[tuple[int, int], np.ndarray] = {}
         for dy, dx in offsets:
             spatial = np.float32(np.exp(-(dy * dy + dx * dx) / (2.0 * sigma_px**2)))
-            shifted = view(cpad, dy, dx)
+            shifted = box_view(cpad, dy, dx)
             mirror = mirrored.pop((-dy, -dx), None)
             if mirror is not None:
-                w = view(mirror, dy, dx)
+                w = box_view(mirror, dy, dx)
             else:
                 np.subtract(c, shifted, out=diff)
                 np.square(diff, out=diff)
@@ -284,18 +298,19 @@ def _bilateral_pass(
                 d *= -inv_strength
                 w = np.exp(d)
                 w *= spatial
-                w *= view(mpad_z, dy, dx)
+                w *= box_view(mpad_z, dy, dx)
                 w *= m
                 if (dy, dx) != (0, 0) and (-dy, -dx) in wanted:
+                    # Zero beyond the box: no tissue lies there to weigh.
                     keep = np.zeros(mpad_z.shape, dtype=np.float32)
-                    keep[:, r : r + ny, r : r + nx] = w
+                    keep[r : r + h, r : r + w_] = w
                     mirrored[(dy, dx)] = keep
             np.multiply(shifted, w, out=diff)
             num += diff
             den += w
         result = np.divide(num, den, out=num, where=den > 0)
         np.copyto(result, c, where=~(den > 0))
-        out[:, zs] = result
+        out[:, z, y0:y1, x0:x1] = result
 
     # Slices are filtered independently (in-plane neighbours only) and numpy releases
     # the GIL in its array loops: one thread per core, taking one slice at a time, whose
@@ -303,5 +318,5 @@ def _bilateral_pass(
     # half the slab per thread on the 512^2 x 16-slice study; the values are the same).
     workers = max(1, min(nz, usable_cpus()))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(run, [slice(z, z + 1) for z in range(nz)]))
+        list(pool.map(run, range(nz)))
     return out
