@@ -247,12 +247,9 @@ def _bilateral_pass(
     mpad = np.zeros((nz, ny + 2 * r, nx + 2 * r), dtype=np.float32)
     mpad[:, r : r + ny, r : r + nx] = mf
 
-    def view(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-        return a[..., r + dy : r + dy + ny, r + dx : r + dx + nx]
-
     # Noise scale: median profile distance between horizontal neighbours in tissue.
-    both = (mf * view(mpad, 0, 1)) > 0
-    d_right = ((coeffs - view(padded, 0, 1)) ** 2).sum(axis=0)
+    both = (mf * _window(mpad, r, 0, 1, ny, nx)) > 0
+    d_right = ((coeffs - _window(padded, r, 0, 1, ny, nx)) ** 2).sum(axis=0)
     d_ref = float(np.median(d_right[both])) if both.any() else 1.0
     # Noise-free data would make every difference "infinitely" significant.
     d_ref = max(d_ref, 1e-6 * float((coeffs**2).sum(axis=0)[mf > 0].mean() + 1e-12))
@@ -267,14 +264,14 @@ def _bilateral_pass(
         if rows.size == 0:
             return
         y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        h, w_ = y1 - y0, x1 - x0
+        height, width = y1 - y0, x1 - x0
         c, m = coeffs[:, z, y0:y1, x0:x1], mf[z, y0:y1, x0:x1]
         # The box with its margin of ``r`` in the padded arrays.
         cpad = padded[:, z, y0 : y1 + 2 * r, x0 : x1 + 2 * r]
         mpad_z = mpad[z, y0 : y1 + 2 * r, x0 : x1 + 2 * r]
 
         def box_view(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-            return a[..., r + dy : r + dy + h, r + dx : r + dx + w_]
+            return _window(a, r, dy, dx, height, width)
 
         num = np.zeros_like(c)
         den = np.zeros(m.shape, dtype=np.float32)
@@ -303,7 +300,7 @@ def _bilateral_pass(
                 if (dy, dx) != (0, 0) and (-dy, -dx) in wanted:
                     # Zero beyond the box: no tissue lies there to weigh.
                     keep = np.zeros(mpad_z.shape, dtype=np.float32)
-                    keep[r : r + h, r : r + w_] = w
+                    keep[r : r + height, r : r + width] = w
                     mirrored[(dy, dx)] = keep
             np.multiply(shifted, w, out=diff)
             num += diff
@@ -320,3 +317,8 @@ def _bilateral_pass(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(run, range(nz)))
     return out
+
+
+def _window(a: np.ndarray, margin: int, dy: int, dx: int, height: int, width: int) -> np.ndarray:
+    """The ``height x width`` view of ``a`` (padded by ``margin``) moved by ``(dy, dx)``."""
+    return a[..., margin + dy : margin + dy + height, margin + dx : margin + dx + width]
