@@ -67,9 +67,13 @@ class Deconvolver:
         True for the block-circulant (delay-insensitive) formulation, whose residues
         have ``L = 2N`` samples and whose samples ``N..2N-1`` are negative lags.
     v_and_d2v : numpy.ndarray
-        ``(2L - 2, L)`` float32: ``v`` stacked on the second differences of its columns,
-        so that the residues and the oscillation index of every rung cost one thin
-        product rather than passes over the residues.
+        ``(L + m, L)`` float32: ``v`` stacked on the ``m`` second differences of its
+        columns at ``oscillation_stride`` (``second_differences``), so that the residues
+        and the oscillation index of every rung cost one thin product rather than passes
+        over the residues.
+    oscillation_stride : float
+        Spacing, in grid samples, of the residue samples whose second differences make the
+        oscillation index (1: neighbouring samples).
     """
 
     u_t: np.ndarray
@@ -80,6 +84,7 @@ class Deconvolver:
     oscillation_index: float | None
     circulant: bool
     v_and_d2v: np.ndarray
+    oscillation_stride: float = 1.0
 
     @property
     def n_frames(self) -> int:
@@ -166,16 +171,19 @@ class Deconvolver:
         return rung
 
 
-def oscillation_index(residues: np.ndarray) -> np.ndarray:
+def oscillation_index(residues: np.ndarray, stride: float = 1.0) -> np.ndarray:
     """Oscillation index of residue functions (Wu et al. 2003).
 
-    ``O = sum_j |k[j] - 2 k[j-1] + k[j-2]| / (L * max_j k)`` with ``L`` the number of
-    samples: the mean absolute second difference relative to the peak.
+    ``O = sum_j |k[j] - 2 k[j-s] + k[j-2s]| / (L * max_j k)`` with ``L`` the number of
+    samples and ``s`` the stride: the mean absolute second difference relative to the
+    peak (``second_differences``; ``s = 1`` is Wu's index on the grid itself).
 
     Parameters
     ----------
     residues : numpy.ndarray
         ``(L, nvox)`` residue functions.
+    stride : float
+        Spacing (grid samples, >= 1) of the samples each second difference takes.
 
     Returns
     -------
@@ -183,11 +191,56 @@ def oscillation_index(residues: np.ndarray) -> np.ndarray:
         ``(nvox,)`` float32 index; ``inf`` where the residue has no positive peak.
     """
     k = np.asarray(residues, dtype=np.float32)
-    d2 = np.abs(k[2:] - 2.0 * k[1:-1] + k[:-2]).sum(axis=0)
+    d2 = np.abs(second_differences(k, stride)).sum(axis=0)
     peak = k.max(axis=0) * np.float32(k.shape[0])
     with np.errstate(divide="ignore", invalid="ignore"):
         oi = np.where(peak > 0, d2 / peak, np.inf)
     return oi.astype(np.float32)
+
+
+def second_differences(values: np.ndarray, stride: float = 1.0) -> np.ndarray:
+    """Second differences along the first axis at a stride of ``stride`` samples.
+
+    ``d[j] = x[j] - 2 x(j - s) + x(j - 2 s)`` for every ``j >= ceil(2 s)``, ``x`` read
+    between samples by linear interpolation (exact samples for an integer stride). It is
+    linear in ``values``, so it applies to singular vectors as to residues.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``(L, ...)`` samples on the grid.
+    stride : float
+        Spacing in samples, >= 1; 1 gives ``x[j] - 2 x[j-1] + x[j-2]``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(L - ceil(2 s), ...)`` second differences, in the dtype of ``values``.
+
+    Raises
+    ------
+    ValueError
+        If the stride is below 1, not finite, or leaves no second difference.
+    """
+    x = np.asarray(values)
+    if not 1.0 <= stride < float("inf"):
+        raise ValueError(f"stride must be a finite number of samples >= 1; got {stride}")
+    n = x.shape[0]
+    start = int(np.ceil(2.0 * stride - 1e-9))
+    if start >= n:
+        raise ValueError(f"a stride of {stride:g} samples leaves no second difference of {n}")
+    if stride == 1.0:
+        return x[2:] - 2 * x[1:-1] + x[:-2]
+    j = np.arange(start, n)
+
+    def lagged(lag: float) -> np.ndarray:
+        pos = j - lag
+        lo = np.floor(pos + 1e-9).astype(np.intp)
+        hi = np.minimum(lo + 1, n - 1)
+        frac = (pos - lo).astype(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return (1 - frac) * x[lo] + frac * x[hi]
+
+    return x[j] - 2 * lagged(stride) + lagged(2.0 * stride)
 
 
 def aif_matrix(aif: np.ndarray, step_s: float, *, circulant: bool) -> np.ndarray:
@@ -230,6 +283,7 @@ def osvd_deconvolver(
     *,
     oscillation_index: float = 0.095,
     thresholds: tuple[float, ...] = OSVD_THRESHOLDS,
+    oscillation_stride: float = 1.0,
 ) -> Deconvolver:
     """Block-circulant SVD with a per-voxel oscillation-index threshold (oSVD).
 
@@ -243,6 +297,11 @@ def osvd_deconvolver(
         Target: each voxel keeps the least regularised rung below it.
     thresholds : tuple of float
         Relative singular-value thresholds of the ladder, in (0, 1).
+    oscillation_stride : float
+        Grid samples between the residue samples the oscillation index compares (>= 1):
+        the acquisition's frame interval over the grid step reads the index of the
+        residue at the rate the curves were sampled, not at the finer grid they were
+        interpolated to (``analysis.ctp``: the delay-aligned flow).
 
     Returns
     -------
@@ -251,14 +310,17 @@ def osvd_deconvolver(
     Raises
     ------
     ValueError
-        If the arterial input has no positive enhancement or the ladder is empty.
+        If the arterial input has no positive enhancement, the ladder is empty or the
+        stride is below 1.
     """
     if not thresholds or not all(0.0 < t < 1.0 for t in thresholds):
         raise ValueError(f"thresholds must be a non-empty ladder in (0, 1); got {thresholds}")
     if not oscillation_index > 0:
         raise ValueError(f"oscillation_index must be positive; got {oscillation_index}")
+    if not 1.0 <= oscillation_stride < float("inf"):
+        raise ValueError(f"oscillation_stride must be >= 1 sample; got {oscillation_stride}")
     ladder = tuple(sorted(thresholds, reverse=True))
-    return _build(aif, step_s, ladder, oscillation_index, circulant=True)
+    return _build(aif, step_s, ladder, oscillation_index, circulant=True, stride=oscillation_stride)
 
 
 def ssvd_deconvolver(
@@ -296,6 +358,7 @@ def _build(
     target: float | None,
     *,
     circulant: bool,
+    stride: float = 1.0,
 ) -> Deconvolver:
     a = np.asarray(aif, dtype=np.float64)
     if a.ndim != 1 or a.size < 3:
@@ -325,6 +388,7 @@ def _build(
         oscillation_index=target,
         circulant=circulant,
         v_and_d2v=np.ascontiguousarray(
-            np.vstack([v, v[2:] - 2.0 * v[1:-1] + v[:-2]]), dtype=np.float32
+            np.vstack([v, second_differences(v, stride)]), dtype=np.float32
         ),
+        oscillation_stride=stride,
     )

@@ -129,6 +129,7 @@ def compute_maps(
     *,
     method: Literal["osvd", "ssvd"] = "osvd",
     oscillation_index: float = 0.095,
+    oscillation_stride: float = 1.0,
     ssvd_threshold: float = SSVD_THRESHOLD,
     mask: np.ndarray | None = None,
     chunk_voxels: int = 8192,
@@ -170,6 +171,10 @@ def compute_maps(
         standard truncated SVD baseline.
     oscillation_index : float
         oSVD target oscillation index (Wu 2003).
+    oscillation_stride : float
+        oSVD: grid samples between the residue samples the index compares
+        (``deconvolution.osvd_deconvolver``; 1 on the grid itself). The self-calibration
+        and the model tables read the same deconvolver.
     ssvd_threshold : float
         sSVD relative singular-value threshold.
     mask : numpy.ndarray, optional
@@ -357,7 +362,9 @@ def compute_maps(
         )
 
     if method == "osvd":
-        dec = osvd_deconvolver(a, step_s, oscillation_index=oscillation_index)
+        dec = osvd_deconvolver(
+            a, step_s, oscillation_index=oscillation_index, oscillation_stride=oscillation_stride
+        )
     elif method == "ssvd":
         dec = ssvd_deconvolver(a, step_s, threshold=ssvd_threshold)
     else:
