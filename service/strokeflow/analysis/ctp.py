@@ -12,6 +12,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from strokeflow.analysis.brainmask import BrainMasks, brain_masks
 from strokeflow.analysis.ctp_quality import (
+    MAX_UNWASHED_TISSUE_ML,
     acquisition_flags,
     input_flags,
     motion_flags,
@@ -29,6 +30,7 @@ from strokeflow.analysis.delay_align import alignment_shifts_frames, shift_curve
 from strokeflow.analysis.denoise import profile_bilateral, profile_bilateral_curves
 from strokeflow.analysis.filter_width import (
     FilterWidth,
+    aligned_oscillation_stride,
     choose_filter_width,
     flow_filter_share,
     tissue_contrast_to_noise,
@@ -319,8 +321,17 @@ def analyse_ctp(
         )
         maps = deconvolve(smoothed)
     clock.lap("deconvolution")
-    light_share = inputs.filter_width.flow_share
-    aligned_share = inputs.filter_width.aligned_flow_share
+    with analysis_stage("quality"):
+        vv = geometry.voxel_volume_ml
+        unwashed_ml = volume_ml(unwashed_tissue(smoothed, masks.tissue, arrival, step), vv)
+    width = inputs.filter_width
+    if unwashed_ml >= MAX_UNWASHED_TISSUE_ML and width.aligned_oscillation_stride != 1.0:
+        # A scan too short for the tissue: its delayed curves are cut before they wash out,
+        # and the index at the acquired interval then lowers the penumbra's flow into the
+        # core (docs/deconvolution.md). The grid's own index, as before.
+        width = replace(width, aligned_oscillation_stride=1.0)
+    light_share = width.flow_share
+    aligned_share = width.aligned_flow_share
     if light_share > 0 or aligned_share > 0:
         # Only where the core can lie (and a sample) are the flow's curves rebuilt and read.
         voxels = _flow_candidates(maps, masks.tissue, settings.core_requires_tmax_s)
@@ -352,8 +363,12 @@ def analyse_ctp(
                 )
             clock.lap("aligned_smoothing")
             with analysis_stage("deconvolution"):
+                # The oscillation index at the acquired frame interval (CtpSettings).
                 aligned = _deconvolved_at(
-                    deconvolve,
+                    partial(
+                        deconvolve,
+                        oscillation_stride=width.aligned_oscillation_stride,
+                    ),
                     aligned_curves,
                     where,
                     pooled_noise=settings.core_noise_margin_k > 0,
@@ -394,7 +409,6 @@ def analyse_ctp(
             maps, masks, inputs.hemis, geometry, settings, fill_tmax_rims=settings.two_delay_tmax
         )
         core, tmax6, tmax10, rcbf, ref_cbf, ref_text, lesion_side = result
-        vv = geometry.voxel_volume_ml
         metrics = lesion_metrics(volume_ml(core, vv), volume_ml(tmax6, vv), volume_ml(tmax10, vv))
         tmax_extra = extra_tmax_regions(
             settings.tmax_thresholds_s,
@@ -410,7 +424,6 @@ def analyse_ctp(
             vv,
         )
         flags.extend(acquisition_flags(series, masks, inputs.concentration, arrival, limits))
-        unwashed_ml = volume_ml(unwashed_tissue(smoothed, masks.tissue, arrival, step), vv)
         truncation = tissue_truncation_flag(
             unwashed_ml, float(grid_s[-1] - grid_s[0]), SEVERE_HYPOPERFUSION_TMAX_S
         )
@@ -457,7 +470,7 @@ def analyse_ctp(
         not_assessable=not_assessable,
         timings_s=clock.timings,
         tmax_extra=tmax_extra,
-        filter_width=inputs.filter_width,
+        filter_width=width,
     )
 
 
@@ -480,6 +493,23 @@ def variable_sampling(times_s: np.ndarray) -> bool:
         return False
     low, high = np.percentile(steps, [10, 90])
     return bool(high > 1.5 * low)
+
+
+def frame_interval_s(times_s: np.ndarray) -> float:
+    """Typical interval between acquired frames: the median step of their mean times.
+
+    Parameters
+    ----------
+    times_s : numpy.ndarray
+        ``(t, z)`` acquisition times of the frames used.
+
+    Returns
+    -------
+    float
+        Seconds; 0 with fewer than two frames.
+    """
+    steps = np.diff(np.asarray(times_s, dtype=np.float64).mean(axis=1))
+    return float(np.median(steps)) if steps.size else 0.0
 
 
 def _resample_within(
@@ -583,7 +613,15 @@ def _baseline_and_inputs(
             )
         if settings.flow_align_dead_zone_s >= 0 and width.flow_share < 1:
             # The rest of the flow from delay-aligned curves, once Tmax is known.
-            width = replace(width, aligned_flow_share=round(1.0 - width.flow_share, 3))
+            aligned_share = round(1.0 - width.flow_share, 3)
+            stride = (
+                aligned_oscillation_stride(frame_interval_s(acquired[1]), step, aligned_share)
+                if settings.flow_align_acquired_oscillation
+                else 1.0
+            )
+            width = replace(
+                width, aligned_flow_share=aligned_share, aligned_oscillation_stride=stride
+            )
     clock.lap("smoothing")
 
     with analysis_stage("aif_vof"):

@@ -47,6 +47,10 @@ class FilterWidth:
     aligned_flow_share : float
         Share of the CBF read from curves filtered at ``sigma_mm`` once aligned in time
         (``analysis.delay_align``; 0..1, at most ``1 - flow_share``).
+    aligned_oscillation_stride : float
+        Grid samples between the residue samples whose second differences make the
+        oscillation index of those curves' oSVD (``aligned_oscillation_stride``; 1: the
+        grid's own index).
     """
 
     sigma_mm: float
@@ -56,6 +60,7 @@ class FilterWidth:
     flow_sigma_mm: float | None = None
     flow_share: float = 0.0
     aligned_flow_share: float = 0.0
+    aligned_oscillation_stride: float = 1.0
 
 
 def tissue_contrast_to_noise(
@@ -197,3 +202,34 @@ def _ramp(value: float, low: float, high: float) -> float:
     if high <= low:
         return 0.0 if value < high else 1.0
     return float(min(1.0, max(0.0, (value - low) / (high - low))))
+
+
+def aligned_oscillation_stride(frame_interval_s: float, step_s: float, share: float) -> float:
+    """Stride of the oscillation index for the delay-aligned flow's deconvolution.
+
+    Curves acquired every ``frame_interval_s`` and interpolated to a finer grid carry no
+    oscillation between their samples, so the grid's index of a residue is lower than the
+    index at the rate the curves were sampled, for the same noise. The aligned flow (the
+    CBF of a study whose arterial input is wide, where the readout's noise raises low
+    flows) compares samples one frame interval apart, in proportion to its share, which
+    follows the arterial width (``flow_filter_share``).
+
+    Parameters
+    ----------
+    frame_interval_s : float
+        Typical interval between acquired frames, s.
+    step_s : float
+        Step of the uniform grid the curves were resampled to, s.
+    share : float
+        Share of the CBF read from the aligned curves (0..1).
+
+    Returns
+    -------
+    float
+        ``1 + share * max(frame_interval_s / step_s - 1, 0)``, rounded to 3 decimals; 1
+        where an input is not finite or positive.
+    """
+    if not (step_s > 0 and frame_interval_s > 0 and np.isfinite(frame_interval_s)):
+        return 1.0
+    coarse = max(float(frame_interval_s) / float(step_s) - 1.0, 0.0)
+    return round(1.0 + min(max(float(share), 0.0), 1.0) * coarse, 3)

@@ -66,6 +66,15 @@ class CtpSettings:
         shifted. Negative: no alignment, the study's filter.
     flow_align_sigma_mm : float
         In-plane sigma of the smoothing of the study's Tmax that sets the shifts.
+    flow_align_acquired_oscillation : bool
+        The delay-aligned curves' oSVD takes its oscillation index on residue samples
+        spaced by the acquisition's frame interval rather than by the grid step the curves
+        were interpolated to, in proportion to the aligned flow's share: a stride of
+        ``1 + share * (interval / temporal_step_s - 1)`` grid samples
+        (``filter_width.aligned_oscillation_stride``; docs/deconvolution.md, "The
+        oscillation index of the delay-aligned flow at the acquired frame interval"). A
+        scan too short for the tissue (the ``tissue_truncated`` flag) keeps the grid's
+        index. False: the grid's own index everywhere.
     temporal_step_s : float
         Uniform time step the curves are resampled to before deconvolution.
     temporal_sigma_s : float
@@ -150,6 +159,7 @@ class CtpSettings:
     flow_filter_iterations: int = 2
     flow_align_dead_zone_s: float = 2.0
     flow_align_sigma_mm: float = 3.6
+    flow_align_acquired_oscillation: bool = True
     temporal_step_s: float = 1.0
     temporal_sigma_s: float = 1.0
     oscillation_index: float = 0.095

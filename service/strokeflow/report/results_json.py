@@ -98,6 +98,9 @@ def ctp_summary(
                 "flow_filter_sigma_mm": analysis.filter_width.flow_sigma_mm,
                 "flow_filter_share": analysis.filter_width.flow_share,
                 "aligned_flow_share": analysis.filter_width.aligned_flow_share,
+                "aligned_flow_oscillation_stride": (
+                    analysis.filter_width.aligned_oscillation_stride
+                ),
             },
             "unwashed_tissue_ml": analysis.unwashed_tissue_ml,
         },
