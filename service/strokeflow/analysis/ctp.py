@@ -488,7 +488,7 @@ def variable_sampling(times_s: np.ndarray) -> bool:
         The 90th percentile of the frame intervals exceeds 1.5 x their 10th percentile
         (percentiles, so that a frame or two dropped for motion do not count).
     """
-    steps = np.diff(np.asarray(times_s, dtype=np.float64).mean(axis=1))
+    steps = _frame_steps_s(times_s)
     if steps.size < 4:
         return False
     low, high = np.percentile(steps, [10, 90])
@@ -496,20 +496,25 @@ def variable_sampling(times_s: np.ndarray) -> bool:
 
 
 def frame_interval_s(times_s: np.ndarray) -> float:
-    """Typical interval between acquired frames: the median step of their mean times.
+    """Typical interval between acquired frames (``variable_sampling``'s steps, median).
 
     Parameters
     ----------
     times_s : numpy.ndarray
-        ``(t, z)`` acquisition times of the frames used.
+        ``(t, z)``: per frame and slice, seconds.
 
     Returns
     -------
     float
-        Seconds; 0 with fewer than two frames.
+        The median step, s; 0 with fewer than two frames.
     """
-    steps = np.diff(np.asarray(times_s, dtype=np.float64).mean(axis=1))
+    steps = _frame_steps_s(times_s)
     return float(np.median(steps)) if steps.size else 0.0
+
+
+def _frame_steps_s(times_s: np.ndarray) -> np.ndarray:
+    # Steps between the frames' mean acquisition times (slices acquired at offsets).
+    return np.diff(np.asarray(times_s, dtype=np.float64).mean(axis=1))
 
 
 def _resample_within(
