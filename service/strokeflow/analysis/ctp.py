@@ -419,6 +419,7 @@ def analyse_ctp(
                 settings.min_cluster_ml,
                 t,
                 masks.unmeasured if settings.two_delay_tmax else None,
+                vote_px=settings.tmax_vote_px,
             ),
             tmax6,
             vv,

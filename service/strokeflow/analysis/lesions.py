@@ -24,13 +24,19 @@ NORMAL_TMAX_S = 4.0
 
 
 def clean_mask(
-    mask: np.ndarray, allowed: np.ndarray, voxel_volume_ml: float, min_cluster_ml: float
+    mask: np.ndarray,
+    allowed: np.ndarray,
+    voxel_volume_ml: float,
+    min_cluster_ml: float,
+    *,
+    vote_px: int = 3,
 ) -> np.ndarray:
     """Remove speckle and small clusters from a thresholded ``(z, y, x)`` mask.
 
-    A 3 x 3 in-plane majority vote (counted over ``allowed`` voxels only) removes isolated
-    noise voxels and fills pinholes inside a lesion without moving its border; then
-    3D-connected clusters smaller than ``min_cluster_ml`` are dropped.
+    A ``vote_px`` x ``vote_px`` in-plane majority vote (counted over ``allowed`` voxels
+    only) removes isolated noise voxels and fills pinholes inside a lesion without moving
+    a straight border; then 3D-connected clusters smaller than ``min_cluster_ml`` are
+    dropped.
 
     Parameters
     ----------
@@ -42,14 +48,23 @@ def clean_mask(
         Volume of one voxel.
     min_cluster_ml : float
         Smallest cluster kept.
+    vote_px : int
+        Odd side of the vote's in-plane window, >= 3.
 
     Returns
     -------
     numpy.ndarray
         ``(z, y, x)`` bool cleaned mask, a subset of ``allowed``.
+
+    Raises
+    ------
+    ValueError
+        If ``vote_px`` is not an odd number >= 3.
     """
-    votes = _inplane_3x3_count(mask & allowed)
-    voters = _inplane_3x3_count(allowed)
+    if vote_px < 3 or vote_px % 2 == 0:
+        raise ValueError(f"vote_px must be an odd number >= 3; got {vote_px}")
+    votes = _inplane_count(mask & allowed, vote_px)
+    voters = _inplane_count(allowed, vote_px)
     majority = (2 * votes > voters) & allowed
     labels, count = ndimage.label(majority, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
@@ -83,8 +98,8 @@ def fill_unmeasured(mask: np.ndarray, tissue: np.ndarray, unmeasured: np.ndarray
     numpy.ndarray
         ``(z, y, x)`` bool: ``mask`` plus the unmeasured voxels it surrounds.
     """
-    votes = _inplane_3x3_count(mask & tissue)
-    voters = _inplane_3x3_count(tissue)
+    votes = _inplane_count(mask & tissue)
+    voters = _inplane_count(tissue)
     return np.asarray(mask | (unmeasured & (2 * votes > voters)))
 
 
@@ -115,19 +130,20 @@ def reference_cbf(cbf: np.ndarray, normal: np.ndarray, unmeasured: np.ndarray) -
     kernel = np.ones((1, 3, 3), dtype=np.float64)
     values = np.where(normal, cbf, 0.0).astype(np.float64)
     sums = ndimage.convolve(values, kernel, mode="constant")
-    counts = _inplane_3x3_count(normal)
+    counts = _inplane_count(normal)
     beside = unmeasured & ~normal & (counts > 0)
     total = float(values[normal].sum() + (sums[beside] / counts[beside]).sum())
     return total / max(1, int(np.count_nonzero(normal)) + int(np.count_nonzero(beside)))
 
 
-def _inplane_3x3_count(mask: np.ndarray) -> np.ndarray:
-    """Per voxel, the True voxels of its 3 x 3 in-plane neighbourhood (itself included)."""
+def _inplane_count(mask: np.ndarray, size: int = 3) -> np.ndarray:
+    """Per voxel, the True voxels of its ``size`` x ``size`` in-plane neighbourhood."""
     _, ny, nx = mask.shape
-    padded = np.pad(mask.astype(np.uint8), ((0, 0), (1, 1), (1, 1)))
+    r = size // 2
+    padded = np.pad(mask.astype(np.uint8), ((0, 0), (r, r), (r, r)))
     count = np.zeros(mask.shape, dtype=np.uint8)
-    for dy in range(3):
-        for dx in range(3):
+    for dy in range(size):
+        for dx in range(size):
             count += padded[:, dy : dy + ny, dx : dx + nx]
     return count
 
@@ -206,6 +222,8 @@ def tmax_above(
     min_cluster_ml: float,
     threshold_s: float,
     unmeasured: np.ndarray | None = None,
+    *,
+    vote_px: int = 3,
 ) -> np.ndarray:
     """Cleaned ``(z, y, x)`` mask of the tissue whose Tmax exceeds ``threshold_s``.
 
@@ -213,10 +231,11 @@ def tmax_above(
     only in the threshold (a NaN Tmax counts as 0 s). With ``unmeasured`` (the vessel and
     skull rims, ``BrainMasks.unmeasured``) the mask extends into the rims it surrounds
     (``fill_unmeasured``), as the core does: the hypoperfused volume counts the tissue
-    beside a vessel or under the skull like the tissue around it.
+    beside a vessel or under the skull like the tissue around it. ``vote_px`` is the
+    window of ``clean_mask``'s majority vote (``CtpSettings.tmax_vote_px``).
     """
     tmax = np.nan_to_num(maps.tmax_s, nan=0.0)
-    mask = clean_mask(tmax > threshold_s, tissue, voxel_volume_ml, min_cluster_ml)
+    mask = clean_mask(tmax > threshold_s, tissue, voxel_volume_ml, min_cluster_ml, vote_px=vote_px)
     if unmeasured is not None:
         mask = fill_unmeasured(mask, tissue, unmeasured)
     return mask
@@ -255,9 +274,12 @@ def ctp_lesion_masks(
     vv = geometry.voxel_volume_ml
     tmax = np.nan_to_num(maps.core_tmax_s, nan=0.0)
     rims = masks.unmeasured if fill_tmax_rims else None
-    tmax6 = tmax_above(maps, tissue, vv, settings.min_cluster_ml, HYPOPERFUSION_TMAX_S, rims)
+    vote = settings.tmax_vote_px
+    tmax6 = tmax_above(
+        maps, tissue, vv, settings.min_cluster_ml, HYPOPERFUSION_TMAX_S, rims, vote_px=vote
+    )
     tmax10 = tmax_above(
-        maps, tissue, vv, settings.min_cluster_ml, SEVERE_HYPOPERFUSION_TMAX_S, rims
+        maps, tissue, vv, settings.min_cluster_ml, SEVERE_HYPOPERFUSION_TMAX_S, rims, vote_px=vote
     )
     tmax10 &= tmax6
     n_left = np.count_nonzero(tmax6 & (hemis.side == LEFT))

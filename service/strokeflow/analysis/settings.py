@@ -136,6 +136,12 @@ class CtpSettings:
         seeds 7000+ and confirmed on 100+ and 11000+.
     min_cluster_ml : float
         Connected lesion clusters smaller than this are discarded.
+    tmax_vote_px : int
+        Side (odd, pixels) of the in-plane majority vote that cleans the Tmax regions
+        (Tmax > 6 s, > 10 s and a site's own; ``lesions.clean_mask``); the core keeps a
+        3 x 3 vote. A wide vote evens out a noisy Tmax near a threshold, which would
+        otherwise add the more voluminous side's noise to the region (docs/deconvolution.md,
+        "A wider vote for the Tmax regions").
     max_motion_mm : float
         Frames needing more in-plane correction than this, or that stay misaligned after
         correction, are excluded.
@@ -171,6 +177,7 @@ class CtpSettings:
     core_noise_margin_k: float = 0.0
     pair_flow_cap: float = 1.5
     min_cluster_ml: float = 0.5
+    tmax_vote_px: int = 5
     max_motion_mm: float = 15.0
     quality: QualityLimits = field(default_factory=QualityLimits)
 
@@ -198,6 +205,8 @@ class CtpSettings:
                 raise ValueError(
                     f"{name} must be (low, high) with 0 <= low <= high; got {low, high}"
                 )
+        if self.tmax_vote_px < 3 or self.tmax_vote_px % 2 == 0:
+            raise ValueError(f"tmax_vote_px must be an odd number >= 3; got {self.tmax_vote_px}")
         if self.flow_filter_iterations < 0:
             raise ValueError(
                 f"flow_filter_iterations must be >= 0; got {self.flow_filter_iterations}"

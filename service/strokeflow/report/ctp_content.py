@@ -78,6 +78,8 @@ def ctp_parts(analysis: CtpAnalysis, settings: CtpSettings) -> ModalityParts:
         parameters_before=[f"deconvolution: {method}", f"core: {core_def}"],
         parameters_after=[
             f"minimum cluster volume: {settings.min_cluster_ml:g} mL",
+            f"Tmax regions cleaned by a {settings.tmax_vote_px} x {settings.tmax_vote_px} "
+            "in-plane majority vote (core: 3 x 3)",
             f"rCBF reference: {analysis.reference_description}",
             *([f"analysis slabs: {slab_text}"] if slabs.combined else []),
         ],

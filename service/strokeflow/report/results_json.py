@@ -103,6 +103,7 @@ def ctp_summary(
                 ),
             },
             "unwashed_tissue_ml": analysis.unwashed_tissue_ml,
+            "tmax_region_vote_px": settings.tmax_vote_px,
         },
         warnings=tuple(warnings),
         timings_s=dict(timings_s or {}),
