@@ -325,11 +325,15 @@ def analyse_ctp(
         vv = geometry.voxel_volume_ml
         unwashed_ml = volume_ml(unwashed_tissue(smoothed, masks.tissue, arrival, step), vv)
     width = inputs.filter_width
-    if unwashed_ml >= MAX_UNWASHED_TISSUE_ML and width.aligned_oscillation_stride != 1.0:
-        # A scan too short for the tissue: its delayed curves are cut before they wash out,
-        # and the index at the acquired interval then lowers the penumbra's flow into the
-        # core (docs/deconvolution.md). The grid's own index, as before.
-        width = replace(width, aligned_oscillation_stride=1.0)
+    # The aligned flow's oscillation index at the acquired frame interval (CtpSettings),
+    # except in a scan too short for the tissue: its delayed curves are cut before they
+    # wash out, and that index then lowers the penumbra's flow into the core
+    # (docs/deconvolution.md); the grid's own index there.
+    if settings.flow_align_acquired_oscillation and unwashed_ml < MAX_UNWASHED_TISSUE_ML:
+        stride = aligned_oscillation_stride(
+            frame_interval_s(acquired[1]), step, width.aligned_flow_share
+        )
+        width = replace(width, aligned_oscillation_stride=stride)
     light_share = width.flow_share
     aligned_share = width.aligned_flow_share
     if light_share > 0 or aligned_share > 0:
@@ -619,15 +623,7 @@ def _baseline_and_inputs(
             )
         if settings.flow_align_dead_zone_s >= 0 and width.flow_share < 1:
             # The rest of the flow from delay-aligned curves, once Tmax is known.
-            aligned_share = round(1.0 - width.flow_share, 3)
-            stride = (
-                aligned_oscillation_stride(frame_interval_s(acquired[1]), step, aligned_share)
-                if settings.flow_align_acquired_oscillation
-                else 1.0
-            )
-            width = replace(
-                width, aligned_flow_share=aligned_share, aligned_oscillation_stride=stride
-            )
+            width = replace(width, aligned_flow_share=round(1.0 - width.flow_share, 3))
     clock.lap("smoothing")
 
     with analysis_stage("aif_vof"):
